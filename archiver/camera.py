@@ -1,0 +1,142 @@
+"""Polaroid: takes periodic snapshots of a state, with the public shape of Celery's camera."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .ratelimit import TokenBucket, parse_rate
+from .signals import Signal
+from .timer import Timer
+
+logger = logging.getLogger("archiver.camera")
+
+
+def _positive(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return number
+
+
+class Polaroid:
+    """Record snapshots of ``state`` every ``freq`` seconds.
+
+    Subclasses override :meth:`on_shutter` (given the frozen state) and
+    :meth:`on_cleanup` (run every ``cleanup_freq`` seconds).
+
+    Differences from Celery's ``Polaroid``, both to avoid losing events:
+
+    * With ``clear_after``, the state is cleared only when a snapshot was really
+      taken: not when ``maxrate`` skipped the shot, and not when ``on_shutter``
+      raised. Celery clears in both cases and those events are never recorded.
+    * :meth:`cancel` always takes the final snapshot (bypassing ``maxrate``),
+      where Celery skips it if the last capture was less than ``freq`` ago.
+    """
+
+    timer: Any = None
+    shutter_signal = Signal(name="shutter_signal", providing_args={"state"})
+    cleanup_signal = Signal(name="cleanup_signal")
+    clear_after = False
+
+    _tref: Any = None
+    _ctref: Any = None
+
+    def __init__(
+        self,
+        state: Any,
+        freq: float = 1.0,
+        maxrate: str | float | None = None,
+        cleanup_freq: float = 3600.0,
+        timer: Any = None,
+        app: Any = None,
+    ) -> None:
+        self.app = app
+        self.state = state
+        self.freq = _positive("freq", freq)
+        self.cleanup_freq = _positive("cleanup_freq", cleanup_freq)
+        self.timer = timer or self.timer or Timer()
+        self.logger = logger
+        self.maxrate = None if maxrate is None else TokenBucket(parse_rate(maxrate), capacity=1)
+        self.snapshots_taken = 0
+        self.snapshots_skipped = 0
+
+    def install(self) -> None:
+        """Schedule :meth:`capture` every ``freq`` s and :meth:`cleanup` every ``cleanup_freq`` s."""
+        if self._tref is not None:
+            return
+        self._tref = self.timer.call_repeatedly(self.freq, self.capture)
+        self._ctref = self.timer.call_repeatedly(self.cleanup_freq, self.cleanup)
+
+    def on_shutter(self, state: Any) -> None:
+        """Hook: handle a frozen snapshot of ``state``."""
+
+    def on_cleanup(self) -> None:
+        """Hook: periodic maintenance."""
+
+    def cleanup(self) -> None:
+        """Send ``cleanup_signal``, then run :meth:`on_cleanup`."""
+        self.logger.debug("Cleanup: Running...")
+        self.cleanup_signal.send(sender=self.state)
+        self.on_cleanup()
+
+    def shutter(self, *, force: bool = False) -> bool:
+        """Send ``shutter_signal`` and run :meth:`on_shutter` if the rate limit allows.
+
+        Returns True when the snapshot was taken. ``force`` bypasses ``maxrate``.
+        """
+        if not force and self.maxrate is not None and not self.maxrate.can_consume():
+            self.snapshots_skipped += 1
+            return False
+        self.logger.debug("Shutter: %s", self.state)
+        self.shutter_signal.send(sender=self.state, state=self.state)
+        self.on_shutter(self.state)
+        self.snapshots_taken += 1
+        return True
+
+    def capture(self, *, force: bool = False) -> bool:
+        """Freeze the state and take a snapshot; clear it afterwards if ``clear_after``."""
+        freeze = getattr(self.state, "freeze_while", None)
+        if freeze is None:
+            return self.shutter(force=force)
+        if not self.clear_after:
+            return bool(freeze(self.shutter, force=force))
+        private_clear = getattr(self.state, "_clear", None)
+        if private_clear is not None:  # clear under the same lock, only after a good shot
+            return bool(freeze(self._shutter_then_clear, private_clear, force))
+        taken = bool(freeze(self.shutter, force=force))
+        if taken:
+            self.state.clear()
+        return taken
+
+    def _shutter_then_clear(self, clear: Any, force: bool) -> bool:
+        taken = self.shutter(force=force)
+        if taken:
+            clear()
+        return taken
+
+    def cancel(self) -> None:
+        """Take a final snapshot (the flush), then cancel both timer entries.
+
+        Harmless when called twice or before :meth:`install`.
+        """
+        tref, ctref = self._tref, self._ctref
+        self._tref = self._ctref = None
+        try:
+            if tref is not None:
+                self.capture(force=True)
+        finally:
+            if tref is not None:
+                tref.cancel()
+            if ctref is not None:
+                ctref.cancel()
+
+    def __enter__(self) -> Polaroid:
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.cancel()

@@ -1,0 +1,717 @@
+"""In-memory cluster state built from Celery event dicts.
+
+Same semantics as ``celery.events.state.State`` (state precedence for events that
+arrive out of order, the merge rule for a late ``task-received``, custom states,
+heartbeats and ``alive``, LRU limits), without importing Celery. Two additions:
+
+* Malformed events are counted in :attr:`State.rejected_events` and skipped: they
+  never raise out of :meth:`State.event` and never change the state.
+* The state remembers which tasks and workers changed since the last
+  :meth:`State.take_changes`, so a camera can write only what changed. A changed
+  task is held until it is taken, even if the LRU limit evicts it meanwhile.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PENDING, RECEIVED, STARTED, SUCCESS = "PENDING", "RECEIVED", "STARTED", "SUCCESS"
+FAILURE, REVOKED, REJECTED, RETRY = "FAILURE", "REVOKED", "REJECTED", "RETRY"
+READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
+UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, REJECTED, RETRY})
+EXCEPTION_STATES = frozenset({RETRY, FAILURE, REVOKED})
+#: Strongest first; ``None`` stands for every custom state.
+PRECEDENCE = (SUCCESS, FAILURE, None, REVOKED, STARTED, RECEIVED, REJECTED, RETRY, PENDING)
+_PRECEDENCE = {s: i for i, s in enumerate(PRECEDENCE)}
+_CUSTOM_PRECEDENCE = _PRECEDENCE[None]
+
+TASK_EVENT_TO_STATE = {
+    "sent": PENDING,
+    "received": RECEIVED,
+    "started": STARTED,
+    "failed": FAILURE,
+    "retried": RETRY,
+    "succeeded": SUCCESS,
+    "revoked": REVOKED,
+    "rejected": REJECTED,
+}
+HEARTBEAT_EXPIRE_WINDOW = 200
+HEARTBEAT_DRIFT_MAX = 16
+
+_NUMBER = frozenset({float, int})
+_OPT_NUMBER = frozenset({float, int, type(None)})
+_OPT_INT = frozenset({int, type(None)})
+_OPT_STR = frozenset({str, type(None)})
+# Event keys that would overwrite the object's own machinery if merged as attributes.
+_TASK_RESERVED = frozenset({"worker", "children", "cluster_state", "uuid", "state"})
+_WORKER_RESERVED = frozenset(
+    {"event", "heartbeats", "alive", "id", "heartbeat_expires", "status_string", "hostname"}
+)
+
+
+def precedence(state: str | None) -> int:
+    """Index of ``state`` in :data:`PRECEDENCE` (lower is stronger)."""
+    return _PRECEDENCE.get(state, _CUSTOM_PRECEDENCE)
+
+
+def heartbeat_expires(timestamp: float, freq: float = 60, expire_window: float = 200) -> float:
+    """When a worker that last beat at ``timestamp`` is considered gone."""
+    return float(timestamp) + float(freq) * (expire_window / 1e2)
+
+
+class LRU(OrderedDict):
+    """Bounded mapping with kombu's ``LRUCache`` semantics.
+
+    ``m[key]`` moves the key to the end; inserting a new key when full evicts the
+    oldest. ``m.data`` reads without reordering, as Celery's dispatcher does.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+
+    @property
+    def data(self) -> LRU:
+        return self
+
+    def __getitem__(self, key: Any) -> Any:
+        value = OrderedDict.__getitem__(self, key)
+        self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self.limit and key not in self and len(self) >= self.limit:
+            self.popitem(last=False)
+        OrderedDict.__setitem__(self, key, value)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return OrderedDict.get(self, key, default)
+
+    def peek(self, key: Any, default: Any = None) -> Any:
+        """Read without reordering."""
+        return OrderedDict.get(self, key, default)
+
+
+class Worker:
+    """A worker as seen through its events."""
+
+    heartbeat_max = 4
+    expire_window = HEARTBEAT_EXPIRE_WINDOW
+    _fields = (
+        "hostname",
+        "pid",
+        "freq",
+        "heartbeats",
+        "clock",
+        "active",
+        "processed",
+        "loadavg",
+        "sw_ident",
+        "sw_ver",
+        "sw_sys",
+    )
+    __slots__ = (*_fields, "__dict__", "__weakref__")
+
+    def __init__(
+        self,
+        hostname: str | None = None,
+        pid: int | None = None,
+        freq: float = 60,
+        heartbeats: list[float] | None = None,
+        clock: int = 0,
+        active: int | None = None,
+        processed: int | None = None,
+        loadavg: list[float] | None = None,
+        sw_ident: str | None = None,
+        sw_ver: str | None = None,
+        sw_sys: str | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.pid = pid
+        self.freq = freq
+        self.heartbeats = [] if heartbeats is None else heartbeats
+        self.clock = clock or 0
+        self.active = active
+        self.processed = processed
+        self.loadavg = loadavg
+        self.sw_ident = sw_ident
+        self.sw_ver = sw_ver
+        self.sw_sys = sw_sys
+
+    def event(
+        self,
+        type_: str | None,
+        timestamp: float | None = None,
+        local_received: float | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Apply a worker event (``type_`` is the subject: online, heartbeat, offline)."""
+        if fields:
+            setter = object.__setattr__
+            for key, value in fields.items():
+                if key not in _WORKER_RESERVED:
+                    setter(self, key, value)
+        heartbeats = self.heartbeats
+        if type_ == "offline":
+            heartbeats[:] = []
+            return
+        if not local_received or not timestamp:
+            return
+        drift = abs(int(local_received) - int(timestamp))
+        if drift > HEARTBEAT_DRIFT_MAX:
+            _warn_drift(self.hostname, drift)
+        hearts = len(heartbeats)
+        if hearts > self.heartbeat_max - 1:
+            heartbeats.pop(0)
+        if hearts and local_received > heartbeats[-1]:
+            heartbeats.append(local_received)
+        else:
+            bisect.insort(heartbeats, local_received)
+
+    def update(self, fields: Mapping[str, Any], **kwargs: Any) -> None:
+        for key, value in dict(fields, **kwargs).items():
+            setattr(self, key, value)
+
+    @property
+    def heartbeat_expires(self) -> float:
+        return heartbeat_expires(self.heartbeats[-1], self.freq, self.expire_window)
+
+    @property
+    def alive(self, nowfun: Callable[[], float] = time.time) -> bool:
+        return bool(self.heartbeats and nowfun() < self.heartbeat_expires)
+
+    def alive_at(self, now: float) -> bool:
+        """Whether the worker counts as alive at epoch ``now``."""
+        return bool(self.heartbeats and now < self.heartbeat_expires)
+
+    @property
+    def status_string(self) -> str:
+        return "ONLINE" if self.alive else "OFFLINE"
+
+    @property
+    def id(self) -> str:
+        return f"{self.hostname}.{self.pid}"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Worker):
+            return self.hostname == other.hostname
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.hostname)
+
+    def __repr__(self) -> str:
+        return f"<Worker: {self.hostname} ({self.status_string} clock:{self.clock})"
+
+
+_drift_warned: set[str | None] = set()
+
+
+def _warn_drift(hostname: str | None, drift: int) -> None:
+    if hostname not in _drift_warned and len(_drift_warned) < 1000:
+        _drift_warned.add(hostname)
+        logger.warning(
+            "Substantial drift from %s may mean clocks are out of sync: drift is %s seconds.",
+            hostname,
+            drift,
+        )
+
+
+class Task:
+    """A task as seen through its events."""
+
+    name = received = sent = started = succeeded = failed = retried = None
+    revoked = rejected = args = kwargs = eta = expires = retries = None
+    worker = result = exception = timestamp = runtime = traceback = None
+    exchange = routing_key = root_id = parent_id = client = None
+    state = PENDING
+    clock = 0
+
+    _fields = (
+        "uuid",
+        "name",
+        "state",
+        "received",
+        "sent",
+        "started",
+        "rejected",
+        "succeeded",
+        "failed",
+        "retried",
+        "revoked",
+        "args",
+        "kwargs",
+        "eta",
+        "expires",
+        "retries",
+        "worker",
+        "result",
+        "exception",
+        "timestamp",
+        "runtime",
+        "traceback",
+        "exchange",
+        "routing_key",
+        "clock",
+        "client",
+        "root",
+        "root_id",
+        "parent",
+        "parent_id",
+        "children",
+    )
+    #: Fields kept from an event that arrives after a stronger state was seen.
+    merge_rules = {
+        RECEIVED: ("name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires"),
+    }
+    _info_fields = (
+        "args",
+        "kwargs",
+        "retries",
+        "result",
+        "eta",
+        "runtime",
+        "expires",
+        "exception",
+        "exchange",
+        "routing_key",
+        "root_id",
+        "parent_id",
+    )
+    __slots__ = ("__dict__", "__weakref__")
+
+    def __init__(
+        self,
+        uuid: str | None = None,
+        cluster_state: State | None = None,
+        children: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.uuid = uuid
+        self.cluster_state = cluster_state
+        tasks = cluster_state.tasks if cluster_state is not None else {}
+        self.children = weakref.WeakSet(tasks.peek(i) for i in children or () if i in tasks)
+        if kwargs:
+            self.__dict__.update(kwargs)
+
+    def event(
+        self,
+        type_: str,
+        timestamp: float | None = None,
+        local_received: float | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Apply a task event (``type_`` is the subject: sent, received, ...)."""
+        fields = fields or {}
+        d = self.__dict__
+        state = TASK_EVENT_TO_STATE.get(type_)
+        if state is not None:
+            d[type_] = timestamp
+        else:
+            state = type_.upper()
+        current = d.get("state", PENDING)
+        if (
+            state != RETRY
+            and current != RETRY
+            and _PRECEDENCE.get(state, _CUSTOM_PRECEDENCE)
+            > _PRECEDENCE.get(current, _CUSTOM_PRECEDENCE)
+        ):  # happened before the current state: merge only what the rule keeps
+            keep = self.merge_rules.get(state)
+            if keep is not None:
+                d.update((k, v) for k, v in fields.items() if k in keep)
+            else:
+                d.update((k, v) for k, v in fields.items() if k not in _TASK_RESERVED)
+        else:
+            d.update((k, v) for k, v in fields.items() if k not in _TASK_RESERVED)
+            d["state"] = state
+            d["timestamp"] = timestamp
+
+    def info(self, fields: Any = None, extra: Any = None) -> dict[str, Any]:
+        """The non-None display fields."""
+        keys = list(self._info_fields if fields is None else fields) + list(extra or ())
+        return {k: v for k in keys if (v := getattr(self, k, None)) is not None}
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field in :attr:`_fields`, with children, root and parent as ids."""
+        out = {k: getattr(self, k, None) for k in self._fields}
+        out["children"] = [t.uuid for t in self.children]
+        out["root"], out["parent"] = self.root_id, self.parent_id
+        return out
+
+    @property
+    def id(self) -> str | None:
+        return self.uuid
+
+    @property
+    def origin(self) -> str | None:
+        return self.client if self.worker is None else self.worker.id
+
+    @property
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    @property
+    def parent(self) -> Task | None:
+        cluster = self.cluster_state
+        if not self.parent_id or cluster is None:
+            return None
+        return cluster.tasks.peek(self.parent_id)
+
+    @property
+    def root(self) -> Task | None:
+        cluster = self.cluster_state
+        if not self.root_id or cluster is None:
+            return None
+        return cluster.tasks.peek(self.root_id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Task):
+            return self.uuid == other.uuid
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.uuid)
+
+    def __repr__(self) -> str:
+        return f"<Task: {self.name}({self.uuid}) {self.state} clock:{self.clock}>"
+
+
+class _Index(defaultdict):
+    """name -> WeakSet of tasks; calling it yields ``(uuid, task)`` newest first."""
+
+    def __init__(self, fun: Callable[..., Iterator[tuple[str, Task]]]) -> None:
+        super().__init__(weakref.WeakSet)
+        self.fun = fun
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Task]]:
+        return self.fun(*args, **kwargs)
+
+
+class RejectedEvent(ValueError):
+    """An event that cannot be applied (the message says why)."""
+
+
+class State:
+    """Records the cluster's state from Celery events. Thread-safe.
+
+    Args:
+        callback: called as ``callback(state, event)`` for every accepted event.
+        max_workers_in_memory: LRU bound on :attr:`workers`.
+        max_tasks_in_memory: LRU bound on :attr:`tasks` (oldest inserted first out).
+        on_node_join / on_node_leave: called with the Worker; with ``on_node_leave``
+            set, offline workers are removed from :attr:`workers`.
+    """
+
+    Worker = Worker
+    Task = Task
+
+    def __init__(
+        self,
+        callback: Callable[[State, dict], Any] | None = None,
+        max_workers_in_memory: int = 5000,
+        max_tasks_in_memory: int = 10000,
+        on_node_join: Callable[[Worker], Any] | None = None,
+        on_node_leave: Callable[[Worker], Any] | None = None,
+    ) -> None:
+        self.event_callback = callback
+        self.max_workers_in_memory = max_workers_in_memory
+        self.max_tasks_in_memory = max_tasks_in_memory
+        self.workers: LRU = LRU(max_workers_in_memory)
+        self.tasks: LRU = LRU(max_tasks_in_memory)
+        self.on_node_join = on_node_join
+        self.on_node_leave = on_node_leave
+        self.handlers: dict[str, Callable[[str, dict], Any]] = {}
+        self.event_count = 0
+        self.task_count = 0
+        self.rejected_events = 0
+        self.rejected_by_kind: Counter[str] = Counter()
+        self._seen_types: set[str] = set()
+        self._tasks_to_resolve: LRU = LRU(max_tasks_in_memory)
+        self._changed_tasks: dict[str, Task] = {}
+        self._changed_workers: dict[str, Worker] = {}
+        self._mutex = threading.Lock()
+        self.tasks_by_type = _Index(self._tasks_by_type)
+        self.tasks_by_worker = _Index(self._tasks_by_worker)
+
+    # -- locking -------------------------------------------------------------
+    def freeze_while(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fun`` with event intake blocked; clear afterwards if ``clear_after``."""
+        clear_after = kwargs.pop("clear_after", False)
+        with self._mutex:
+            try:
+                return fun(*args, **kwargs)
+            finally:
+                if clear_after:
+                    self._clear()
+
+    def clear(self, ready: bool = True) -> None:
+        """Drop workers and finished tasks (all tasks if ``ready`` is False); zero the counters."""
+        with self._mutex:
+            self._clear(ready)
+
+    def _clear(self, ready: bool = True) -> None:
+        self.workers.clear()
+        self._clear_tasks(ready)
+        self.event_count = 0
+        self.task_count = 0
+
+    def clear_tasks(self, ready: bool = True) -> None:
+        with self._mutex:
+            self._clear_tasks(ready)
+
+    def _clear_tasks(self, ready: bool = True) -> None:
+        keep = [(u, t) for u, t in self.tasks.items() if t.state not in READY_STATES] if ready else []
+        self.tasks.clear()
+        for uuid, task in keep:
+            OrderedDict.__setitem__(self.tasks, uuid, task)
+
+    def take_changes(self) -> tuple[list[Task], list[Worker]]:
+        """Return and forget the tasks and workers changed since the last call.
+
+        Call it while the state is frozen (inside :meth:`freeze_while`).
+        """
+        tasks, workers = self._changed_tasks, self._changed_workers
+        self._changed_tasks, self._changed_workers = {}, {}
+        return list(tasks.values()), list(workers.values())
+
+    def restore_changes(self, tasks: list[Task], workers: list[Worker]) -> None:
+        """Put back changes taken by :meth:`take_changes` that could not be used."""
+        for task in tasks:
+            self._changed_tasks.setdefault(task.uuid, task)
+        for worker in workers:
+            self._changed_workers.setdefault(worker.hostname, worker)
+
+    # -- events --------------------------------------------------------------
+    def event(self, event: Any) -> Any:
+        """Apply one event dict. Returns ``((obj, created), subject)`` or None.
+
+        A malformed event is counted in :attr:`rejected_events`, logged once per
+        kind, and leaves the state unchanged.
+        """
+        with self._mutex:
+            return self._event(event)
+
+    def _reject(self, kind: str, event: Any) -> None:
+        self.rejected_events += 1
+        if kind not in self.rejected_by_kind:
+            logger.warning("Skipping malformed event (%s): %.200r", kind, event)
+        self.rejected_by_kind[kind] += 1
+
+    def _event(self, event: Any) -> Any:
+        try:
+            type_ = event["type"]
+        except (TypeError, KeyError, IndexError):
+            kind = "event without a type" if isinstance(event, Mapping) else "event is not a dict"
+            return self._reject(kind, event)
+        if type(type_) is not str:
+            return self._reject("event type is not a string", event)
+        group, _, subject = type_.partition("-")
+        if group == "task":
+            problem = _task_problem(event, subject)
+            if problem:
+                return self._reject(problem, event)
+        elif group == "worker":
+            problem = _worker_problem(event, subject)
+            if problem:
+                return self._reject(problem, event)
+
+        self.event_count += 1
+        if self.event_callback:
+            self.event_callback(self, event)
+        handler = self.handlers.get(group)
+        if handler is not None:
+            return handler(subject, event), subject
+        if group == "task":
+            return self._task_event(event, subject), subject
+        if group == "worker":
+            return self._worker_event(event, subject), subject
+        return None
+
+    def _worker_event(self, event: dict, subject: str) -> tuple[Worker, bool]:
+        hostname = event["hostname"]
+        workers = self.workers
+        is_offline = subject == "offline"
+        worker = workers.peek(hostname)
+        created = False
+        if worker is None:
+            worker = self.Worker(hostname)
+            if not is_offline:
+                workers[hostname] = worker
+                created = True
+        worker.event(subject, event["timestamp"], event["local_received"], event)
+        if self.on_node_join and (created or subject == "online"):
+            self.on_node_join(worker)
+        if self.on_node_leave and is_offline:
+            self.on_node_leave(worker)
+            workers.pop(hostname, None)
+        self._changed_workers[hostname] = worker
+        return worker, created
+
+    def _task_event(self, event: dict, subject: str) -> tuple[Task, bool]:
+        uuid = event["uuid"]
+        hostname = event["hostname"]
+        timestamp = event["timestamp"]
+        local_received = event["local_received"]
+        tasks = self.tasks
+        task = tasks.peek(uuid)
+        created = task is None
+        if created:
+            task = tasks[uuid] = self.Task(uuid, cluster_state=self)
+        if subject == "sent":
+            task.client = hostname
+        else:
+            workers = self.workers
+            worker = workers.peek(hostname)
+            if worker is None:
+                worker = workers[hostname] = self.Worker(hostname)
+            task.worker = worker
+            if local_received:  # Celery passes these swapped: the heartbeat is the event time
+                worker.event(None, local_received, timestamp)
+            self._changed_workers[hostname] = worker
+        if subject == "received":
+            self.task_count += 1
+        task.event(subject, timestamp, local_received, event)
+        name = task.name
+        if name is not None:
+            self._seen_types.add(name)
+            if created:
+                self.tasks_by_type[name].add(task)
+                self.tasks_by_worker[hostname].add(task)
+        parent_id = task.parent_id
+        if parent_id:
+            parent = tasks.peek(parent_id)
+            if parent is not None:
+                tasks.move_to_end(parent_id)  # Celery's lookup refreshes the parent's position
+                parent.children.add(task)
+            else:
+                pending = self._tasks_to_resolve.peek(parent_id)
+                if pending is None:
+                    pending = self._tasks_to_resolve[parent_id] = weakref.WeakSet()
+                pending.add(task)
+        children = self._tasks_to_resolve.pop(uuid, None)
+        if children is not None:
+            task.children.update(children)
+        self._changed_tasks[uuid] = task
+        return task, created
+
+    # -- lookups -------------------------------------------------------------
+    def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:
+        worker = self.workers.peek(hostname)
+        if worker is not None:
+            self.workers.move_to_end(hostname)  # a lookup refreshes the position, as in Celery
+            if kwargs:
+                worker.update(kwargs)
+            return worker, False
+        worker = self.workers[hostname] = self.Worker(hostname, **kwargs)
+        return worker, True
+
+    def get_or_create_task(self, uuid: str) -> tuple[Task, bool]:
+        if uuid in self.tasks:
+            return self.tasks[uuid], False
+        task = self.tasks[uuid] = self.Task(uuid, cluster_state=self)
+        return task, True
+
+    def itertasks(self, limit: int | None = None) -> Iterator[tuple[str, Task]]:
+        for index, row in enumerate(list(self.tasks.items())):
+            if limit and index >= limit:
+                break
+            yield row
+
+    def tasks_by_time(
+        self, limit: int | None = None, reverse: bool = True
+    ) -> Iterator[tuple[str, Task]]:
+        """``(uuid, task)`` ordered by (clock, timestamp), newest first by default."""
+        ordered = sorted(
+            self.tasks.values(), key=lambda t: (t.clock or 0, t.timestamp or 0.0), reverse=reverse
+        )
+        for task in ordered[:limit] if limit else ordered:
+            yield task.uuid, task
+
+    tasks_by_timestamp = tasks_by_time
+
+    def _tasks_by_type(self, name: str, limit: int | None = None, reverse: bool = True):
+        found = ((u, t) for u, t in self.tasks_by_time(reverse=reverse) if t.name == name)
+        return _islice(found, limit)
+
+    def _tasks_by_worker(self, hostname: str, limit: int | None = None, reverse: bool = True):
+        found = (
+            (u, t)
+            for u, t in self.tasks_by_time(reverse=reverse)
+            if t.worker is not None and t.worker.hostname == hostname
+        )
+        return _islice(found, limit)
+
+    def task_types(self) -> list[str]:
+        """Sorted names of every task type seen."""
+        return sorted(self._seen_types)
+
+    def alive_workers(self) -> Iterator[Worker]:
+        return (w for w in list(self.workers.values()) if w.alive)
+
+    def __repr__(self) -> str:
+        return f"<State: events={self.event_count} tasks={self.task_count}>"
+
+
+def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
+    return itertools.islice(it, 0, limit)
+
+
+def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
+    """Why a task event cannot be applied, or None."""
+    if not subject:
+        return "task event without a subject"
+    get = event.get
+    uuid = get("uuid")
+    if type(uuid) is not str or not uuid:
+        return "task event without a uuid"
+    if type(get("hostname")) is not str:
+        return "task event without a hostname"
+    if type(get("timestamp")) not in _NUMBER:
+        return "task event with a missing or non-numeric timestamp"
+    if "local_received" not in event or type(event["local_received"]) not in _OPT_NUMBER:
+        return "task event with a missing or non-numeric local_received"
+    if type(get("clock")) is not int:
+        return "task event with a missing or non-integer clock"
+    if (
+        type(get("name")) not in _OPT_STR
+        or type(get("parent_id")) not in _OPT_STR
+        or type(get("root_id")) not in _OPT_STR
+    ):
+        return "task event with a non-string name, parent_id or root_id"
+    if type(get("retries")) not in _OPT_INT or type(get("runtime")) not in _OPT_NUMBER:
+        return "task event with non-numeric retries or runtime"
+    return None
+
+
+def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
+    """Why a worker event cannot be applied, or None."""
+    if not subject:
+        return "worker event without a subject"
+    get = event.get
+    if type(get("hostname")) is not str:
+        return "worker event without a hostname"
+    if type(get("timestamp")) not in _NUMBER or type(get("local_received")) not in _NUMBER:
+        return "worker event with a missing or non-numeric timestamp or local_received"
+    if "freq" in event and type(event["freq"]) not in _NUMBER:
+        return "worker event with a non-numeric freq"
+    if type(get("clock", 0)) is not int:
+        return "worker event with a non-integer clock"
+    for key in ("pid", "active", "processed"):
+        if type(get(key)) not in _OPT_INT:
+            return f"worker event with a non-integer {key}"
+    loadavg = get("loadavg")
+    if loadavg is not None and not (
+        type(loadavg) in (list, tuple) and all(type(x) in _NUMBER for x in loadavg)
+    ):
+        return "worker event with a malformed loadavg"
+    return None
