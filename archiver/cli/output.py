@@ -1,0 +1,48 @@
+"""Shared CLI helpers: the --archive option, error mapping, tables on the terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import ArchiverError
+
+T = TypeVar("T")
+
+DEFAULT_ARCHIVE = "./data/archive"
+
+archive_option = click.option(
+    "--archive",
+    default=DEFAULT_ARCHIVE,
+    show_default=True,
+    help="Archive path or URI (file://, s3://, gs://, memory://).",
+)
+
+
+def run_library_call(fun: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call into the library; a user mistake becomes a one-line ``Error:`` and exit code 1."""
+    try:
+        return fun(*args, **kwargs)
+    except ArchiverError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table with aligned columns."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    click.echo(format_table(headers, rows))
+
+
+def is_terminal(stream: Any = None) -> bool:
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())

@@ -1,0 +1,121 @@
+"""ParquetCamera: a Polaroid whose shutter archives each snapshot as Parquet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from .camera import Polaroid
+from .convert import CeleryConverter, Converter, Mode, RedactMode
+from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id
+from .storage import resolve
+
+logger = logging.getLogger("archiver.camera")
+
+
+class ParquetCamera(Polaroid):
+    """Batch frozen states into Arrow tables and flush them as partitioned Parquet.
+
+    Works with ``archiver.State`` and, unchanged, with ``celery.events.state.State``.
+
+    Args:
+        archive: a local path or a URI (``file://``, ``s3://``, ``gs://``, ``memory://``).
+        converter: turns a frozen state into record batches (default: Celery's
+            tasks / workers / snapshots, see :class:`archiver.convert.CeleryConverter`).
+        mode, redact, redact_mode: passed to the default converter.
+        flush_rows, flush_interval, max_buffer_rows: when to write, and how many
+            rows to keep in memory while writes fail.
+        clock: returns the snapshot time (epoch seconds); replays pass their own.
+        retention: a :class:`archiver.cleanup.Retention` applied by ``on_cleanup``.
+    """
+
+    def __init__(
+        self,
+        state: Any,
+        archive: str | os.PathLike[str],
+        freq: float = 1.0,
+        maxrate: str | float | None = None,
+        cleanup_freq: float = 3600.0,
+        timer: Any = None,
+        app: Any = None,
+        *,
+        converter: Converter | None = None,
+        mode: Mode = "changes",
+        redact: Iterable[str] = (),
+        redact_mode: RedactMode = "null",
+        flush_rows: int = 100_000,
+        flush_interval: float = 60.0,
+        max_buffer_rows: int = 1_000_000,
+        compression: str = "zstd",
+        row_group_size: int = ROW_GROUP_SIZE,
+        filesystem: pafs.FileSystem | None = None,
+        clock: Callable[[], float] = time.time,
+        retention: Any = None,
+    ) -> None:
+        super().__init__(state, freq, maxrate, cleanup_freq, timer, app)
+        if isinstance(redact, str):
+            redact = [r.strip() for r in redact.split(",") if r.strip()]
+        self.converter = converter or CeleryConverter(
+            mode=mode, redact=redact, redact_mode=redact_mode
+        )
+        self.location = resolve(archive, filesystem)
+        self.archive = self.location.uri
+        self.sink = ParquetSink(
+            self.location,
+            self.converter.schemas,
+            compression=compression,
+            row_group_size=row_group_size,
+            flush_rows=flush_rows,
+            flush_interval=flush_interval,
+            max_buffer_rows=max_buffer_rows,
+        )
+        self.clock = clock
+        self.retention = retention
+        self.camera_id = self.sink.writer_id or new_writer_id()
+        self._snapshot_seq = 0
+
+    def on_shutter(self, state: Any) -> None:
+        """Convert the frozen state and buffer its rows (no I/O under the state lock)."""
+        self._snapshot_seq += 1
+        snapshot_id = f"{self.camera_id}-{self._snapshot_seq:08d}"
+        batches = self.converter.convert(state, captured_at=self.clock(), snapshot_id=snapshot_id)
+        for table, batch in batches.items():
+            self.sink.append(table, batch)
+
+    def capture(self, *, force: bool = False) -> bool:
+        """Take a snapshot, then write the buffer if it is due (outside the state lock)."""
+        taken = super().capture(force=force)
+        if self.sink.due():
+            self.sink.flush()
+        return taken
+
+    def flush(self) -> list[str]:
+        """Write every buffered row now; returns the paths written."""
+        return self.sink.flush()
+
+    def cancel(self) -> None:
+        """Final snapshot, cancel the timers, and write everything still buffered."""
+        try:
+            super().cancel()
+        finally:
+            self.sink.flush()
+
+    close = cancel
+
+    def on_cleanup(self) -> None:
+        """Compact and expire the archive by ``retention``, if set; the report is logged."""
+        if self.retention is None:
+            return
+        from .cleanup import run_retention
+
+        try:
+            report = run_retention(self.location, self.retention)
+        except Exception as exc:
+            logger.error("Cleanup of %s failed: %r", self.archive, exc)
+            return
+        logger.info("Cleanup of %s: %s", self.archive, report)

@@ -1,0 +1,111 @@
+"""The archive's explicit Arrow schemas, one per table, versioned in each file's metadata."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from . import __version__
+
+#: Bump when a column is added, removed or changes type; readers fill missing columns with nulls.
+SCHEMA_VERSION = 1
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+#: Strings with few distinct values (names, states, hostnames) are dictionary-encoded.
+CATEGORY = pa.dictionary(pa.int32(), pa.string())
+
+TASK_TIME_FIELDS = (
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+    "timestamp",
+)
+TASK_TEXT_FIELDS = ("args", "kwargs", "result", "exception", "traceback", "eta", "expires")
+TASK_CATEGORY_FIELDS = ("name", "state", "worker", "exchange", "routing_key", "client")
+TASK_STATES = (
+    "PENDING",
+    "RECEIVED",
+    "STARTED",
+    "SUCCESS",
+    "FAILURE",
+    "RETRY",
+    "REVOKED",
+    "REJECTED",
+)
+
+_HEAD = [
+    pa.field("captured_at", TIMESTAMP, nullable=False),
+    pa.field("snapshot_id", pa.string(), nullable=False),
+]
+
+TASKS = pa.schema(
+    [
+        *_HEAD,
+        pa.field("uuid", pa.string(), nullable=False),
+        pa.field("name", CATEGORY),
+        pa.field("state", CATEGORY),
+        pa.field("worker", CATEGORY),
+        *(pa.field(f, TIMESTAMP) for f in TASK_TIME_FIELDS),
+        *(pa.field(f, pa.string()) for f in TASK_TEXT_FIELDS),
+        pa.field("retries", pa.int32()),
+        pa.field("runtime", pa.float64()),
+        pa.field("exchange", CATEGORY),
+        pa.field("routing_key", CATEGORY),
+        pa.field("client", CATEGORY),
+        pa.field("root_id", pa.string()),
+        pa.field("parent_id", pa.string()),
+        pa.field("clock", pa.int64()),
+    ]
+)
+
+WORKERS = pa.schema(
+    [
+        *_HEAD,
+        pa.field("hostname", CATEGORY, nullable=False),
+        pa.field("alive", pa.bool_()),
+        pa.field("pid", pa.int64()),
+        pa.field("freq", pa.float64()),
+        pa.field("active", pa.int64()),
+        pa.field("processed", pa.int64()),
+        pa.field("loadavg", pa.list_(pa.float64())),
+        pa.field("sw_ident", CATEGORY),
+        pa.field("sw_ver", CATEGORY),
+        pa.field("sw_sys", CATEGORY),
+        pa.field("last_heartbeat", TIMESTAMP),
+    ]
+)
+
+SNAPSHOTS = pa.schema(
+    [
+        *_HEAD,
+        pa.field("event_count", pa.int64()),
+        pa.field("task_count", pa.int64()),
+        pa.field("tasks_in_state", pa.int64()),
+        pa.field("worker_count", pa.int64()),
+        pa.field("alive_workers", pa.int64()),
+        pa.field("tasks_written", pa.int64()),
+        *(pa.field(f"tasks_{s.lower()}", pa.int64()) for s in TASK_STATES),
+        pa.field("tasks_other", pa.int64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"tasks": TASKS, "workers": WORKERS, "snapshots": SNAPSHOTS}
+#: The column that identifies an entity per table (used by ``latest`` and compaction).
+ENTITY_KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
+#: Partition columns added by the hive layout ``date=YYYY-MM-DD/hour=H``.
+PARTITION_SCHEMA = pa.schema([("date", pa.string()), ("hour", pa.int32())])
+
+
+def with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
+    """``schema`` tagged with the table name, schema version and archiver version."""
+    return schema.with_metadata(
+        {
+            b"archiver.table": table.encode(),
+            b"archiver.schema_version": str(SCHEMA_VERSION).encode(),
+            b"archiver.version": __version__.encode(),
+        }
+    )
