@@ -1,0 +1,330 @@
+"""``archiver record`` and ``archiver tap``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import click
+import pandas as pd
+
+from ..errors import ArchiverError
+from ..pidfile import Pidfile
+from ..record import Recorder, load_camera_class
+from ..sources import BrokerUnavailable, LineStats, celery_app, open_events_file, read_events
+from .output import DEFAULT_ARCHIVE, is_terminal
+
+EX_UNAVAILABLE = 69
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds from "55m", "2h", "90s", "1d" (pandas.Timedelta) or a bare number of seconds."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = pd.Timedelta(value).total_seconds()
+        except ValueError:
+            raise click.BadParameter(
+                f"{value!r} is not a duration (use e.g. 90s, 55m, 2h, 1d)"
+            ) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r} must be positive")
+    return seconds
+
+
+class Progress:
+    """Live one-line status on a terminal, else one log line per minute."""
+
+    def __init__(self, enabled: bool, tty: bool) -> None:
+        self.enabled, self.tty = enabled, tty
+        self.interval = 0.5 if tty else 60.0
+        self.last = time.monotonic()
+        self.last_events = 0
+        self.shown = False
+
+    def __call__(self, recorder: Recorder) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        rate = (recorder.events - self.last_events) / (now - self.last)
+        self.last, self.last_events = now, recorder.events
+        s = recorder.summary()
+        text = (
+            f"{rate:,.0f} events/s  events {s.events:,}  tasks {s.tasks:,}  "
+            f"snapshots {s.snapshots:,}  rows {s.rows:,}  files {s.files:,}"
+        )
+        if self.tty:
+            click.echo("\r" + click.style(text, fg="cyan") + "\x1b[K", nl=False, err=True)
+            self.shown = True
+        else:
+            logging.getLogger("archiver.record").info(text)
+
+    def done(self) -> None:
+        if self.shown:
+            click.echo(err=True)
+
+
+def setup_logging(loglevel: str, logfile: str | None) -> None:
+    level = getattr(logging, loglevel.upper(), None)
+    if not isinstance(level, int):
+        raise click.BadParameter(f"unknown log level {loglevel!r}", param_hint="--loglevel")
+    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def stop_on_signals(recorder: Recorder):
+    """SIGINT and SIGTERM ask the recorder to finish cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        logging.getLogger("archiver.record").warning(
+            "Received %s: taking a final snapshot and flushing", signal.Signals(signum).name
+        )
+        recorder.stop()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@click.command()
+@click.option("--broker", metavar="URL", help="Live Celery broker (redis://, amqp://).")
+@click.option(
+    "-A",
+    "--app",
+    "app_name",
+    metavar="MODULE:APP",
+    help="Take broker and settings from this Celery app.",
+)
+@click.option("--replay", metavar="FILE", help="JSON-lines events file ('-' for stdin, .gz ok).")
+@click.option(
+    "--speed",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Replay speed: 0 = as fast as possible, 1 = real time.",
+)
+@click.option("--archive", default=DEFAULT_ARCHIVE, show_default=True, help="Archive path or URI.")
+@click.option(
+    "-F", "--freq", type=float, default=1.0, show_default=True, help="Seconds between snapshots."
+)
+@click.option("-r", "--maxrate", default=None, help="Most snapshots allowed, e.g. 10/m.")
+@click.option(
+    "--cleanup-freq",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds between cleanups.",
+)
+@click.option("--clear-after", is_flag=True, help="Clear the state after every snapshot.")
+@click.option(
+    "--camera", "camera_spec", metavar="MODULE:CLASS", help="A Polaroid subclass to use instead."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["changes", "full"]),
+    default="changes",
+    show_default=True,
+    help="Write changed tasks only, or every task each snapshot.",
+)
+@click.option(
+    "--redact", default="", metavar="COLS", help="Columns stored as null: args,kwargs,result."
+)
+@click.option(
+    "--redact-mode", type=click.Choice(["null", "hash"]), default="null", show_default=True
+)
+@click.option(
+    "--max-tasks",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Tasks kept in memory.",
+)
+@click.option(
+    "--flush-interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds before buffered rows are written.",
+)
+@click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 55m.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
+@click.option(
+    "--pidfile", type=click.Path(dir_okay=False), help="Refuse to start while another run holds it."
+)
+@click.option("-f", "--logfile", type=click.Path(dir_okay=False), help="Log to this file.")
+@click.option("-l", "--loglevel", default="WARNING", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def record(
+    broker,
+    app_name,
+    replay,
+    speed,
+    archive,
+    freq,
+    maxrate,
+    cleanup_freq,
+    clear_after,
+    camera_spec,
+    mode,
+    redact,
+    redact_mode,
+    max_tasks,
+    flush_interval,
+    duration,
+    limit,
+    pidfile,
+    logfile,
+    loglevel,
+    quiet,
+):
+    """Record snapshots of a Celery cluster into the archive.
+
+    Events come from a live broker (--broker or -A) or a JSON-lines file
+    (--replay). SIGINT/SIGTERM take a final snapshot, flush and exit 0.
+
+    \b
+    Example:
+        archiver record --replay data/celery-events-sample.jsonl --archive data/archive
+        archiver record --broker redis://localhost:6379/0 --duration 55m --pidfile /run/archiver.pid
+    """
+    sources = [s for s in (broker or app_name, replay) if s]
+    if len(sources) != 1:
+        raise click.UsageError("give exactly one source: --broker URL, -A APP or --replay FILE")
+    setup_logging(loglevel, logfile)
+    progress = Progress(enabled=not quiet, tty=is_terminal())
+    try:
+        camera_cls = load_camera_class(camera_spec) if camera_spec else None
+        options = dict(
+            freq=freq,
+            maxrate=maxrate,
+            cleanup_freq=cleanup_freq,
+            clear_after=clear_after,
+            max_tasks=max_tasks,
+            duration=parse_duration(duration),
+            limit=limit,
+            progress=progress,
+        )
+        if camera_cls is not None:
+            options["camera"] = camera_cls
+        recorder = Recorder(
+            archive,
+            mode=mode,
+            redact=redact,
+            redact_mode=redact_mode,
+            flush_interval=flush_interval,
+            **options,
+        )
+        with contextlib.ExitStack() as stack:
+            if pidfile:
+                stack.enter_context(Pidfile(pidfile))
+            stack.enter_context(stop_on_signals(recorder))
+            if replay:
+                stream = stack.enter_context(open_events_file(replay))
+                recorder.lines = LineStats()
+                summary = recorder.replay(read_events(stream, recorder.lines), speed=speed)
+            else:
+                summary = recorder.live(celery_app(broker, app_name))
+    except BrokerUnavailable as exc:
+        progress.done()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    except (ArchiverError, ValueError) as exc:
+        progress.done()
+        raise click.ClickException(str(exc)) from exc
+    progress.done()
+    if recorder.lines.malformed:
+        lines = ", ".join(map(str, recorder.lines.malformed_lines))
+        more = " ..." if recorder.lines.malformed > len(recorder.lines.malformed_lines) else ""
+        click.echo(
+            click.style(
+                f"Skipped {recorder.lines.malformed} malformed lines (lines {lines}{more})",
+                fg="yellow",
+            ),
+            err=True,
+        )
+    click.echo(summary.line())
+
+
+@click.command()
+@click.option("--broker", metavar="URL", help="Live Celery broker.")
+@click.option(
+    "-A", "--app", "app_name", metavar="MODULE:APP", help="Celery app to take the broker from."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSON-lines file to write ('-' = stdout).",
+)
+@click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 10m.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
+def tap(broker, app_name, out, duration, limit):
+    """Record the raw event stream to a JSON-lines file (for replays and bug reports).
+
+    \b
+    Example:
+        archiver tap --broker redis://localhost:6379/0 --out events.jsonl --duration 10m
+    """
+    from ..sources import check_broker, consume_live
+
+    if not (broker or app_name):
+        raise click.UsageError("give --broker URL or -A APP")
+    seconds = parse_duration(duration)
+    count = 0
+    stop = {"flag": False}
+    started = time.monotonic()
+
+    def should_stop() -> bool:
+        return (
+            stop["flag"]
+            or (limit is not None and count >= limit)
+            or (seconds is not None and time.monotonic() - started >= seconds)
+        )
+
+    try:
+        app = celery_app(broker, app_name)
+        check_broker(app)
+    except BrokerUnavailable as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EX_UNAVAILABLE)
+    except ArchiverError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stream = click.open_file(out, "w")
+
+    def handler(event: dict) -> None:
+        nonlocal count
+        if limit is not None and count >= limit:
+            return
+        stream.write(json.dumps(event, default=str) + "\n")
+        count += 1
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["flag"] = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        consume_live(app, handler, should_stop=should_stop)
+    finally:
+        stream.flush()
+        if out != "-":
+            stream.close()
+    click.echo(f"Wrote {count:,} events to {out}.", err=True)
+
+
+COMMANDS = [record, tap]
