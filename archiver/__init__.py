@@ -2,14 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .archive import Archive  # noqa: E402
-from .camera import Polaroid  # noqa: E402
-from .convert import CeleryConverter, Converter  # noqa: E402
-from .errors import ArchiverError, LockedError, NoArchiveError  # noqa: E402
-from .parquet_camera import ParquetCamera  # noqa: E402
-from .signals import Signal  # noqa: E402
-from .state import State  # noqa: E402
-from .timer import Timer  # noqa: E402
+from .archive import Archive
+from .camera import Polaroid
+from .convert import CeleryConverter, Converter
+from .errors import ArchiverError, LockedError, NoArchiveError
+from .parquet_camera import ParquetCamera
+from .signals import Signal
+from .state import State
+from .timer import Timer
 
 
 def load(path_or_uri, table: str = "tasks", **kwargs):

@@ -2,8 +2,11 @@
 
 Layout: ``<archive>/<table>/date=YYYY-MM-DD/hour=H/<file>.parquet``. A file is
 visible unless its name starts with ``.`` or ``_`` (temporary and foreign files)
-or a compacted file in the same partition lists it in its ``archiver.replaces``
-metadata (a compaction that crashed before deleting its inputs).
+or a live compacted file in the same partition lists it in its ``archiver.replaces``
+metadata (a compaction that crashed before deleting its inputs). A compacted file
+is one of a group written together (``archiver.group``); it is live once the whole
+group is present, or once none of the files it replaces is left. See
+:mod:`archiver.cleanup` for the protocol and why it never shows a row twice.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .schema import PARTITION_SCHEMA, SCHEMAS
 from .storage import Location, resolve
 
 REPLACES_KEY = b"archiver.replaces"
+GROUP_KEY = b"archiver.group"
+KEEP_KEY = b"archiver.keep"
 COMPACT_MARK = "-compact-"
 READ_RETRIES = 20
 
@@ -49,12 +54,66 @@ def is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+@dataclass(frozen=True)
+class CompactInfo:
+    """What a compacted file's metadata says: the files it replaces and its group."""
+
+    replaces: frozenset[str]
+    group: frozenset[str]
+    rows: int
+    keep: str = "all"
+
+
+_INFO_CACHE: dict[tuple[str, str, int, int | None], CompactInfo] = {}
+
+
+def compact_info(location: Location, info: pafs.FileInfo) -> CompactInfo:
+    """The :class:`CompactInfo` of a compacted file (cached: these files never change)."""
+    key = (location.uri, info.path, info.size, info.mtime_ns)
+    cached = _INFO_CACHE.get(key)
+    if cached is not None:
+        return cached
+    with location.fs.open_input_file(info.path) as f:
+        meta = pq.ParquetFile(f).metadata
+    kv = meta.metadata or {}
+    replaces = json.loads(kv[REPLACES_KEY]) if REPLACES_KEY in kv else []
+    group = json.loads(kv[GROUP_KEY]) if GROUP_KEY in kv else [info.base_name]
+    keep = kv.get(KEEP_KEY, b"all").decode()
+    result = CompactInfo(frozenset(replaces), frozenset(group), meta.num_rows, keep)
+    if len(_INFO_CACHE) >= 4096:
+        _INFO_CACHE.clear()
+    _INFO_CACHE[key] = result
+    return result
+
+
 def replaced_by(location: Location, path: str) -> list[str]:
     """Basenames that the compacted file at ``path`` replaces."""
-    with location.fs.open_input_file(path) as f:
-        metadata = pq.read_schema(f).metadata or {}
-    raw = metadata.get(REPLACES_KEY)
-    return json.loads(raw) if raw else []
+    return sorted(compact_info(location, location.fs.get_file_info(path)).replaces)
+
+
+def live_compacted(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
+    """The compacted files among ``present`` whose ``replaces`` take effect.
+
+    A group is renamed into place one file at a time, after which its inputs are
+    deleted: a group with a member missing while one of its inputs is still here
+    is a half-committed compaction (its rows are all still in the inputs), so it
+    is ignored. A member missing once every input is gone was itself compacted
+    later, and the rest of the group stays valid.
+    """
+    return {
+        name
+        for name, info in infos.items()
+        if info.group <= present or not (info.replaces & present)
+    }
+
+
+def visible_names(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
+    """Which of the ``present`` data files a reader should read (see :func:`live_compacted`)."""
+    live = live_compacted(present, infos)
+    replaced: set[str] = set()
+    for name in live:
+        replaced |= infos[name].replaces
+    return {n for n in present if n not in replaced and (n not in infos or n in live)}
 
 
 class Archive:
@@ -129,21 +188,33 @@ class Archive:
             and not is_hidden(i.base_name)
             and i.base_name.endswith(".parquet")
         ]
-        replaced: set[str] = set()
+        infos: dict[str, CompactInfo] = {}
         for info in files:
             if COMPACT_MARK in info.base_name:
                 try:
-                    replaced.update(replaced_by(self.location, info.path))
+                    infos[info.base_name] = compact_info(self.location, info)
                 except FileNotFoundError:  # removed by a concurrent cleanup
                     continue
-        return sorted(
-            (i for i in files if i.base_name not in replaced), key=lambda i: i.base_name
-        )
+        visible = visible_names({i.base_name for i in files}, infos)
+        return sorted((i for i in files if i.base_name in visible), key=lambda i: i.base_name)
 
     def files(self, table: str, partitions: list[Partition] | None = None) -> list[str]:
         """Paths of the table's visible data files, oldest partition first."""
         parts = self.partitions(table) if partitions is None else partitions
         return [i.path for p in parts for i in self.partition_files(p)]
+
+    # -- maintenance (see archiver.cleanup) ---------------------------------
+    def compact(self, **kwargs):
+        """Merge the small files of closed partitions; see :func:`archiver.cleanup.compact`."""
+        from .cleanup import compact
+
+        return compact(self, **kwargs)
+
+    def expire(self, **kwargs):
+        """Drop old partitions and expired tasks; see :func:`archiver.cleanup.expire`."""
+        from .cleanup import expire
+
+        return expire(self, **kwargs)
 
     # -- reading ------------------------------------------------------------
     def schema(self, table: str) -> pa.Schema:
@@ -176,11 +247,18 @@ class Archive:
         partitions: list[Partition] | None = None,
         columns: list[str] | None = None,
         filter: ds.Expression | None = None,
+        limit: int | None = None,
     ) -> pa.Table:
-        """Read as an Arrow table; retried when a concurrent cleanup swaps files mid-read."""
+        """Read as an Arrow table; retried when a concurrent cleanup swaps files mid-read.
+
+        ``limit`` returns only the first rows (in file order) and stops reading there.
+        """
         for attempt in range(READ_RETRIES):
             try:
-                return self.dataset(table, partitions).to_table(columns=columns, filter=filter)
+                dataset = self.dataset(table, partitions)
+                if limit is not None:
+                    return dataset.head(limit, columns=columns, filter=filter)
+                return dataset.to_table(columns=columns, filter=filter)
             except (FileNotFoundError, OSError) as exc:
                 if attempt == READ_RETRIES - 1 or not _is_missing_file(exc):
                     raise
@@ -192,20 +270,67 @@ class Archive:
         keep = {(p.date, p.hour) for p in partitions}
         return [p for p in self.partitions(table) if (p.date, p.hour) in keep]
 
-    def load(self, table: str = "tasks", **kwargs):
-        """Every row of ``table`` as a pandas DataFrame (see :mod:`archiver.query`)."""
+    def load(
+        self,
+        table: str = "tasks",
+        *,
+        start=None,
+        end=None,
+        columns=None,
+        filters=None,
+        engine="pandas",
+        **kwargs,
+    ):
+        """Every row of ``table`` captured in ``[start, end)``, as a DataFrame.
+
+        Args:
+            table: ``"tasks"``, ``"workers"`` or ``"snapshots"``.
+            start, end: datetimes (naive = UTC), ISO strings, epoch seconds, or
+                durations ago such as ``"2h"``/``"7d"``. Partitions outside the range
+                are never opened; row-group statistics prune inside files.
+            columns: the columns to read (default: the table's, without the ``date``
+                and ``hour`` partition columns, which can be asked for by name).
+            filters: a pyarrow expression or ``pandas.read_parquet``'s list of tuples,
+                e.g. ``[("name", "==", "tasks.add"), ("state", "in", ["FAILURE"])]``.
+            engine: ``"pandas"`` (default), ``"arrow"`` (a ``pyarrow.Table``) or
+                ``"dask"`` (a lazy dask DataFrame, one partition per hour).
+            limit: only the first ``limit`` rows (oldest first).
+
+        Timestamps are tz-aware UTC, ``name``/``state``/``worker`` categorical and
+        integers nullable; files written by an older schema load with missing columns null.
+        """
         from .query import load_table
 
-        return load_table(self, table, **kwargs)
+        return load_table(
+            self,
+            table,
+            start=start,
+            end=end,
+            columns=columns,
+            filters=filters,
+            engine=engine,
+            **kwargs,
+        )
 
     def latest(self, table: str = "tasks", *, as_of=None, **kwargs):
-        """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``."""
+        """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
+
+        The cluster as it was at ``as_of`` (inclusive; default: the newest snapshot).
+        Also takes ``start`` (ignore entities not recorded since then), ``columns``,
+        ``filters`` (applied to the latest rows, so ``state == "FAILURE"`` means "tasks
+        whose last known state is FAILURE"), ``engine`` (``"pandas"``/``"arrow"``) and
+        ``limit``. Rows are ordered by the time of their last version.
+        """
         from .query import latest
 
         return latest(self, table, as_of=as_of, **kwargs)
 
     def history(self, uuid: str, **kwargs):
-        """Every recorded version of one task, oldest first."""
+        """Every recorded version of one task, oldest first.
+
+        Also takes ``start``/``end``/``columns``/``engine`` and ``table="workers"``
+        (then ``uuid`` is a hostname).
+        """
         from .query import history
 
         return history(self, uuid, **kwargs)

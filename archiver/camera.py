@@ -58,7 +58,11 @@ class Polaroid:
         self.state = state
         self.freq = _positive("freq", freq)
         self.cleanup_freq = _positive("cleanup_freq", cleanup_freq)
-        self.timer = timer or self.timer or Timer()
+        # ``is None`` checks: an empty timer may be falsy (kombu's Timer and ours define
+        # __len__), and a given timer must never be swapped for a new one.
+        if timer is None:
+            timer = self.timer if self.timer is not None else Timer()
+        self.timer = timer
         self.logger = logger
         self.maxrate = None if maxrate is None else TokenBucket(parse_rate(maxrate), capacity=1)
         self.snapshots_taken = 0

@@ -1,10 +1,13 @@
 """From a frozen state to Arrow record batches: the replaceable part of the Parquet camera.
 
 A converter is any object with a ``schemas`` mapping (table name -> ``pa.Schema``,
-each with a ``captured_at`` timestamp column) and a method
+each with a non-null ``captured_at`` timestamp column) and a method
 ``convert(state, *, captured_at, snapshot_id) -> dict[str, pa.RecordBatch]`` that
 the camera calls while the state is frozen. :class:`CeleryConverter` handles
 ``archiver.State`` and Celery's own ``celery.events.state.State``.
+
+Values come from events, so any of them can have the wrong type: a value that does
+not fit its column is stored as null (strings: as ``str(value)``), never raised.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ _TASK_ATTRS = (
     "parent_id",
     "clock",
 )
-# What an event can change on a task: used to find changed tasks in a state
-# that does not track changes itself (Celery's State).
+# What an event can change on a task: used to find changed tasks in a state that
+# does not track changes itself (Celery's State). Every task event sets the time
+# field named after it, and every event but a late ``task-received`` also merges its
+# ``clock``; a late ``task-received`` merges only the fields listed after it.
 _TASK_SIGNATURE = attrgetter(
     "state",
     "timestamp",
@@ -52,7 +57,15 @@ _TASK_SIGNATURE = attrgetter(
     "result",
     "exception",
     "args",
+    "kwargs",
+    "eta",
+    "expires",
+    "root_id",
+    "parent_id",
 )
+_STATE = attrgetter("state")
+# Beyond this many seconds from the epoch, microseconds overflow int64.
+_MAX_EPOCH_S = 9.2e12
 
 
 class Converter(Protocol):
@@ -66,18 +79,40 @@ class Converter(Protocol):
 
 
 def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
-    """Float epoch seconds (or None) -> ``timestamp[us, UTC]``."""
-    arr = np.array([v if isinstance(v, (int, float)) else np.nan for v in values], dtype="f8")
-    mask = np.isnan(arr)
-    micros = np.where(mask, 0, np.round(arr * 1e6)).astype("i8")
-    return pa.array(micros, type=S.TIMESTAMP, mask=mask)
+    """Float epoch seconds (or None; anything else counts as None) -> ``timestamp[us, UTC]``."""
+    try:
+        arr = np.asarray(values, dtype="f8")
+        if arr.ndim != 1:
+            raise ValueError("not a flat sequence")
+    except (TypeError, ValueError):
+        arr = np.array(
+            [v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values],
+            dtype="f8",
+        )
+    mask = ~(np.abs(arr) < _MAX_EPOCH_S)  # NaN, inf and overflow
+    micros = np.where(mask, 0.0, np.round(arr * 1e6)).astype("i8")
+    return pa.array(micros, type=S.TIMESTAMP, mask=mask if mask.any() else None)
+
+
+def constant_timestamps(seconds: float, n: int) -> pa.Array:
+    """``n`` copies of one epoch time as ``timestamp[us, UTC]``."""
+    return pa.array(np.full(n, round(seconds * 1e6), dtype="i8"), type=S.TIMESTAMP)
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:
     try:
         return pa.array(values, type=pa.string())
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    except (ValueError, TypeError):  # ArrowInvalid, ArrowTypeError, UnicodeEncodeError
+        return pa.array([None if v is None else _text(v) for v in values], type=pa.string())
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        return str(value)
+    except Exception:  # a broken __str__ must not stop the snapshot
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _category(values: Sequence[Any]) -> pa.Array:
@@ -87,24 +122,51 @@ def _category(values: Sequence[Any]) -> pa.Array:
 def _ints(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     try:
         return pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        return pa.array([v if isinstance(v, int) else None for v in values], type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        info = np.iinfo(type_.to_pandas_dtype())
+        lo, hi = int(info.min), int(info.max)
+        return pa.array(
+            [v if type(v) is int and lo <= v <= hi else None for v in values], type=type_
+        )
 
 
 def _floats(values: Sequence[Any]) -> pa.Array:
-    return pa.array([v if isinstance(v, (int, float)) else None for v in values], pa.float64())
+    try:
+        return pa.array(values, type=pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
+        return pa.array(
+            [v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in values],
+            pa.float64(),
+        )
+
+
+def _float_list(value: Any) -> list[float] | None:
+    if not isinstance(value, (list, tuple)):
+        return None
+    try:
+        return [float(x) for x in value]
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _redact(values: Sequence[Any], mode: RedactMode) -> list[Any]:
     if mode == "null":
         return [None] * len(values)
-    return [
-        None if v is None else hashlib.sha256(str(v).encode()).hexdigest()[:32] for v in values
-    ]
+    return [None if v is None else redact_hash(v) for v in values]
+
+
+def redact_hash(value: Any) -> str:
+    """The stored form of a redacted value with ``redact_mode="hash"`` (SHA-256, 32 hex)."""
+    return hashlib.sha256(_text(value).encode()).hexdigest()[:32]
 
 
 def _hostname(worker: Any) -> Any:
     return getattr(worker, "hostname", worker)
+
+
+def _values(mapping: Any) -> list[Any]:
+    """The values of a state's ``tasks``/``workers`` without touching LRU order or locks."""
+    return list(getattr(mapping, "data", mapping).values())
 
 
 class CeleryConverter:
@@ -115,6 +177,10 @@ class CeleryConverter:
             previous snapshot; ``"full"`` writes everything in the state each time.
         redact: task columns stored as null (or hashed) instead of their value.
         redact_mode: ``"null"`` or ``"hash"`` (a SHA-256 prefix, to join on equal values).
+
+    With ``archiver.State`` the changed tasks come from ``State.take_changes()``
+    (cost proportional to the changes); with any other state (Celery's) they are
+    found by comparing each task's fields with the previous snapshot.
     """
 
     schemas = {name: S.with_metadata(schema, name) for name, schema in S.SCHEMAS.items()}
@@ -130,7 +196,7 @@ class CeleryConverter:
             raise ValueError(f"mode must be 'changes' or 'full', got {mode!r}")
         if redact_mode not in ("null", "hash"):
             raise ValueError(f"redact_mode must be 'null' or 'hash', got {redact_mode!r}")
-        redact = tuple(redact)
+        redact = tuple(dict.fromkeys(redact))
         unknown = sorted(set(redact) - set(REDACTABLE))
         if unknown:
             raise ValueError(
@@ -142,27 +208,38 @@ class CeleryConverter:
         self._task_sigs: dict[str, tuple] = {}
         self._worker_sigs: dict[str, tuple] = {}
 
-    # -- which rows -----------------------------------------------------------
-    def _changed_tasks(self, state: Any) -> list[Any]:
-        take = getattr(state, "take_changes", None)
-        if self.mode == "changes" and take is not None:
-            tasks, _ = take()
-            return tasks
-        tasks = list(getattr(state.tasks, "data", state.tasks).values())
-        if self.mode == "full":
-            return tasks
-        previous, current = self._task_sigs, {}
-        changed = []
-        for task in tasks:
-            sig = _TASK_SIGNATURE(task)
-            current[task.uuid] = sig
-            if previous.get(task.uuid) != sig:
-                changed.append(task)
-        self._task_sigs = current
-        return changed
+    def __repr__(self) -> str:
+        return (
+            f"CeleryConverter(mode={self.mode!r}, redact={self.redact!r}, "
+            f"redact_mode={self.redact_mode!r})"
+        )
 
-    def _changed_workers(self, state: Any, now: float) -> list[tuple[Any, bool]]:
-        workers = list(getattr(state.workers, "data", state.workers).values())
+    # -- which rows -----------------------------------------------------------
+    def _select_tasks(self, state: Any, taken: list[Any] | None) -> tuple[list[Any], dict | None]:
+        """The tasks to write, and the new signatures to commit (signature mode only)."""
+        if taken is not None:  # the state tracks its changes
+            if self.mode == "changes":
+                return taken, None
+            current = getattr(state.tasks, "data", state.tasks)
+            tasks = list(current.values())
+            # Changed tasks that the LRU evicted meanwhile are written too.
+            tasks.extend(t for t in taken if t.uuid not in current)
+            return tasks, None
+        tasks = _values(state.tasks)
+        if self.mode == "full":
+            return tasks, None
+        previous = self._task_sigs
+        sigs = dict(zip([t.uuid for t in tasks], map(_TASK_SIGNATURE, tasks)))
+        changed = [t for t in tasks if previous.get(t.uuid) != sigs[t.uuid]]
+        return changed, sigs
+
+    def _select_workers(
+        self, state: Any, now: float, taken: list[Any]
+    ) -> tuple[list[tuple[Any, bool]], dict[str, tuple]]:
+        workers = _values(state.workers)
+        if taken:  # workers removed from the state since (e.g. offline) get a last row
+            known = {w.hostname for w in workers}
+            workers.extend(w for w in taken if w.hostname not in known)
         rows, current = [], {}
         for worker in workers:
             beats = worker.heartbeats
@@ -171,18 +248,23 @@ class CeleryConverter:
             current[worker.hostname] = sig
             if self.mode == "full" or self._worker_sigs.get(worker.hostname) != sig:
                 rows.append((worker, alive))
-        self._worker_sigs = current
-        return rows
+        return rows, current
 
     # -- batches --------------------------------------------------------------
     def convert(
         self, state: Any, *, captured_at: float, snapshot_id: str
     ) -> dict[str, pa.RecordBatch]:
-        """One batch per table for this snapshot; call while ``state`` is frozen."""
-        tasks = self._changed_tasks(state)
+        """One batch per table for this snapshot; call while ``state`` is frozen.
+
+        If building a batch fails, nothing is forgotten: the next snapshot writes
+        the same changes again.
+        """
+        take = getattr(state, "take_changes", None)
+        taken_tasks, taken_workers = take() if take is not None else (None, [])
         try:
-            workers = self._changed_workers(state, captured_at)
-            return {
+            tasks, task_sigs = self._select_tasks(state, taken_tasks)
+            workers, worker_sigs = self._select_workers(state, captured_at, taken_workers)
+            batches = {
                 "tasks": self.task_batch(tasks, captured_at, snapshot_id),
                 "workers": self.worker_batch(workers, captured_at, snapshot_id),
                 "snapshots": self.snapshot_batch(
@@ -191,22 +273,26 @@ class CeleryConverter:
             }
         except BaseException:
             restore = getattr(state, "restore_changes", None)
-            if restore is not None and self.mode == "changes":
-                restore(tasks, [])
+            if restore is not None and taken_tasks is not None:
+                restore(taken_tasks, taken_workers)
             raise
+        if task_sigs is not None:
+            self._task_sigs = task_sigs
+        self._worker_sigs = worker_sigs
+        return batches
 
     def task_batch(self, tasks: list[Any], captured_at: float, snapshot_id: str) -> pa.RecordBatch:
+        """One row per task."""
+        schema = self.schemas["tasks"]
         n = len(tasks)
-        if n:
-            columns = list(zip(*map(attrgetter(*_TASK_ATTRS), tasks)))
-        else:
-            columns = [() for _ in _TASK_ATTRS]
-        values = dict(zip(_TASK_ATTRS, columns))
+        if not n:
+            return pa.RecordBatch.from_pylist([], schema=schema)
+        values = dict(zip(_TASK_ATTRS, zip(*map(attrgetter(*_TASK_ATTRS), tasks))))
         values["worker"] = [_hostname(w) for w in values["worker"]]
         for field in self.redact:
             values[field] = _redact(values[field], self.redact_mode)
         arrays: dict[str, pa.Array] = {
-            "captured_at": epoch_to_timestamps([captured_at] * n),
+            "captured_at": constant_timestamps(captured_at, n),
             "snapshot_id": pa.array([snapshot_id] * n, pa.string()),
             "uuid": _strings(values["uuid"]),
         }
@@ -219,23 +305,20 @@ class CeleryConverter:
         arrays["retries"] = _ints(values["retries"], pa.int32())
         arrays["runtime"] = _floats(values["runtime"])
         arrays["clock"] = _ints(values["clock"], pa.int64())
-        schema = self.schemas["tasks"]
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
     def worker_batch(
         self, workers: list[tuple[Any, bool]], captured_at: float, snapshot_id: str
     ) -> pa.RecordBatch:
+        """One row per ``(worker, alive)``."""
         n = len(workers)
         objs = [w for w, _ in workers]
 
         def col(name: str) -> list[Any]:
             return [getattr(w, name, None) for w in objs]
 
-        loadavg = [
-            [float(x) for x in v] if isinstance(v, (list, tuple)) else None for v in col("loadavg")
-        ]
         arrays = {
-            "captured_at": epoch_to_timestamps([captured_at] * n),
+            "captured_at": constant_timestamps(captured_at, n),
             "snapshot_id": pa.array([snapshot_id] * n, pa.string()),
             "hostname": _category(col("hostname")),
             "alive": pa.array([alive for _, alive in workers], pa.bool_()),
@@ -243,11 +326,13 @@ class CeleryConverter:
             "freq": _floats(col("freq")),
             "active": _ints(col("active"), pa.int64()),
             "processed": _ints(col("processed"), pa.int64()),
-            "loadavg": pa.array(loadavg, pa.list_(pa.float64())),
+            "loadavg": pa.array([_float_list(v) for v in col("loadavg")], pa.list_(pa.float64())),
             "sw_ident": _category(col("sw_ident")),
             "sw_ver": _category(col("sw_ver")),
             "sw_sys": _category(col("sw_sys")),
-            "last_heartbeat": epoch_to_timestamps([w.heartbeats[-1] if w.heartbeats else None for w in objs]),
+            "last_heartbeat": epoch_to_timestamps(
+                [w.heartbeats[-1] if w.heartbeats else None for w in objs]
+            ),
         }
         schema = self.schemas["workers"]
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
@@ -255,16 +340,21 @@ class CeleryConverter:
     def snapshot_batch(
         self, state: Any, captured_at: float, snapshot_id: str, *, tasks_written: int
     ) -> pa.RecordBatch:
+        """The snapshot's one summary row: counters, workers alive, tasks per state."""
         tasks = getattr(state.tasks, "data", state.tasks)
-        workers = list(getattr(state.workers, "data", state.workers).values())
-        counts = Counter(t.state for t in list(tasks.values()))
+        workers = _values(state.workers)
+        counts = Counter(map(_STATE, tasks.values()))
         known = {s: counts.pop(s, 0) for s in S.TASK_STATES}
         alive = sum(1 for w in workers if w.heartbeats and captured_at < w.heartbeat_expires)
+
+        def number(value: Any) -> int | None:
+            return value if type(value) is int else None
+
         row = {
-            "captured_at": epoch_to_timestamps([captured_at]),
-            "snapshot_id": pa.array([snapshot_id]),
-            "event_count": pa.array([int(getattr(state, "event_count", 0))], pa.int64()),
-            "task_count": pa.array([int(getattr(state, "task_count", 0))], pa.int64()),
+            "captured_at": constant_timestamps(captured_at, 1),
+            "snapshot_id": pa.array([snapshot_id], pa.string()),
+            "event_count": pa.array([number(getattr(state, "event_count", None))], pa.int64()),
+            "task_count": pa.array([number(getattr(state, "task_count", None))], pa.int64()),
             "tasks_in_state": pa.array([len(tasks)], pa.int64()),
             "worker_count": pa.array([len(workers)], pa.int64()),
             "alive_workers": pa.array([alive], pa.int64()),

@@ -22,6 +22,9 @@ class ParquetCamera(Polaroid):
     """Batch frozen states into Arrow tables and flush them as partitioned Parquet.
 
     Works with ``archiver.State`` and, unchanged, with ``celery.events.state.State``.
+    The shutter (under the state's lock) only converts the frozen state into Arrow
+    batches and buffers them; files are written by :meth:`capture` after the lock
+    is released, when the buffer is due, and by :meth:`cancel`.
 
     Args:
         archive: a local path or a URI (``file://``, ``s3://``, ``gs://``, ``memory://``).
@@ -30,6 +33,8 @@ class ParquetCamera(Polaroid):
         mode, redact, redact_mode: passed to the default converter.
         flush_rows, flush_interval, max_buffer_rows: when to write, and how many
             rows to keep in memory while writes fail.
+        compression, row_group_size: Parquet settings of every file.
+        filesystem: a pyarrow or fsspec filesystem (then ``archive`` is a path on it).
         clock: returns the snapshot time (epoch seconds); replays pass their own.
         retention: a :class:`archiver.cleanup.Retention` applied by ``on_cleanup``.
     """
@@ -53,7 +58,7 @@ class ParquetCamera(Polaroid):
         max_buffer_rows: int = 1_000_000,
         compression: str = "zstd",
         row_group_size: int = ROW_GROUP_SIZE,
-        filesystem: pafs.FileSystem | None = None,
+        filesystem: pafs.FileSystem | Any = None,
         clock: Callable[[], float] = time.time,
         retention: Any = None,
     ) -> None:
@@ -65,6 +70,7 @@ class ParquetCamera(Polaroid):
         )
         self.location = resolve(archive, filesystem)
         self.archive = self.location.uri
+        self.camera_id = new_writer_id()
         self.sink = ParquetSink(
             self.location,
             self.converter.schemas,
@@ -73,11 +79,14 @@ class ParquetCamera(Polaroid):
             flush_rows=flush_rows,
             flush_interval=flush_interval,
             max_buffer_rows=max_buffer_rows,
+            writer_id=self.camera_id,
         )
         self.clock = clock
         self.retention = retention
-        self.camera_id = self.sink.writer_id or new_writer_id()
         self._snapshot_seq = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.archive!r} every {self.freq:g}s>"
 
     def on_shutter(self, state: Any) -> None:
         """Convert the frozen state and buffer its rows (no I/O under the state lock)."""
@@ -104,6 +113,13 @@ class ParquetCamera(Polaroid):
             super().cancel()
         finally:
             self.sink.flush()
+            if self.sink.buffered_rows:
+                logger.error(
+                    "Closing %s with %d rows that could not be written: %s",
+                    self.archive,
+                    self.sink.buffered_rows,
+                    self.sink.stats.last_error,
+                )
 
     close = cancel
 

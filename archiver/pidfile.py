@@ -2,48 +2,88 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
 
-from .errors import LockedError
+from .errors import ArchiverError, LockedError
 
 
 class Pidfile:
     """``with Pidfile(path):`` refuses to start while another live process holds ``path``.
 
-    The lock (``fcntl.flock``) dies with its process, so a stale pidfile left by a
-    crash is taken over; the file is removed on a clean exit.
+    The lock (``fcntl.flock`` on the file) dies with its process, so a stale
+    pidfile left by a crash or ``kill -9`` is taken over; the file is removed on a
+    clean exit. The file holds the owner's pid, for ``kill $(cat path)``.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def read_pid(self) -> int | None:
+        """The pid written in the file, or None."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise LockedError(
-                f"another archiver is running (pid {holder}, pidfile {self.path}); "
-                "stop it or use another --pidfile"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self._fd = fd
+            with open(self.path, "rb") as f:
+                return int(f.read(32).split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self) -> None:
+        """Take the lock and write our pid; raise LockedError if a live process holds it."""
+        if self._fd is not None:
+            raise ArchiverError(f"pidfile {self.path} is already held by this process")
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise ArchiverError(
+                    f"cannot create pidfile {self.path}: {exc.strerror or exc}"
+                ) from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise ArchiverError(
+                        f"cannot lock pidfile {self.path}: {exc.strerror or exc}"
+                    ) from exc
+                holder = self.read_pid()
+                raise LockedError(
+                    f"another archiver is running (pid {holder or 'unknown'}, "
+                    f"pidfile {self.path}); stop it or use another --pidfile"
+                ) from None
+            # The previous owner may have removed the file between our open() and
+            # flock(): then we locked an orphaned inode and must start again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            return
+        raise LockedError(f"could not lock pidfile {self.path}: it keeps being replaced")
 
     def release(self) -> None:
-        if self._fd is None:
+        """Remove the file (if it is still ours) and drop the lock."""
+        fd, self._fd = self._fd, None
+        if fd is None:
             return
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self._fd)
-        self._fd = None
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    os.unlink(self.path)
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> Pidfile:
         self.acquire()

@@ -1,9 +1,28 @@
-"""Loading history into pandas: time ranges, projections, filters, latest state, history."""
+"""Loading history into pandas: time ranges, projections, filters, latest state, history.
+
+Every read goes through the same three steps:
+
+1. **Partition pruning.** ``[start, end)`` is mapped to the ``date=/hour=`` directories it
+   overlaps; files in the other partitions are never listed or opened.
+2. **Row-group pruning.** The time range (and any ``filters``) becomes a pyarrow
+   expression, so row groups whose ``captured_at`` statistics fall outside the range are
+   skipped inside the files that are opened.
+3. **Conversion.** Arrow to pandas with the dtypes pandas users expect: timestamps
+   tz-aware UTC, dictionary columns (``name``, ``state``, ``worker``...) categorical,
+   integer columns nullable (``Int32``/``Int64``), booleans ``boolean``.
+
+Files written by an older schema (missing columns) load with those columns null,
+because the dataset is always opened with the table's current, explicit schema.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -12,68 +31,114 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .errors import ArchiverError
-from .schema import ENTITY_KEYS
+from .errors import ArchiverError, NoArchiveError
+from .schema import ENTITY_KEYS, PARTITION_SCHEMA, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     from .archive import Archive, Partition
 
+T = TypeVar("T")
 HOUR_US = 3_600_000_000
-TimeLike = "datetime | pd.Timestamp | str | float | None"
+Engine = Literal["pandas", "arrow", "dask"]
+ENGINES = ("pandas", "arrow", "dask")
 _PANDAS_TYPES = {
-    pa.int64(): pd.Int64Dtype(),
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
     pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
     pa.bool_(): pd.BooleanDtype(),
 }
+_UNITS = {
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)")
+_DURATION = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)\s*[a-z]+\s*)+(?:ago)?$")
+
+
+# -- times -------------------------------------------------------------------------------
+def parse_duration(text: str) -> pd.Timedelta | None:
+    """``"2h"``, ``"90s"``, ``"1d12h"``, ``"30 minutes ago"`` as a Timedelta; None if not one."""
+    text = text.strip().lower()
+    if not _DURATION.match(text):
+        return None
+    seconds = 0.0
+    for number, unit in _DURATION_PART.findall(text.removesuffix("ago")):
+        if unit not in _UNITS:
+            return None
+        seconds += float(number) * _UNITS[unit]
+    return pd.Timedelta(seconds=seconds)
 
 
 def parse_time(value: Any, *, now: datetime | None = None) -> pd.Timestamp | None:
-    """A UTC timestamp from a datetime, an ISO string, epoch seconds, or a duration ago ("2h")."""
+    """A UTC timestamp from a datetime, an ISO string, epoch seconds, or a duration ago.
+
+    Accepted: ``datetime``/``date``/``pd.Timestamp`` (naive values are taken as UTC),
+    ISO 8601 strings (``"2026-11-25T10:00"``, ``"2026-11-25 10:00+01:00"``), epoch
+    seconds (int/float), ``"now"``, and durations meaning "that long ago": ``"2h"``,
+    ``"30m"``, ``"7d"``, ``"1d12h"``, ``"90 seconds ago"`` (units us, ms, s, m, h, d, w).
+    """
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return pd.Timestamp(value, unit="s", tz="UTC")
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return pd.Timestamp(float(value), unit="s", tz="UTC")
     if isinstance(value, str):
         text = value.strip()
-        try:
-            ago = pd.Timedelta(text)
-        except ValueError:
-            ago = None
-        if ago is not None and not text[:4].isdigit():
-            now = now or datetime.now(timezone.utc)
-            return pd.Timestamp(now).tz_convert("UTC") - ago
+        ago = parse_duration(text)
+        if ago is not None or text.lower() == "now":
+            current = pd.Timestamp(now or datetime.now(timezone.utc))
+            current = current.tz_localize("UTC") if current.tzinfo is None else current
+            return current.tz_convert("UTC") - (ago or pd.Timedelta(0))
         try:
             value = pd.Timestamp(text)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise ArchiverError(
                 f"cannot read time {value!r}: give an ISO time (2026-11-25T10:00) "
                 "or a duration ago (2h, 30m, 7d)"
             ) from exc
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
     try:
         ts = pd.Timestamp(value)
     except (TypeError, ValueError) as exc:
         raise ArchiverError(f"cannot read time {value!r}") from exc
+    if ts is pd.NaT:
+        raise ArchiverError(f"cannot read time {value!r}")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _micros(ts: pd.Timestamp) -> int:
-    return int(ts.value // 1000)
-
-
-def filters_to_expression(filters: Any) -> ds.Expression | None:
-    """A pyarrow Expression from an Expression or ``pandas.read_parquet``'s list of tuples."""
-    if filters is None or isinstance(filters, ds.Expression):
-        return filters
-    try:
-        return pq.filters_to_expression(filters)
-    except (TypeError, ValueError) as exc:
-        raise ArchiverError(
-            f"invalid filters {filters!r}: use a pyarrow expression or a list of "
-            "(column, op, value) tuples such as [('state', '==', 'FAILURE')]"
-        ) from exc
+    """``ts`` in whole microseconds, rounded up (``captured_at >= ts`` <=> ``>= micros``)."""
+    return -(-ts.value // 1000)
 
 
 def time_expression(start: pd.Timestamp | None, end: pd.Timestamp | None) -> ds.Expression | None:
+    """``start <= captured_at < end`` as a pyarrow expression (either bound may be None)."""
     expr = None
     ts_type = pa.timestamp("us", tz="UTC")
     if start is not None:
@@ -97,39 +162,305 @@ def prune(
     ]
 
 
+# -- filters -----------------------------------------------------------------------------
+_OPS = {"=": "==", "==": "==", "!=": "!=", "<": "<", ">": ">", "<=": "<=", ">=": ">="}
+_LIST_OPS = ("in", "not in")
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
+    """``value`` (often a string from the command line) as a scalar of ``type_``."""
+    if value is None:
+        return None
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    try:
+        if pa.types.is_timestamp(type_):
+            ts = parse_time(value)
+            return pa.scalar(_micros(ts), pa.timestamp("us", tz="UTC"))
+        if isinstance(value, str):
+            if pa.types.is_integer(type_):
+                return int(value)
+            if pa.types.is_floating(type_):
+                return float(value)
+            if pa.types.is_boolean(type_):
+                low = value.strip().lower()
+                if low in _TRUE | _FALSE:
+                    return low in _TRUE
+                raise ValueError(value)
+        elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
+            return str(value)
+    except (ValueError, ArchiverError) as exc:
+        raise ArchiverError(f"cannot compare column {column} ({type_}) with {value!r}") from exc
+    return value
+
+
+def _check_columns(names: Iterable[str], schema: pa.Schema, table: str | None) -> None:
+    unknown = [c for c in names if schema.get_field_index(c) < 0]
+    if unknown:
+        where = f" in {table}" if table else ""
+        raise ArchiverError(
+            f"unknown column(s) {', '.join(map(repr, unknown))}{where}; "
+            f"columns are: {', '.join(schema.names)}"
+        )
+
+
+def _term(item: Any, schema: pa.Schema | None, table: str | None) -> ds.Expression:
+    if not isinstance(item, (tuple, list)) or len(item) != 3:
+        raise ArchiverError(
+            f"invalid filter {item!r}: use (column, op, value) such as ('state', '==', 'FAILURE')"
+        )
+    column, op, value = item
+    op = str(op).strip().lower()
+    if schema is not None:
+        _check_columns([column], schema, table)
+        type_ = schema.field(column).type
+    else:
+        type_ = None
+    ref = ds.field(column)
+    if op in _LIST_OPS:
+        if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+            raise ArchiverError(f"filter {item!r}: {op!r} needs a list of values")
+        values = list(value)
+        if type_ is not None:
+            values = [_coerce(v, type_, column) for v in values]
+            values = [v.as_py() if isinstance(v, pa.Scalar) else v for v in values]
+            value_type = type_.value_type if pa.types.is_dictionary(type_) else type_
+            try:
+                values = pa.array(values, value_type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ArchiverError(f"filter {item!r}: {exc}") from exc
+        expr = ref.isin(values)
+        return ~expr if op == "not in" else expr
+    if op not in _OPS:
+        raise ArchiverError(
+            f"invalid filter operator {op!r} in {item!r}: use one of "
+            "==, !=, <, >, <=, >=, in, not in"
+        )
+    op = _OPS[op]
+    if type_ is not None:
+        value = _coerce(value, type_, column)
+    if value is None:
+        if op == "==":
+            return ref.is_null()
+        if op == "!=":
+            return ref.is_valid()
+        raise ArchiverError(f"filter {item!r}: only == and != compare with None")
+    return {
+        "==": ref.__eq__,
+        "!=": ref.__ne__,
+        "<": ref.__lt__,
+        ">": ref.__gt__,
+        "<=": ref.__le__,
+        ">=": ref.__ge__,
+    }[op](value)
+
+
+def filters_to_expression(
+    filters: Any, schema: pa.Schema | None = None, *, table: str | None = None
+) -> ds.Expression | None:
+    """A pyarrow Expression from an Expression or ``pandas.read_parquet``'s list of tuples.
+
+    The list form is ``[(column, op, value), ...]`` (all must hold) or a list of such
+    lists (any of them must hold); ``op`` is one of ``==`` (or ``=``), ``!=``, ``<``,
+    ``>``, ``<=``, ``>=``, ``in``, ``not in``. With ``schema``, column names are checked
+    and values converted to the column's type: timestamps accept anything
+    :func:`parse_time` does, numbers and booleans accept strings; ``None`` with ``==``
+    or ``!=`` tests for null.
+    """
+    if filters is None or isinstance(filters, ds.Expression):
+        return filters
+    if isinstance(filters, tuple) and len(filters) == 3 and isinstance(filters[0], str):
+        filters = [filters]
+    if not isinstance(filters, (list, tuple)):
+        raise ArchiverError(
+            f"invalid filters {filters!r}: use a pyarrow expression or a list of "
+            "(column, op, value) tuples such as [('state', '==', 'FAILURE')]"
+        )
+    if not filters:
+        return None
+    groups = filters if all(isinstance(f, list) for f in filters) else [filters]
+    expr = None
+    for group in groups:
+        if not group:
+            raise ArchiverError(f"invalid filters {filters!r}: an empty group of conditions")
+        conj = None
+        for item in group:
+            term = _term(item, schema, table)
+            conj = term if conj is None else conj & term
+        expr = conj if expr is None else expr | conj
+    return expr
+
+
+def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
+    return pa.schema([schema.field(n) for n in names])
+
+
+_NO_FIELD = re.compile(r"No match for FieldRef\.Name\((.*?)\) in")
+
+
+def expression_columns(expr: ds.Expression, schema: pa.Schema, *, table: str | None = None):
+    """The columns of ``schema`` that ``expr`` reads; raises ArchiverError on unknown ones."""
+    found: list[str] = []
+    for _ in range(len(schema) + 1):
+        empty = _select(schema, found).empty_table()
+        try:
+            empty.filter(expr)
+            return found
+        except pa.ArrowInvalid as exc:
+            match = _NO_FIELD.search(str(exc))
+            if match is None:
+                raise ArchiverError(f"invalid filter {expr}: {exc}") from exc
+            name = match.group(1)
+            if schema.get_field_index(name) < 0 or name in found:
+                _check_columns([name], schema, table)
+                raise ArchiverError(f"invalid filter {expr}: {exc}") from exc
+            found.append(name)
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise ArchiverError(f"invalid filter {expr}: {exc}") from exc
+    return found
+
+
+# -- reading -----------------------------------------------------------------------------
+def full_schema(archive: Archive, table: str) -> pa.Schema:
+    """The table's schema plus the ``date``/``hour`` partition columns."""
+    return pa.schema(list(archive.schema(table)) + list(PARTITION_SCHEMA))
+
+
+def check_table(archive: Archive, table: str) -> None:
+    """Raise NoArchiveError if the archive or the table does not exist."""
+    if not archive.exists():
+        raise NoArchiveError(
+            f"no archive at {archive.uri}: record one with `archiver record --archive {archive.uri}`"
+        )
+    tables = archive.tables()
+    if table not in tables:
+        raise NoArchiveError(
+            f"no table {table!r} in archive {archive.uri} (tables: {', '.join(tables) or 'none'})"
+        )
+
+
+@dataclass
+class Plan:
+    """What a read needs: the pruned partitions, the row filter, the columns."""
+
+    table: str
+    schema: pa.Schema
+    partitions: list[Partition]
+    columns: list[str]
+    filter: ds.Expression | None
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+    user_filter: ds.Expression | None = None
+    filter_columns: list[str] = field(default_factory=list)
+
+
+def plan(
+    archive: Archive,
+    table: str,
+    *,
+    start: Any = None,
+    end: Any = None,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+) -> Plan:
+    """Validate the arguments of a read and prune the partitions (nothing is opened)."""
+    check_table(archive, table)
+    t0, t1 = parse_time(start), parse_time(end)
+    schema = full_schema(archive, table)
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    if columns is None:
+        columns = archive.schema(table).names
+    else:
+        columns = list(dict.fromkeys(columns))
+        _check_columns(columns, schema, table)
+    user = filters_to_expression(filters, schema, table=table)
+    filter_columns = [] if user is None else expression_columns(user, schema, table=table)
+    expr = time_expression(t0, t1)
+    if user is not None:
+        expr = user if expr is None else expr & user
+    parts = archive.partitions(table)
+    if t0 is not None or t1 is not None:
+        parts = prune(parts, t0, t1)
+    return Plan(table, schema, parts, columns, expr, t0, t1, user, filter_columns)
+
+
+def _is_missing_file(exc: BaseException) -> bool:
+    from .archive import _is_missing_file as missing
+
+    return missing(exc)
+
+
+def retrying(fun: Callable[[], T], retries: int = 20) -> T:
+    """Call ``fun`` again when a file vanished under it (a concurrent compaction or expiry)."""
+    for attempt in range(retries):
+        try:
+            return fun()
+        except OSError as exc:
+            if attempt == retries - 1 or not _is_missing_file(exc):
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _arrow_errors(table: str, filters: Any):
+    """Turn pyarrow's errors during a scan into one-line ArchiverErrors."""
+
+    class _Mapper:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, exc, tb):
+            if exc is None:
+                return False
+            if isinstance(exc, (pa.ArrowNotImplementedError, pa.ArrowTypeError)):
+                raise ArchiverError(f"cannot apply filters {filters!r} to {table}: {exc}") from exc
+            if isinstance(exc, pa.ArrowInvalid):
+                raise ArchiverError(f"cannot read {table}: {exc}") from exc
+            return False
+
+    return _Mapper()
+
+
 def read_arrow(
     archive: Archive,
     table: str,
     *,
     start: Any = None,
     end: Any = None,
-    columns: list[str] | None = None,
+    columns: Sequence[str] | None = None,
     filters: Any = None,
+    limit: int | None = None,
 ) -> pa.Table:
-    """Rows in ``[start, end)`` by ``captured_at`` as an Arrow table."""
-    t0, t1 = parse_time(start), parse_time(end)
-    parts = prune(archive.partitions(table), t0, t1)
-    expr = time_expression(t0, t1)
-    extra = filters_to_expression(filters)
-    if extra is not None:
-        expr = extra if expr is None else expr & extra
-    if columns is not None:
-        known = set(archive.dataset(table, []).schema.names)
-        unknown = [c for c in columns if c not in known]
-        if unknown:
-            raise ArchiverError(
-                f"unknown column(s) {', '.join(unknown)} in {table}; "
-                f"columns are: {', '.join(sorted(known))}"
-            )
-    try:
-        return archive.read(table, partitions=parts, columns=columns, filter=expr)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise ArchiverError(f"cannot apply filters {filters!r} to {table}: {exc}") from exc
+    """Rows in ``[start, end)`` by ``captured_at`` as an Arrow table (oldest first)."""
+    p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
+    if not p.partitions:
+        return _select(p.schema, p.columns).empty_table()
+    with _arrow_errors(table, filters):
+        return archive.read(
+            table, partitions=p.partitions, columns=p.columns, filter=p.filter, limit=limit
+        )
 
 
-def to_pandas(table: pa.Table) -> pd.DataFrame:
-    """pandas with UTC timestamps, categoricals for dictionary columns, nullable ints."""
+def to_pandas(table: pa.Table, *, owned: bool = False) -> pd.DataFrame:
+    """pandas with UTC timestamps, categoricals for dictionary columns, nullable ints.
+
+    ``owned``: ``table`` is not used afterwards, so its memory is released column by
+    column during the conversion (lower peak memory for big results).
+    """
+    if owned:
+        return table.to_pandas(
+            types_mapper=_PANDAS_TYPES.get, self_destruct=True, split_blocks=True
+        )
     return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+
+
+def _engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ArchiverError(f"unknown engine {engine!r}: use 'pandas', 'arrow' or 'dask'")
+    return engine
 
 
 def load_table(
@@ -138,79 +469,268 @@ def load_table(
     *,
     start: Any = None,
     end: Any = None,
-    columns: list[str] | None = None,
+    columns: Sequence[str] | None = None,
     filters: Any = None,
-    engine: Literal["pandas", "arrow", "dask"] = "pandas",
+    engine: Engine = "pandas",
+    limit: int | None = None,
 ) -> Any:
     """Every row of ``table`` in ``[start, end)``; see :meth:`archiver.Archive.load`."""
-    if engine == "dask":
+    if _engine(engine) == "dask":
         return _load_dask(archive, table, start=start, end=end, columns=columns, filters=filters)
-    result = read_arrow(archive, table, start=start, end=end, columns=columns, filters=filters)
-    if engine == "arrow":
-        return result
-    if engine != "pandas":
-        raise ArchiverError(f"unknown engine {engine!r}: use 'pandas', 'arrow' or 'dask'")
-    return to_pandas(result)
+    result = read_arrow(
+        archive, table, start=start, end=end, columns=columns, filters=filters, limit=limit
+    )
+    return result if engine == "arrow" else to_pandas(result, owned=True)
+
+
+# -- latest / history --------------------------------------------------------------------
+def _entity_key(table: str) -> str:
+    key = ENTITY_KEYS.get(table)
+    if key is None:
+        raise ArchiverError(
+            f"latest() needs a table with an entity key ({', '.join(ENTITY_KEYS)}), got {table!r}"
+        )
+    return key
+
+
+def latest_positions(keys: pa.ChunkedArray | pa.Array, micros: np.ndarray) -> np.ndarray:
+    """Row positions of the last row of each key, by ``micros`` then position; sorted by time.
+
+    Ties on time go to the later position (the later file, then the later row).
+    """
+    n = len(micros)
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    order = np.argsort(micros, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.cast(keys.type.value_type)
+    grouped = pa.table({"k": keys, "r": rank}).group_by("k", use_threads=False).aggregate([("r", "max")])
+    best = np.sort(grouped.column("r_max").to_numpy())
+    return order[best]
 
 
 def latest_arrow(table: pa.Table, key: str) -> pa.Table:
-    """The last row (by ``captured_at``, then ``snapshot_id``) of each ``key``."""
+    """The last row (by ``captured_at``, then position) of each ``key``, ordered by time."""
     if table.num_rows == 0:
         return table
-    ordered = table.take(
-        pc.sort_indices(table, [("captured_at", "ascending"), ("snapshot_id", "ascending")])
-    )
-    keys = ordered.column(key)
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.cast(pa.string())
-    index = pa.table({"k": keys, "i": pa.array(range(ordered.num_rows), pa.int64())})
-    last = index.group_by("k", use_threads=False).aggregate([("i", "max")]).column("i_max")
-    rows = np.sort(last.to_numpy())
-    return ordered.take(rows)
+    micros = table.column("captured_at").cast(pa.int64()).to_numpy()
+    return table.take(latest_positions(table.column(key), micros))
 
 
-def latest(archive: Archive, table: str = "tasks", *, as_of: Any = None, **kwargs: Any):
-    """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``."""
-    key = ENTITY_KEYS.get(table)
-    if key is None:
-        raise ArchiverError(f"latest() needs a table with an entity key: {', '.join(ENTITY_KEYS)}")
-    end = parse_time(as_of)
-    columns = kwargs.pop("columns", None)
-    if columns is not None:
-        columns = list(dict.fromkeys([*columns, key, "captured_at", "snapshot_id"]))
-    engine = kwargs.pop("engine", "pandas")
+def _latest_read(archive: Archive, p: Plan, key: str, columns: list[str]) -> pa.Table:
+    """Two passes: find the winning rows from the key and time columns, then fetch them."""
+    dataset = archive.dataset(p.table, p.partitions)
+    fragments = list(dataset.get_fragments())
+    schema = dataset.schema
+    time_filter = time_expression(p.start, p.end)
+    # Pass 1: key and captured_at of every row, with each file's row offset.
+    keys, micros, offsets = [], [], [0]
+    for fragment in fragments:
+        part = fragment.to_table(schema=schema, columns=[key, "captured_at"])
+        keys.extend(part.column(key).chunks)
+        micros.append(part.column("captured_at").cast(pa.int64()).to_numpy())
+        offsets.append(offsets[-1] + part.num_rows)
+    if not fragments or offsets[-1] == 0:
+        return _select(schema, columns).empty_table()
+    all_micros = np.concatenate(micros)
+    key_type = schema.field(key).type
+    all_keys = pa.chunked_array(keys, type=key_type)
+    if time_filter is not None:
+        lo = -(2**63) if p.start is None else _micros(p.start)
+        hi = 2**63 - 1 if p.end is None else _micros(p.end)
+        inside = np.flatnonzero((all_micros >= lo) & (all_micros < hi))
+        win = inside[latest_positions(all_keys.take(inside), all_micros[inside])]
+    else:
+        win = latest_positions(all_keys, all_micros)
+    del all_keys, keys
+    # Pass 2: per file, read the wanted columns and keep the winning rows.
+    bounds = np.asarray(offsets)
+    by_position = np.sort(win)
+    cuts = np.searchsorted(by_position, bounds)
+    pieces = []
+    for i, fragment in enumerate(fragments):
+        local = by_position[cuts[i] : cuts[i + 1]] - bounds[i]
+        if len(local):
+            part = fragment.to_table(schema=schema, columns=columns)
+            pieces.append(part.take(local))
+            del part
+    result = pa.concat_tables(pieces) if pieces else _select(schema, columns).empty_table()
+    # Order by time: ``by_position`` is already in time order unless files overlap in time.
+    if not np.all(np.diff(all_micros[by_position]) >= 0):
+        result = result.take(np.argsort(all_micros[by_position], kind="stable"))
+    return result
+
+
+def latest(
+    archive: Archive,
+    table: str = "tasks",
+    *,
+    as_of: Any = None,
+    start: Any = None,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+    engine: Engine = "pandas",
+    limit: int | None = None,
+) -> Any:
+    """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
+
+    See :meth:`archiver.Archive.latest`.
+    """
+    key = _entity_key(table)
+    if _engine(engine) == "dask":
+        raise ArchiverError('latest() returns pandas or Arrow: use engine="pandas" or "arrow"')
+    as_of_ts = parse_time(as_of)
     # ``as_of`` is inclusive: the cluster as it was at that instant.
-    end_excl = None if end is None else end + pd.Timedelta(microseconds=1)
-    rows = read_arrow(archive, table, end=end_excl, columns=columns, **kwargs)
-    result = latest_arrow(rows, key)
-    return result if engine == "arrow" else to_pandas(result).reset_index(drop=True)
+    end = None if as_of_ts is None else as_of_ts + pd.Timedelta(microseconds=1)
+    p = plan(archive, table, start=start, end=end, columns=columns, filters=None)
+    p.user_filter = filters_to_expression(filters, p.schema, table=table)
+    wanted = list(p.columns)
+    read_cols = wanted
+    if p.user_filter is not None:
+        extra = expression_columns(p.user_filter, p.schema, table=table)
+        read_cols = list(dict.fromkeys([*wanted, *extra]))
+    if not p.partitions:
+        result = _select(p.schema, wanted).empty_table()
+    else:
+        with _arrow_errors(table, filters):
+            result = retrying(lambda: _latest_read(archive, p, key, read_cols))
+            if p.user_filter is not None:
+                result = result.filter(p.user_filter).select(wanted)
+    if limit is not None:
+        result = result.slice(0, limit)
+    return result if engine == "arrow" else to_pandas(result, owned=True)
 
 
-def history(archive: Archive, uuid: str, **kwargs: Any) -> pd.DataFrame:
-    """Every recorded version of one task, oldest first."""
-    rows = read_arrow(archive, "tasks", filters=ds.field("uuid") == uuid, **kwargs)
-    rows = rows.take(pc.sort_indices(rows, [("captured_at", "ascending")]))
-    return to_pandas(rows).reset_index(drop=True)
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = "tasks",
+    start: Any = None,
+    end: Any = None,
+    columns: Sequence[str] | None = None,
+    engine: Engine = "pandas",
+) -> Any:
+    """Every recorded version of one task (or worker, with ``table="workers"``), oldest first."""
+    key = _entity_key(table)
+    if _engine(engine) == "dask":
+        raise ArchiverError('history() returns pandas or Arrow: use engine="pandas" or "arrow"')
+    rows = read_arrow(
+        archive, table, start=start, end=end, columns=columns, filters=[(key, "==", uuid)]
+    )
+    if rows.num_rows > 1:
+        micros = rows.column("captured_at").cast(pa.int64()) if "captured_at" in rows else None
+        if micros is not None:
+            rows = rows.take(np.argsort(micros.to_numpy(), kind="stable"))
+    return rows if engine == "arrow" else to_pandas(rows).reset_index(drop=True)
 
 
 def _load_dask(archive: Archive, table: str, *, start, end, columns, filters):
     try:
         import dask.dataframe as dd
     except ImportError as exc:
-        raise ArchiverError(
-            'engine="dask" needs dask: pip install "archiver[dask]"'
-        ) from exc
-    t0, t1 = parse_time(start), parse_time(end)
-    parts = prune(archive.partitions(table), t0, t1)
-    expr = time_expression(t0, t1)
-    extra = filters_to_expression(filters)
-    if extra is not None:
-        expr = extra if expr is None else expr & extra
-    meta = to_pandas(archive.dataset(table, []).to_table(columns=columns).slice(0, 0))
-    if not parts:
+        raise ArchiverError('engine="dask" needs dask: pip install "archiver[dask]"') from exc
+    p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
+    meta = to_pandas(_select(p.schema, p.columns).empty_table())
+    if not p.partitions:
         return dd.from_pandas(meta, npartitions=1)
 
     def read_one(partition: Partition) -> pd.DataFrame:
-        return to_pandas(archive.read(table, partitions=[partition], columns=columns, filter=expr))
+        with _arrow_errors(table, filters):
+            part = archive.read(table, partitions=[partition], columns=p.columns, filter=p.filter)
+        return to_pandas(part)
 
-    return dd.from_map(read_one, parts, meta=meta, enforce_metadata=False)
+    return dd.from_map(read_one, p.partitions, meta=meta, enforce_metadata=False)
+
+
+# -- describing an archive ---------------------------------------------------------------
+@dataclass
+class TableInfo:
+    """What ``archiver info`` shows for one table, from listings and Parquet footers."""
+
+    table: str
+    partitions: int = 0
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    first: pd.Timestamp | None = None
+    last: pd.Timestamp | None = None
+    schema_versions: tuple[str, ...] = ()
+
+
+def _footer(archive: Archive, path: str) -> tuple[int, int | None, int | None, str | None]:
+    """Rows, min and max ``captured_at`` (µs) and schema version, from one file's footer."""
+    with archive.fs.open_input_file(path) as f:
+        meta = pq.read_metadata(f)
+    version = (meta.metadata or {}).get(b"archiver.schema_version")
+    lo = hi = None
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "captured_at" in names:
+        col = names.index("captured_at")
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                continue
+            rlo, rhi = stats.min_raw, stats.max_raw
+            lo = rlo if lo is None else min(lo, rlo)
+            hi = rhi if hi is None else max(hi, rhi)
+    return meta.num_rows, lo, hi, None if version is None else version.decode()
+
+
+def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[TableInfo]:
+    """Partitions, files, rows, bytes, time span and schema versions of each table.
+
+    Rows and times come from the Parquet footers (row counts and ``captured_at``
+    statistics); no data page is read.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not archive.exists():
+        raise NoArchiveError(
+            f"no archive at {archive.uri}: record one with `archiver record --archive {archive.uri}`"
+        )
+    out = []
+    for table in tables or archive.tables():
+        info = TableInfo(table)
+        parts = archive.partitions(table)
+        files = [f for p in parts for f in archive.partition_files(p)]
+        info.partitions = len(parts)
+        info.files = len(files)
+        info.bytes = sum(f.size or 0 for f in files)
+        versions: set[str] = set()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            footers = list(
+                pool.map(lambda f: retrying(lambda: _footer(archive, f.path), 3), files)
+            )
+        lows, highs = [], []
+        for rows, lo, hi, version in footers:
+            info.rows += rows
+            if lo is not None:
+                lows.append(lo)
+                highs.append(hi)
+            versions.add(version or "?")
+        if lows:
+            info.first = pd.Timestamp(min(lows), unit="us", tz="UTC")
+            info.last = pd.Timestamp(max(highs), unit="us", tz="UTC")
+        info.schema_versions = tuple(sorted(versions))
+        out.append(info)
+    return out
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TableInfo",
+    "describe",
+    "filters_to_expression",
+    "history",
+    "latest",
+    "latest_arrow",
+    "load_table",
+    "parse_time",
+    "prune",
+    "read_arrow",
+    "time_expression",
+    "to_pandas",
+]

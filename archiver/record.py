@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -13,11 +15,25 @@ from typing import Any
 from .camera import Polaroid
 from .errors import ArchiverError
 from .parquet_camera import ParquetCamera
+from .ratelimit import TokenBucket
 from .replay import ReplayTimer
-from .sources import LineStats, check_broker, consume_live
+from .sources import (
+    LineStats,
+    LiveStats,
+    check_broker,
+    consume_live,
+    is_pipe,
+    open_events_file,
+    read_events,
+)
 from .state import State
 
 logger = logging.getLogger(__name__)
+
+#: Events between two calls of the progress callback during a replay.
+PROGRESS_EVERY = 2000
+#: Timestamps beyond this (year 5138) are not allowed to move a replay's clock.
+MAX_TIMESTAMP = 1e11
 
 
 @dataclass
@@ -34,6 +50,7 @@ class RecordSummary:
     bytes: int = 0
     rows_dropped: int = 0
     write_errors: int = 0
+    broker_losses: int = 0
     seconds: float = 0.0
     archive: str = ""
 
@@ -44,6 +61,8 @@ class RecordSummary:
             extra += f", {self.malformed} malformed lines and {self.rejected} bad events skipped"
         if self.write_errors or self.rows_dropped:
             extra += f", {self.write_errors} write errors, {self.rows_dropped} rows dropped"
+        if self.broker_losses:
+            extra += f", broker lost {self.broker_losses} times"
         return (
             f"Recorded {self.events:,} events into {self.archive}: {self.tasks:,} tasks, "
             f"{self.snapshots:,} snapshots, {self.rows:,} rows in {self.files:,} files "
@@ -75,6 +94,9 @@ class Recorder:
             only the Polaroid arguments (as Celery's ``--camera``).
         duration: stop after this many seconds (wall clock); ``limit``: after N events.
         progress: called as ``progress(recorder)`` regularly from the receiving thread.
+
+    ``stop()`` (safe from a signal handler) ends a run cleanly: the camera takes a
+    final snapshot and every buffered row is written before ``replay``/``live`` return.
     """
 
     def __init__(
@@ -94,8 +116,10 @@ class Recorder:
     ) -> None:
         if limit is not None and limit < 1:
             raise ArchiverError(f"--limit must be a positive number of events, got {limit}")
-        if duration is not None and duration <= 0:
+        if duration is not None and not duration > 0:
             raise ArchiverError(f"--duration must be positive, got {duration} s")
+        if max_tasks < 1:
+            raise ArchiverError(f"--max-tasks must be >= 1, got {max_tasks}")
         self.archive = archive
         self.freq, self.maxrate, self.cleanup_freq = freq, maxrate, cleanup_freq
         self.clear_after = clear_after
@@ -106,8 +130,10 @@ class Recorder:
         self.progress = progress or (lambda recorder: None)
         self.camera: Polaroid | None = None
         self.lines = LineStats()
+        self.live_stats = LiveStats()
         self.events = 0
         self.started = time.monotonic()
+        self._deadline = None if duration is None else self.started + duration
         self._stop = threading.Event()
 
     # -- control ------------------------------------------------------------
@@ -115,12 +141,22 @@ class Recorder:
         """Ask the run to finish (safe from signal handlers and other threads)."""
         self._stop.set()
 
-    def should_stop(self) -> bool:
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def finished(self) -> bool:
+        """Stopped, or ``duration`` is over (the ``limit`` aside)."""
         if self._stop.is_set():
             return True
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def should_stop(self) -> bool:
+        """Stopped, ``duration`` over or ``limit`` reached."""
         if self.limit is not None and self.events >= self.limit:
             return True
-        return self.duration is not None and time.monotonic() - self.started >= self.duration
+        return self.finished()
 
     def _make_camera(self, timer: Any, clock: Callable[[], float] | None, app: Any) -> Polaroid:
         args = {"freq": self.freq, "maxrate": self.maxrate, "cleanup_freq": self.cleanup_freq}
@@ -134,8 +170,8 @@ class Recorder:
                 )
             else:
                 camera = self.camera_cls(self.state, timer=timer, app=app, **args)
-        except ValueError as exc:
-            raise ArchiverError(str(exc)) from exc
+        except (ValueError, TypeError) as exc:
+            raise ArchiverError(f"cannot create the camera: {exc}") from exc
         if self.clear_after:
             camera.clear_after = True
         return camera
@@ -147,41 +183,84 @@ class Recorder:
         self.events += 1
 
     # -- runs ---------------------------------------------------------------
-    def replay(self, events: Iterable[dict[str, Any]], *, speed: float = 0.0) -> RecordSummary:
-        """Replay events; snapshots are taken every ``freq`` seconds of *event* time."""
-        if speed < 0:
+    def replay(
+        self, events: Iterable[dict[str, Any]], *, speed: float = 0.0, drain: bool = False
+    ) -> RecordSummary:
+        """Replay events; snapshots are taken every ``freq`` seconds of *event* time.
+
+        ``speed`` 0 replays as fast as possible, 1 keeps the gaps between events, 2
+        halves them. With ``drain``, a stop (or the end of ``duration``) does not
+        cut the iteration short: ``events`` is expected to end by itself soon after
+        (as :func:`read_events` does on a pipe), and everything it still yields is
+        recorded without waiting. ``limit`` always applies.
+        """
+        if not speed >= 0:
             raise ArchiverError(f"--speed must be >= 0, got {speed}")
         timer = ReplayTimer()
-        self.camera = camera = self._make_camera(timer, lambda: timer.now, None)
+
+        def clock() -> float:  # the replayed time; the wall clock before any timestamp
+            now = timer.now
+            return time.time() if now is None else now
+
+        self.camera = camera = self._make_camera(timer, clock, None)
+        if camera.maxrate is not None:  # rate-limit snapshots on the replayed clock too
+            camera.maxrate = TokenBucket(
+                camera.maxrate.fill_rate,
+                camera.maxrate.capacity,
+                clock=lambda: timer.now or 0.0,
+            )
         camera.install()
-        last_ts: float | None = None
-        wall_start = time.monotonic()
+        state_event, advance = self.state.event, timer.advance
+        limit = self.limit
+        last_ts = -math.inf
         first_ts: float | None = None
-        tick = 0
+        wall_start = time.monotonic()
+        count = self.events
+        tick = count + PROGRESS_EVERY
+        stopped = False
         try:
             for event in events:
-                if self.should_stop():
+                if limit is not None and count >= limit:
                     break
+                if not stopped and self.finished():
+                    if not drain:
+                        break
+                    stopped = True
                 ts = event.get("timestamp")
-                if isinstance(ts, (int, float)) and not isinstance(ts, bool):
-                    if first_ts is None:
-                        first_ts = ts
-                    if speed > 0:
+                # Only a later, sane timestamp moves the clock (NaN and inf never compare).
+                if (type(ts) is float or type(ts) is int) and last_ts < ts < MAX_TIMESTAMP:
+                    if speed > 0 and not stopped:
+                        if first_ts is None:
+                            first_ts = ts
                         self._sleep_until(wall_start + (ts - first_ts) / speed)
-                    if last_ts is None or ts > last_ts:
-                        timer.advance(ts)
-                        last_ts = ts
-                self._handle(event)
-                tick += 1
-                if tick >= 2000:
-                    tick = 0
+                    advance(ts)
+                    last_ts = ts
+                state_event(event)
+                count += 1
+                self.events = count
+                if count >= tick:
+                    tick = count + PROGRESS_EVERY
                     self.progress(self)
         finally:
+            self.events = count
             camera.cancel()
         return self.summary()
 
+    def replay_file(self, path: str, *, speed: float = 0.0) -> RecordSummary:
+        """Replay a JSON-lines file (``-`` = stdin, gzip detected) into the archive.
+
+        A stop ends a file's replay at once; from a pipe (stdin), every event already
+        written to it is still recorded.
+        """
+        with contextlib.ExitStack() as stack:
+            stream = open_events_file(path)
+            if path != "-":
+                stack.callback(stream.close)
+            events = read_events(stream, self.lines, should_stop=self.finished)
+            return self.replay(events, speed=speed, drain=is_pipe(stream))
+
     def _sleep_until(self, deadline: float) -> None:
-        while not self._stop.is_set():
+        while not self.finished():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -189,19 +268,29 @@ class Recorder:
             self.progress(self)
 
     def live(self, app: Any) -> RecordSummary:
-        """Record from the app's broker until stopped, ``duration`` or ``limit``."""
+        """Record from the app's broker until stopped, ``duration`` or ``limit``.
+
+        Raises :class:`BrokerUnavailable` if the broker cannot be reached at start; a
+        broker lost later is retried with backoff while the state is kept.
+        """
         check_broker(app)
         self.camera = camera = self._make_camera(None, None, app)
         camera.install()
         try:
             consume_live(
-                app, self._handle, should_stop=self.should_stop, on_idle=lambda: self.progress(self)
+                app,
+                self._handle,
+                should_stop=self.should_stop,
+                on_idle=lambda: self.progress(self),
+                stats=self.live_stats,
             )
         finally:
-            camera.cancel()
-            stop_timer = getattr(camera.timer, "stop", None)
-            if stop_timer is not None:
-                stop_timer()
+            try:
+                camera.cancel()
+            finally:
+                stop_timer = getattr(camera.timer, "stop", None)
+                if stop_timer is not None:
+                    stop_timer()
         return self.summary()
 
     def summary(self) -> RecordSummary:
@@ -219,6 +308,7 @@ class Recorder:
             bytes=stats.bytes_written if stats else 0,
             rows_dropped=stats.rows_dropped if stats else 0,
             write_errors=stats.write_errors if stats else 0,
+            broker_losses=self.live_stats.losses,
             seconds=time.monotonic() - self.started,
-            archive=str(self.archive),
+            archive=str(getattr(camera, "archive", None) or self.archive),
         )

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,19 +29,28 @@ logger = logging.getLogger(__name__)
 HOUR_US = 3_600_000_000
 TMP_PREFIX = ".part-"
 TMP_SUFFIX = ".tmp"
-#: Rows per row group: 64 Ki keeps row-group statistics useful for time pruning inside
-#: big compacted files (see bench/bench_camera.py and the README).
+#: Rows per row group. One default row group (up to 1 Mi rows) leaves nothing for
+#: row-group statistics to prune inside a big (compacted) file; 64 Ki-row groups make
+#: a 2-hour, 3-column query on a day of rows ~3x faster for ~1-8% more bytes
+#: (``bench/bench_camera.py``, "row groups"; ``../shared/notes/parquet.md`` B3/B5).
 ROW_GROUP_SIZE = 65_536
+#: How many written paths ``SinkStats.files`` remembers (it must not grow forever).
+RECENT_FILES = 1000
+#: At most one "buffer full, dropped rows" error per this many seconds.
+DROP_LOG_INTERVAL = 60.0
 
 
 def partition_path(hour_bucket: int) -> str:
-    """``date=YYYY-MM-DD/hour=H`` (hour not zero-padded, so every engine reads an integer)."""
+    """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
+
+    ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
+    """
     start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
     return f"date={start:%Y-%m-%d}/hour={start.hour}"
 
 
 def new_writer_id() -> str:
-    """A short id unique across processes and machines."""
+    """A short id unique across processes and machines (48 random bits)."""
     return uuid.uuid4().hex[:12]
 
 
@@ -54,7 +64,11 @@ def write_file(
     compression_level: int | None = None,
     row_group_size: int = ROW_GROUP_SIZE,
 ) -> int:
-    """Write ``table`` as ``directory/name`` via a hidden temporary file; returns its size."""
+    """Write ``table`` as ``directory/name`` via a hidden temporary file; returns its size.
+
+    On failure the temporary file is removed and the exception propagates; the
+    final name appears only once the file is complete.
+    """
     fs = location.fs
     fs.create_dir(directory, recursive=True)
     final = f"{directory}/{name}"
@@ -70,8 +84,7 @@ def write_file(
                 write_statistics=True,
                 use_dictionary=True,
             )
-            if location.local:
-                out.flush()
+            size = out.tell()
         if target != final:
             fs.move(target, final)
     except BaseException:
@@ -80,7 +93,7 @@ def write_file(
         except Exception:  # noqa: S110  (the temporary file may not exist)
             pass
         raise
-    return fs.get_file_info(final).size
+    return size
 
 
 @dataclass
@@ -94,16 +107,21 @@ class SinkStats:
     write_errors: int = 0
     rows_dropped: int = 0
     last_error: str | None = None
-    files: list[str] = field(default_factory=list, repr=False)
+    #: The most recent paths written (at most ``RECENT_FILES``).
+    files: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_FILES), repr=False)
 
 
 class ParquetSink:
     """Buffers Arrow batches per table and writes them under ``<archive>/<table>/...``.
 
     Flushes when the buffer holds ``flush_rows`` rows or its oldest row is older
-    than ``flush_interval`` seconds. A failed write is logged and its rows stay
-    buffered for the next flush (with a growing delay); beyond ``max_buffer_rows``
-    the oldest rows are dropped and counted in ``stats.rows_dropped``.
+    than ``flush_interval`` seconds (by ``clock``, monotonic by default). Each flush
+    writes one file per table and hour, sorted by ``captured_at``, with the table's
+    schema. A failed write is logged and its rows stay buffered for the next flush
+    (tried again after 1, 2, 4... seconds, at most ``flush_interval``); beyond
+    ``max_buffer_rows`` the oldest rows are dropped and counted in
+    ``stats.rows_dropped``. :meth:`flush` never raises on I/O errors, and
+    :meth:`append` never waits for a write in progress.
     """
 
     def __init__(
@@ -118,13 +136,23 @@ class ParquetSink:
         flush_interval: float = 60.0,
         max_buffer_rows: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
+        writer_id: str | None = None,
     ) -> None:
         if flush_rows < 1 or max_buffer_rows < flush_rows:
-            raise ValueError("need 1 <= flush_rows <= max_buffer_rows")
-        if flush_interval <= 0:
+            raise ValueError(
+                f"need 1 <= flush_rows <= max_buffer_rows, got {flush_rows} and {max_buffer_rows}"
+            )
+        if not flush_interval > 0:
             raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval!r}")
+        if row_group_size < 1:
+            raise ValueError(f"row_group_size must be >= 1, got {row_group_size!r}")
+        for name, schema in schemas.items():
+            if "captured_at" not in schema.names or not pa.types.is_timestamp(
+                schema.field("captured_at").type
+            ):
+                raise ValueError(f"schema of table {name!r} needs a timestamp column captured_at")
         self.location = archive if isinstance(archive, Location) else resolve(archive)
-        self.schemas = schemas
+        self.schemas = dict(schemas)
         self.compression = compression
         self.compression_level = compression_level
         self.row_group_size = row_group_size
@@ -132,7 +160,7 @@ class ParquetSink:
         self.flush_interval = flush_interval
         self.max_buffer_rows = max_buffer_rows
         self.clock = clock
-        self.writer_id = new_writer_id()
+        self.writer_id = writer_id or new_writer_id()
         self.stats = SinkStats()
         self._buffers: dict[str, list[pa.RecordBatch]] = {name: [] for name in schemas}
         self._rows = 0
@@ -140,16 +168,35 @@ class ParquetSink:
         self._retry_at = 0.0
         self._retry_delay = 0.0
         self._seq = 0
-        self._lock = threading.RLock()
+        self._last_drop_log = -float("inf")
+        self._lock = threading.Lock()  # the buffers; never held during I/O
+        self._write_lock = threading.Lock()  # one flush at a time
+
+    def __repr__(self) -> str:
+        return f"ParquetSink({self.location.uri!r}, buffered_rows={self._rows})"
 
     @property
     def buffered_rows(self) -> int:
+        """Rows waiting to be written (not counting a flush in progress)."""
         return self._rows
 
-    def append(self, table: str, batch: pa.RecordBatch) -> None:
-        """Buffer ``batch`` for ``table``."""
+    def append(self, table: str, batch: pa.RecordBatch | pa.Table) -> None:
+        """Buffer ``batch`` for ``table`` (cast to the table's schema if it differs)."""
+        schema = self.schemas.get(table)
+        if schema is None:
+            raise KeyError(f"unknown table {table!r}: the sink has {', '.join(self.schemas)}")
         if batch.num_rows == 0:
             return
+        if isinstance(batch, pa.Table):
+            for chunk in batch.to_batches():
+                self.append(table, chunk)
+            return
+        if not batch.schema.equals(schema):  # metadata aside
+            batch = batch.select(schema.names).cast(schema)
+        elif batch.schema.metadata != schema.metadata:
+            batch = batch.replace_schema_metadata(schema.metadata)
+        if batch.column("captured_at").null_count:
+            raise ValueError(f"captured_at of a {table!r} batch has nulls")
         with self._lock:
             self._buffers[table].append(batch)
             self._rows += batch.num_rows
@@ -170,41 +217,50 @@ class ParquetSink:
 
     def flush(self) -> list[str]:
         """Write every buffered row; returns the paths written. Never raises on I/O errors."""
-        with self._lock:
+        with self._write_lock:
+            with self._lock:
+                taken = {name: batches for name, batches in self._buffers.items() if batches}
+                oldest = self._oldest
+                self._buffers = {name: [] for name in self.schemas}
+                self._rows = 0
+                self._oldest = None
             written: list[str] = []
-            failed = False
-            for name, batches in self._buffers.items():
-                if not batches:
-                    continue
-                self._buffers[name] = []
-                self._rows -= sum(b.num_rows for b in batches)
+            kept: dict[str, list[pa.RecordBatch]] = {}
+            for name, batches in taken.items():
                 remaining = self._write_table(name, batches, written)
                 if remaining:
-                    failed = True
-                    self._buffers[name] = remaining + self._buffers[name]
-                    self._rows += sum(b.num_rows for b in remaining)
-            if failed:
-                self._retry_delay = min(max(1.0, self._retry_delay * 2), self.flush_interval)
-                self._retry_at = self.clock() + self._retry_delay
-            else:
-                self._retry_delay = self._retry_at = 0.0
-            self._oldest = self.clock() if self._rows else None
+                    kept[name] = remaining
+            with self._lock:
+                if kept:
+                    for name, remaining in kept.items():
+                        self._buffers[name][:0] = remaining
+                        self._rows += sum(b.num_rows for b in remaining)
+                    self._oldest = oldest
+                    self._retry_delay = min(max(1.0, self._retry_delay * 2), self.flush_interval)
+                    self._retry_at = self.clock() + self._retry_delay
+                    self._enforce_bound()
+                else:
+                    self._retry_delay = self._retry_at = 0.0
+                if self._rows and self._oldest is None:
+                    self._oldest = self.clock()
             return written
 
     def _write_table(
         self, name: str, batches: list[pa.RecordBatch], written: list[str]
     ) -> list[pa.RecordBatch]:
+        """Write one table's rows (one file per hour); returns the rows not written."""
         table = pa.Table.from_batches(batches, schema=self.schemas[name])
-        table = table.take(pc.sort_indices(table, [("captured_at", "ascending")]))
         micros = table.column("captured_at").cast(pa.int64()).to_numpy()
+        if len(micros) > 1 and (np.diff(micros) < 0).any():  # usually already in order
+            order = pc.sort_indices(table, [("captured_at", "ascending")])
+            table = table.take(order)
+            micros = micros[order.to_numpy()]
         buckets = micros // HOUR_US
-        edges = np.flatnonzero(np.diff(buckets)) + 1
-        starts = [0, *edges.tolist()]
-        ends = [*edges.tolist(), len(buckets)]
-        for lo, hi in zip(starts, ends):
+        edges = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
+        for lo, hi in zip([0, *edges], [*edges, len(buckets)]):
             part = table.slice(lo, hi - lo)
             directory = self.location.join(name, partition_path(int(buckets[lo])))
-            first = datetime.fromtimestamp(micros[lo] / 1e6, tz=timezone.utc)
+            first = datetime.fromtimestamp(int(micros[lo]) // 10**6, tz=timezone.utc)
             self._seq += 1
             file_name = f"part-{first:%Y%m%dT%H%M%S}-{self.writer_id}-{self._seq:06d}.parquet"
             try:
@@ -237,7 +293,8 @@ class ParquetSink:
         return []
 
     def _enforce_bound(self) -> None:
-        """Drop the oldest buffered rows beyond ``max_buffer_rows``."""
+        """Drop the oldest buffered rows beyond ``max_buffer_rows`` (lock held)."""
+        dropped_by_table: dict[str, int] = {}
         while self._rows > self.max_buffer_rows:
             name = min(
                 (n for n, b in self._buffers.items() if b),
@@ -253,9 +310,16 @@ class ParquetSink:
                 dropped = excess
             self._rows -= dropped
             self.stats.rows_dropped += dropped
-            logger.error(
-                "Write buffer full (%d rows): dropped the %d oldest %s rows",
-                self.max_buffer_rows,
-                dropped,
-                name,
-            )
+            dropped_by_table[name] = dropped_by_table.get(name, 0) + dropped
+        if dropped_by_table:
+            now = time.monotonic()
+            if now - self._last_drop_log >= DROP_LOG_INTERVAL:
+                self._last_drop_log = now
+                logger.error(
+                    "Write buffer full (%d rows, writes failing: %s): dropped the oldest rows "
+                    "(%s); %d dropped so far",
+                    self.max_buffer_rows,
+                    self.stats.last_error,
+                    ", ".join(f"{n} {t}" for t, n in dropped_by_table.items()),
+                    self.stats.rows_dropped,
+                )

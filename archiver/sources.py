@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import io
 import json
 import logging
+import os
+import select
+import stat
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -16,6 +20,9 @@ from .errors import ArchiverError
 logger = logging.getLogger(__name__)
 
 CELERY_MISSING = "the live recorder needs Celery: pip install 'archiver[celery]'"
+GZIP_MAGIC = b"\x1f\x8b"
+#: While draining a pipe after a stop, read at most this much more.
+MAX_DRAIN_BYTES = 64 << 20
 
 
 @dataclass
@@ -35,40 +42,146 @@ class LineStats:
             self.malformed_lines.append(number)
             logger.warning("Skipping malformed line %d: %s", number, why)
 
+    def report(self) -> str:
+        """``"3 malformed lines skipped (lines 2, 7, 9)"``, or ``""`` when there were none."""
+        if not self.malformed:
+            return ""
+        numbers = ", ".join(map(str, self.malformed_lines))
+        more = ", ..." if self.malformed > len(self.malformed_lines) else ""
+        noun = "line" if self.malformed == 1 else "lines"
+        return f"Skipped {self.malformed} malformed {noun} (line {numbers}{more})"
 
-def open_events_file(path: str) -> IO[str]:
-    """Open a JSON-lines file for reading: ``-`` is stdin, ``.gz`` is decompressed."""
+
+def open_events_file(path: str) -> IO[bytes]:
+    """Open a JSON-lines file as bytes: ``-`` is stdin; gzip is detected and decompressed."""
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
+        return sys.stdin.buffer
     try:
-        if path.endswith(".gz"):
-            return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-        return open(path, encoding="utf-8", errors="replace")
+        f = open(path, "rb")  # noqa: SIM115  (returned to the caller, who closes it)
     except FileNotFoundError as exc:
         raise ArchiverError(f"replay file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise ArchiverError(f"replay file {path} is a directory") from exc
     except OSError as exc:
         raise ArchiverError(f"cannot read replay file {path}: {exc.strerror or exc}") from exc
-
-
-def read_events(stream: IO[str], stats: LineStats) -> Iterator[dict[str, Any]]:
-    """Yield one event dict per line; malformed lines are counted in ``stats`` and skipped."""
     try:
-        for number, line in enumerate(stream, 1):
-            stats.lines = number
-            if not line.strip():
-                continue
+        magic = f.peek(2)[:2] if hasattr(f, "peek") else b""
+    except OSError:
+        magic = b""
+    if magic == GZIP_MAGIC:
+        f.close()
+        return gzip.open(path, "rb")
+    return f
+
+
+def _pollable_fd(stream: Any) -> int | None:
+    """The file descriptor of a pipe, terminal or socket (reads that can block), else None."""
+    if isinstance(stream, gzip.GzipFile):
+        return None
+    try:
+        fd = stream.fileno()
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return fd
+
+
+def is_pipe(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe, terminal or socket (read with polling by read_events)."""
+    return _pollable_fd(stream) is not None
+
+
+def _poll_lines(
+    fd: int, should_stop: Callable[[], bool], *, interval: float = 0.25, chunk: int = 1 << 16
+) -> Iterator[bytes]:
+    """Lines read from a pipe without ever blocking for more than ``interval`` seconds.
+
+    Once ``should_stop()`` turns true, what is already in the pipe is still read (the
+    events sent before the stop), then the iteration ends; an incomplete last line
+    is dropped.
+    """
+    pending = b""
+    draining = False
+    drained = 0
+    while True:
+        if not draining and should_stop():
+            draining = True
+        try:
+            ready, _, _ = select.select([fd], [], [], 0 if draining else interval)
+        except (OSError, ValueError):
+            break
+        if not ready:
+            if draining:
+                if pending:
+                    logger.debug("Dropped an incomplete last line of %d bytes", len(pending))
+                return
+            continue
+        try:
+            data = os.read(fd, chunk)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            logger.error("Error reading the events stream: %s", exc)
+            break
+        if not data:  # end of file
+            break
+        if draining:
+            drained += len(data)
+        lines = (pending + data).split(b"\n") if pending else data.split(b"\n")
+        pending = lines.pop()
+        yield from lines
+        if drained > MAX_DRAIN_BYTES:
+            logger.warning("Stopped draining the events stream after %d bytes", drained)
+            return
+    if pending:
+        yield pending
+
+
+def read_events(
+    stream: IO[bytes] | IO[str] | Iterable[bytes | str],
+    stats: LineStats,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield one event dict per line; malformed lines are counted in ``stats`` and skipped.
+
+    With ``should_stop``, a pipe or terminal (stdin) is read without blocking for
+    long, so a stop is seen even while no line arrives; what was already sent is
+    read before the iteration ends. Regular files are simply read line by line.
+    """
+    fd = _pollable_fd(stream) if should_stop is not None else None
+    lines: Iterable[bytes | str] = _poll_lines(fd, should_stop) if fd is not None else stream
+    loads = json.loads
+    number = stats.lines
+    try:
+        for number, line in enumerate(lines, stats.lines + 1):
             try:
-                event = json.loads(line)
+                event = loads(line)
+            except UnicodeDecodeError:
+                try:
+                    event = loads(line.decode("utf-8", "replace"))  # type: ignore[union-attr]
+                except ValueError as exc:
+                    stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
+                    continue
             except ValueError as exc:
-                stats.bad(number, f"not JSON ({exc.msg})")
+                if not line.strip():
+                    continue
+                stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
                 continue
-            if not isinstance(event, dict):
+            except RecursionError:
+                stats.bad(number, "not JSON (nested too deeply)")
+                continue
+            if type(event) is not dict:
                 stats.bad(number, f"not an event object ({type(event).__name__})")
                 continue
             stats.events += 1
             yield event
-    except (OSError, EOFError) as exc:  # e.g. a truncated .gz file
-        stats.bad(stats.lines + 1, f"unreadable: {exc}")
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:  # e.g. a truncated .gz file
+        stats.bad(number + 1, f"unreadable: {exc}")
+    finally:
+        stats.lines = number
 
 
 def celery_app(broker: str | None = None, app: str | None = None) -> Any:
@@ -83,6 +196,8 @@ def celery_app(broker: str | None = None, app: str | None = None) -> Any:
             obj = symbol_by_name(app if ":" in app or "." in app else f"{app}:app")
         except (ImportError, AttributeError, ValueError) as exc:
             raise ArchiverError(f"cannot import Celery app {app!r}: {exc}") from exc
+        if not hasattr(obj, "connection_for_read"):
+            raise ArchiverError(f"{app!r} is not a Celery app")
         if broker:
             obj.conf.broker_url = broker
         return obj
@@ -96,14 +211,23 @@ class BrokerUnavailable(ArchiverError):
 
 
 def check_broker(app: Any, timeout: float = 5.0) -> None:
-    """Raise BrokerUnavailable unless the broker answers."""
+    """Raise BrokerUnavailable unless the broker answers (within about ``timeout`` s)."""
     conn = app.connection_for_read()
     try:
-        conn.ensure_connection(max_retries=1, timeout=timeout)
+        conn.ensure_connection(max_retries=1, interval_start=1, timeout=timeout)
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to the broker at {conn.as_uri()}: {exc}") from exc
     finally:
         conn.release()
+
+
+@dataclass
+class LiveStats:
+    """What happened to the broker connection during a live run."""
+
+    connects: int = 0
+    losses: int = 0
+    seconds_lost: float = 0.0
 
 
 def consume_live(
@@ -113,16 +237,23 @@ def consume_live(
     should_stop: Callable[[], bool],
     on_idle: Callable[[], Any] = lambda: None,
     max_backoff: float = 30.0,
-) -> None:
+    stats: LiveStats | None = None,
+    sleep: Callable[[float], Any] = time.sleep,
+) -> LiveStats:
     """Receive events with Celery's own receiver until ``should_stop()``; reconnect on loss.
 
-    Events the broker dropped while the connection was down are lost.
+    ``should_stop`` is checked at least once a second. A lost connection is logged
+    and retried with exponential backoff (1 s doubling up to ``max_backoff``); the
+    caller's state is untouched meanwhile. Events the broker dropped while the
+    connection was down (Redis pub/sub and auto-deleted AMQP queues keep nothing)
+    are lost.
     """
-    import time
-
+    stats = stats if stats is not None else LiveStats()
     backoff = 1.0
+    lost_at: float | None = None
     while not should_stop():
         conn = app.connection_for_read()
+        uri = conn.as_uri()
         try:
             receiver = app.events.Receiver(conn, handlers={"*": handler})
 
@@ -131,24 +262,50 @@ def consume_live(
                 if should_stop():
                     receiver.should_stop = True
 
+            def on_consume_ready(
+                *args: Any, _ready: Any = receiver.on_consume_ready, _uri: str = uri, **kw: Any
+            ) -> Any:
+                nonlocal lost_at, backoff
+                stats.connects += 1
+                if lost_at is not None:
+                    down = time.monotonic() - lost_at
+                    stats.seconds_lost += down
+                    logger.warning("Reconnected to the broker at %s after %.1f s", _uri, down)
+                    lost_at = None
+                else:
+                    logger.info("Connected to the broker at %s", _uri)
+                backoff = 1.0
+                return _ready(*args, **kw)
+
             receiver.on_iteration = on_iteration
+            receiver.on_consume_ready = on_consume_ready
             receiver.connect_max_retries = 1
             for _ in receiver.consume(limit=None, timeout=None, safety_interval=1.0, wakeup=True):
-                backoff = 1.0
                 if should_stop():
                     break
-            return
+            return stats
         except Exception as exc:  # kombu raises many types for a lost broker
             if should_stop():
-                return
-            logger.error("Lost the broker (%s); reconnecting in %.0f s", exc, backoff)
+                return stats
+            if lost_at is None:
+                lost_at = time.monotonic()
+                stats.losses += 1
+                logger.error(
+                    "Lost the broker (%s: %s); keeping the state, reconnecting in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                )
+            else:
+                logger.warning("Broker still unreachable (%s); retrying in %.0f s", exc, backoff)
             deadline = time.monotonic() + backoff
             while time.monotonic() < deadline and not should_stop():
                 on_idle()
-                time.sleep(0.2)
+                sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, max_backoff)
         finally:
-            try:
+            with contextlib.suppress(Exception):  # the connection may already be gone
                 conn.release()
-            except Exception:  # noqa: S110  (the connection is already gone)
-                pass
+    if lost_at is not None:
+        stats.seconds_lost += time.monotonic() - lost_at
+    return stats

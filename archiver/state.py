@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -52,10 +53,17 @@ _NUMBER = frozenset({float, int})
 _OPT_NUMBER = frozenset({float, int, type(None)})
 _OPT_INT = frozenset({int, type(None)})
 _OPT_STR = frozenset({str, type(None)})
-# Event keys that would overwrite the object's own machinery if merged as attributes.
-_TASK_RESERVED = frozenset({"worker", "children", "cluster_state", "uuid", "state"})
+# Event keys that would overwrite the object's own machinery if merged as attributes
+# (an event field named ``event`` or ``info`` would shadow the method and make every
+# later event for that task raise).
+_TASK_RESERVED = frozenset(
+    {"worker", "children", "cluster_state", "uuid", "state"}
+    | {"event", "info", "as_dict", "merge_rules", "_fields", "_info_fields"}
+)
 _WORKER_RESERVED = frozenset(
     {"event", "heartbeats", "alive", "id", "heartbeat_expires", "status_string", "hostname"}
+    | {"update", "alive_at", "heartbeat_max", "expire_window", "_fields"}
+    | {"__dict__", "__class__", "__weakref__"}
 )
 
 
@@ -439,6 +447,10 @@ class State:
         self._tasks_to_resolve: LRU = LRU(max_tasks_in_memory)
         self._changed_tasks: dict[str, Task] = {}
         self._changed_workers: dict[str, Worker] = {}
+        #: Changed tasks held for :meth:`take_changes` are capped (an evicted task is
+        #: held only here), so a state nobody takes changes from stays bounded.
+        self.max_changes_held = 4 * max_tasks_in_memory if max_tasks_in_memory else math.inf
+        self.changes_dropped = 0
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
         self.tasks_by_worker = _Index(self._tasks_by_worker)
@@ -470,7 +482,9 @@ class State:
             self._clear_tasks(ready)
 
     def _clear_tasks(self, ready: bool = True) -> None:
-        keep = [(u, t) for u, t in self.tasks.items() if t.state not in READY_STATES] if ready else []
+        keep = (
+            [(u, t) for u, t in self.tasks.items() if t.state not in READY_STATES] if ready else []
+        )
         self.tasks.clear()
         for uuid, task in keep:
             OrderedDict.__setitem__(self.tasks, uuid, task)
@@ -601,8 +615,20 @@ class State:
         children = self._tasks_to_resolve.pop(uuid, None)
         if children is not None:
             task.children.update(children)
-        self._changed_tasks[uuid] = task
+        changed = self._changed_tasks
+        if created and len(changed) >= self.max_changes_held and uuid not in changed:
+            self._drop_oldest_change()
+        changed[uuid] = task
         return task, created
+
+    def _drop_oldest_change(self) -> None:
+        del self._changed_tasks[next(iter(self._changed_tasks))]
+        if not self.changes_dropped:
+            logger.warning(
+                "More than %s changed tasks waiting for take_changes(): dropping the oldest",
+                self.max_changes_held,
+            )
+        self.changes_dropped += 1
 
     # -- lookups -------------------------------------------------------------
     def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:
@@ -700,6 +726,8 @@ def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
     get = event.get
     if type(get("hostname")) is not str:
         return "worker event without a hostname"
+    if any(type(key) is not str for key in event):
+        return "worker event with a non-string key"
     if type(get("timestamp")) not in _NUMBER or type(get("local_received")) not in _NUMBER:
         return "worker event with a missing or non-numeric timestamp or local_received"
     if "freq" in event and type(event["freq"]) not in _NUMBER:

@@ -16,10 +16,12 @@ import pandas as pd
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
-from ..sources import BrokerUnavailable, LineStats, celery_app, open_events_file, read_events
+from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live
 from .output import DEFAULT_ARCHIVE, is_terminal
 
 EX_UNAVAILABLE = 69
+#: Progress lines when stderr is not a terminal: logged at INFO whatever --loglevel says.
+PROGRESS_LOG = logging.getLogger("archiver.progress")
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -65,33 +67,57 @@ class Progress:
             click.echo("\r" + click.style(text, fg="cyan") + "\x1b[K", nl=False, err=True)
             self.shown = True
         else:
-            logging.getLogger("archiver.record").info(text)
+            PROGRESS_LOG.info(text)
 
     def done(self) -> None:
         if self.shown:
             click.echo(err=True)
 
 
-def setup_logging(loglevel: str, logfile: str | None) -> None:
+@contextlib.contextmanager
+def logging_to(loglevel: str, logfile: str | None, *, progress: bool = True):
+    """Log to stderr or ``logfile`` while the command runs; undone afterwards.
+
+    Progress lines (when stderr is not a terminal) are let through whatever the level.
+    """
     level = getattr(logging, loglevel.upper(), None)
     if not isinstance(level, int):
         raise click.BadParameter(f"unknown log level {loglevel!r}", param_hint="--loglevel")
-    handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    try:
+        handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot open {logfile}: {exc.strerror or exc}", param_hint="--logfile"
+        ) from None
     handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(name)s] %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    saved = root.level, PROGRESS_LOG.level
+    root.addHandler(handler)
     root.setLevel(level)
+    PROGRESS_LOG.setLevel(logging.INFO if progress else logging.WARNING)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        PROGRESS_LOG.setLevel(saved[1])
+        handler.close()
 
 
 @contextlib.contextmanager
-def stop_on_signals(recorder: Recorder):
-    """SIGINT and SIGTERM ask the recorder to finish cleanly."""
+def stop_on_signals(stop: Any):
+    """SIGINT and SIGTERM call ``stop()`` (finish cleanly); a second one exits at once."""
+    received: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        logging.getLogger("archiver.record").warning(
-            "Received %s: taking a final snapshot and flushing", signal.Signals(signum).name
-        )
-        recorder.stop()
+        name = signal.Signals(signum).name
+        log = logging.getLogger("archiver.record")
+        if received:
+            log.error("Received %s again: exiting without the final flush", name)
+            raise SystemExit(128 + signum)
+        received.append(signum)
+        log.warning("Received %s: taking a final snapshot and flushing", name)
+        stop()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -205,59 +231,50 @@ def record(
     sources = [s for s in (broker or app_name, replay) if s]
     if len(sources) != 1:
         raise click.UsageError("give exactly one source: --broker URL, -A APP or --replay FILE")
-    setup_logging(loglevel, logfile)
-    progress = Progress(enabled=not quiet, tty=is_terminal())
-    try:
-        camera_cls = load_camera_class(camera_spec) if camera_spec else None
-        options = dict(
-            freq=freq,
-            maxrate=maxrate,
-            cleanup_freq=cleanup_freq,
-            clear_after=clear_after,
-            max_tasks=max_tasks,
-            duration=parse_duration(duration),
-            limit=limit,
-            progress=progress,
-        )
-        if camera_cls is not None:
-            options["camera"] = camera_cls
-        recorder = Recorder(
-            archive,
-            mode=mode,
-            redact=redact,
-            redact_mode=redact_mode,
-            flush_interval=flush_interval,
-            **options,
-        )
-        with contextlib.ExitStack() as stack:
-            if pidfile:
-                stack.enter_context(Pidfile(pidfile))
-            stack.enter_context(stop_on_signals(recorder))
-            if replay:
-                stream = stack.enter_context(open_events_file(replay))
-                recorder.lines = LineStats()
-                summary = recorder.replay(read_events(stream, recorder.lines), speed=speed)
-            else:
-                summary = recorder.live(celery_app(broker, app_name))
-    except BrokerUnavailable as exc:
+    with logging_to(loglevel, logfile, progress=not quiet):
+        progress = Progress(enabled=not quiet, tty=is_terminal() and not logfile)
+        try:
+            camera_cls = load_camera_class(camera_spec) if camera_spec else None
+            options = dict(
+                freq=freq,
+                maxrate=maxrate,
+                cleanup_freq=cleanup_freq,
+                clear_after=clear_after,
+                max_tasks=max_tasks,
+                duration=parse_duration(duration),
+                limit=limit,
+                progress=progress,
+            )
+            if camera_cls is not None:
+                options["camera"] = camera_cls
+            recorder = Recorder(
+                archive,
+                mode=mode,
+                redact=redact,
+                redact_mode=redact_mode,
+                flush_interval=flush_interval,
+                **options,
+            )
+            with contextlib.ExitStack() as stack:
+                if pidfile:
+                    stack.enter_context(Pidfile(pidfile))
+                stack.enter_context(stop_on_signals(recorder.stop))
+                if replay:
+                    summary = recorder.replay_file(replay, speed=speed)
+                else:
+                    summary = recorder.live(celery_app(broker, app_name))
+        except BrokerUnavailable as exc:
+            progress.done()
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EX_UNAVAILABLE)
+        except (ArchiverError, ValueError) as exc:
+            progress.done()
+            raise click.ClickException(str(exc)) from exc
         progress.done()
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
-    except (ArchiverError, ValueError) as exc:
-        progress.done()
-        raise click.ClickException(str(exc)) from exc
-    progress.done()
-    if recorder.lines.malformed:
-        lines = ", ".join(map(str, recorder.lines.malformed_lines))
-        more = " ..." if recorder.lines.malformed > len(recorder.lines.malformed_lines) else ""
-        click.echo(
-            click.style(
-                f"Skipped {recorder.lines.malformed} malformed lines (lines {lines}{more})",
-                fg="yellow",
-            ),
-            err=True,
-        )
-    click.echo(summary.line())
+        if recorder.lines.malformed:
+            click.echo(click.style(recorder.lines.report(), fg="yellow"), err=True)
+        click.echo(summary.line())
+        logging.getLogger("archiver.record").info(summary.line())
 
 
 @click.command()
@@ -276,55 +293,66 @@ def record(
 def tap(broker, app_name, out, duration, limit):
     """Record the raw event stream to a JSON-lines file (for replays and bug reports).
 
+    The file replays with `archiver record --replay FILE`. SIGINT/SIGTERM stop
+    it cleanly; a lost broker is retried with backoff.
+
     \b
     Example:
         archiver tap --broker redis://localhost:6379/0 --out events.jsonl --duration 10m
     """
-    from ..sources import check_broker, consume_live
-
     if not (broker or app_name):
         raise click.UsageError("give --broker URL or -A APP")
     seconds = parse_duration(duration)
     count = 0
-    stop = {"flag": False}
+    stopped = []
     started = time.monotonic()
+    last_flush = started
 
     def should_stop() -> bool:
         return (
-            stop["flag"]
+            bool(stopped)
             or (limit is not None and count >= limit)
             or (seconds is not None and time.monotonic() - started >= seconds)
         )
 
-    try:
-        app = celery_app(broker, app_name)
-        check_broker(app)
-    except BrokerUnavailable as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EX_UNAVAILABLE)
-    except ArchiverError as exc:
-        raise click.ClickException(str(exc)) from exc
-    stream = click.open_file(out, "w")
+    with logging_to("WARNING", None, progress=False):
+        try:
+            app = celery_app(broker, app_name)
+            check_broker(app)
+        except BrokerUnavailable as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EX_UNAVAILABLE)
+        except ArchiverError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            stream = click.open_file(out, "w", encoding="utf-8", atomic=False, lazy=False)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from exc
 
-    def handler(event: dict) -> None:
-        nonlocal count
-        if limit is not None and count >= limit:
-            return
-        stream.write(json.dumps(event, default=str) + "\n")
-        count += 1
+        def handler(event: dict) -> None:
+            nonlocal count
+            if limit is not None and count >= limit:
+                return
+            stream.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+            count += 1
 
-    def on_signal(signum: int, frame: Any) -> None:
-        stop["flag"] = True
+        def on_idle() -> None:  # so that `tail -f` sees events and a kill loses at most 1 s
+            nonlocal last_flush
+            now = time.monotonic()
+            if now - last_flush >= 1.0:
+                last_flush = now
+                stream.flush()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
-    try:
-        consume_live(app, handler, should_stop=should_stop)
-    finally:
-        stream.flush()
-        if out != "-":
-            stream.close()
-    click.echo(f"Wrote {count:,} events to {out}.", err=True)
+        stats = LiveStats()
+        with stop_on_signals(lambda: stopped.append(True)):
+            try:
+                consume_live(app, handler, should_stop=should_stop, on_idle=on_idle, stats=stats)
+            finally:
+                stream.flush()
+                if out != "-":
+                    stream.close()
+        lost = f" (broker lost {stats.losses} times)" if stats.losses else ""
+        click.echo(f"Wrote {count:,} events to {out}{lost}.", err=True)
 
 
 COMMANDS = [record, tap]

@@ -1,0 +1,379 @@
+"""``archiver compact``, ``archiver expire`` and ``archiver cleanup``: archive maintenance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .. import cleanup
+from ..cleanup import CompactionReport, ExpiryReport, Retention
+from .output import archive_option, echo_table, is_terminal, run_library_call
+
+wait_option = click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=cleanup.DEFAULT_LOCK_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for another cleanup of the archive to finish.",
+)
+table_option = click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="TABLE",
+    help="Only this table (repeatable; default: all).",
+)
+keep_option = click.option(
+    "--keep",
+    type=click.Choice(["all", "latest"]),
+    default=None,
+    help="latest: keep only the last row of each task/worker per hour.  [default: all]",
+)
+target_option = click.option(
+    "--target-size",
+    default=None,
+    metavar="SIZE",
+    help="Size of the compacted files, e.g. 64MiB.  [default: 128MiB]",
+)
+state_option = click.option(
+    "--state",
+    "states",
+    multiple=True,
+    metavar="STATE=DURATION",
+    help="Delete tasks whose last row is in STATE and older than DURATION (repeatable).",
+)
+older_option = click.option(
+    "--older-than",
+    metavar="DURATION",
+    help="Delete whole hours that ended longer ago than this, e.g. 30d.",
+)
+now_option = click.option(
+    "--now",
+    metavar="TIME",
+    help="Measure ages from this time (ISO) instead of the current time.",
+)
+
+
+# -- output --------------------------------------------------------------------
+def human_bytes(n: int) -> str:
+    """``1.2 MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(delta: Any) -> str:
+    """``1d``, ``12h``, ``90m`` or ``1d 12h``."""
+    seconds = int(delta.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts) or "0s"
+
+
+def echo_compaction(report: CompactionReport) -> None:
+    if report.recovered or report.temps_removed:
+        click.echo(
+            f"Finished an interrupted cleanup: removed {report.recovered} leftover files "
+            f"and {report.temps_removed} stale temporary files."
+        )
+    if not report.partitions:
+        click.echo("Nothing to compact: every closed hour is already compacted.")
+        return
+    echo_table(
+        ["table", "hour", "files in", "files out", "rows in", "rows out", "bytes in", "bytes out"],
+        [
+            [
+                p.table,
+                f"{p.date} {p.hour:02d}:00",
+                p.files_in,
+                p.files_out,
+                p.rows_in,
+                p.rows_out,
+                human_bytes(p.bytes_in),
+                human_bytes(p.bytes_out),
+            ]
+            for p in report.partitions
+        ],
+    )
+    if report.dry_run:
+        click.echo(
+            f"Dry run: would compact {len(report.partitions)} hours, {report.files_in} files "
+            f"into at most {report.files_out} ({report.rows} rows, {human_bytes(report.bytes_in)})."
+        )
+    else:
+        click.echo(
+            f"Compacted {len(report.partitions)} hours: {report.files_in} -> {report.files_out} "
+            f"files, {report.rows} rows, {human_bytes(report.bytes_in)} -> "
+            f"{human_bytes(report.bytes_out)} in {report.seconds:.2f}s."
+        )
+
+
+def echo_expiry(report: ExpiryReport) -> None:
+    if report.partitions:
+        echo_table(
+            ["table", "hour", "files", "rows", "bytes"],
+            [
+                [p.table, f"{p.date} {p.hour:02d}:00", p.files, p.rows, human_bytes(p.bytes)]
+                for p in report.partitions
+            ],
+        )
+    if report.states:
+        if report.partitions:
+            click.echo()
+        echo_table(
+            ["state", "retention", "tasks", "rows"],
+            [[s.state, human_duration(s.retention), s.tasks, s.rows] for s in report.states],
+        )
+    if not report.partitions and not report.states:
+        click.echo(f"Nothing to expire as of {report.now:%Y-%m-%d %H:%M:%S} UTC.")
+        return
+    what = (
+        f"{len(report.partitions)} hours ({report.files} files) and {len(report.uuids)} tasks, "
+        f"{report.rows} rows"
+    )
+    if report.dry_run:
+        click.echo(f"Dry run: would delete {what}. Pass --yes to delete.")
+    else:
+        click.echo(f"Deleted {what} in {report.seconds:.2f}s.")
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[cleanup.Progress | None]:
+    """A ``progress(done, total)`` callback drawing a bar, on a terminal only."""
+    if not is_terminal():
+        yield None
+        return
+    state: dict[str, Any] = {"bar": None, "done": 0}
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].render_finish()
+            state["bar"] = None
+
+    def update(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None or bar.length != total or done < state["done"]:
+            close()
+            bar = state["bar"] = click.progressbar(length=total, label=label, file=None)
+            bar.render_progress()
+            state["done"] = 0
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        close()
+
+
+def _retention(
+    retention_file: str | None,
+    *,
+    older_than: str | None,
+    states: tuple[str, ...],
+    keep: str | None,
+    target_size: str | None,
+    tables: tuple[str, ...],
+    no_compact: bool,
+) -> Retention:
+    base: dict[str, Any] = {}
+    if retention_file:
+        policy = Retention.from_file(retention_file)
+        base = {name: getattr(policy, name) for name in Retention.FIELDS}
+    if older_than is not None:
+        base["older_than"] = older_than
+    if states:
+        base["per_state"] = cleanup.parse_per_state(states)
+    if keep is not None:
+        base["keep"] = keep
+    if target_size is not None:
+        base["target_file_bytes"] = target_size
+    if tables:
+        base["tables"] = tables
+    if no_compact:
+        base["compact"] = False
+    return Retention.from_mapping(base)
+
+
+# -- commands --------------------------------------------------------------------
+@click.command("compact")
+@archive_option
+@table_option
+@click.option(
+    "--before",
+    metavar="TIME",
+    help="Only hours that ended by then: an ISO time or a duration ago (2h).  [default: now]",
+)
+@keep_option
+@target_option
+@click.option("--dry-run", is_flag=True, help="Only show what would be merged.")
+@wait_option
+def compact_command(
+    archive: str,
+    tables: tuple[str, ...],
+    before: str | None,
+    keep: str | None,
+    target_size: str | None,
+    dry_run: bool,
+    wait: float,
+) -> None:
+    """Merge the small files of each closed hour into few big ones.
+
+    Safe while a camera records and others read; an interrupted run loses nothing
+    and the next one finishes it. A second run does nothing.
+
+    \b
+    Example:
+        archiver compact --archive data/archive
+        archiver compact --archive data/archive --table tasks --keep latest --before 1d
+    """
+    with progress_bar("Compacting") as progress:
+        report = run_library_call(
+            cleanup.compact,
+            archive,
+            tables=tables or None,
+            before=before,
+            keep=keep or "all",
+            target_file_bytes=target_size or cleanup.DEFAULT_TARGET_FILE_BYTES,
+            dry_run=dry_run,
+            lock_timeout=wait,
+            progress=progress,
+        )
+    echo_compaction(report)
+
+
+@click.command("expire")
+@archive_option
+@older_option
+@state_option
+@table_option
+@now_option
+@click.option("--yes", is_flag=True, help="Really delete (default: only show what would go).")
+@wait_option
+def expire_command(
+    archive: str,
+    older_than: str | None,
+    states: tuple[str, ...],
+    tables: tuple[str, ...],
+    now: str | None,
+    yes: bool,
+    wait: float,
+) -> None:
+    """Delete old hours and finished tasks; shows what would go unless --yes.
+
+    A task goes, with all its rows, when its last row is older than the
+    retention of its state.
+
+    \b
+    Example:
+        archiver expire --archive data/archive --older-than 30d
+        archiver expire --archive data/archive --state SUCCESS=1d --state FAILURE=7d --yes
+    """
+    if older_than is None and not states:
+        raise click.ClickException(
+            "nothing to expire: give --older-than DURATION and/or --state STATE=DURATION"
+        )
+    with progress_bar("Expiring") as progress:
+        report = run_library_call(
+            cleanup.expire,
+            archive,
+            older_than=older_than,
+            per_state=states,
+            tables=tables or None,
+            now=now,
+            dry_run=not yes,
+            lock_timeout=wait,
+            progress=progress,
+        )
+    echo_expiry(report)
+
+
+@click.command("cleanup")
+@archive_option
+@click.option(
+    "--retention",
+    "retention_file",
+    metavar="FILE",
+    help="Retention settings, JSON or TOML (options override them).",
+)
+@older_option
+@state_option
+@keep_option
+@target_option
+@table_option
+@click.option("--no-compact", is_flag=True, help="Expire only.")
+@now_option
+@click.option("--yes", is_flag=True, help="Really expire (compaction runs either way).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; show what would be done.")
+@wait_option
+def cleanup_command(
+    archive: str,
+    retention_file: str | None,
+    older_than: str | None,
+    states: tuple[str, ...],
+    keep: str | None,
+    target_size: str | None,
+    tables: tuple[str, ...],
+    no_compact: bool,
+    now: str | None,
+    yes: bool,
+    dry_run: bool,
+    wait: float,
+) -> None:
+    """Expire, then compact, as a retention file or the options say.
+
+    Compaction always runs (it deletes no rows); expiry deletes only with --yes.
+    A retention file holds the same settings, e.g. in TOML:
+
+    \b
+        older_than = "30d"
+        keep = "all"
+        target_file_bytes = "128MiB"
+        [per_state]
+        SUCCESS = "1d"
+        FAILURE = "7d"
+
+    \b
+    Example:
+        archiver cleanup --archive data/archive --retention retention.toml --yes
+    """
+    policy = run_library_call(
+        _retention,
+        retention_file,
+        older_than=older_than,
+        states=states,
+        keep=keep,
+        target_size=target_size,
+        tables=tables,
+        no_compact=no_compact,
+    )
+    with progress_bar("Cleaning up") as progress:
+        report = run_library_call(
+            cleanup.run_retention,
+            archive,
+            policy,
+            now=now,
+            dry_run=dry_run,
+            expire_dry_run=not yes,
+            lock_timeout=wait,
+            progress=progress,
+        )
+    if report.expiry is not None:
+        echo_expiry(report.expiry)
+    if report.expiry is not None and report.compaction is not None:
+        click.echo()
+    if report.compaction is not None:
+        echo_compaction(report.compaction)
+
+
+COMMANDS = [compact_command, expire_command, cleanup_command]

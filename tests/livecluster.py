@@ -1,0 +1,242 @@
+"""Real components for the live tests: a redis-server and Celery workers, started and stopped
+by process id.
+
+Every process is started in its own session (so its process group id is its pid) and
+registered with a :class:`Processes` registry whose ``stop_all()`` (a fixture finalizer)
+terminates each group, then kills what is left. Nothing is ever stopped by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_SERVER = shutil.which("redis-server")
+
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None,
+    reason="redis-server is not on PATH (install it: `make redis` or apt-get install redis-server)",
+)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Processes:
+    """The processes a test started; ``stop_all`` ends each one's process group."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, args: list[str], **kwargs: Any) -> subprocess.Popen:
+        kwargs.setdefault("cwd", ROOT)
+        proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def signal_group(proc: subprocess.Popen, sig: int) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)  # the group id is the pid (start_new_session)
+
+    def stop(self, proc: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 10.0):
+        """Signal ``proc``'s process group, wait, then SIGKILL the group if needed."""
+        self.signal_group(proc, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal_group(proc, signal.SIGKILL)
+            proc.wait(10)
+        # Children (prefork pool processes) may outlive their parent: kill the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc, timeout=5.0)
+        self.procs.clear()
+
+
+class RedisServer:
+    """``redis-server`` on a free loopback port, without persistence."""
+
+    def __init__(self, processes: Processes, workdir: Path, port: int | None = None) -> None:
+        self.processes = processes
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        self.starts += 1
+        log = open(self.workdir / f"redis-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
+        args = [REDIS_SERVER or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.proc = self.processes.start(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def ping() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"redis-server exited with {self.proc.returncode}")
+            try:
+                return bool(self.client().ping())
+            except Exception:
+                return False
+
+        wait_for(ping, 10, f"redis-server on port {self.port}")
+        return self
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None:
+            self.processes.stop(self.proc, sig=sig)
+            self.proc = None
+
+    def pattern_subscribers(self) -> set[int]:
+        """Ids of the clients holding a pattern subscription (kombu's fanout for events)."""
+        return {c["id"] for c in self.client().client_list() if int(c.get("psub", 0)) > 0}
+
+
+class Worker:
+    """A ``celery -A tests.cluster_app worker -E`` process."""
+
+    def __init__(
+        self, processes: Processes, broker: str, name: str, logdir: Path, concurrency: int = 2
+    ) -> None:
+        self.processes, self.broker, self.name = processes, broker, name
+        self.logfile = logdir / f"worker-{name}.log"
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}@{socket.gethostname()}"
+
+    def start(self) -> Worker:
+        env = dict(os.environ, ARCHIVER_TEST_BROKER=self.broker, PYTHONPATH=str(ROOT))
+        args = [sys.executable, "-m", "celery", "-A", "tests.cluster_app", "worker", "-E"]
+        args += ["-c", str(self.concurrency), "-P", "prefork", "--without-mingle"]
+        args += ["--without-gossip", "--heartbeat-interval", "2", "-n", f"{self.name}@%h"]
+        args += ["-l", "INFO", "-f", str(self.logfile)]
+        self.proc = self.processes.start(
+            args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"worker {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            return " ready." in self.log()
+
+        wait_for(ready, timeout, f"worker {self.name} to be ready", interval=0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.processes.stop(self.proc, sig=signal.SIGTERM, timeout=15)
+            self.proc = None
+
+
+class ArchiverProcess:
+    """``python -m archiver ...`` with stderr in a file, to wait for log lines."""
+
+    def __init__(self, processes: Processes, args: list[str], logdir: Path, name: str) -> None:
+        self.stderr_path = logdir / f"{name}.stderr"
+        self.stdout_path = logdir / f"{name}.stdout"
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self.proc = processes.start(
+                [sys.executable, "-m", "archiver", *args],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+        self.processes = processes
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 30) -> None:
+        def seen() -> bool:
+            if text in self.stderr:
+                return True
+            if self.proc.poll() is not None:
+                pytest.fail(f"archiver exited ({self.proc.returncode}):\n{self.stderr}")
+            return False
+
+        wait_for(seen, timeout, f"{text!r} from archiver", interval=0.1)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"archiver still running after {timeout} s:\n{self.stderr}")
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+
+@pytest.fixture
+def processes():
+    registry = Processes()
+    yield registry
+    registry.stop_all()
+
+
+@pytest.fixture
+def redis_server(processes, tmp_path):
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not on PATH (install it: `make redis`)")
+    server = RedisServer(processes, tmp_path).start()
+    yield server
+    server.stop()

@@ -1,0 +1,292 @@
+"""CeleryConverter: frozen state -> Arrow record batches (tasks, workers, snapshots)."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pytest
+from celery.events.state import State as CeleryState
+
+from archiver import State
+from archiver import schema as S
+from archiver.convert import (
+    CeleryConverter,
+    _float_list,
+    _ints,
+    _strings,
+    epoch_to_timestamps,
+    redact_hash,
+)
+
+T0 = 1_795_622_260.0
+
+
+def task_event(type_: str, uuid: str, ts: float, **fields) -> dict:
+    host = "client@vm" if type_ == "sent" else "w1@vm"
+    event = {
+        "type": f"task-{type_}",
+        "uuid": uuid,
+        "hostname": host,
+        "timestamp": ts,
+        "local_received": ts + 0.001,
+        "clock": int(ts * 10) % 100000,
+        "utcoffset": 0,
+        "pid": 1,
+    }
+    event.update(fields)
+    return event
+
+
+def heartbeat(host: str, ts: float, type_: str = "heartbeat") -> dict:
+    return {
+        "type": f"worker-{type_}",
+        "hostname": host,
+        "timestamp": ts,
+        "local_received": ts,
+        "freq": 2.0,
+        "active": 0,
+        "processed": 3,
+        "pid": 10,
+        "clock": 1,
+        "loadavg": [0.5, 0.25, 0.125],
+        "sw_ident": "py-celery",
+        "sw_ver": "5.7.0",
+        "sw_sys": "Linux",
+        "utcoffset": 0,
+    }
+
+
+def feed(state, events) -> None:
+    for event in events:
+        state.event(dict(event))
+
+
+def convert(converter, state, at: float = T0 + 100, sid: str = "s-1"):
+    return converter.convert(state, captured_at=at, snapshot_id=sid)
+
+
+def uuids(batch: pa.RecordBatch) -> list[str]:
+    return sorted(batch.column("uuid").to_pylist())
+
+
+# -- value conversion -------------------------------------------------------------------
+def test_epoch_to_timestamps_rounds_to_microseconds_and_nulls_the_rest():
+    """Seconds become UTC microseconds; None, NaN, inf, bools, text and overflow become null."""
+    values = [1.5, 1_795_622_260.068105, None, math.nan, math.inf, "x", True, 1e300, 0]
+    arr = epoch_to_timestamps(values)
+    assert arr.type == pa.timestamp("us", tz="UTC")
+    got = arr.cast(pa.int64()).to_pylist()
+    assert got == [1_500_000, 1_795_622_260_068_105, None, None, None, None, None, None, 0]
+
+
+def test_epoch_to_timestamps_fast_path_matches_slow_path():
+    """A clean list of floats and Nones takes the numpy path with the same result."""
+    clean = [T0 + i / 7 for i in range(50)] + [None]
+    dirty = [*clean, "junk"]
+    assert epoch_to_timestamps(clean).to_pylist() == epoch_to_timestamps(dirty).to_pylist()[:-1]
+
+
+def test_bad_values_become_null_or_text_instead_of_raising():
+    """Out-of-range ints, non-numbers, lone surrogates and odd objects never raise."""
+    assert _ints([1, 2**40, "3", True, None], pa.int32()).to_pylist() == [1, None, None, None, None]
+    assert _ints([2**70], pa.int64()).to_pylist() == [None]
+    assert _strings(["ok", "\udc80bad", 5, None]).to_pylist() == ["ok", "\\udc80bad", "5", None]
+    assert _float_list([1, "2.5"]) == [1.0, 2.5]
+    assert _float_list(["x"]) is None
+    assert _float_list(3) is None
+
+
+# -- tasks --------------------------------------------------------------------------------
+def test_task_batch_has_the_explicit_schema_and_dictionary_columns():
+    """The batch carries the versioned schema; low-cardinality strings are dictionaries."""
+    state = State()
+    feed(state, [task_event("sent", "a", T0, name="t.add", args="(1,)", retries=0)])
+    batch = convert(CeleryConverter(), state)["tasks"]
+    assert batch.schema.equals(S.TASKS)
+    meta = batch.schema.metadata
+    assert meta[b"archiver.schema_version"] == str(S.SCHEMA_VERSION).encode()
+    assert meta[b"archiver.version"]
+    for name in S.TASK_CATEGORY_FIELDS:
+        assert pa.types.is_dictionary(batch.schema.field(name).type), name
+    row = batch.to_pylist()[0]
+    assert row["uuid"] == "a"
+    assert row["name"] == "t.add"
+    assert row["state"] == "PENDING"
+    assert row["client"] == "client@vm"
+    assert row["snapshot_id"] == "s-1"
+
+
+def test_changes_mode_writes_only_tasks_touched_since_the_last_snapshot():
+    """With archiver.State the changed tasks come from take_changes()."""
+    state = State()
+    conv = CeleryConverter()
+    feed(state, [task_event("sent", u, T0) for u in "abc"])
+    assert uuids(convert(conv, state)["tasks"]) == ["a", "b", "c"]
+    assert convert(conv, state)["tasks"].num_rows == 0
+    feed(state, [task_event("received", "b", T0 + 1)])
+    batches = convert(conv, state)
+    assert uuids(batches["tasks"]) == ["b"]
+    assert batches["snapshots"].column("tasks_written").to_pylist() == [1]
+
+
+@pytest.mark.parametrize("state_cls", [State, CeleryState])
+def test_full_mode_writes_every_task_each_time(state_cls):
+    """mode='full' writes the whole state at every snapshot."""
+    state = state_cls()
+    conv = CeleryConverter(mode="full")
+    feed(state, [task_event("sent", u, T0) for u in "abc"])
+    assert convert(conv, state)["tasks"].num_rows == 3
+    assert convert(conv, state)["tasks"].num_rows == 3
+
+
+def test_full_mode_drains_the_change_log_and_keeps_evicted_changes():
+    """In full mode the state's change log does not grow forever, and a changed task
+    that the LRU evicted before the snapshot is still written once."""
+    state = State(max_tasks_in_memory=2)
+    conv = CeleryConverter(mode="full")
+    feed(state, [task_event("sent", u, T0 + i) for i, u in enumerate("abc")])
+    assert "a" not in state.tasks
+    assert uuids(convert(conv, state)["tasks"]) == ["a", "b", "c"]
+    assert state.take_changes() == ([], [])
+    assert uuids(convert(conv, state)["tasks"]) == ["b", "c"]
+
+
+def test_celery_state_changes_are_found_by_signature():
+    """Celery's State does not track changes: the converter compares task fields."""
+    state = CeleryState()
+    conv = CeleryConverter()
+    feed(state, [task_event("sent", u, T0) for u in "abc"])
+    assert uuids(convert(conv, state)["tasks"]) == ["a", "b", "c"]
+    assert convert(conv, state)["tasks"].num_rows == 0
+    feed(state, [task_event("started", "c", T0 + 2), task_event("received", "a", T0 + 1)])
+    assert uuids(convert(conv, state)["tasks"]) == ["a", "c"]
+    # A late task-received merges only a few fields but still sets its time.
+    feed(state, [task_event("received", "c", T0 + 1.5)])
+    rows = convert(conv, state)["tasks"].to_pylist()
+    assert [(r["uuid"], r["state"]) for r in rows] == [("c", "STARTED")]
+    assert rows[0]["received"] is not None
+
+
+@pytest.mark.parametrize("state_cls", [State, CeleryState])
+def test_a_failed_conversion_forgets_nothing(state_cls, monkeypatch):
+    """If building the batches raises, the next snapshot writes the same changes."""
+    state = state_cls()
+    conv = CeleryConverter()
+    feed(state, [task_event("sent", u, T0) for u in "ab"])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(conv, "worker_batch", boom)
+        with pytest.raises(RuntimeError):
+            convert(conv, state)
+    assert uuids(convert(conv, state)["tasks"]) == ["a", "b"]
+
+
+def test_malformed_task_attributes_do_not_break_the_snapshot():
+    """Values with the wrong type (set by odd events) are stored as null or text."""
+    state = State()
+    feed(state, [task_event("sent", "a", T0)])
+    task = state.tasks["a"]
+    task.retries = "many"
+    task.runtime = "slow"
+    task.succeeded = "yesterday"
+    task.result = {"not": "a string"}
+    task.clock = 2**80
+    row = convert(CeleryConverter(), state)["tasks"].to_pylist()[0]
+    assert row["retries"] is None
+    assert row["runtime"] is None
+    assert row["succeeded"] is None
+    assert row["result"] == "{'not': 'a string'}"
+    assert row["clock"] is None
+
+
+@pytest.mark.parametrize("mode", ["null", "hash"])
+def test_redaction(mode):
+    """Redacted columns are null, or a SHA-256 prefix equal for equal values."""
+    state = State()
+    feed(
+        state,
+        [
+            task_event("sent", "a", T0, args="('alice@example.com',)", kwargs="{}", name="n"),
+            task_event("sent", "b", T0, args="('alice@example.com',)", kwargs=None, name="n"),
+        ],
+    )
+    conv = CeleryConverter(redact=("args", "kwargs", "result"), redact_mode=mode)
+    rows = sorted(convert(conv, state)["tasks"].to_pylist(), key=lambda r: r["uuid"])
+    if mode == "null":
+        assert [r["args"] for r in rows] == [None, None]
+        assert [r["kwargs"] for r in rows] == [None, None]
+    else:
+        digest = redact_hash("('alice@example.com',)")
+        assert len(digest) == 32
+        assert [r["args"] for r in rows] == [digest, digest]
+        assert [r["kwargs"] for r in rows] == [redact_hash("{}"), None]
+        assert "alice" not in repr(rows)
+    assert [r["name"] for r in rows] == ["n", "n"]
+
+
+def test_invalid_options_are_rejected():
+    with pytest.raises(ValueError, match="mode"):
+        CeleryConverter(mode="some")
+    with pytest.raises(ValueError, match="redact_mode"):
+        CeleryConverter(redact_mode="encrypt")
+    with pytest.raises(ValueError, match="cannot redact name"):
+        CeleryConverter(redact=("name",))
+
+
+# -- workers and snapshots ----------------------------------------------------------------
+@pytest.mark.parametrize("state_cls", [State, CeleryState])
+def test_workers_are_written_when_they_change_or_expire(state_cls):
+    """A worker row is written on a heartbeat and when it stops counting as alive."""
+    state = state_cls()
+    conv = CeleryConverter()
+    feed(state, [heartbeat("w1@vm", T0, "online")])
+    rows = convert(conv, state, at=T0 + 1)["workers"].to_pylist()
+    assert [(r["hostname"], r["alive"]) for r in rows] == [("w1@vm", True)]
+    assert rows[0]["loadavg"] == [0.5, 0.25, 0.125]
+    assert rows[0]["last_heartbeat"] is not None
+    assert convert(conv, state, at=T0 + 2)["workers"].num_rows == 0
+    # freq=2 s, expire window 200%: no heartbeat for > 6 s means offline.
+    rows = convert(conv, state, at=T0 + 60)["workers"].to_pylist()
+    assert [(r["hostname"], r["alive"]) for r in rows] == [("w1@vm", False)]
+
+
+def test_a_worker_removed_from_the_state_gets_a_last_row():
+    """With on_node_leave, Celery-style states drop offline workers: the offline row
+    is still written (archiver.State reports it as changed)."""
+    state = State(on_node_leave=lambda worker: None)
+    conv = CeleryConverter()
+    feed(state, [heartbeat("w1@vm", T0, "online")])
+    convert(conv, state, at=T0 + 1)
+    feed(state, [heartbeat("w1@vm", T0 + 2, "offline")])
+    assert "w1@vm" not in state.workers
+    rows = convert(conv, state, at=T0 + 3)["workers"].to_pylist()
+    assert [(r["hostname"], r["alive"]) for r in rows] == [("w1@vm", False)]
+
+
+def test_snapshot_row_counts_tasks_per_state():
+    state = State()
+    feed(
+        state,
+        [
+            heartbeat("w1@vm", T0, "online"),
+            task_event("sent", "a", T0),
+            task_event("sent", "b", T0),
+            task_event("received", "b", T0 + 1),
+            task_event("succeeded", "b", T0 + 2, result="3", runtime=0.5),
+            task_event("custom", "c", T0),
+        ],
+    )
+    row = convert(CeleryConverter(), state, at=T0 + 3)["snapshots"].to_pylist()[0]
+    assert row["tasks_in_state"] == 3
+    assert row["tasks_pending"] == 1
+    assert row["tasks_success"] == 1
+    assert row["tasks_other"] == 1
+    assert row["worker_count"] == 1
+    assert row["alive_workers"] == 1
+    assert row["event_count"] == 6
+    assert row["task_count"] == 1
+    assert row["tasks_written"] == 3

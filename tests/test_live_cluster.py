@@ -1,0 +1,329 @@
+"""`archiver record` against real components: redis-server, Celery workers, a Celery client.
+
+Each test starts its own redis-server on a free loopback port and its own workers
+(`celery -A tests.cluster_app worker -E`), and stops them by process id (see
+tests/livecluster.py). Skipped, with the reason, when redis-server is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from archiver import Archive
+from archiver.state import precedence
+
+from .livecluster import (
+    ArchiverProcess,
+    Worker,
+    needs_redis,
+    processes,  # noqa: F401  (fixture)
+    redis_server,  # noqa: F401  (fixture)
+    wait_for,
+)
+
+celery = pytest.importorskip("celery")
+pytest.importorskip("redis")
+
+from celery.events.state import State as CeleryState  # noqa: E402
+
+pytestmark = [needs_redis, pytest.mark.redis, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def cluster_app(redis_server):  # noqa: F811
+    """A client app of tests.cluster_app bound to this test's redis (results in db 1)."""
+    from tests.cluster_app import create_app
+
+    app = create_app(redis_server.url(0), redis_server.url(1))
+    yield app
+    app.close()
+
+
+def start_workers(processes, redis_server, tmp_path, names=("w1", "w2")):  # noqa: F811
+    workers = [Worker(processes, redis_server.url(0), n, tmp_path).start() for n in names]
+    for w in workers:
+        w.wait_ready()
+    return workers
+
+
+def start_archiver(processes, redis_server, tmp_path, name, *args):  # noqa: F811
+    """An archiver subprocess; returns once its event receiver has subscribed."""
+    before = redis_server.pattern_subscribers()
+    proc = ArchiverProcess(processes, list(args), tmp_path, name)
+
+    def subscribed() -> bool:
+        if proc.proc.poll() is not None:
+            pytest.fail(f"archiver {name} exited ({proc.proc.returncode}):\n{proc.stderr}")
+        return bool(redis_server.pattern_subscribers() - before)
+
+    wait_for(subscribed, 30, f"archiver {name} to subscribe to the events")
+    time.sleep(0.3)  # the wakeup broadcast, workers' first heartbeats
+    return proc
+
+
+def send_mix(app, n: int = 300, prefix: str = "") -> dict[str, tuple[str, object]]:
+    """Send ``n`` tasks: ~60% succeed, 15% fail, 15% retry then succeed, 10% revoked.
+
+    Returns ``{task_id: (expected_state, AsyncResult)}``.
+    """
+    sent: dict[str, tuple[str, object]] = {}
+    past = datetime.now(timezone.utc) - timedelta(minutes=5)
+    revoke_now = []
+    for i in range(n):
+        kind = i % 20
+        if kind < 12:
+            r = app.send_task("cluster.add", (i, 1))
+            sent[r.id] = ("SUCCESS", r)
+        elif kind < 15:
+            r = app.send_task("cluster.fail", (f"{prefix}boom {i}",))
+            sent[r.id] = ("FAILURE", r)
+        elif kind < 18:
+            r = app.send_task("cluster.flaky", (1 + i % 2,))
+            sent[r.id] = ("SUCCESS", r)
+        elif kind == 18:  # expired before a worker gets it: revoked on receipt
+            r = app.send_task("cluster.add", (i, 2), expires=past)
+            sent[r.id] = ("REVOKED", r)
+        else:  # revoked by id before it is sent
+            task_id = f"{prefix}revoked-{uuid.uuid4()}"
+            revoke_now.append(task_id)
+            sent[task_id] = ("REVOKED", None)
+    if revoke_now:
+        app.control.revoke(revoke_now)
+        time.sleep(0.5)  # the broadcast reaches the workers before the tasks do
+        for task_id in revoke_now:
+            r = app.send_task("cluster.add", (0, 0), task_id=task_id)
+            sent[task_id] = ("REVOKED", r)
+    return sent
+
+
+def wait_results(sent, timeout: float = 90) -> dict[str, str]:
+    """Wait until every result is ready; returns ``{task_id: state}``."""
+    states: dict[str, str] = {}
+
+    def all_ready() -> bool:
+        for task_id, (_, result) in sent.items():
+            if task_id not in states:
+                state = result.state
+                if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                    states[task_id] = state
+        return len(states) == len(sent)
+
+    wait_for(all_ready, timeout, f"{len(sent)} task results", interval=0.25)
+    return states
+
+
+def archived_tasks(path) -> dict[str, dict]:
+    latest = Archive(path).latest("tasks")
+    return {row["uuid"]: row for row in latest.to_dict("records")}
+
+
+def celery_state_from(tap_file) -> CeleryState:
+    state = CeleryState(max_tasks_in_memory=100_000)
+    with open(tap_file, encoding="utf-8") as f:
+        for line in f:
+            state.event(json.loads(line))
+    return state
+
+
+def check_recorded(path, sent, results, tap_file=None) -> dict[str, dict]:
+    """The archive's latest row of every task sent matches its result (and Celery's State)."""
+    rows = archived_tasks(path)
+    missing = sorted(set(sent) - set(rows))
+    assert not missing, f"{len(missing)} tasks sent but not archived, e.g. {missing[:3]}"
+    wrong = {
+        t: (rows[t]["state"], results[t]) for t in sent if rows[t]["state"] != results[t]
+    }
+    assert not wrong, f"archived state != result for {len(wrong)} tasks: {list(wrong.items())[:5]}"
+    for task_id, (expected, _) in sent.items():
+        assert results[task_id] == expected, (task_id, results[task_id], expected)
+    for task_id, (_, result) in sent.items():
+        row = rows[task_id]
+        if results[task_id] == "SUCCESS":
+            assert row["result"] == repr(result.result), (task_id, row["result"], result.result)
+            assert row["name"] in ("cluster.add", "cluster.flaky")
+            assert row["succeeded"] is not None and row["worker"]
+        elif results[task_id] == "FAILURE":
+            assert "ValueError" in (row["exception"] or ""), row
+    if tap_file is not None:
+        state = celery_state_from(tap_file)
+        for task_id in sent:
+            task = state.tasks.get(task_id)
+            assert task is not None, f"{task_id} missing from the tapped events"
+            row = rows[task_id]
+            assert row["state"] == task.state, (task_id, row["state"], task.state)
+            assert row["name"] == task.name, (task_id, row["name"], task.name)
+            assert (row["retries"] or 0) == (task.retries or 0)
+            hostname = task.worker.hostname if task.worker else None
+            assert row["worker"] == hostname, (task_id, row["worker"], hostname)
+    return rows
+
+
+def test_live_record_matches_results_and_celery_state(
+    processes,  # noqa: F811
+    redis_server,  # noqa: F811
+    cluster_app,
+    tmp_path,
+):
+    archive = tmp_path / "archive"
+    tap_file = tmp_path / "tap.jsonl"
+    workers = start_workers(processes, redis_server, tmp_path)
+    url = redis_server.url(0)
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record",
+        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
+        "--duration", "25s", "-l", "INFO",
+    )  # fmt: skip
+    tap = start_archiver(
+        processes, redis_server, tmp_path, "tap",
+        "tap", "--broker", url, "--out", str(tap_file), "--duration", "25s",
+    )  # fmt: skip
+    sent = send_mix(cluster_app, 300)
+    results = wait_results(sent)
+
+    assert recorder.wait(60) == 0, recorder.stderr
+    assert tap.wait(60) == 0, tap.stderr
+    assert "Recorded " in recorder.stdout and "Traceback" not in recorder.stderr
+    assert "Wrote " in tap.stderr
+    check_recorded(archive, sent, results, tap_file)
+    workers_seen = set(Archive(archive).latest("workers")["hostname"])
+    assert {w.hostname for w in workers} <= workers_seen
+    snaps = Archive(archive).load("snapshots")
+    assert len(snaps) >= 20  # --freq 0.5 for ~25 s: snapshots on the wall clock
+
+
+def test_broker_restart_recorder_carries_on(
+    processes,  # noqa: F811
+    redis_server,  # noqa: F811
+    cluster_app,
+    tmp_path,
+):
+    archive = tmp_path / "archive"
+    (worker,) = start_workers(processes, redis_server, tmp_path, names=("w1",))
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record",
+        "record", "--broker", redis_server.url(0), "--archive", str(archive), "--freq", "0.5",
+        "-l", "INFO",
+    )  # fmt: skip
+    before = send_mix(cluster_app, 60, prefix="a-")
+    results = wait_results(before)
+    time.sleep(1.0)  # the last events of batch A reach the recorder
+
+    redis_server.stop(signal.SIGKILL)  # the broker dies: nothing persisted
+    recorder.wait_log("Lost the broker", timeout=30)
+    recorder.wait_log("Broker still unreachable", timeout=30)  # a failed reconnection
+    redis_server.start()  # same port
+    recorder.wait_log("Reconnected to the broker", timeout=60)
+
+    def worker_back() -> bool:
+        try:
+            return bool(cluster_app.control.ping([worker.hostname], timeout=1.0))
+        except Exception:
+            return False
+
+    wait_for(worker_back, 60, "the worker to reconnect", interval=0.5)
+    after = send_mix(cluster_app, 60, prefix="b-")
+    results.update(wait_results(after))
+    time.sleep(1.5)
+
+    assert recorder.terminate(signal.SIGTERM) == 0, recorder.stderr
+    assert "broker lost 1 times" in recorder.stdout, recorder.stdout
+    assert "Traceback" not in recorder.stderr, recorder.stderr
+    check_recorded(archive, {**before, **after}, results)
+
+
+def test_sigterm_during_live_run_keeps_every_task_seen(
+    processes,  # noqa: F811
+    redis_server,  # noqa: F811
+    cluster_app,
+    tmp_path,
+):
+    archive = tmp_path / "archive"
+    tap_file = tmp_path / "tap.jsonl"
+    start_workers(processes, redis_server, tmp_path, names=("w1",))
+    url = redis_server.url(0)
+    # A long --flush-interval: nothing is written before the signal but the final flush.
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record",
+        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
+        "--flush-interval", "3600",
+    )  # fmt: skip
+    tap = start_archiver(
+        processes, redis_server, tmp_path, "tap", "tap", "--broker", url, "--out", str(tap_file)
+    )
+    first = send_mix(cluster_app, 100, prefix="a-")
+    results = wait_results(first)
+    time.sleep(1.0)
+
+    # A steady stream of tasks while the signal arrives.
+    stop_sending = threading.Event()
+    stream: list = []
+
+    def sender() -> None:
+        while not stop_sending.is_set():
+            stream.append(cluster_app.send_task("cluster.add", (1, 2)))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2.0)
+        signalled_at = time.time()
+        assert recorder.terminate(signal.SIGTERM) == 0, recorder.stderr
+    finally:
+        stop_sending.set()
+        thread.join(10)
+    time.sleep(1.0)
+    assert tap.terminate(signal.SIGINT) == 0, tap.stderr
+
+    assert "Received SIGTERM" in recorder.stderr
+    summary = recorder.stdout
+    assert summary.startswith("Recorded "), summary
+    check_recorded(archive, first, results, tap_file)
+
+    rows = archived_tasks(archive)
+    # Every task whose events reached the tap well before the signal is archived, in
+    # the state those events left it in.
+    seen: dict[str, list[dict]] = {}
+    with open(tap_file, encoding="utf-8") as f:
+        for line in f:
+            event = json.loads(line)
+            if event["type"].startswith("task-") and event["local_received"] < signalled_at - 0.5:
+                seen.setdefault(event["uuid"], []).append(event)
+    streamed = {r.id for r in stream}
+    assert len(seen.keys() & streamed) > 10, "no task of the stream was seen before the signal"
+    missing = sorted(seen.keys() - rows.keys())
+    assert not missing, f"{len(missing)} tasks seen before SIGTERM not archived: {missing[:3]}"
+    for task_id, events in seen.items():
+        state = CeleryState()
+        for event in events:
+            state.event(dict(event))
+        expected = state.tasks[task_id].state
+        archived = rows[task_id]["state"]
+        # Later events may have reached the recorder too: never an earlier state.
+        assert precedence(archived) <= precedence(expected), (task_id, archived, expected)
+    # The summary counts what the archive holds: every task the recorder saw.
+    tasks_in_summary = int(summary.split(": ", 1)[1].split(" tasks")[0].replace(",", ""))
+    assert tasks_in_summary == len(rows)
+
+
+def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):  # noqa: F811
+    archive = tmp_path / "archive"
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record",
+        "record", "--broker", redis_server.url(0), "--archive", str(archive),
+    )  # fmt: skip
+    redis_server.stop(signal.SIGKILL)
+    recorder.wait_log("Lost the broker", timeout=30)
+    started = time.monotonic()
+    assert recorder.terminate(signal.SIGTERM, timeout=20) == 0, recorder.stderr
+    assert time.monotonic() - started < 10
+    assert recorder.stdout.startswith("Recorded "), recorder.stdout
+    assert "broker lost 1 times" in recorder.stdout
+    assert "Traceback" not in recorder.stderr, recorder.stderr
