@@ -20,7 +20,8 @@ function                   question
 =========================  ==============================================================
 
 Intervals (``freq``) are pandas offsets such as ``"1min"``, ``"15min"``, ``"1h"``; the
-default picks a round interval that gives about 40 bins over the data's time span.
+default picks a round interval that gives about 40 bins over the data's time span. Frames
+indexed by interval carry it in ``.attrs["freq"]``.
 Times are tz-aware UTC, durations are float seconds.
 """
 
@@ -87,14 +88,18 @@ def _need(df: pd.DataFrame, *columns: str, fn: str) -> None:
         )
 
 
-def auto_freq(times: pd.Series | pd.DatetimeIndex | Sequence[Any], bins: int = 40) -> str:
-    """The smallest round interval ("1s", "5min", "1h"...) that cuts ``times`` into <= ``bins``."""
+def auto_freq(
+    times: pd.Series | pd.DatetimeIndex | Sequence[Any], bins: int = 40, *, minimum: float = 0
+) -> str:
+    """The smallest round interval ("1s", "5min", "1h"...) that cuts ``times`` into <= ``bins``.
+
+    ``minimum``: the interval is at least this many seconds.
+    """
     times = pd.to_datetime(pd.Series(times), utc=True).dropna()
-    if times.empty:
-        return "1min"
-    span = (times.max() - times.min()).total_seconds()
+    span = (times.max() - times.min()).total_seconds() if len(times) else 0.0
     for freq in NICE_FREQS:
-        if span / pd.Timedelta(freq).total_seconds() <= bins:
+        seconds = pd.Timedelta(freq).total_seconds()
+        if seconds >= minimum and span / seconds <= bins:
             return freq
     return NICE_FREQS[-1]
 
@@ -180,11 +185,13 @@ def throughput(
     if len(table.columns):
         table = table[table.sum().sort_values(ascending=False, kind="stable").index]
     table.columns = pd.Index([str(c) for c in table.columns], name=by or "all")
-    return table.astype("int64")
+    table = table.astype("int64")
+    table.attrs["freq"] = freq
+    return table
 
 
 def queue_wait(tasks: pd.DataFrame) -> pd.Series:
-    """Seconds each task waited between ``received`` by a worker and ``started`` (NaN if unknown)."""
+    """Seconds from ``received`` (by a worker) to ``started``, per task (NaN if unknown)."""
     _need(tasks, "received", "started", fn="queue_wait")
     return _seconds(_utc(tasks["started"]) - _utc(tasks["received"])).rename("wait")
 
@@ -444,6 +451,7 @@ def worker_utilisation(
         out[host] = busy
     frame = pd.DataFrame(out, index=index)
     frame.columns.name = "worker"
+    frame.attrs["freq"] = freq
     return frame
 
 
@@ -454,7 +462,7 @@ def worker_activity(
 
     Args:
         workers: ``load("workers")`` (columns ``captured_at``, ``hostname``, ``metric``).
-        freq: the interval; default :func:`auto_freq`.
+        freq: the interval; default :func:`auto_freq`, at least two heartbeats long.
         metric: ``"processed"`` (tasks the worker finished during the interval, from
             the increase of its ``processed`` counter), ``"active"`` (the largest number
             of tasks it reported running), ``"alive"`` (1 if it was alive at the last
@@ -470,7 +478,9 @@ def worker_activity(
     frame["captured_at"] = _utc(frame["captured_at"])
     frame["hostname"] = frame["hostname"].astype(str)
     frame = frame.sort_values("captured_at", kind="stable")
-    freq = freq or auto_freq(frame["captured_at"])
+    if freq is None:  # at least two heartbeats per interval, or counters look jumpy
+        beat = workers["freq"].astype("float64").median() if "freq" in workers.columns else 0
+        freq = auto_freq(frame["captured_at"], minimum=2 * beat if beat == beat else 0)
     frame["interval"] = frame["captured_at"].dt.floor(freq)
     grouped = frame.groupby(["interval", "hostname"])[metric]
     if metric == "processed":
@@ -494,6 +504,7 @@ def worker_activity(
         out = out.reindex(_timeline(out.index, freq)).ffill()
     out.index.name = "interval"
     out.columns.name = "worker"
+    out.attrs["freq"] = freq
     return out
 
 

@@ -69,7 +69,7 @@ class Polaroid:
         self.snapshots_skipped = 0
 
     def install(self) -> None:
-        """Schedule :meth:`capture` every ``freq`` s and :meth:`cleanup` every ``cleanup_freq`` s."""
+        """Schedule :meth:`capture` every ``freq`` and :meth:`cleanup` every ``cleanup_freq`` s."""
         if self._tref is not None:
             return
         self._tref = self.timer.call_repeatedly(self.freq, self.capture)

@@ -681,7 +681,7 @@ def _write_group(
 def _slice_rows(target_bytes: int, bytes_in: int, rows_in: int) -> int:
     """Rows per row group: 64 Ki, fewer when the target holds few rows (finer splits)."""
     per_row = max(1.0, bytes_in / max(rows_in, 1) / 3)  # merged files are ~3x denser
-    return int(min(ROW_GROUP_SIZE, max(1024, target_bytes / per_row / 8)))
+    return int(min(ROW_GROUP_SIZE, max(256, target_bytes / per_row / 8)))
 
 
 # -- compaction ------------------------------------------------------------------

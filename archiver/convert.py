@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -64,8 +64,9 @@ _TASK_SIGNATURE = attrgetter(
     "parent_id",
 )
 _STATE = attrgetter("state")
-# Beyond this many seconds from the epoch, microseconds overflow int64.
-_MAX_EPOCH_S = 9.2e12
+_FIRST = itemgetter(0)  # the state, in a signature
+# Beyond this many microseconds from the epoch, int64 overflows.
+_MAX_MICROS = 9.2e18
 
 
 class Converter(Protocol):
@@ -80,18 +81,26 @@ class Converter(Protocol):
 
 def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
     """Float epoch seconds (or None; anything else counts as None) -> ``timestamp[us, UTC]``."""
-    try:
-        arr = np.asarray(values, dtype="f8")
-        if arr.ndim != 1:
-            raise ValueError("not a flat sequence")
-    except (TypeError, ValueError):
-        arr = np.array(
-            [v if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values],
-            dtype="f8",
-        )
-    mask = ~(np.abs(arr) < _MAX_EPOCH_S)  # NaN, inf and overflow
-    micros = np.where(mask, 0.0, np.round(arr * 1e6)).astype("i8")
-    return pa.array(micros, type=S.TIMESTAMP, mask=mask if mask.any() else None)
+    n = len(values)
+    try:  # Arrow reads floats, ints and None natively: the common case
+        floats = pa.array(values, type=pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+        floats = None
+    if floats is not None:
+        if floats.null_count == n:
+            return pa.nulls(n, S.TIMESTAMP)
+        seconds = floats.to_numpy(zero_copy_only=False)  # nulls -> NaN
+        # Arrow reads True as 1.0: look for booleans only when such values appear.
+        if (seconds <= 1.0).any() and bool in set(map(type, values)):
+            floats = None
+    if floats is None:
+        seconds = np.array([v if type(v) in (int, float) else np.nan for v in values], dtype="f8")
+    micros = seconds * 1e6
+    np.round(micros, out=micros)
+    ok = np.abs(micros) < _MAX_MICROS  # False for NaN (null), inf and overflow
+    if ok.all():
+        return pa.array(micros.astype("i8"), type=S.TIMESTAMP)
+    return pa.array(np.where(ok, micros, 0.0).astype("i8"), type=S.TIMESTAMP, mask=~ok)
 
 
 def constant_timestamps(seconds: float, n: int) -> pa.Array:
@@ -116,7 +125,17 @@ def _text(value: Any) -> str:
 
 
 def _category(values: Sequence[Any]) -> pa.Array:
-    return _strings(values).dictionary_encode()
+    try:
+        return pa.array(values, type=S.CATEGORY)
+    except (ValueError, TypeError):
+        return _strings(values).dictionary_encode()
+
+
+def _hostnames(workers: Sequence[Any]) -> list[Any]:
+    """Each task's worker (an object, usually one of a few) as its hostname."""
+    distinct = {id(w): w for w in workers}
+    names = {key: _hostname(w) for key, w in distinct.items()}
+    return list(map(names.__getitem__, map(id, workers)))
 
 
 def _ints(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
@@ -169,6 +188,72 @@ def _values(mapping: Any) -> list[Any]:
     return list(getattr(mapping, "data", mapping).values())
 
 
+class _StateCounts:
+    """Tasks per state in a state that reports its changes, kept without a full scan.
+
+    Counting ``task.state`` over 100,000 tasks costs ~0.1 s (every task object is
+    read from memory); the shutter must cost far less. So the counts are updated
+    from the changed tasks, and tasks that left the state (LRU eviction, clear) are
+    found by walking the known uuids oldest first, which is where evictions are.
+    Anything unexplained (more tasks than known, a change log that dropped entries)
+    triggers a full recount, and so does every ``recount_every``-th snapshot: a task
+    added without an event (``State.get_or_create_task``) while another is evicted
+    leaves the counts off by one until then.
+    """
+
+    def __init__(self, recount_every: int = 600) -> None:
+        self.states: dict[str, Any] = {}  # uuid -> state, in first-seen order
+        self.counts: Counter[Any] = Counter()
+        self.valid = False
+        self.recount_every = recount_every
+        self._since = 0
+        self._dropped: Any = None
+
+    def recount(self, current: Any) -> Counter[Any]:
+        self.states = dict(zip(current.keys(), map(_STATE, current.values())))
+        self.counts = Counter(self.states.values())
+        self.valid = True
+        self._since = 0
+        return self.counts
+
+    def update(self, state: Any, current: Any, changed: list[Any]) -> Counter[Any]:
+        dropped = getattr(state, "changes_dropped", None)
+        self._since += 1
+        if not self.valid or dropped != self._dropped or self._since >= self.recount_every:
+            self._dropped = dropped
+            return self.recount(current)
+        states, counts = self.states, self.counts
+        for task in changed:
+            uuid = task.uuid
+            old = states.get(uuid, _MISSING)
+            if old is not _MISSING:
+                counts[old] -= 1
+            if uuid in current:
+                new = task.state
+                states[uuid] = new
+                counts[new] += 1
+            elif old is not _MISSING:
+                del states[uuid]
+        excess = len(states) - len(current)
+        if excess < 0:
+            return self.recount(current)
+        if excess:
+            gone = []
+            for uuid in states:
+                if uuid not in current:
+                    gone.append(uuid)
+                    if len(gone) == excess:
+                        break
+            if len(gone) < excess:
+                return self.recount(current)
+            for uuid in gone:
+                counts[states.pop(uuid)] -= 1
+        return counts
+
+
+_MISSING = object()
+
+
 class CeleryConverter:
     """Tasks, workers and one summary row per snapshot, from a Celery-style state.
 
@@ -207,6 +292,7 @@ class CeleryConverter:
         self.redact_mode = redact_mode
         self._task_sigs: dict[str, tuple] = {}
         self._worker_sigs: dict[str, tuple] = {}
+        self._counts = _StateCounts()
 
     def __repr__(self) -> str:
         return (
@@ -215,23 +301,27 @@ class CeleryConverter:
         )
 
     # -- which rows -----------------------------------------------------------
-    def _select_tasks(self, state: Any, taken: list[Any] | None) -> tuple[list[Any], dict | None]:
-        """The tasks to write, and the new signatures to commit (signature mode only)."""
+    def _select_tasks(
+        self, state: Any, taken: list[Any] | None
+    ) -> tuple[list[Any], dict | None, Counter[Any]]:
+        """The tasks to write, the new signatures to commit (signature mode only),
+        and the number of tasks per state."""
+        current = getattr(state.tasks, "data", state.tasks)
         if taken is not None:  # the state tracks its changes
+            counts = self._counts.update(state, current, taken)
             if self.mode == "changes":
-                return taken, None
-            current = getattr(state.tasks, "data", state.tasks)
+                return taken, None, counts
             tasks = list(current.values())
             # Changed tasks that the LRU evicted meanwhile are written too.
             tasks.extend(t for t in taken if t.uuid not in current)
-            return tasks, None
-        tasks = _values(state.tasks)
+            return tasks, None, counts
+        tasks = list(current.values())
         if self.mode == "full":
-            return tasks, None
+            return tasks, None, Counter(map(_STATE, tasks))
         previous = self._task_sigs
         sigs = dict(zip([t.uuid for t in tasks], map(_TASK_SIGNATURE, tasks)))
         changed = [t for t in tasks if previous.get(t.uuid) != sigs[t.uuid]]
-        return changed, sigs
+        return changed, sigs, Counter(map(_FIRST, sigs.values()))
 
     def _select_workers(
         self, state: Any, now: float, taken: list[Any]
@@ -262,16 +352,17 @@ class CeleryConverter:
         take = getattr(state, "take_changes", None)
         taken_tasks, taken_workers = take() if take is not None else (None, [])
         try:
-            tasks, task_sigs = self._select_tasks(state, taken_tasks)
+            tasks, task_sigs, counts = self._select_tasks(state, taken_tasks)
             workers, worker_sigs = self._select_workers(state, captured_at, taken_workers)
             batches = {
                 "tasks": self.task_batch(tasks, captured_at, snapshot_id),
                 "workers": self.worker_batch(workers, captured_at, snapshot_id),
                 "snapshots": self.snapshot_batch(
-                    state, captured_at, snapshot_id, tasks_written=len(tasks)
+                    state, captured_at, snapshot_id, tasks_written=len(tasks), counts=counts
                 ),
             }
         except BaseException:
+            self._counts.valid = False
             restore = getattr(state, "restore_changes", None)
             if restore is not None and taken_tasks is not None:
                 restore(taken_tasks, taken_workers)
@@ -288,12 +379,12 @@ class CeleryConverter:
         if not n:
             return pa.RecordBatch.from_pylist([], schema=schema)
         values = dict(zip(_TASK_ATTRS, zip(*map(attrgetter(*_TASK_ATTRS), tasks))))
-        values["worker"] = [_hostname(w) for w in values["worker"]]
+        values["worker"] = _hostnames(values["worker"])
         for field in self.redact:
             values[field] = _redact(values[field], self.redact_mode)
         arrays: dict[str, pa.Array] = {
             "captured_at": constant_timestamps(captured_at, n),
-            "snapshot_id": pa.array([snapshot_id] * n, pa.string()),
+            "snapshot_id": pa.repeat(pa.scalar(snapshot_id, pa.string()), n),
             "uuid": _strings(values["uuid"]),
         }
         for field in S.TASK_CATEGORY_FIELDS:
@@ -338,13 +429,24 @@ class CeleryConverter:
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
     def snapshot_batch(
-        self, state: Any, captured_at: float, snapshot_id: str, *, tasks_written: int
+        self,
+        state: Any,
+        captured_at: float,
+        snapshot_id: str,
+        *,
+        tasks_written: int,
+        counts: Counter[Any] | None = None,
     ) -> pa.RecordBatch:
-        """The snapshot's one summary row: counters, workers alive, tasks per state."""
+        """The snapshot's one summary row: counters, workers alive, tasks per state.
+
+        ``counts`` (tasks per state) is computed from the state when not given.
+        """
         tasks = getattr(state.tasks, "data", state.tasks)
         workers = _values(state.workers)
-        counts = Counter(map(_STATE, tasks.values()))
-        known = {s: counts.pop(s, 0) for s in S.TASK_STATES}
+        if counts is None:
+            counts = Counter(map(_STATE, tasks.values()))
+        known = {s: counts.get(s, 0) for s in S.TASK_STATES}
+        other = sum(n for s, n in counts.items() if s not in known)
         alive = sum(1 for w in workers if w.heartbeats and captured_at < w.heartbeat_expires)
 
         def number(value: Any) -> int | None:
@@ -360,7 +462,7 @@ class CeleryConverter:
             "alive_workers": pa.array([alive], pa.int64()),
             "tasks_written": pa.array([tasks_written], pa.int64()),
             **{f"tasks_{s.lower()}": pa.array([known[s]], pa.int64()) for s in S.TASK_STATES},
-            "tasks_other": pa.array([sum(counts.values())], pa.int64()),
+            "tasks_other": pa.array([other], pa.int64()),
         }
         schema = self.schemas["snapshots"]
         return pa.RecordBatch.from_arrays([row[f.name] for f in schema], schema=schema)

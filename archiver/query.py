@@ -17,9 +17,10 @@ because the dataset is always opened with the table's current, explicit schema.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -192,7 +193,10 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
         elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
             return str(value)
     except (ValueError, ArchiverError) as exc:
-        raise ArchiverError(f"cannot compare column {column} ({type_}) with {value!r}") from exc
+        hint = ": give an ISO time or a duration ago (2h)" if pa.types.is_timestamp(type_) else ""
+        raise ArchiverError(
+            f"cannot compare column {column} ({type_}) with {value!r}{hint}"
+        ) from exc
     return value
 
 
@@ -328,12 +332,14 @@ def full_schema(archive: Archive, table: str) -> pa.Schema:
     return pa.schema(list(archive.schema(table)) + list(PARTITION_SCHEMA))
 
 
+def _no_archive(archive: Archive) -> str:
+    return f"no archive at {archive.uri}: record one with `archiver record --archive {archive.uri}`"
+
+
 def check_table(archive: Archive, table: str) -> None:
     """Raise NoArchiveError if the archive or the table does not exist."""
     if not archive.exists():
-        raise NoArchiveError(
-            f"no archive at {archive.uri}: record one with `archiver record --archive {archive.uri}`"
-        )
+        raise NoArchiveError(_no_archive(archive))
     tables = archive.tables()
     if table not in tables:
         raise NoArchiveError(
@@ -405,23 +411,16 @@ def retrying(fun: Callable[[], T], retries: int = 20) -> T:
     raise AssertionError("unreachable")
 
 
-def _arrow_errors(table: str, filters: Any):
+@contextlib.contextmanager
+def _arrow_errors(table: str, filters: Any) -> Iterator[None]:
     """Turn pyarrow's errors during a scan into one-line ArchiverErrors."""
-
-    class _Mapper:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, exc, tb):
-            if exc is None:
-                return False
-            if isinstance(exc, (pa.ArrowNotImplementedError, pa.ArrowTypeError)):
-                raise ArchiverError(f"cannot apply filters {filters!r} to {table}: {exc}") from exc
-            if isinstance(exc, pa.ArrowInvalid):
-                raise ArchiverError(f"cannot read {table}: {exc}") from exc
-            return False
-
-    return _Mapper()
+    try:
+        yield
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise ArchiverError(f"cannot apply filters {filters!r} to {table}: {exc}") from exc
+    except (pa.ArrowInvalid, OSError) as exc:  # e.g. a damaged file
+        text = " ".join(str(exc).split())
+        raise ArchiverError(f"cannot read {table}: {text}") from exc
 
 
 def read_arrow(
@@ -506,7 +505,9 @@ def latest_positions(keys: pa.ChunkedArray | pa.Array, micros: np.ndarray) -> np
     rank[order] = np.arange(n, dtype=np.int64)
     if pa.types.is_dictionary(keys.type):
         keys = keys.cast(keys.type.value_type)
-    grouped = pa.table({"k": keys, "r": rank}).group_by("k", use_threads=False).aggregate([("r", "max")])
+    # One thread: measured 2x faster than the threaded hash aggregation on 10M keys.
+    by_key = pa.table({"k": keys, "r": rank}).group_by("k", use_threads=False)
+    grouped = by_key.aggregate([("r", "max")])
     best = np.sort(grouped.column("r_max").to_numpy())
     return order[best]
 
@@ -519,48 +520,95 @@ def latest_arrow(table: pa.Table, key: str) -> pa.Table:
     return table.take(latest_positions(table.column(key), micros))
 
 
-def _latest_read(archive: Archive, p: Plan, key: str, columns: list[str]) -> pa.Table:
-    """Two passes: find the winning rows from the key and time columns, then fetch them."""
+@dataclass
+class _Keys:
+    """Pass 1 of a two-pass read: a few columns of every row, and where each file starts."""
+
+    schema: pa.Schema
+    fragments: list[ds.ParquetFileFragment]
+    bounds: np.ndarray  # row offset of each file, plus the total
+    columns: dict[str, pa.ChunkedArray]
+    micros: np.ndarray  # captured_at in µs
+    inside: np.ndarray | None  # positions in [start, end), None when unbounded
+
+
+def _scan_keys(archive: Archive, p: Plan, key: str) -> _Keys:
+    """Read only ``key`` and ``captured_at`` of every row of the pruned partitions."""
     dataset = archive.dataset(p.table, p.partitions)
     fragments = list(dataset.get_fragments())
     schema = dataset.schema
-    time_filter = time_expression(p.start, p.end)
-    # Pass 1: key and captured_at of every row, with each file's row offset.
-    keys, micros, offsets = [], [], [0]
+    chunks: list[pa.Array] = []
+    micros, offsets = [], [0]
     for fragment in fragments:
         part = fragment.to_table(schema=schema, columns=[key, "captured_at"])
-        keys.extend(part.column(key).chunks)
+        chunks.extend(part.column(key).chunks)
         micros.append(part.column("captured_at").cast(pa.int64()).to_numpy())
         offsets.append(offsets[-1] + part.num_rows)
-    if not fragments or offsets[-1] == 0:
-        return _select(schema, columns).empty_table()
-    all_micros = np.concatenate(micros)
-    key_type = schema.field(key).type
-    all_keys = pa.chunked_array(keys, type=key_type)
-    if time_filter is not None:
+    all_micros = np.concatenate(micros) if micros else np.empty(0, np.int64)
+    inside = None
+    if p.start is not None or p.end is not None:
         lo = -(2**63) if p.start is None else _micros(p.start)
         hi = 2**63 - 1 if p.end is None else _micros(p.end)
         inside = np.flatnonzero((all_micros >= lo) & (all_micros < hi))
-        win = inside[latest_positions(all_keys.take(inside), all_micros[inside])]
-    else:
-        win = latest_positions(all_keys, all_micros)
-    del all_keys, keys
-    # Pass 2: per file, read the wanted columns and keep the winning rows.
-    bounds = np.asarray(offsets)
-    by_position = np.sort(win)
-    cuts = np.searchsorted(by_position, bounds)
+    keys = pa.chunked_array(chunks, type=schema.field(key).type)
+    return _Keys(schema, fragments, np.asarray(offsets), {key: keys}, all_micros, inside)
+
+
+def _gather(k: _Keys, positions: np.ndarray, columns: list[str]) -> pa.Table:
+    """Pass 2: the rows at ``positions`` (sorted), reading only the row groups that hold them."""
+    cuts = np.searchsorted(positions, k.bounds)
     pieces = []
-    for i, fragment in enumerate(fragments):
-        local = by_position[cuts[i] : cuts[i + 1]] - bounds[i]
-        if len(local):
-            part = fragment.to_table(schema=schema, columns=columns)
-            pieces.append(part.take(local))
-            del part
-    result = pa.concat_tables(pieces) if pieces else _select(schema, columns).empty_table()
-    # Order by time: ``by_position`` is already in time order unless files overlap in time.
-    if not np.all(np.diff(all_micros[by_position]) >= 0):
-        result = result.take(np.argsort(all_micros[by_position], kind="stable"))
-    return result
+    for i, fragment in enumerate(k.fragments):
+        local = positions[cuts[i] : cuts[i + 1]] - k.bounds[i]
+        if not len(local):
+            continue
+        sizes = np.array([rg.num_rows for rg in fragment.row_groups], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        group = np.searchsorted(starts, local, side="right") - 1
+        needed = np.unique(group)
+        if len(needed) < len(sizes):
+            fragment = fragment.subset(row_group_ids=needed.tolist())
+            sub_starts = np.concatenate([[0], np.cumsum(sizes[needed])])
+            local = sub_starts[np.searchsorted(needed, group)] + (local - starts[group])
+        part = fragment.to_table(schema=k.schema, columns=columns)
+        pieces.append(part.take(local))
+        del part
+    if not pieces:
+        return _select(k.schema, columns).empty_table()
+    return pa.concat_tables(pieces)
+
+
+def _in_time_order(k: _Keys, positions: np.ndarray, result: pa.Table) -> pa.Table:
+    """``result`` (rows at sorted ``positions``) ordered by captured_at, stable."""
+    micros = k.micros[positions]
+    if np.all(np.diff(micros) >= 0):  # the usual case: files do not overlap in time
+        return result
+    return result.take(np.argsort(micros, kind="stable"))
+
+
+def _latest_read(archive: Archive, p: Plan, key: str, columns: list[str]) -> pa.Table:
+    """Two passes: find the winning rows from the key and time columns, then fetch them."""
+    k = _scan_keys(archive, p, key)
+    keys = k.columns.pop(key)
+    if k.inside is None:
+        win = latest_positions(keys, k.micros)
+    else:
+        win = k.inside[latest_positions(keys.take(k.inside), k.micros[k.inside])]
+    del keys
+    positions = np.sort(win)
+    return _in_time_order(k, positions, _gather(k, positions, columns))
+
+
+def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
+    k = _scan_keys(archive, p, key)
+    keys = k.columns.pop(key)
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.cast(keys.type.value_type)
+    match = pc.equal(keys, pa.scalar(value, keys.type)).to_numpy(zero_copy_only=False)
+    positions = np.flatnonzero(np.asarray(match, dtype=bool))
+    if k.inside is not None:
+        positions = np.intersect1d(positions, k.inside, assume_unique=True)
+    return _in_time_order(k, positions, _gather(k, positions, p.columns))
 
 
 def latest(
@@ -578,6 +626,7 @@ def latest(
 
     See :meth:`archiver.Archive.latest`.
     """
+    check_table(archive, table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
         raise ArchiverError('latest() returns pandas or Arrow: use engine="pandas" or "arrow"')
@@ -614,17 +663,19 @@ def history(
     engine: Engine = "pandas",
 ) -> Any:
     """Every recorded version of one task (or worker, with ``table="workers"``), oldest first."""
+    check_table(archive, table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
         raise ArchiverError('history() returns pandas or Arrow: use engine="pandas" or "arrow"')
-    rows = read_arrow(
-        archive, table, start=start, end=end, columns=columns, filters=[(key, "==", uuid)]
-    )
-    if rows.num_rows > 1:
-        micros = rows.column("captured_at").cast(pa.int64()) if "captured_at" in rows else None
-        if micros is not None:
-            rows = rows.take(np.argsort(micros.to_numpy(), kind="stable"))
-    return rows if engine == "arrow" else to_pandas(rows).reset_index(drop=True)
+    p = plan(archive, table, start=start, end=end, columns=columns)
+    if not p.partitions:
+        rows = _select(p.schema, p.columns).empty_table()
+    else:
+        # Two passes: the key column of every row, then only the row groups holding the
+        # task (ids have no useful min/max statistics, so one pass would decode everything).
+        with _arrow_errors(table, None):
+            rows = retrying(lambda: _history_read(archive, p, key, uuid))
+    return rows if engine == "arrow" else to_pandas(rows, owned=True)
 
 
 def _load_dask(archive: Archive, table: str, *, start, end, columns, filters):
@@ -688,9 +739,7 @@ def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[Tabl
     from concurrent.futures import ThreadPoolExecutor
 
     if not archive.exists():
-        raise NoArchiveError(
-            f"no archive at {archive.uri}: record one with `archiver record --archive {archive.uri}`"
-        )
+        raise NoArchiveError(_no_archive(archive))
     out = []
     for table in tables or archive.tables():
         info = TableInfo(table)
@@ -701,9 +750,7 @@ def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[Tabl
         info.bytes = sum(f.size or 0 for f in files)
         versions: set[str] = set()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            footers = list(
-                pool.map(lambda f: retrying(lambda: _footer(archive, f.path), 3), files)
-            )
+            footers = list(pool.map(lambda f: retrying(lambda: _footer(archive, f.path), 3), files))
         lows, highs = [], []
         for rows, lo, hi, version in footers:
             info.rows += rows

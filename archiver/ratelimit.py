@@ -21,7 +21,9 @@ def parse_rate(value: object) -> float:
         elif isinstance(value, str):
             text = value.strip()
             count, _, unit = text.partition("/")
-            per_second = float(count) / _UNITS[unit.strip() or "s"] if unit or "/" not in text else -1
+            per_second = (
+                float(count) / _UNITS[unit.strip() or "s"] if unit or "/" not in text else -1
+            )
         else:
             raise ValueError
     except (ValueError, KeyError):
@@ -32,7 +34,7 @@ def parse_rate(value: object) -> float:
 
 
 class TokenBucket:
-    """A token bucket of ``capacity`` tokens (full at start) refilled at ``fill_rate`` per second."""
+    """A bucket of ``capacity`` tokens (full at start) refilled at ``fill_rate`` per second."""
 
     def __init__(
         self,

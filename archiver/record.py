@@ -132,6 +132,8 @@ class Recorder:
         self.lines = LineStats()
         self.live_stats = LiveStats()
         self.events = 0
+        #: Events the state raised on (a bug there, or input it does not guard against).
+        self.event_errors = 0
         self.started = time.monotonic()
         self._deadline = None if duration is None else self.started + duration
         self._stop = threading.Event()
@@ -179,8 +181,17 @@ class Recorder:
     def _handle(self, event: dict[str, Any]) -> None:
         if self.limit is not None and self.events >= self.limit:
             return
-        self.state.event(event)
+        try:
+            self.state.event(event)
+        except Exception as exc:
+            self._event_error(event, exc)
         self.events += 1
+
+    def _event_error(self, event: Any, exc: Exception) -> None:
+        """One event broke the state: skip it (counted) rather than end the run."""
+        self.event_errors += 1
+        if self.event_errors <= 5:
+            logger.error("Skipping an event the state could not apply (%r): %.300r", exc, event)
 
     # -- runs ---------------------------------------------------------------
     def replay(
@@ -235,7 +246,10 @@ class Recorder:
                         self._sleep_until(wall_start + (ts - first_ts) / speed)
                     advance(ts)
                     last_ts = ts
-                state_event(event)
+                try:
+                    state_event(event)
+                except Exception as exc:
+                    self._event_error(event, exc)
                 count += 1
                 self.events = count
                 if count >= tick:
@@ -300,7 +314,7 @@ class Recorder:
         return RecordSummary(
             events=self.events,
             malformed=self.lines.malformed,
-            rejected=self.state.rejected_events,
+            rejected=self.state.rejected_events + self.event_errors,
             tasks=len(self.state.tasks),
             snapshots=getattr(camera, "snapshots_taken", 0),
             rows=stats.rows_written if stats else 0,

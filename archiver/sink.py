@@ -250,6 +250,9 @@ class ParquetSink:
     ) -> list[pa.RecordBatch]:
         """Write one table's rows (one file per hour); returns the rows not written."""
         table = pa.Table.from_batches(batches, schema=self.schemas[name])
+        # One dictionary per column instead of one per snapshot: the Parquet writer
+        # then keeps its dictionary pages instead of re-encoding at each chunk.
+        table = table.unify_dictionaries()
         micros = table.column("captured_at").cast(pa.int64()).to_numpy()
         if len(micros) > 1 and (np.diff(micros) < 0).any():  # usually already in order
             order = pc.sort_indices(table, [("captured_at", "ascending")])

@@ -615,20 +615,24 @@ class State:
         children = self._tasks_to_resolve.pop(uuid, None)
         if children is not None:
             task.children.update(children)
-        changed = self._changed_tasks
-        if created and len(changed) >= self.max_changes_held and uuid not in changed:
-            self._drop_oldest_change()
-        changed[uuid] = task
+        if created and len(self._changed_tasks) >= self.max_changes_held:
+            self._drop_oldest_changes(uuid)
+        self._changed_tasks[uuid] = task
         return task, created
 
-    def _drop_oldest_change(self) -> None:
-        del self._changed_tasks[next(iter(self._changed_tasks))]
+    def _drop_oldest_changes(self, uuid: str) -> None:
+        changed = self._changed_tasks
+        if uuid in changed:
+            return
+        # Drop an eighth at once: deleting a dict's first key one at a time is O(n) each.
+        drop = max(1, len(changed) // 8)
+        self._changed_tasks = dict(itertools.islice(changed.items(), drop, None))
         if not self.changes_dropped:
             logger.warning(
                 "More than %s changed tasks waiting for take_changes(): dropping the oldest",
                 self.max_changes_held,
             )
-        self.changes_dropped += 1
+        self.changes_dropped += drop
 
     # -- lookups -------------------------------------------------------------
     def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:

@@ -147,6 +147,20 @@ def median_time(fun: Callable[[], object], repeat: int, setup: Callable[[], obje
     return statistics.median(times), result
 
 
+def interleaved(cases: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple]:
+    """Median wall seconds per case, the cases run in turn so that noise from other
+    processes on a shared machine hits them alike; also the result of each."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    results: dict[str, object] = {}
+    for _ in range(repeat):
+        for name, fun in cases.items():
+            gc.collect()
+            start = time.perf_counter()
+            results[name] = fun()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), results[name]) for name, t in times.items()}
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -159,6 +173,8 @@ def dir_bytes(path: Path) -> int:
 
 # -- the cases --------------------------------------------------------------------------------
 def camera_flush(tmp: Path, snapshots, captured, workers) -> Callable[[], int]:
+    frozen = [Frozen(tasks, workers) for tasks in snapshots]
+
     def run() -> int:
         out = fresh(tmp / "camera")
         now = [0.0]
@@ -171,9 +187,9 @@ def camera_flush(tmp: Path, snapshots, captured, workers) -> Callable[[], int]:
             max_buffer_rows=10_000_000,
             flush_interval=1e9,
         )
-        for tasks, at in zip(snapshots, captured):
+        for state, at in zip(frozen, captured):
             now[0] = at
-            camera.on_shutter(Frozen(tasks, workers))
+            camera.on_shutter(state)
         camera.flush()
         assert camera.sink.stats.write_errors == 0
         return camera.sink.stats.rows_written
@@ -273,7 +289,7 @@ def row_group_choice(tmp: Path, base: pa.Table, repeat: int) -> list[tuple]:
     lo = pa.scalar(start + 10 * HOUR_US, S.TIMESTAMP)
     hi = pa.scalar(start + 12 * HOUR_US, S.TIMESTAMP)
     cond = (ds.field("captured_at") >= lo) & (ds.field("captured_at") < hi)
-    out = []
+    layouts = {}
     for label, size in (
         ("64 Ki-row groups (default)", ROW_GROUP_SIZE),
         ("128 Ki-row groups", 131_072),
@@ -282,16 +298,26 @@ def row_group_choice(tmp: Path, base: pa.Table, repeat: int) -> list[tuple]:
         path = tmp / f"rowgroups-{size}.parquet"
         kwargs = {} if size is None else {"row_group_size": size}
         pq.write_table(day, path, compression="zstd", **kwargs)
+        layouts[label] = path
+
+    def query(path: Path) -> Callable[[], int]:
         dataset = ds.dataset(path, format="parquet")
+        return lambda: dataset.to_table(columns=["uuid", "state", "runtime"], filter=cond).num_rows
 
-        def query(dataset=dataset):
-            return dataset.to_table(columns=["uuid", "state", "runtime"], filter=cond).num_rows
-
-        query()  # warm the page cache
-        seconds, rows = median_time(query, max(repeat, 7))
-        groups = pq.read_metadata(path).num_row_groups
-        out.append((label, groups, rows, seconds, path.stat().st_size / n))
-    return out
+    cases = {label: query(path) for label, path in layouts.items()}
+    for fun in cases.values():
+        fun()  # warm the page cache
+    timed = interleaved(cases, max(repeat, 9))
+    return [
+        (
+            label,
+            pq.read_metadata(path).num_row_groups,
+            timed[label][1],
+            timed[label][0],
+            path.stat().st_size / n,
+        )
+        for label, path in layouts.items()
+    ]
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -333,13 +359,20 @@ def main() -> int:
     rows = task_rows(snapshots, captured)
     n_rows = len(rows)
 
-    cam_s, cam_rows = median_time(camera_flush(tmp, snapshots, captured, workers), args.repeat)
+    timed = interleaved(
+        {
+            "camera": camera_flush(tmp, snapshots, captured, workers),
+            "floor": pyarrow_floor(tmp, rows),
+            "dicts": lambda: task_rows(snapshots, captured),
+            "naive": naive_pandas(tmp, snapshots, captured),
+        },
+        args.repeat,
+    )
+    (cam_s, cam_rows), (floor_s, floor_rows) = timed["camera"], timed["floor"]
+    (dicts_s, _), (naive_s, naive_rows) = timed["dicts"], timed["naive"]
     task_files = list((tmp / "camera" / "tasks").rglob("*.parquet"))
     bytes_per_row = sum(f.stat().st_size for f in task_files) / n_rows
-    floor_s, floor_rows = median_time(pyarrow_floor(tmp, rows), args.repeat)
     floor_bytes = (tmp / "floor" / "tasks.parquet").stat().st_size / n_rows
-    dicts_s, _ = median_time(lambda: task_rows(snapshots, captured), args.repeat)
-    naive_s, naive_rows = median_time(naive_pandas(tmp, snapshots, captured), args.repeat)
     naive_bytes = dir_bytes(tmp / "naive") / n_rows
     assert floor_rows == naive_rows == n_rows
     assert cam_rows >= n_rows

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -288,9 +287,10 @@ def _status_mb(key: str) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
-    import archiver  # noqa: F401  (import everything before the baseline)
     import pandas  # noqa: F401
     import pyarrow.dataset  # noqa: F401
+
+    import archiver  # noqa: F401  (import everything before the baseline)
 
     names = args.case.split(",")
     baseline = _status_mb("VmRSS")
@@ -308,7 +308,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(archive: str, cases: str, repeat: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", cases, "--archive", archive, "--repeat", str(repeat)]
+    cmd = [sys.executable, __file__, "--child", cases, "--archive", archive]
+    cmd += ["--repeat", str(repeat)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -365,7 +366,9 @@ def main() -> None:
             ("history(uuid)", "history"),
         ]
         print()
-        header = f"{'case':38} {'rows':>11} {'median ms':>10} {'peak RSS MiB':>13} {'extra MiB':>10}"
+        header = (
+            f"{'case':38} {'rows':>11} {'median ms':>10} {'peak RSS MiB':>13} {'extra MiB':>10}"
+        )
         print(header)
         print("-" * len(header))
         for label, name in rows:

@@ -112,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     events = load(DATA)
     reps = -(-args.events // len(events))
+    total = len(events) * reps
     print(
-        f"Python {platform.python_version()} ({sys.implementation.name}), celery {celery.__version__};"
-        f" {len(events):,} recorded events x {reps} = {len(events) * reps:,} per run"
+        f"Python {platform.python_version()} {sys.implementation.name}, celery {celery.__version__}"
     )
+    print(f"{len(events):,} recorded events x {reps} = {total:,} events per run")
     workloads = ["replay", "stream"] if args.workload == "both" else [args.workload]
     ratios = [bench(w, events, reps, args.rounds) for w in workloads]
     return 0 if min(ratios) >= 1.0 else 1

@@ -425,7 +425,7 @@ class TestCancel:
         assert fake_timer.entries == []
 
     def test_entries_cancelled_when_flush_fails(self, state, fake_timer):
-        """If the final capture raises, both entries are still cancelled and the error propagates."""
+        """If the final capture raises, both entries are still cancelled and the error escapes."""
         cam = Recording(state, timer=fake_timer)
         cam.install()
         cam.fail = True
@@ -445,7 +445,7 @@ class TestCancel:
 
 class TestContextManager:
     def test_enter_installs_exit_cancels(self, state, fake_timer):
-        """``with cam:`` installs on enter (returning the camera) and cancels with a flush on exit."""
+        """``with cam:`` installs on enter (returning the camera), cancels with a flush on exit."""
         cam = Recording(state, timer=fake_timer)
         with cam as entered:
             assert entered is cam
@@ -501,7 +501,7 @@ class TestMaxrate:
 
 
 class TestNoDataLoss:
-    """The two places where Celery's Polaroid with clear_after loses events, and archiver does not."""
+    """Where Celery's Polaroid with clear_after loses events and archiver does not."""
 
     def test_skipped_capture_does_not_clear(self, small_events, fake_timer, celery_app):
         """A capture skipped by maxrate keeps the events; the next allowed shot records them."""

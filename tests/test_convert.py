@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+from collections import Counter
 
 import pyarrow as pa
 import pytest
@@ -290,3 +292,33 @@ def test_snapshot_row_counts_tasks_per_state():
     assert row["event_count"] == 6
     assert row["task_count"] == 1
     assert row["tasks_written"] == 3
+
+
+@pytest.mark.parametrize("api_tasks", [False, True])
+def test_tasks_per_state_are_kept_right_without_scanning_the_state(api_tasks):
+    """archiver.State: the per-state counts follow events, LRU evictions and clear(),
+    as a full count of the state says. A task added without an event while another
+    is evicted is only caught by the periodic recount."""
+    rng = random.Random(7)
+    state = State(max_tasks_in_memory=20)
+    conv = CeleryConverter()
+    conv._counts.recount_every = 10
+    kinds = ["sent", "received", "started", "succeeded", "failed", "retried", "custom"]
+    ts = T0
+    for step in range(300):
+        for _ in range(rng.randrange(0, 12)):
+            ts += 0.01
+            uuid = f"t{rng.randrange(60)}"
+            state.event(task_event(rng.choice(kinds), uuid, ts, clock=step))
+        if step % 37 == 36:
+            state.clear()
+        if api_tasks and step % 5 == 4:
+            state.get_or_create_task(f"api{step}")
+        row = convert(conv, state, sid=f"s{step}")["snapshots"].to_pylist()[0]
+        if api_tasks and conv._counts._since:
+            continue  # may be off until the next recount
+        full = Counter(t.state for t in state.tasks.data.values())
+        got = {s: row[f"tasks_{s.lower()}"] for s in S.TASK_STATES}
+        assert got == {s: full.get(s, 0) for s in S.TASK_STATES}, step
+        assert row["tasks_other"] == sum(n for s, n in full.items() if s not in got), step
+        assert row["tasks_in_state"] == len(state.tasks)

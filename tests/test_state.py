@@ -370,7 +370,7 @@ class TestEvent:
         assert state.event_count == 1
 
     def test_node_join_and_leave(self):
-        """on_node_join fires for new or online workers; with on_node_leave, offline ones are removed."""
+        """on_node_join fires for new or online workers; with on_node_leave offline ones go away."""
         joined, left = [], []
         state = State(on_node_join=joined.append, on_node_leave=left.append)
         feed(state, [worker_event("online"), worker_event("heartbeat", ts=102.0)])
@@ -535,7 +535,7 @@ class TestTaskStates:
         assert state.tasks["t1"].info(["state"], ["clock"]) == {"state": "RECEIVED", "clock": 100}
 
     def test_event_fields_cannot_break_the_task(self):
-        """Custom event fields named like Task methods are not merged, so later events still apply."""
+        """Custom event fields named like Task methods are not merged; later events still apply."""
         state = State()
         state.event(task_event("progress", event="x", info=1, as_dict=2, merge_rules=3))
         state.event(task_event("received", ts=99.0))
@@ -582,7 +582,7 @@ class TestLimits:
         assert_same(state_view(ours, weak_sets=False), state_view(theirs, weak_sets=False))
 
     def test_lru_mapping(self):
-        """The LRU moves a key to the end on ``[]`` reads, never on peek/get, and evicts the oldest."""
+        """The LRU moves a key to the end on ``[]`` reads (not peek/get) and evicts the oldest."""
         lru = LRU(2)
         lru["a"], lru["b"] = 1, 2
         assert lru.peek("a") == 1
@@ -666,7 +666,7 @@ class TestClear:
 
 class TestFreezeWhile:
     def test_celery_freeze_while(self):
-        """After 3 worker-online and 20 task-received, clear_after zeroes event_count (Celery's test)."""
+        """After 3 worker-online, 20 task-received events, clear_after zeroes event_count."""
         events = [worker_event("online", f"w{i}") for i in range(3)]
         events += [task_event("received", f"t{i}", ts=100.0 + i) for i in range(20)]
         for clear_after, expected in ((False, 23), (True, 0)):
@@ -705,7 +705,7 @@ class TestFreezeWhile:
         assert applied.is_set()
 
     def test_clear_after_even_when_fun_raises(self, small_events):
-        """State.freeze_while clears in ``finally``, like Celery (the camera guards against this)."""
+        """State.freeze_while clears in ``finally`` like Celery (the camera guards against this)."""
         state = State()
         feed(state, small_events)
 
@@ -779,7 +779,7 @@ class TestTaskTypes:
         state.event(task_event("received", "other", ts=200.0, name="mul"))
         assert [u for u, _ in state.tasks_by_type("add")] == ["t4", "t3", "t2", "t1", "t0"]
         assert [u for u, _ in state.tasks_by_type("add", limit=2)] == ["t4", "t3"]
-        assert [u for u, _ in state.tasks_by_type("add", reverse=False)][0] == "t0"
+        assert next(u for u, _ in state.tasks_by_type("add", reverse=False)) == "t0"
 
     def test_tasks_by_worker(self):
         """tasks_by_worker groups tasks by the worker that reported them."""

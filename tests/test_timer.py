@@ -68,6 +68,23 @@ class TestTimer:
         # A timer that re-arms after each run would average >= 25 ms here.
         assert period * 0.95 <= mean_interval <= period * 1.12, calls
 
+    def test_overrun_skips_missed_beats(self, timer):
+        """An entry that overruns its period skips the missed runs and keeps its phase."""
+        period = 0.02
+        calls: list[float] = []
+
+        def work():
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                time.sleep(period * 2.5)
+
+        entry = timer.call_repeatedly(period, work)
+        assert wait_until(lambda: len(calls) >= 3)
+        entry.cancel()
+        periods = (calls[1] - calls[0]) / period
+        assert round(periods) >= 3  # the missed beats were not run back to back
+        assert abs(periods - round(periods)) < 0.3  # and the schedule kept its phase
+
     def test_arguments_are_passed(self, timer):
         """``call_repeatedly(secs, fun, *args, **kwargs)`` passes the arguments on."""
         got = []

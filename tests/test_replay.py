@@ -1,0 +1,254 @@
+"""ReplayTimer (the replayed clock) and the Recorder's replay API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from archiver import Archive, Polaroid
+from archiver.errors import ArchiverError
+from archiver.record import Recorder, load_camera_class
+from archiver.replay import ReplayTimer
+from archiver.sources import LineStats, is_pipe, read_events
+
+
+# -- ReplayTimer ---------------------------------------------------------------------------
+def test_entries_wait_for_the_first_event_then_follow_event_time():
+    timer, calls = ReplayTimer(), []
+    timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
+    timer.call_repeatedly(2.5, lambda: calls.append(("cleanup", timer.now)))
+    assert timer.now is None and len(timer) == 2
+    timer.advance(100.0)  # sets the clock: nothing due yet
+    assert calls == [] and timer.now == 100.0
+    timer.advance(100.99)
+    assert calls == []
+    timer.advance(101.0)  # due exactly now: runs before the event at 101.0 is applied
+    assert calls == [101.0]
+    timer.advance(103.2)
+    assert calls == [101.0, 102.0, ("cleanup", 102.5), 103.0]
+    assert timer.now == 103.2
+
+
+def test_the_clock_never_goes_back():
+    timer, calls = ReplayTimer(), []
+    timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
+    timer.advance(10.0)
+    timer.advance(12.5)
+    timer.advance(11.0)  # an event from a worker whose clock is behind
+    assert timer.now == 12.5 and calls == [11.0, 12.0]
+
+
+def test_entry_scheduled_after_the_clock_started():
+    timer, calls = ReplayTimer(start=50.0), []
+    timer.call_repeatedly(0.5, lambda: calls.append(timer.now))
+    timer.advance(51.0)
+    assert calls == [50.5, 51.0]
+
+
+def test_cancel_and_errors():
+    timer, calls = ReplayTimer(), []
+
+    def boom():
+        calls.append("boom")
+        raise RuntimeError("in a timer entry")
+
+    entry = timer.call_repeatedly(1.0, boom)
+    other = timer.call_repeatedly(1.0, lambda: calls.append("ok"))
+    timer.advance(0.0)
+    timer.advance(2.0)  # errors are logged; the entry keeps its schedule
+    assert calls == ["boom", "ok", "boom", "ok"]
+    entry.cancel()
+    timer.advance(3.0)
+    assert calls[-1] == "ok" and calls.count("boom") == 2
+    other.cancel()
+    assert len(timer) == 0
+
+
+def test_an_entry_can_cancel_itself():
+    timer, calls = ReplayTimer(), []
+    holder = {}
+
+    def once():
+        calls.append(timer.now)
+        holder["entry"].cancel()
+
+    holder["entry"] = timer.call_repeatedly(1.0, once)
+    timer.advance(0.0)
+    timer.advance(10.0)
+    assert calls == [1.0]
+
+
+def test_a_jump_of_the_clock_runs_at_most_max_catchup_beats(caplog):
+    timer, calls = ReplayTimer(max_catchup=5), []
+    timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
+    timer.advance(0.0)
+    timer.advance(3.0)  # a short gap: every beat
+    assert calls == [1.0, 2.0, 3.0]
+    with caplog.at_level(logging.WARNING, "archiver.replay"):
+        timer.advance(1e9)  # a bogus timestamp: the newest 5 beats, not a billion
+    assert calls[3:] == [1e9 - 4, 1e9 - 3, 1e9 - 2, 1e9 - 1, 1e9]
+    assert timer.skipped == 1e9 - 3 - 5
+    assert "Replayed clock jumped" in caplog.text
+
+
+def test_bad_intervals():
+    with pytest.raises(ValueError):
+        ReplayTimer().call_repeatedly(0, lambda: None)
+    with pytest.raises(ValueError):
+        ReplayTimer(max_catchup=0)
+
+
+# -- Recorder.replay (library API) -----------------------------------------------------------
+def test_recorder_replay_library_api(tmp_path, sample_events):
+    recorder = Recorder(str(tmp_path), freq=2.0)
+    summary = recorder.replay(sample_events)
+    assert summary.events == len(sample_events) and summary.malformed == 0
+    assert summary.snapshots == 14  # 26.1 s of events every 2 s, and the final one
+    assert summary.rows > 0 and summary.bytes > 0
+    assert summary.files == 3 and summary.tasks == 2110
+    assert "Recorded 9,604 events" in summary.line()
+    assert len(Archive(tmp_path).load("snapshots")) == 14
+
+
+def test_speed_keeps_the_gaps_between_events(tmp_path, small_events):
+    events = []
+    for i, e in enumerate(small_events[:30]):
+        events.append(dict(e, timestamp=1000.0 + i * 1.0))  # 29 s of event time
+    pulled = []
+
+    def source():
+        for e in events:
+            pulled.append(time.monotonic())
+            yield e
+
+    recorder = Recorder(str(tmp_path), freq=5.0)
+    started = time.monotonic()
+    recorder.replay(source(), speed=50)
+    assert time.monotonic() - started >= 29 / 50 - 0.01
+    # the event pulled at i was applied at (i-1)/50 s after the start, give or take
+    for i in range(2, 30, 7):
+        assert pulled[i] - pulled[0] == pytest.approx((i - 1) / 50, abs=0.05)
+
+
+def test_timestamps_that_cannot_move_the_clock(tmp_path, small_events):
+    base = small_events[10]["timestamp"]
+    events = [dict(e) for e in small_events[:50]]
+    events[5]["timestamp"] = float("nan")
+    events[6]["timestamp"] = float("inf")
+    events[7]["timestamp"] = "yesterday"
+    events[8]["timestamp"] = True
+    events[9]["timestamp"] = 10**400
+    recorder = Recorder(str(tmp_path), freq=0.5)
+    summary = recorder.replay(events)
+    assert summary.events == 50
+    assert summary.rejected >= 1  # the NaN one, at least: skipped, not fatal
+    captured = Archive(tmp_path).load("snapshots")["captured_at"].map(lambda t: t.value / 1e9)
+    assert captured.between(base - 10, base + 10).all()
+
+
+def test_no_events_at_all(tmp_path):
+    summary = Recorder(str(tmp_path)).replay([])
+    assert summary.events == 0 and summary.snapshots == 1  # the final one, at wall time
+    assert Archive(tmp_path).load("snapshots")["tasks_in_state"].tolist() == [0]
+
+
+def test_stop_from_another_thread(tmp_path, small_events):
+    recorder = Recorder(str(tmp_path))
+
+    def slow():
+        for i, e in enumerate(small_events):
+            if i == 100:
+                threading.Timer(0.05, recorder.stop).start()
+                time.sleep(0.3)
+            yield e
+
+    summary = recorder.replay(slow())
+    assert summary.events in (100, 101)
+    assert len(Archive(tmp_path).latest("tasks")) == summary.tasks
+
+
+def test_limit_and_duration_validation(tmp_path):
+    with pytest.raises(ArchiverError, match="--limit"):
+        Recorder(str(tmp_path), limit=0)
+    with pytest.raises(ArchiverError, match="--duration"):
+        Recorder(str(tmp_path), duration=0)
+    with pytest.raises(ArchiverError, match="--speed"):
+        Recorder(str(tmp_path)).replay([], speed=-1)
+
+
+def test_a_non_parquet_polaroid(tmp_path, small_events):
+    shots = []
+
+    class Cam(Polaroid):
+        def on_shutter(self, state):
+            shots.append(state.event_count)
+
+    summary = Recorder(str(tmp_path), camera=Cam).replay(small_events)
+    assert summary.snapshots == len(shots) == 9 and shots[-1] == len(small_events)
+    assert summary.rows == summary.files == 0
+
+
+def test_load_camera_class():
+    from archiver import ParquetCamera
+
+    assert load_camera_class("archiver:ParquetCamera") is ParquetCamera
+    assert load_camera_class("archiver.parquet_camera.ParquetCamera") is ParquetCamera
+    with pytest.raises(ArchiverError, match="not a subclass"):
+        load_camera_class("archiver:State")
+
+
+# -- reading events --------------------------------------------------------------------------
+def test_read_events_from_a_pipe_sees_a_stop_without_a_new_line():
+    r, w = os.pipe()
+    stop = threading.Event()
+    stats = LineStats()
+    with os.fdopen(r, "rb") as stream, os.fdopen(w, "wb") as writer:
+        assert is_pipe(stream)
+        writer.write(b'{"type": "a"}\n{"type": "b"}\n{"type": "inco')
+        writer.flush()
+        got = []
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        for event in read_events(stream, stats, should_stop=stop.is_set):
+            got.append(event["type"])
+        assert time.monotonic() - started < 2  # did not wait for the rest of the line
+    assert got == ["a", "b"] and stats.events == 2 and stats.malformed == 0
+
+
+def test_read_events_from_a_pipe_reads_what_was_sent_before_the_stop():
+    r, w = os.pipe()
+    stats = LineStats()
+    stop = threading.Event()
+    with os.fdopen(r, "rb") as stream, os.fdopen(w, "wb") as writer:
+        got = []
+        writer.write(b'{"n": 0}\n')
+        writer.flush()
+        for event in read_events(stream, stats, should_stop=stop.is_set):
+            got.append(event["n"])
+            if event["n"] == 0:  # the stop comes while 1000 more lines wait in the pipe
+                writer.write(b"".join(b'{"n": %d}\n' % i for i in range(1, 1001)))
+                writer.flush()
+                stop.set()
+    assert got == list(range(1001))
+
+
+def test_read_events_regular_file_ignores_should_stop(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b'{"n": 1}\n\n  \n{"n": 2}')  # blank lines, no final newline
+    stats = LineStats()
+    with open(path, "rb") as f:
+        assert not is_pipe(f)
+        got = [e["n"] for e in read_events(f, stats, should_stop=lambda: True)]
+    assert got == [1, 2] and stats.lines == 4 and stats.malformed == 0
+
+
+def test_line_stats_report():
+    stats = LineStats()
+    assert stats.report() == ""
+    for n in (3, 5, 8, 13, 21, 34, 55):
+        stats.bad(n, "why")
+    assert stats.report() == "Skipped 7 malformed lines (line 3, 5, 8, 13, 21, ...)"
