@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -204,17 +205,42 @@ class Archive:
         return [i.path for p in parts for i in self.partition_files(p)]
 
     # -- maintenance (see archiver.cleanup) ---------------------------------
-    def compact(self, **kwargs):
-        """Merge the small files of closed partitions; see :func:`archiver.cleanup.compact`."""
+    def compact(
+        self,
+        *,
+        tables: str | list[str] | None = None,
+        before: Any = None,
+        target_file_bytes: int | str = 128 * 1024 * 1024,
+        keep: str = "all",
+        **kwargs: Any,
+    ):
+        """Merge the small files of closed hours; see :func:`archiver.cleanup.compact`."""
         from .cleanup import compact
 
-        return compact(self, **kwargs)
+        return compact(
+            self,
+            tables=tables,
+            before=before,
+            target_file_bytes=target_file_bytes,
+            keep=keep,
+            **kwargs,
+        )
 
-    def expire(self, **kwargs):
-        """Drop old partitions and expired tasks; see :func:`archiver.cleanup.expire`."""
+    def expire(
+        self,
+        *,
+        older_than: Any = None,
+        per_state: Any = None,
+        now: Any = None,
+        dry_run: bool = True,
+        **kwargs: Any,
+    ):
+        """Drop old hours and expired tasks (dry run by default); see :func:`.cleanup.expire`."""
         from .cleanup import expire
 
-        return expire(self, **kwargs)
+        return expire(
+            self, older_than=older_than, per_state=per_state, now=now, dry_run=dry_run, **kwargs
+        )
 
     # -- reading ------------------------------------------------------------
     def schema(self, table: str) -> pa.Schema:

@@ -30,7 +30,8 @@ is ignored), after it exactly the new files (the inputs are hidden even while th
 still exist), and a ``kill -9`` anywhere leaves one of these two states. The next
 run *finishes the job* first, under the lock, before planning anything: it
 deletes the files of a half-renamed group (garbage: their rows are still in the
-inputs), then the inputs of a committed one, then empty tombstones, then
+inputs; this must come first, since with its inputs gone such a group would count
+as live), then the inputs of a committed one, then empty tombstones, then
 archiver's own temporary files older than an hour (``.part-*.tmp``) and
 partition directories renamed aside by an interrupted expiry. Files it did not
 list (a recorder's new file in the same partition) are never touched: only named
@@ -53,6 +54,12 @@ When every row of a partition's inputs expires, the commit is a 0-row
 
 On object stores (no atomic rename) the new files are written under their final
 names; an upload becomes visible only when complete, so the same rules hold.
+
+Limits: a partition (one hour of one table) is merged in memory. The lock is an
+``fcntl.flock``: it serializes cleanups on one host (and on network filesystems
+only as far as their ``flock`` does; for a remote archive the lock file is local).
+If a recorder writes a new row for a task at the moment expiry removes it, only
+the new row remains.
 """
 
 from __future__ import annotations
@@ -260,9 +267,9 @@ class Retention:
         tables: the tables to clean (default: all).
 
     Example:
-        >>> Retention.from_mapping({"older_than": "30d", "per_state": {"SUCCESS": "1d"}})
-        ... # doctest: +ELLIPSIS
-        Retention(older_than=Timedelta('30 days 00:00:00'), ...)
+        >>> policy = Retention(older_than="30d", per_state={"success": "1d"})
+        >>> policy.older_than, policy.per_state
+        (Timedelta('30 days 00:00:00'), {'SUCCESS': Timedelta('1 days 00:00:00')})
     """
 
     older_than: pd.Timedelta | None = None
@@ -976,6 +983,7 @@ def _expire_locked(
     now: pd.Timestamp,
     dry_run: bool,
     progress: Progress | None,
+    target_bytes: int = DEFAULT_TARGET_FILE_BYTES,
 ) -> ExpiryReport:
     started = time.perf_counter()
     location = archive.location
@@ -1048,8 +1056,8 @@ def _expire_locked(
                     schema,
                     replaces=[i.base_name for i in files],
                     keep="latest" if latest else "all",
-                    target_bytes=DEFAULT_TARGET_FILE_BYTES,
-                    slice_rows=_slice_rows(DEFAULT_TARGET_FILE_BYTES, bytes_in, len(data)),
+                    target_bytes=target_bytes,
+                    slice_rows=_slice_rows(target_bytes, bytes_in, len(data)),
                 )
                 to_delete.extend(i.path for i in files)
                 rewritten += 1
@@ -1170,6 +1178,7 @@ def run_retention(
                 now=at,
                 dry_run=expire_dry,
                 progress=progress,
+                target_bytes=policy.target_file_bytes,
             )
         compaction = None
         if policy.compact:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, Literal, Protocol
 
@@ -64,6 +65,7 @@ _TASK_SIGNATURE = attrgetter(
     "parent_id",
 )
 _STATE = attrgetter("state")
+_TASK_VALUES = attrgetter(*_TASK_ATTRS)
 _FIRST = itemgetter(0)  # the state, in a signature
 # Beyond this many microseconds from the epoch, int64 overflows.
 _MAX_MICROS = 9.2e18
@@ -101,6 +103,14 @@ def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
     if ok.all():
         return pa.array(micros.astype("i8"), type=S.TIMESTAMP)
     return pa.array(np.where(ok, micros, 0.0).astype("i8"), type=S.TIMESTAMP, mask=~ok)
+
+
+def _merged(convert: Any, columns: list[Sequence[Any]]) -> list[pa.Array]:
+    """``convert`` applied to several equally long columns in one call (less overhead
+    per call), then cut back into one array per column."""
+    n = len(columns[0])
+    whole = convert(list(chain.from_iterable(columns)))
+    return [whole.slice(i * n, n) for i in range(len(columns))]
 
 
 def constant_timestamps(seconds: float, n: int) -> pa.Array:
@@ -216,24 +226,29 @@ class _StateCounts:
         self._since = 0
         return self.counts
 
-    def update(self, state: Any, current: Any, changed: list[Any]) -> Counter[Any]:
+    def update(
+        self, state: Any, current: Any, uuids: Sequence[str], new: Sequence[Any]
+    ) -> Counter[Any]:
+        """Apply the changed tasks (their uuids and current states, in one order)."""
         dropped = getattr(state, "changes_dropped", None)
         self._since += 1
         if not self.valid or dropped != self._dropped or self._since >= self.recount_every:
             self._dropped = dropped
             return self.recount(current)
         states, counts = self.states, self.counts
-        for task in changed:
-            uuid = task.uuid
-            old = states.get(uuid, _MISSING)
-            if old is not _MISSING:
-                counts[old] -= 1
-            if uuid in current:
-                new = task.state
-                states[uuid] = new
-                counts[new] += 1
-            elif old is not _MISSING:
-                del states[uuid]
+        old = [s for s in map(states.get, uuids, repeat(_MISSING)) if s is not _MISSING]
+        counts.subtract(Counter(old))
+        present = list(map(current.__contains__, uuids))
+        if all(present):
+            states.update(zip(uuids, new))
+            counts.update(new)
+        else:
+            for uuid, now, here in zip(uuids, new, present):
+                if here:
+                    states[uuid] = now
+                    counts[now] += 1
+                else:
+                    states.pop(uuid, None)
         excess = len(states) - len(current)
         if excess < 0:
             return self.recount(current)
@@ -246,8 +261,7 @@ class _StateCounts:
                         break
             if len(gone) < excess:
                 return self.recount(current)
-            for uuid in gone:
-                counts[states.pop(uuid)] -= 1
+            counts.subtract(Counter(map(states.pop, gone)))
         return counts
 
 
@@ -301,27 +315,46 @@ class CeleryConverter:
         )
 
     # -- which rows -----------------------------------------------------------
-    def _select_tasks(
-        self, state: Any, taken: list[Any] | None
-    ) -> tuple[list[Any], dict | None, Counter[Any]]:
-        """The tasks to write, the new signatures to commit (signature mode only),
-        and the number of tasks per state."""
+    def _select_tasks(self, state: Any, taken: list[Any] | None) -> tuple[list[Any], dict | None]:
+        """The tasks to write, and the new signatures to commit (signature mode only)."""
         current = getattr(state.tasks, "data", state.tasks)
         if taken is not None:  # the state tracks its changes
-            counts = self._counts.update(state, current, taken)
             if self.mode == "changes":
-                return taken, None, counts
+                return taken, None
             tasks = list(current.values())
             # Changed tasks that the LRU evicted meanwhile are written too.
             tasks.extend(t for t in taken if t.uuid not in current)
-            return tasks, None, counts
+            return tasks, None
         tasks = list(current.values())
         if self.mode == "full":
-            return tasks, None, Counter(map(_STATE, tasks))
+            return tasks, None
         previous = self._task_sigs
         sigs = dict(zip([t.uuid for t in tasks], map(_TASK_SIGNATURE, tasks)))
         changed = [t for t in tasks if previous.get(t.uuid) != sigs[t.uuid]]
-        return changed, sigs, Counter(map(_FIRST, sigs.values()))
+        return changed, sigs
+
+    def _state_counts(
+        self, state: Any, taken: list[Any] | None, sigs: dict | None, values: dict[str, Any]
+    ) -> Counter[Any]:
+        """Tasks per state, from what was already read for this snapshot when possible."""
+        current = getattr(state.tasks, "data", state.tasks)
+        if sigs is not None:
+            return Counter(map(_FIRST, sigs.values()))
+        if taken is None:  # full mode: every task was read
+            return Counter(values.get("state", ())[: len(current)])
+        if self.mode == "changes":
+            return self._counts.update(
+                state, current, values.get("uuid", ()), values.get("state", ())
+            )
+        # full mode on a state that tracks changes: every task was read, in state order
+        counts = self._counts
+        n = len(current)
+        counts.states = dict(zip(values.get("uuid", ())[:n], values.get("state", ())[:n]))
+        counts.counts = Counter(counts.states.values())
+        counts.valid = True
+        counts._since = 0
+        counts._dropped = getattr(state, "changes_dropped", None)
+        return counts.counts
 
     def _select_workers(
         self, state: Any, now: float, taken: list[Any]
@@ -352,10 +385,12 @@ class CeleryConverter:
         take = getattr(state, "take_changes", None)
         taken_tasks, taken_workers = take() if take is not None else (None, [])
         try:
-            tasks, task_sigs, counts = self._select_tasks(state, taken_tasks)
+            tasks, task_sigs = self._select_tasks(state, taken_tasks)
             workers, worker_sigs = self._select_workers(state, captured_at, taken_workers)
+            values = self._task_values(tasks)
+            counts = self._state_counts(state, taken_tasks, task_sigs, values)
             batches = {
-                "tasks": self.task_batch(tasks, captured_at, snapshot_id),
+                "tasks": self._task_batch(values, len(tasks), captured_at, snapshot_id),
                 "workers": self.worker_batch(workers, captured_at, snapshot_id),
                 "snapshots": self.snapshot_batch(
                     state, captured_at, snapshot_id, tasks_written=len(tasks), counts=counts
@@ -374,25 +409,35 @@ class CeleryConverter:
 
     def task_batch(self, tasks: list[Any], captured_at: float, snapshot_id: str) -> pa.RecordBatch:
         """One row per task."""
+        return self._task_batch(self._task_values(tasks), len(tasks), captured_at, snapshot_id)
+
+    @staticmethod
+    def _task_values(tasks: list[Any]) -> dict[str, Any]:
+        """Column name -> the tasks' values (one pass over the task objects)."""
+        if not tasks:
+            return {}
+        return dict(zip(_TASK_ATTRS, zip(*map(_TASK_VALUES, tasks))))
+
+    def _task_batch(
+        self, values: dict[str, Any], n: int, captured_at: float, snapshot_id: str
+    ) -> pa.RecordBatch:
         schema = self.schemas["tasks"]
-        n = len(tasks)
         if not n:
             return pa.RecordBatch.from_pylist([], schema=schema)
-        values = dict(zip(_TASK_ATTRS, zip(*map(attrgetter(*_TASK_ATTRS), tasks))))
+        values = dict(values)
         values["worker"] = _hostnames(values["worker"])
         for field in self.redact:
             values[field] = _redact(values[field], self.redact_mode)
         arrays: dict[str, pa.Array] = {
             "captured_at": constant_timestamps(captured_at, n),
             "snapshot_id": pa.repeat(pa.scalar(snapshot_id, pa.string()), n),
-            "uuid": _strings(values["uuid"]),
         }
         for field in S.TASK_CATEGORY_FIELDS:
             arrays[field] = _category(values[field])
-        for field in S.TASK_TIME_FIELDS:
-            arrays[field] = epoch_to_timestamps(values[field])
-        for field in (*S.TASK_TEXT_FIELDS, "root_id", "parent_id"):
-            arrays[field] = _strings(values[field])
+        times = S.TASK_TIME_FIELDS
+        arrays.update(zip(times, _merged(epoch_to_timestamps, [values[f] for f in times])))
+        texts = ("uuid", *S.TASK_TEXT_FIELDS, "root_id", "parent_id")
+        arrays.update(zip(texts, _merged(_strings, [values[f] for f in texts])))
         arrays["retries"] = _ints(values["retries"], pa.int32())
         arrays["runtime"] = _floats(values["runtime"])
         arrays["clock"] = _ints(values["clock"], pa.int64())
@@ -403,6 +448,8 @@ class CeleryConverter:
     ) -> pa.RecordBatch:
         """One row per ``(worker, alive)``."""
         n = len(workers)
+        if not n:
+            return pa.RecordBatch.from_pylist([], schema=self.schemas["workers"])
         objs = [w for w, _ in workers]
 
         def col(name: str) -> list[Any]:
@@ -453,16 +500,15 @@ class CeleryConverter:
             return value if type(value) is int else None
 
         row = {
-            "captured_at": constant_timestamps(captured_at, 1),
-            "snapshot_id": pa.array([snapshot_id], pa.string()),
-            "event_count": pa.array([number(getattr(state, "event_count", None))], pa.int64()),
-            "task_count": pa.array([number(getattr(state, "task_count", None))], pa.int64()),
-            "tasks_in_state": pa.array([len(tasks)], pa.int64()),
-            "worker_count": pa.array([len(workers)], pa.int64()),
-            "alive_workers": pa.array([alive], pa.int64()),
-            "tasks_written": pa.array([tasks_written], pa.int64()),
-            **{f"tasks_{s.lower()}": pa.array([known[s]], pa.int64()) for s in S.TASK_STATES},
-            "tasks_other": pa.array([other], pa.int64()),
+            "captured_at": round(captured_at * 1e6),
+            "snapshot_id": snapshot_id,
+            "event_count": number(getattr(state, "event_count", None)),
+            "task_count": number(getattr(state, "task_count", None)),
+            "tasks_in_state": len(tasks),
+            "worker_count": len(workers),
+            "alive_workers": alive,
+            "tasks_written": tasks_written,
+            **{f"tasks_{s.lower()}": known[s] for s in S.TASK_STATES},
+            "tasks_other": other,
         }
-        schema = self.schemas["snapshots"]
-        return pa.RecordBatch.from_arrays([row[f.name] for f in schema], schema=schema)
+        return pa.RecordBatch.from_pylist([row], schema=self.schemas["snapshots"])

@@ -31,7 +31,9 @@ from .state import State
 logger = logging.getLogger(__name__)
 
 #: Events between two calls of the progress callback during a replay.
-PROGRESS_EVERY = 2000
+PROGRESS_EVERY = 2048
+#: At full speed, a stop or the end of ``duration`` is noticed within this many events.
+CHECK_EVERY = 64
 #: Timestamps beyond this (year 5138) are not allowed to move a replay's clock.
 MAX_TIMESTAMP = 1e11
 
@@ -220,43 +222,65 @@ class Recorder:
                 camera.maxrate.capacity,
                 clock=lambda: timer.now or 0.0,
             )
+        sink = getattr(camera, "sink", None)
+        if sink is not None and hasattr(sink, "clock"):
+            # Buffered rows are written every ``flush_interval`` of event time too: the
+            # files a live run would have written, and memory bounded the same way.
+            sink.clock = clock
         camera.install()
         state_event, advance = self.state.event, timer.advance
+        stop_is_set, deadline, monotonic = self._stop.is_set, self._deadline, time.monotonic
         limit = self.limit
+        # Stop, duration and progress are checked every CHECK_EVERY events at full
+        # speed (cheap), before every event when sleeping between them.
+        check_every = 1 if speed > 0 else CHECK_EVERY
         last_ts = -math.inf
+        due = -math.inf  # when the timer next has something to run
         first_ts: float | None = None
-        wall_start = time.monotonic()
+        wall_start = monotonic()
         count = self.events
+        next_check = count
         tick = count + PROGRESS_EVERY
         stopped = False
         try:
             for event in events:
-                if limit is not None and count >= limit:
-                    break
-                if not stopped and self.finished():
-                    if not drain:
+                if count >= next_check:
+                    if limit is not None and count >= limit:
                         break
-                    stopped = True
+                    next_check = count + check_every
+                    if limit is not None and next_check > limit:
+                        next_check = limit
+                    if not stopped and (
+                        stop_is_set() or (deadline is not None and monotonic() >= deadline)
+                    ):
+                        if not drain:
+                            break
+                        stopped = True
+                    if count >= tick:
+                        tick = count + PROGRESS_EVERY
+                        self.events = count
+                        self.progress(self)
                 ts = event.get("timestamp")
                 # Only a later, sane timestamp moves the clock (NaN and inf never compare).
                 if (type(ts) is float or type(ts) is int) and last_ts < ts < MAX_TIMESTAMP:
+                    last_ts = ts
                     if speed > 0 and not stopped:
                         if first_ts is None:
                             first_ts = ts
+                        self.events = count
                         self._sleep_until(wall_start + (ts - first_ts) / speed)
-                    advance(ts)
-                    last_ts = ts
+                    if ts >= due:
+                        advance(ts)
+                        due = timer.next_due
                 try:
                     state_event(event)
                 except Exception as exc:
                     self._event_error(event, exc)
                 count += 1
-                self.events = count
-                if count >= tick:
-                    tick = count + PROGRESS_EVERY
-                    self.progress(self)
         finally:
             self.events = count
+            if last_ts > -math.inf:
+                advance(last_ts)  # the final snapshot is taken at the last event's time
             camera.cancel()
         return self.summary()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,13 @@ class ReplayTimer:
         else:
             heapq.heappush(self._queue, (self.now + secs, next(self._seq), entry))
         return entry
+
+    @property
+    def next_due(self) -> float:
+        """When :meth:`advance` next has something to run (``-inf`` before the first one)."""
+        if self.now is None:
+            return -math.inf
+        return self._queue[0][0] if self._queue else math.inf
 
     def advance(self, to: float) -> None:
         """Move the clock to ``to``, running every entry that falls due up to and at ``to``.

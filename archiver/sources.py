@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import json.scanner
 import logging
 import os
 import select
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CELERY_MISSING = "the live recorder needs Celery: pip install 'archiver[celery]'"
 GZIP_MAGIC = b"\x1f\x8b"
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())
 #: While draining a pipe after a stop, read at most this much more.
 MAX_DRAIN_BYTES = 64 << 20
 
@@ -153,21 +155,36 @@ def read_events(
     """
     fd = _pollable_fd(stream) if should_stop is not None else None
     lines: Iterable[bytes | str] = _poll_lines(fd, should_stop) if fd is not None else stream
-    loads = json.loads
+    scan = _SCAN
     number = stats.lines
+    events = 0
     try:
         for number, line in enumerate(lines, stats.lines + 1):
-            try:
-                event = loads(line)
-            except UnicodeDecodeError:
+            if type(line) is bytes:
                 try:
-                    event = loads(line.decode("utf-8", "replace"))  # type: ignore[union-attr]
+                    text = line.decode()
+                except UnicodeDecodeError:  # keep the event, with U+FFFD for the bad bytes
+                    text = line.decode("utf-8", "replace")
+            else:
+                text = line
+            try:
+                # json's own C scanner, without json.loads' Python layers (the hot path)
+                event, end = scan(text, 0)
+                if end != len(text) and not text[end:].isspace():
+                    raise json.JSONDecodeError("Extra data", text, end)
+            except StopIteration:  # blank line, leading space or BOM, or not JSON at all
+                text = text.strip().lstrip("\ufeff")
+                if not text:
+                    continue
+                try:
+                    event = json.loads(text)
                 except ValueError as exc:
                     stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
                     continue
-            except ValueError as exc:
-                if not line.strip():
+                except RecursionError:
+                    stats.bad(number, "not JSON (nested too deeply)")
                     continue
+            except ValueError as exc:
                 stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
                 continue
             except RecursionError:
@@ -176,12 +193,13 @@ def read_events(
             if type(event) is not dict:
                 stats.bad(number, f"not an event object ({type(event).__name__})")
                 continue
-            stats.events += 1
+            events += 1
             yield event
     except (OSError, EOFError, gzip.BadGzipFile) as exc:  # e.g. a truncated .gz file
         stats.bad(number + 1, f"unreadable: {exc}")
     finally:
         stats.lines = number
+        stats.events += events
 
 
 def celery_app(broker: str | None = None, app: str | None = None) -> Any:

@@ -3,8 +3,8 @@
 Throughput (one run, the same file for every line of the table, best of ``--rounds``):
 
 * ``State alone``: ``archiver.State.event`` fed the events already parsed in memory;
-* ``file -> State``: the same file read and parsed line by line (stdlib ``json``) into
-  ``archiver.State``: ingestion without any archiving;
+* ``file -> State``: the same file read and parsed line by line (stdlib ``json``, the
+  recorder's own reader) into ``archiver.State``: ingestion without any archiving;
 * ``Recorder API``: ``Recorder(archive).replay_file(path)`` at ``--speed 0``: file ->
   State -> snapshots every second of event time -> Parquet (the default camera);
 * ``CLI subprocess``: ``python -m archiver record --replay FILE --quiet``, for reference
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import platform
 import shutil
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from archiver import State  # noqa: E402
 from archiver.record import Recorder  # noqa: E402
+from archiver.sources import LineStats, read_events  # noqa: E402
 
 SAMPLE = ROOT / "data" / "celery-events-sample.jsonl"
 GOAL_RATIO = 0.7
@@ -91,27 +93,40 @@ def best(fun, rounds: int) -> float:
     return min(times)
 
 
+LAUNCHER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(json.dumps({
+    "seconds": time.perf_counter() - start,
+    "maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    "rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr,
+}))
+"""
+
+
 def run_cli(args: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and stdout of ``python -m archiver ARGS``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archiver", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    """Wall seconds, peak RSS (bytes) and stdout of ``python -m archiver ARGS``.
+
+    Run from a small launcher process: a child forked from this (big) process would
+    report this process's peak as its own ``ru_maxrss``.
+    """
+    cmd = [sys.executable, "-m", "archiver", *args]
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *cmd], cwd=ROOT, capture_output=True, text=True
     )
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
-    elapsed = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    proc.stdout.close()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise SystemExit(f"archiver failed ({proc.returncode}):\n{err.decode()}")
-    return elapsed, usage.ru_maxrss * 1024, out.decode().strip()
+    if done.returncode != 0:
+        raise SystemExit(f"launcher failed:\n{done.stderr}")
+    result = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise SystemExit(f"archiver failed ({result['rc']}):\n{result['stderr']}")
+    if result["stderr"].strip():
+        print(f"(archiver's stderr: {result['stderr'].strip()[:500]})")
+    return result["seconds"], result["maxrss"], result["stdout"].strip()
 
 
 def main() -> int:
+    logging.disable(logging.WARNING)  # a State without a camera warns about held changes
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events for throughput")
     parser.add_argument("--big-events", type=int, default=1_000_000, help="events for memory")
@@ -139,12 +154,12 @@ def main() -> int:
                 feed(e)
             return time.perf_counter() - start
 
-        def file_to_state() -> None:
+        def file_to_state() -> None:  # the recorder's own reader, no camera
             state = State()
-            feed, loads = state.event, json.loads
+            feed = state.event
             with open(path, "rb") as f:
-                for line in f:
-                    feed(loads(line))
+                for event in read_events(f, LineStats()):
+                    feed(event)
 
         summaries = []
 
@@ -153,9 +168,13 @@ def main() -> int:
             summaries.append(Recorder(str(archive)).replay_file(str(path)))
             shutil.rmtree(archive)
 
-        t_state = min(state_alone() for _ in range(opts.rounds))
-        t_ingest = best(file_to_state, opts.rounds)
-        t_recorder = best(recorder_api, opts.rounds)
+        # Interleaved rounds, so that every path sees the same load on the machine.
+        timings: dict[str, list[float]] = {"state": [], "ingest": [], "recorder": []}
+        for _ in range(opts.rounds):
+            timings["state"].append(state_alone())
+            timings["ingest"].append(best(file_to_state, 1))
+            timings["recorder"].append(best(recorder_api, 1))
+        t_state, t_ingest, t_recorder = (min(timings[k]) for k in ("state", "ingest", "recorder"))
         cli_times = []
         for i in range(opts.rounds):
             archive = tmp / f"cli-{i}"
@@ -165,7 +184,7 @@ def main() -> int:
             cli_times.append(seconds)
             shutil.rmtree(archive)
         t_cli = min(cli_times)
-        del events
+        events.clear()
         gc.collect()
 
         rows = [
@@ -202,10 +221,8 @@ def main() -> int:
             f"\nMemory: {n_big:,} events ({big.stat().st_size / 1e6:.0f} MB, "
             f"written in {time.perf_counter() - start:.0f} s), --max-tasks 10000"
         )
-        seconds, rss, out = run_cli(
-            ["record", "--replay", str(big), "--archive", str(tmp / "big-archive"), "--quiet"]
-            + ["--max-tasks", "10000"]
-        )
+        big_args = ["record", "--replay", str(big), "--archive", str(tmp / "big-archive")]
+        seconds, rss, out = run_cli([*big_args, "--quiet", "--max-tasks", "10000"])
         rss_mb = rss / 2**20
         print(
             f"{out}\npeak RSS {rss_mb:.0f} MB in {seconds:.1f} s ({n_big / seconds:,.0f} events/s)"

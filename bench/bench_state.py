@@ -10,8 +10,10 @@ Two workloads:
 * ``stream``: every repetition gets fresh task ids and clocks/timestamps shifted
   forward, like a cluster that keeps running: the 10,000-task LRU fills and evicts.
 
-Only ``state.event(e)`` is timed. Each run feeds its own copy of every event (Celery's
-State mutates the dicts it is given); copies are made per repetition, outside the timing.
+Only ``state.event(e)`` is timed, in CPU time of this process (``time.process_time``,
+so the figures hold on a busy, shared machine). Each run feeds its own copy of every
+event (Celery's State mutates the dicts it is given); copies are made per repetition,
+outside the timing.
 
 Usage: ``.venv/bin/python bench/bench_state.py [--events N] [--rounds R] [--workload W]``
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import platform
 import sys
 import time
@@ -71,10 +74,10 @@ def run(make_state: Callable[[], object], batches: Iterator[list[dict]]) -> tupl
     elapsed, count = 0.0, 0
     gc.collect()
     for batch in batches:
-        started = time.perf_counter()
+        started = time.process_time()
         for e in batch:
             event(e)
-        elapsed += time.perf_counter() - started
+        elapsed += time.process_time() - started
         count += len(batch)
     if state.event_count != count:  # sanity: every event was accepted
         raise SystemExit(f"{type(state).__module__}: {state.event_count} events, expected {count}")
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import celery
 
+    # No camera takes changes here, so archiver's cap on held changes kicks in and warns.
+    logging.getLogger("archiver.state").setLevel(logging.ERROR)
     events = load(DATA)
     reps = -(-args.events // len(events))
     total = len(events) * reps

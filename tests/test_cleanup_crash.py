@@ -153,7 +153,6 @@ def random_compaction_kills(template: Path, tmp_path: Path, kills: int, seed: in
         else:
             done += 1
         assert runs < 4 * kills, "too few runs were killed: the delays are too long"
-    print("DEBUG", runs, completed, duration)
     # The follow-up cleanup finishes whatever the last kill interrupted.
     report = cleanup.compact(path, **COMPACT)
     assert_exact(path, expected, "after the follow-up compaction")

@@ -556,3 +556,16 @@ def test_python_dash_m_archiver(tmp_path):
         [sys.executable, "-m", "archiver", "--version"], capture_output=True, text=True, timeout=60
     )
     assert version.returncode == 0 and "archiver" in version.stdout
+
+
+def test_flushes_follow_event_time_too(tmp_path, sample_events):
+    # 26 s of events: with --flush-interval 5 (of event time), 4 to 6 files per table,
+    # however fast the replay; the default (60 s) writes one file per table.
+    many = record("--replay", SAMPLE, "--archive", tmp_path / "many", "--flush-interval", 5)
+    assert many.exit_code == 0, many.output
+    one = record("--replay", SAMPLE, "--archive", tmp_path / "one")
+    assert " rows in 3 files " in one.stdout
+    for table in ("tasks", "workers", "snapshots"):
+        files = Archive(tmp_path / "many").files(table)
+        assert 4 <= len(files) <= 7, (table, len(files))
+    assert_same(archived(tmp_path / "many"), reference(sample_events))

@@ -167,7 +167,7 @@ def test_stop_from_another_thread(tmp_path, small_events):
             yield e
 
     summary = recorder.replay(slow())
-    assert summary.events in (100, 101)
+    assert 100 <= summary.events <= 100 + 64  # a stop is seen within 64 events at speed 0
     assert len(Archive(tmp_path).latest("tasks")) == summary.tasks
 
 
@@ -252,3 +252,36 @@ def test_line_stats_report():
     for n in (3, 5, 8, 13, 21, 34, 55):
         stats.bad(n, "why")
     assert stats.report() == "Skipped 7 malformed lines (line 3, 5, 8, 13, 21, ...)"
+
+
+def test_read_events_edge_cases(tmp_path):
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"n": 1}\n'  # a UTF-8 BOM on the first line
+        b'   {"n": 2}  \r\n'  # spaces around, CRLF
+        b'{"n": 3}{"n": 4}\n'  # two objects on one line: malformed
+        b'{"n": "\xff"}\n'  # invalid UTF-8: replaced, kept
+        b"NaN\n"  # JSON-ish, not an object
+        b'{"n": 6, "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"  # too deep
+        b'{"n": 7}'
+    )
+    stats = LineStats()
+    with open(path, "rb") as f:
+        got = [e["n"] for e in read_events(f, stats)]
+    assert got == [1, 2, "\ufffd", 7]
+    assert stats.malformed_lines == [3, 5, 6] and stats.events == 4 and stats.lines == 7
+
+
+def test_read_events_truncated_gzip(tmp_path):
+    import gzip
+
+    from archiver.sources import open_events_file
+
+    data = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(10_000)))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    stats = LineStats()
+    with open_events_file(str(path)) as f:
+        got = list(read_events(f, stats))
+    assert 0 < len(got) < 10_000 and stats.malformed == 1
+    assert stats.malformed_lines == [stats.lines + 1]
