@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .archive import Archive
 from .camera import Polaroid
+from .cleanup import CompactionReport, ExpiryReport, Retention
 from .convert import CeleryConverter, Converter
 from .errors import ArchiverError, LockedError, NoArchiveError
 from .parquet_camera import ParquetCamera
@@ -21,11 +22,14 @@ __all__ = [
     "Archive",
     "ArchiverError",
     "CeleryConverter",
+    "CompactionReport",
     "Converter",
+    "ExpiryReport",
     "LockedError",
     "NoArchiveError",
     "ParquetCamera",
     "Polaroid",
+    "Retention",
     "Signal",
     "State",
     "Timer",

@@ -164,7 +164,10 @@ def _floats(values: Sequence[Any]) -> pa.Array:
         return pa.array(values, type=pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
         return pa.array(
-            [v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in values],
+            [
+                v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                for v in values
+            ],
             pa.float64(),
         )
 

@@ -30,7 +30,8 @@ class ParquetCamera(Polaroid):
         archive: a local path or a URI (``file://``, ``s3://``, ``gs://``, ``memory://``).
         converter: turns a frozen state into record batches (default: Celery's
             tasks / workers / snapshots, see :class:`archiver.convert.CeleryConverter`).
-        mode, redact, redact_mode: passed to the default converter.
+        mode, redact, redact_mode: passed to the default converter (``redact`` may be
+            a comma-separated string); an error with a custom ``converter``.
         flush_rows, flush_interval, max_buffer_rows: when to write, and how many
             rows to keep in memory while writes fail.
         compression, row_group_size: Parquet settings of every file.
@@ -65,9 +66,14 @@ class ParquetCamera(Polaroid):
         super().__init__(state, freq, maxrate, cleanup_freq, timer, app)
         if isinstance(redact, str):
             redact = [r.strip() for r in redact.split(",") if r.strip()]
-        self.converter = converter or CeleryConverter(
-            mode=mode, redact=redact, redact_mode=redact_mode
-        )
+        if converter is None:
+            converter = CeleryConverter(mode=mode, redact=redact, redact_mode=redact_mode)
+        elif mode != "changes" or tuple(redact) or redact_mode != "null":
+            raise ValueError(
+                "mode, redact and redact_mode configure the default converter: "
+                "pass them to your converter instead"
+            )
+        self.converter = converter
         self.location = resolve(archive, filesystem)
         self.archive = self.location.uri
         self.camera_id = new_writer_id()

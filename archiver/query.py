@@ -532,24 +532,41 @@ class _Keys:
     inside: np.ndarray | None  # positions in [start, end), None when unbounded
 
 
-def _scan_keys(archive: Archive, p: Plan, key: str) -> _Keys:
-    """Read only ``key`` and ``captured_at`` of every row of the pruned partitions."""
+def _scan_keys(
+    archive: Archive,
+    p: Plan,
+    key: str,
+    match: Callable[[pa.ChunkedArray], np.ndarray] | None = None,
+) -> _Keys:
+    """Read only ``key`` and ``captured_at`` of every row of the pruned partitions.
+
+    With ``match`` (keys of one file -> boolean mask), only the matching positions are
+    kept, in ``inside``, instead of the keys (whose memory is then released file by file).
+    """
     dataset = archive.dataset(p.table, p.partitions)
     fragments = list(dataset.get_fragments())
     schema = dataset.schema
     chunks: list[pa.Array] = []
-    micros, offsets = [], [0]
+    micros, offsets, matched = [], [0], []
     for fragment in fragments:
         part = fragment.to_table(schema=schema, columns=[key, "captured_at"])
-        chunks.extend(part.column(key).chunks)
+        if match is None:
+            chunks.extend(part.column(key).chunks)
+        else:
+            matched.append(np.flatnonzero(match(part.column(key))) + offsets[-1])
         micros.append(part.column("captured_at").cast(pa.int64()).to_numpy())
         offsets.append(offsets[-1] + part.num_rows)
+        del part
     all_micros = np.concatenate(micros) if micros else np.empty(0, np.int64)
     inside = None
     if p.start is not None or p.end is not None:
         lo = -(2**63) if p.start is None else _micros(p.start)
         hi = 2**63 - 1 if p.end is None else _micros(p.end)
         inside = np.flatnonzero((all_micros >= lo) & (all_micros < hi))
+    if match is not None:
+        found = np.concatenate(matched) if matched else np.empty(0, np.int64)
+        inside = found if inside is None else np.intersect1d(found, inside, assume_unique=True)
+        return _Keys(schema, fragments, np.asarray(offsets), {}, all_micros, inside)
     keys = pa.chunked_array(chunks, type=schema.field(key).type)
     return _Keys(schema, fragments, np.asarray(offsets), {key: keys}, all_micros, inside)
 
@@ -600,14 +617,14 @@ def _latest_read(archive: Archive, p: Plan, key: str, columns: list[str]) -> pa.
 
 
 def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
-    k = _scan_keys(archive, p, key)
-    keys = k.columns.pop(key)
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.cast(keys.type.value_type)
-    match = pc.equal(keys, pa.scalar(value, keys.type)).to_numpy(zero_copy_only=False)
-    positions = np.flatnonzero(np.asarray(match, dtype=bool))
-    if k.inside is not None:
-        positions = np.intersect1d(positions, k.inside, assume_unique=True)
+    def match(keys: pa.ChunkedArray) -> np.ndarray:
+        if pa.types.is_dictionary(keys.type):
+            keys = keys.cast(keys.type.value_type)
+        equal = pc.fill_null(pc.equal(keys, pa.scalar(value, keys.type)), False)
+        return equal.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+    k = _scan_keys(archive, p, key, match)
+    positions = k.inside
     return _in_time_order(k, positions, _gather(k, positions, p.columns))
 
 

@@ -7,6 +7,7 @@ in its partition and renamed into place once complete.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -88,10 +89,8 @@ def write_file(
         if target != final:
             fs.move(target, final)
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the temporary file may not exist
             fs.delete_file(target)
-        except Exception:  # noqa: S110  (the temporary file may not exist)
-            pass
         raise
     return size
 

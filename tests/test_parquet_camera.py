@@ -167,9 +167,7 @@ def assert_clean_archive(root) -> None:
 # -- the recorded events against Celery's State -------------------------------------------
 @pytest.mark.parametrize("flush_rows", [100_000, 200], ids=["cancel-only", "many-files"])
 @pytest.mark.parametrize("state_cls", [State, CeleryState], ids=["archiver", "celery"])
-def test_replay_matches_celery_state(
-    tmp_path, sample_events, celery_state, state_cls, flush_rows
-):
+def test_replay_matches_celery_state(tmp_path, sample_events, celery_state, state_cls, flush_rows):
     """The last row per task, read back with pyarrow and with pandas, is what Celery's
     State says for every task, whichever State the camera photographs."""
     camera, captures = replay(state_cls(), tmp_path, sample_events, flush_rows=flush_rows)
@@ -227,7 +225,11 @@ def test_full_mode_writes_every_task_each_snapshot(tmp_path, sample_events, stat
 @pytest.mark.parametrize("redact_mode", ["null", "hash"])
 def test_redaction_on_the_recorded_events(tmp_path, sample_events, celery_state, redact_mode):
     replay(
-        State(), tmp_path, sample_events, redact=("args", "kwargs", "result"), redact_mode=redact_mode
+        State(),
+        tmp_path,
+        sample_events,
+        redact=("args", "kwargs", "result"),
+        redact_mode=redact_mode,
     )
     got = last_rows_arrow(ds.dataset(tmp_path / "tasks", partitioning="hive").to_table())
     expected = expected_rows(celery_state)
@@ -478,3 +480,10 @@ def test_a_custom_converter_for_a_non_celery_state(tmp_path):
         os.path.join("counters", "date=2027-01-15", "hour=8", os.path.basename(p))
         for p in camera.sink.stats.files
     ]
+
+
+def test_converter_options_need_the_default_converter(tmp_path):
+    with pytest.raises(ValueError, match="default converter"):
+        ParquetCamera({}, tmp_path, converter=CounterConverter(), mode="full", timer=FakeTimer())
+    with pytest.raises(ValueError, match="redact"):
+        ParquetCamera(State(), tmp_path, redact=("name",), timer=FakeTimer())

@@ -10,6 +10,7 @@ import uuid as uuidlib
 from datetime import datetime, timezone
 
 import fsspec
+import fsspec.implementations.memory
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -232,9 +233,7 @@ def test_a_failed_write_keeps_the_rows_and_retries_later(tmp_path, failure, capl
     visible, rows kept; the retry waits a growing delay and then writes them."""
     handler, location = flaky(tmp_path)
     now = [100.0]
-    sink = ParquetSink(
-        location, SCHEMAS, flush_rows=2, flush_interval=30, clock=lambda: now[0]
-    )
+    sink = ParquetSink(location, SCHEMAS, flush_rows=2, flush_interval=30, clock=lambda: now[0])
     handler.fail = failure
     sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00"), ts("2026-01-01T01:00:00")]))
     assert sink.due()
@@ -361,3 +360,40 @@ def test_fsspec_filesystem_object_is_accepted(tmp_path):
     sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00")]))
     sink.flush()
     assert read_event_counts(tmp_path) == [0]
+
+
+def test_file_uri(tmp_path):
+    location = resolve(tmp_path.as_uri())
+    assert location.local and location.root == str(tmp_path)
+    sink = ParquetSink(location, SCHEMAS)
+    sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00")]))
+    sink.flush()
+    assert read_event_counts(tmp_path) == [0]
+
+
+class _ObjectStore(fsspec.implementations.memory.MemoryFileSystem):
+    """An in-memory filesystem that calls itself s3: moves would be copies."""
+
+    protocol = ("s3", "s3a")
+    moves = 0
+
+    def mv(self, *args, **kwargs):
+        type(self).moves += 1
+        return super().mv(*args, **kwargs)
+
+
+def test_object_stores_get_the_final_name_directly():
+    """On an object store an upload appears only once complete, and a rename is a
+    copy: no temporary file there."""
+    fs = _ObjectStore()
+    root = f"/archiver-s3-{uuidlib.uuid4().hex}"
+    location = resolve(root, fs)
+    assert not location.atomic_rename
+    try:
+        sink = ParquetSink(location, SCHEMAS)
+        sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00")]))
+        (path,) = sink.flush()
+        assert _ObjectStore.moves == 0
+        assert fs.exists(path)
+    finally:
+        fs.rm(root, recursive=True)
