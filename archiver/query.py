@@ -33,7 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError, NoArchiveError
-from .schema import ENTITY_KEYS, PARTITION_SCHEMA, SCHEMA_VERSION
+from .schema import ENTITY_KEYS, PARTITION_SCHEMA
 
 if TYPE_CHECKING:
     from .archive import Archive, Partition
@@ -500,16 +500,20 @@ def latest_positions(keys: pa.ChunkedArray | pa.Array, micros: np.ndarray) -> np
     n = len(micros)
     if n == 0:
         return np.empty(0, dtype=np.int64)
-    order = np.argsort(micros, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
+    if np.all(micros[1:] >= micros[:-1]):  # the usual case: already in time order
+        order = None
+        rank = np.arange(n, dtype=np.int64)
+    else:
+        order = np.argsort(micros, kind="stable")
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n, dtype=np.int64)
     if pa.types.is_dictionary(keys.type):
         keys = keys.cast(keys.type.value_type)
     # One thread: measured 2x faster than the threaded hash aggregation on 10M keys.
     by_key = pa.table({"k": keys, "r": rank}).group_by("k", use_threads=False)
     grouped = by_key.aggregate([("r", "max")])
     best = np.sort(grouped.column("r_max").to_numpy())
-    return order[best]
+    return best if order is None else order[best]
 
 
 def latest_arrow(table: pa.Table, key: str) -> pa.Table:
@@ -784,7 +788,6 @@ def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[Tabl
 
 
 __all__ = [
-    "SCHEMA_VERSION",
     "TableInfo",
     "describe",
     "filters_to_expression",

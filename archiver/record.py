@@ -201,6 +201,12 @@ class Recorder:
     ) -> RecordSummary:
         """Replay events; snapshots are taken every ``freq`` seconds of *event* time.
 
+        The replayed clock is the latest event timestamp seen (a timestamp earlier
+        than that, as from a worker whose clock is behind, does not move it back).
+        Snapshots carry that time, ``maxrate`` counts it, and the Parquet camera's
+        buffer is written every ``flush_interval`` of it: a fast replay writes the
+        snapshots and files a live run would have written.
+
         ``speed`` 0 replays as fast as possible, 1 keeps the gaps between events, 2
         halves them. With ``drain``, a stop (or the end of ``duration``) does not
         cut the iteration short: ``events`` is expected to end by itself soon after

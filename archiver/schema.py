@@ -12,6 +12,11 @@ SCHEMA_VERSION = 1
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 #: Strings with few distinct values (names, states, hostnames) are dictionary-encoded.
 CATEGORY = pa.dictionary(pa.int32(), pa.string())
+#: Field metadata asking for a Parquet dictionary on a column that is not a dictionary
+#: in Arrow: values that repeat (the same args in every version of a task, the same
+#: traceback in many tasks). Unique values (uuids, times) get none: there a dictionary
+#: costs write time and bytes (bench/bench_camera.py). See :func:`dictionary_columns`.
+PARQUET_DICTIONARY = {b"archiver.parquet_dictionary": b"true"}
 
 TASK_TIME_FIELDS = (
     "sent",
@@ -50,8 +55,8 @@ TASKS = pa.schema(
         pa.field("state", CATEGORY),
         pa.field("worker", CATEGORY),
         *(pa.field(f, TIMESTAMP) for f in TASK_TIME_FIELDS),
-        *(pa.field(f, pa.string()) for f in TASK_TEXT_FIELDS),
-        pa.field("retries", pa.int32()),
+        *(pa.field(f, pa.string(), metadata=PARQUET_DICTIONARY) for f in TASK_TEXT_FIELDS),
+        pa.field("retries", pa.int32(), metadata=PARQUET_DICTIONARY),
         pa.field("runtime", pa.float64()),
         pa.field("exchange", CATEGORY),
         pa.field("routing_key", CATEGORY),
@@ -98,6 +103,20 @@ SCHEMAS: dict[str, pa.Schema] = {"tasks": TASKS, "workers": WORKERS, "snapshots"
 ENTITY_KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
 #: Partition columns added by the hive layout ``date=YYYY-MM-DD/hour=H``.
 PARTITION_SCHEMA = pa.schema([("date", pa.string()), ("hour", pa.int32())])
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str] | bool:
+    """The columns to write with a Parquet dictionary: Arrow dictionaries and fields
+    marked with :data:`PARQUET_DICTIONARY`; every column (Arrow's default) when no
+    field is marked."""
+    marked = [
+        f.name
+        for f in schema
+        if f.metadata and f.metadata.get(b"archiver.parquet_dictionary") == b"true"
+    ]
+    if not marked:
+        return True
+    return [f.name for f in schema if pa.types.is_dictionary(f.type) or f.name in marked]
 
 
 def with_metadata(schema: pa.Schema, table: str) -> pa.Schema:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .schema import dictionary_columns
 from .storage import Location, resolve
 
 logger = logging.getLogger(__name__)
@@ -64,12 +65,16 @@ def write_file(
     compression: str = "zstd",
     compression_level: int | None = None,
     row_group_size: int = ROW_GROUP_SIZE,
+    use_dictionary: bool | list[str] | None = None,
 ) -> int:
     """Write ``table`` as ``directory/name`` via a hidden temporary file; returns its size.
 
     On failure the temporary file is removed and the exception propagates; the
-    final name appears only once the file is complete.
+    final name appears only once the file is complete. ``use_dictionary`` defaults
+    to what the table's schema asks for (:func:`archiver.schema.dictionary_columns`).
     """
+    if use_dictionary is None:
+        use_dictionary = dictionary_columns(table.schema)
     fs = location.fs
     fs.create_dir(directory, recursive=True)
     final = f"{directory}/{name}"
@@ -83,7 +88,7 @@ def write_file(
                 compression_level=compression_level,
                 row_group_size=row_group_size,
                 write_statistics=True,
-                use_dictionary=True,
+                use_dictionary=use_dictionary,
             )
             size = out.tell()
         if target != final:
@@ -226,7 +231,13 @@ class ParquetSink:
             written: list[str] = []
             kept: dict[str, list[pa.RecordBatch]] = {}
             for name, batches in taken.items():
-                remaining = self._write_table(name, batches, written)
+                try:
+                    remaining = self._write_table(name, batches, written)
+                except Exception as exc:  # not an I/O error (those are handled): keep the rows
+                    self.stats.write_errors += 1
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("Could not prepare %s rows for writing (kept)", name)
+                    remaining = batches
                 if remaining:
                     kept[name] = remaining
             with self._lock:
@@ -249,9 +260,6 @@ class ParquetSink:
     ) -> list[pa.RecordBatch]:
         """Write one table's rows (one file per hour); returns the rows not written."""
         table = pa.Table.from_batches(batches, schema=self.schemas[name])
-        # One dictionary per column instead of one per snapshot: the Parquet writer
-        # then keeps its dictionary pages instead of re-encoding at each chunk.
-        table = table.unify_dictionaries()
         micros = table.column("captured_at").cast(pa.int64()).to_numpy()
         if len(micros) > 1 and (np.diff(micros) < 0).any():  # usually already in order
             order = pc.sort_indices(table, [("captured_at", "ascending")])
@@ -260,7 +268,9 @@ class ParquetSink:
         buckets = micros // HOUR_US
         edges = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
         for lo, hi in zip([0, *edges], [*edges, len(buckets)]):
-            part = table.slice(lo, hi - lo)
+            # One chunk (and one dictionary per column) instead of one per snapshot:
+            # the Parquet writer is up to 1.5x faster on it (bench/bench_camera.py).
+            part = table.slice(lo, hi - lo).combine_chunks()
             directory = self.location.join(name, partition_path(int(buckets[lo])))
             first = datetime.fromtimestamp(int(micros[lo]) // 10**6, tz=timezone.utc)
             self._seq += 1

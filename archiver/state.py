@@ -51,6 +51,15 @@ HEARTBEAT_DRIFT_MAX = 16
 
 _NUMBER = frozenset({float, int})
 _OPT_NUMBER = frozenset({float, int, type(None)})
+_MISSING = object()
+_INF = float("inf")
+
+
+def _finite(x: float) -> bool:
+    """Not NaN and not infinite (NaN is the only value unequal to itself)."""
+    return x == x and -_INF < x < _INF
+
+
 _OPT_INT = frozenset({int, type(None)})
 _OPT_STR = frozenset({str, type(None)})
 # Event keys that would overwrite the object's own machinery if merged as attributes
@@ -706,9 +715,10 @@ def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
         return "task event without a uuid"
     if type(get("hostname")) is not str:
         return "task event without a hostname"
-    if type(get("timestamp")) not in _NUMBER:
+    if type(get("timestamp")) not in _NUMBER or not _finite(event["timestamp"]):
         return "task event with a missing or non-numeric timestamp"
-    if "local_received" not in event or type(event["local_received"]) not in _OPT_NUMBER:
+    local_received = event.get("local_received", _MISSING)
+    if type(local_received) not in _OPT_NUMBER or not _finite(local_received or 0.0):
         return "task event with a missing or non-numeric local_received"
     if type(get("clock")) is not int:
         return "task event with a missing or non-integer clock"
@@ -732,9 +742,14 @@ def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
         return "worker event without a hostname"
     if any(type(key) is not str for key in event):
         return "worker event with a non-string key"
-    if type(get("timestamp")) not in _NUMBER or type(get("local_received")) not in _NUMBER:
+    timestamp, local_received = get("timestamp"), get("local_received")
+    if (
+        type(timestamp) not in _NUMBER
+        or type(local_received) not in _NUMBER
+        or not (_finite(timestamp) and _finite(local_received))
+    ):
         return "worker event with a missing or non-numeric timestamp or local_received"
-    if "freq" in event and type(event["freq"]) not in _NUMBER:
+    if "freq" in event and (type(event["freq"]) not in _NUMBER or not _finite(event["freq"])):
         return "worker event with a non-numeric freq"
     if type(get("clock", 0)) is not int:
         return "worker event with a non-integer clock"

@@ -168,6 +168,12 @@ def test_celery_state_changes_are_found_by_signature():
     rows = convert(conv, state)["tasks"].to_pylist()
     assert [(r["uuid"], r["state"]) for r in rows] == [("c", "STARTED")]
     assert rows[0]["received"] is not None
+    # A custom event after success merges its fields only, clock included.
+    feed(state, [task_event("succeeded", "a", T0 + 3), task_event("progress", "a", T0 + 4)])
+    assert uuids(convert(conv, state)["tasks"]) == ["a"]
+    feed(state, [task_event("progress", "a", T0 + 5, clock=123)])
+    rows = convert(conv, state)["tasks"].to_pylist()
+    assert [(r["uuid"], r["state"], r["clock"]) for r in rows] == [("a", "SUCCESS", 123)]
 
 
 @pytest.mark.parametrize("state_cls", [State, CeleryState])

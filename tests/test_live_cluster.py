@@ -137,9 +137,7 @@ def check_recorded(path, sent, results, tap_file=None) -> dict[str, dict]:
     rows = archived_tasks(path)
     missing = sorted(set(sent) - set(rows))
     assert not missing, f"{len(missing)} tasks sent but not archived, e.g. {missing[:3]}"
-    wrong = {
-        t: (rows[t]["state"], results[t]) for t in sent if rows[t]["state"] != results[t]
-    }
+    wrong = {t: (rows[t]["state"], results[t]) for t in sent if rows[t]["state"] != results[t]}
     assert not wrong, f"archived state != result for {len(wrong)} tasks: {list(wrong.items())[:5]}"
     for task_id, (expected, _) in sent.items():
         assert results[task_id] == expected, (task_id, results[task_id], expected)

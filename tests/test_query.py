@@ -498,6 +498,8 @@ def test_latest_positions_ties_and_overlapping_files():
     dict_keys = pa.chunked_array([pa.array(["x", "y"]).dictionary_encode()])
     assert query.latest_positions(dict_keys, np.array([2, 1])).tolist() == [1, 0]
     assert query.latest_positions(pa.chunked_array([], pa.string()), np.array([])).size == 0
+    sorted_keys = pa.chunked_array([["a", "a"], ["b", "a", "b"]])
+    assert query.latest_positions(sorted_keys, np.array([1, 1, 2, 2, 3])).tolist() == [3, 4]
 
 
 def test_history_is_every_version_oldest_first(one_hour):

@@ -164,9 +164,15 @@ def test_files_carry_schema_metadata_statistics_and_dictionaries(tmp_path):
     assert kv[b"archiver.schema_version"] == str(S.SCHEMA_VERSION).encode()
     assert kv[b"archiver.version"]
     assert meta.num_row_groups == 3
-    name_col = meta.schema.names.index("name")
-    column = meta.row_group(0).column(name_col)
-    assert "RLE_DICTIONARY" in column.encodings
+    def encodings(name: str) -> tuple:
+        return meta.row_group(0).column(meta.schema.names.index(name)).encodings
+
+    # dictionaries where values repeat (categories, args...), none on unique values
+    assert "RLE_DICTIONARY" in encodings("name")
+    assert "RLE_DICTIONARY" in encodings("args")
+    assert "RLE_DICTIONARY" not in encodings("uuid")
+    assert "RLE_DICTIONARY" not in encodings("sent")
+    column = meta.row_group(0).column(meta.schema.names.index("name"))
     assert column.compression == "ZSTD"
     assert column.statistics is not None and column.statistics.has_min_max
     read = pq.read_table(path)

@@ -1087,3 +1087,48 @@ class TestFidelity:
         assert ours.rejected_events == sum(bad for _, bad in sequence)
         assert len(ours.tasks) <= max_tasks
         assert_same(state_view(ours, weak_sets=False), state_view(theirs, weak_sets=False))
+
+
+class TestNonFiniteNumbers:
+    """NaN and infinite times are malformed, not a crash."""
+
+    @pytest.mark.parametrize(
+        "event",
+        [
+            {
+                "type": "task-received",
+                "uuid": "a",
+                "hostname": "h",
+                "timestamp": float("nan"),
+                "local_received": 1.0,
+                "clock": 1,
+            },
+            {
+                "type": "task-started",
+                "uuid": "a",
+                "hostname": "h",
+                "timestamp": 1.0,
+                "local_received": float("nan"),
+                "clock": 1,
+            },
+            {
+                "type": "worker-heartbeat",
+                "hostname": "h",
+                "timestamp": float("inf"),
+                "local_received": 1.0,
+            },
+            {
+                "type": "worker-online",
+                "hostname": "h",
+                "timestamp": 1.0,
+                "local_received": 1.0,
+                "freq": float("nan"),
+            },
+        ],
+    )
+    def test_rejected_and_state_unchanged(self, event):
+        """A non-finite timestamp, local_received or freq is counted and skipped."""
+        state = State()
+        state.event(event)
+        assert state.rejected_events == 1
+        assert len(state.tasks) == 0 and len(state.workers) == 0
