@@ -139,7 +139,7 @@ def query_command(
     """Print rows of TABLE (tasks, workers, snapshots) from the archive.
 
     \b
-    Examples:
+    Example:
         archiver query tasks --since 2h --where state=FAILURE --columns uuid,name,exception
         archiver query tasks --latest --where name=tasks.add,tasks.mul --format csv
         archiver query workers --latest --until 2026-11-25T15:58 --columns hostname,alive
@@ -211,6 +211,10 @@ def info_command(archive: str) -> None:
     """Tables, partitions, files, rows, bytes on disk, time span and schema versions.
 
     Row counts and times come from the Parquet footers: nothing else is read.
+
+    \b
+    Example:
+        archiver info --archive data/archive
     """
     store = Archive(archive)
     infos = run_library_call(describe, store)
