@@ -1,4 +1,4 @@
-"""archiver: record snapshots of Celery's event state as partitioned Parquet; load them with pandas."""
+"""archiver: record snapshots of Celery's event state as Parquet; load them with pandas."""
 
 __version__ = "0.1.0"
 

@@ -421,7 +421,7 @@ def worker_utilisation(
         by_runtime = started + pd.to_timedelta(tasks["runtime"].astype("float64"), unit="s")
         end = end.where(end.notna(), by_runtime)
     if until is not None:
-        from .query import parse_time
+        from .timeparse import parse_time
 
         cutoff = parse_time(until)
     elif "captured_at" in tasks.columns and len(tasks):

@@ -73,7 +73,6 @@ import os
 import re
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -105,6 +104,7 @@ from .lock import MaintenanceLock
 from .schema import ENTITY_KEYS, SCHEMAS, TASK_STATES, with_metadata
 from .sink import ROW_GROUP_SIZE, TMP_PREFIX, TMP_SUFFIX, new_writer_id
 from .storage import Location
+from .timeparse import parse_duration, parse_time
 
 logger = logging.getLogger("archiver.cleanup")
 
@@ -127,51 +127,6 @@ _STEP_HOOK: Callable[[str], None] | None = None
 
 
 # -- parsing -----------------------------------------------------------------
-_UNITS = {
-    "w": "W", "week": "W", "weeks": "W",
-    "d": "D", "day": "D", "days": "D",
-    "h": "h", "hr": "h", "hour": "h", "hours": "h",
-    "m": "min", "min": "min", "mins": "min", "minute": "min", "minutes": "min",
-    "s": "s", "sec": "s", "secs": "s", "second": "s", "seconds": "s",
-    "ms": "ms",
-}  # fmt: skip
-_TOKEN = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]+)")
-
-
-def parse_duration(value: Any, *, what: str = "a retention") -> pd.Timedelta:
-    """A positive duration from ``"30d"``, ``"1d12h"``, ``"90m"``, ISO ``"P1D"`` or a timedelta."""
-    if isinstance(value, pd.Timedelta):
-        delta = value
-    elif hasattr(value, "total_seconds"):
-        delta = pd.Timedelta(value)
-    else:
-        text = str(value).strip()
-        normalized = text
-        if not text.upper().startswith("P"):
-            tokens = _TOKEN.findall(text)
-            if not tokens or _TOKEN.sub("", text).strip():
-                normalized = ""
-            else:
-                try:
-                    normalized = "".join(f"{n}{_UNITS[u.lower()]}" for n, u in tokens)
-                except KeyError:
-                    normalized = ""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                delta = pd.Timedelta(normalized) if normalized else None
-        except ValueError:
-            delta = None
-        if delta is None:
-            raise ArchiverError(
-                f"invalid duration {text!r} for {what}: use a number and a unit, "
-                "such as 30d, 12h, 90m or 1d12h"
-            )
-    if delta <= pd.Timedelta(0):
-        raise ArchiverError(f"invalid duration {value!r} for {what}: it must be longer than 0")
-    return delta
-
-
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
 
@@ -209,33 +164,6 @@ def parse_per_state(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str
         str(s).strip().upper(): parse_duration(d, what=f"state {str(s).strip().upper()}")
         for s, d in items
     }
-
-
-def parse_time(value: Any, *, now: pd.Timestamp) -> pd.Timestamp:
-    """A UTC time from a datetime, epoch seconds, an ISO string, or a duration ago (``"2h"``)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return pd.Timestamp(value, unit="s", tz="UTC")
-    if isinstance(value, str):
-        text = value.strip()
-        if text and not text[:4].isdigit():
-            try:
-                return now - parse_duration(text, what="time")
-            except ArchiverError:
-                pass
-        try:
-            value = pd.Timestamp(text)
-        except ValueError:
-            value = None
-        if value is None or value is pd.NaT:
-            raise ArchiverError(
-                f"invalid time {text!r}: give an ISO time (2026-11-25T10:00) "
-                "or a duration ago (2h, 7d)"
-            ) from None
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ArchiverError(f"invalid time {value!r}") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def _now(now: Any = None) -> pd.Timestamp:

@@ -101,7 +101,7 @@ def _merged(convert: Any, columns: list[Sequence[Any]]) -> list[pa.Array]:
 
 def constant_timestamps(seconds: float, n: int) -> pa.Array:
     """``n`` copies of one epoch time as ``timestamp[us, UTC]``."""
-    return pa.array(np.full(n, round(seconds * 1e6), dtype="i8"), type=S.TIMESTAMP)
+    return pa.repeat(pa.scalar(round(seconds * 1e6), type=S.TIMESTAMP), n)
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:

@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 
 from .errors import ArchiverError, NoArchiveError
 from .schema import ENTITY_KEYS, PARTITION_SCHEMA
+from .timeparse import parse_time
 
 if TYPE_CHECKING:
     from .archive import Archive, Partition
@@ -53,86 +53,9 @@ _PANDAS_TYPES = {
     pa.uint64(): pd.UInt64Dtype(),
     pa.bool_(): pd.BooleanDtype(),
 }
-_UNITS = {
-    "us": 1e-6,
-    "ms": 1e-3,
-    "s": 1,
-    "sec": 1,
-    "secs": 1,
-    "second": 1,
-    "seconds": 1,
-    "m": 60,
-    "min": 60,
-    "mins": 60,
-    "minute": 60,
-    "minutes": 60,
-    "h": 3600,
-    "hr": 3600,
-    "hrs": 3600,
-    "hour": 3600,
-    "hours": 3600,
-    "d": 86400,
-    "day": 86400,
-    "days": 86400,
-    "w": 604800,
-    "week": 604800,
-    "weeks": 604800,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)")
-_DURATION = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)\s*[a-z]+\s*)+(?:ago)?$")
 
 
 # -- times -------------------------------------------------------------------------------
-def parse_duration(text: str) -> pd.Timedelta | None:
-    """``"2h"``, ``"90s"``, ``"1d12h"``, ``"30 minutes ago"`` as a Timedelta; None if not one."""
-    text = text.strip().lower()
-    if not _DURATION.match(text):
-        return None
-    seconds = 0.0
-    for number, unit in _DURATION_PART.findall(text.removesuffix("ago")):
-        if unit not in _UNITS:
-            return None
-        seconds += float(number) * _UNITS[unit]
-    return pd.Timedelta(seconds=seconds)
-
-
-def parse_time(value: Any, *, now: datetime | None = None) -> pd.Timestamp | None:
-    """A UTC timestamp from a datetime, an ISO string, epoch seconds, or a duration ago.
-
-    Accepted: ``datetime``/``date``/``pd.Timestamp`` (naive values are taken as UTC),
-    ISO 8601 strings (``"2026-11-25T10:00"``, ``"2026-11-25 10:00+01:00"``), epoch
-    seconds (int/float), ``"now"``, and durations meaning "that long ago": ``"2h"``,
-    ``"30m"``, ``"7d"``, ``"1d12h"``, ``"90 seconds ago"`` (units us, ms, s, m, h, d, w).
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return pd.Timestamp(float(value), unit="s", tz="UTC")
-    if isinstance(value, str):
-        text = value.strip()
-        ago = parse_duration(text)
-        if ago is not None or text.lower() == "now":
-            current = pd.Timestamp(now or datetime.now(timezone.utc))
-            current = current.tz_localize("UTC") if current.tzinfo is None else current
-            return current.tz_convert("UTC") - (ago or pd.Timedelta(0))
-        try:
-            value = pd.Timestamp(text)
-        except (TypeError, ValueError) as exc:
-            raise ArchiverError(
-                f"cannot read time {value!r}: give an ISO time (2026-11-25T10:00) "
-                "or a duration ago (2h, 30m, 7d)"
-            ) from exc
-    elif isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ArchiverError(f"cannot read time {value!r}") from exc
-    if ts is pd.NaT:
-        raise ArchiverError(f"cannot read time {value!r}")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def _micros(ts: pd.Timestamp) -> int:
     """``ts`` in whole microseconds, rounded up (``captured_at >= ts`` <=> ``>= micros``)."""
     return -(-ts.value // 1000)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import archiver
-from archiver import query
+from archiver import query, timeparse
 from archiver.errors import ArchiverError, NoArchiveError
 from archiver.schema import SCHEMA_VERSION, TASKS, with_metadata
 
@@ -170,22 +170,22 @@ def test_time_range_is_start_inclusive_end_exclusive(one_hour):
 
 def test_relative_and_named_times():
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-    assert query.parse_time("2h", now=now) == ts("2026-11-25 10:00")
-    assert query.parse_time("7d", now=now) == ts("2026-11-18 12:00")
-    assert query.parse_time("30m", now=now) == ts("2026-11-25 11:30")
-    assert query.parse_time("1d12h", now=now) == ts("2026-11-24 00:00")
-    assert query.parse_time("90 seconds ago", now=now) == ts("2026-11-25 11:58:30")
-    assert query.parse_time("1w", now=now) == ts("2026-11-18 12:00")
-    assert query.parse_time("now", now=now) == ts("2026-11-25 12:00")
-    assert query.parse_time("2026-11-25T10:00") == ts("2026-11-25 10:00")
-    assert query.parse_time("2026-11-25T11:00+01:00") == ts("2026-11-25 10:00")
-    assert query.parse_time(datetime(2026, 11, 25, 10)) == ts("2026-11-25 10:00")
-    assert query.parse_time(pd.Timestamp("2026-11-25").date()) == ts("2026-11-25")
-    assert query.parse_time(0) == ts("1970-01-01")
-    assert query.parse_time(None) is None
+    assert timeparse.parse_time("2h", now=now) == ts("2026-11-25 10:00")
+    assert timeparse.parse_time("7d", now=now) == ts("2026-11-18 12:00")
+    assert timeparse.parse_time("30m", now=now) == ts("2026-11-25 11:30")
+    assert timeparse.parse_time("1d12h", now=now) == ts("2026-11-24 00:00")
+    assert timeparse.parse_time("90 seconds ago", now=now) == ts("2026-11-25 11:58:30")
+    assert timeparse.parse_time("1w", now=now) == ts("2026-11-18 12:00")
+    assert timeparse.parse_time("now", now=now) == ts("2026-11-25 12:00")
+    assert timeparse.parse_time("2026-11-25T10:00") == ts("2026-11-25 10:00")
+    assert timeparse.parse_time("2026-11-25T11:00+01:00") == ts("2026-11-25 10:00")
+    assert timeparse.parse_time(datetime(2026, 11, 25, 10)) == ts("2026-11-25 10:00")
+    assert timeparse.parse_time(pd.Timestamp("2026-11-25").date()) == ts("2026-11-25")
+    assert timeparse.parse_time(0) == ts("1970-01-01")
+    assert timeparse.parse_time(None) is None
     for bad in ("yesterday-ish", "2h banana", "", "32/13/2026", "5 parsecs"):
-        with pytest.raises(ArchiverError, match="cannot read time"):
-            query.parse_time(bad)
+        with pytest.raises(ArchiverError, match="invalid time"):
+            timeparse.parse_time(bad)
 
 
 def test_relative_start_against_the_clock(one_hour):

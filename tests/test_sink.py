@@ -164,6 +164,7 @@ def test_files_carry_schema_metadata_statistics_and_dictionaries(tmp_path):
     assert kv[b"archiver.schema_version"] == str(S.SCHEMA_VERSION).encode()
     assert kv[b"archiver.version"]
     assert meta.num_row_groups == 3
+
     def encodings(name: str) -> tuple:
         return meta.row_group(0).column(meta.schema.names.index(name)).encodings
 

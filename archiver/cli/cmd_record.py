@@ -11,12 +11,12 @@ import time
 from typing import Any
 
 import click
-import pandas as pd
 
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
 from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live
+from ..timeparse import duration_or_none
 from .output import DEFAULT_ARCHIVE, is_terminal
 
 EX_UNAVAILABLE = 69
@@ -25,19 +25,19 @@ PROGRESS_LOG = logging.getLogger("archiver.progress")
 
 
 def parse_duration(value: str | None) -> float | None:
-    """Seconds from "55m", "2h", "90s", "1d" (pandas.Timedelta) or a bare number of seconds."""
+    """Seconds from "55m", "2h", "90s", "1d12h" or a bare number of seconds."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            seconds = pd.Timedelta(value).total_seconds()
-        except ValueError:
+        delta = duration_or_none(value)
+        if delta is None:
             raise click.BadParameter(
                 f"{value!r} is not a duration (use e.g. 90s, 55m, 2h, 1d)"
             ) from None
-    if seconds <= 0:
+        seconds = delta.total_seconds()
+    if not seconds > 0:
         raise click.BadParameter(f"{value!r} must be positive")
     return seconds
 

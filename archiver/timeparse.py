@@ -1,0 +1,99 @@
+"""Durations ("30d", "1d12h", "P1D") and times (ISO, epoch, "2h" ago) as users type them."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from datetime import date, datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ArchiverError
+
+_SECONDS = {
+    **dict.fromkeys(("us",), 1e-6),
+    **dict.fromkeys(("ms",), 1e-3),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+    **dict.fromkeys(("w", "week", "weeks"), 604800.0),
+}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)")
+_WHOLE = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)\s*[a-z]+\s*)+$")
+TIME_HELP = "give an ISO time (2026-11-25T10:00) or a duration ago (2h, 7d)"
+
+
+def duration_or_none(text: str) -> pd.Timedelta | None:
+    """``"2h"``, ``"1d12h"``, ``"90 seconds"``, ISO ``"P1D"`` as a Timedelta; None if not one."""
+    text = text.strip().lower()
+    if text.startswith("p"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pd.Timedelta(text.upper())
+        except ValueError:
+            return None
+    if not _WHOLE.match(text):
+        return None
+    seconds = 0.0
+    for number, unit in _PART.findall(text):
+        if unit not in _SECONDS:
+            return None
+        seconds += float(number) * _SECONDS[unit]
+    return pd.Timedelta(seconds=seconds)
+
+
+def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
+    """A positive Timedelta from a string such as ``"30d"`` or a timedelta; else ArchiverError."""
+    if isinstance(value, pd.Timedelta):
+        delta = value
+    elif hasattr(value, "total_seconds"):
+        delta = pd.Timedelta(value)
+    else:
+        delta = duration_or_none(str(value))
+        if delta is None:
+            raise ArchiverError(
+                f"invalid duration {str(value).strip()!r} for {what}: use a number and a unit, "
+                "such as 30d, 12h, 90m or 1d12h"
+            )
+    if delta <= pd.Timedelta(0):
+        raise ArchiverError(f"invalid duration {value!r} for {what}: it must be longer than 0")
+    return delta
+
+
+def parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
+    """A UTC timestamp, or None for None.
+
+    Accepted: ``datetime``/``date``/``pd.Timestamp`` (naive values are taken as UTC),
+    ISO 8601 strings, epoch seconds, ``"now"``, and durations meaning "that long ago"
+    relative to ``now`` (default: the current time): ``"2h"``, ``"7d"``, ``"90 seconds ago"``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return pd.Timestamp(float(value), unit="s", tz="UTC")
+    if isinstance(value, str):
+        text = value.strip()
+        ago = duration_or_none(text.lower().removesuffix("ago")) if text else None
+        if ago is not None or text.lower() == "now":
+            current = pd.Timestamp(now if now is not None else datetime.now(timezone.utc))
+            current = current.tz_localize("UTC") if current.tzinfo is None else current
+            return current.tz_convert("UTC") - (ago or pd.Timedelta(0))
+        try:
+            value = pd.Timestamp(text)
+        except (TypeError, ValueError):
+            value = pd.NaT
+        if value is pd.NaT:
+            raise ArchiverError(f"invalid time {text!r}: {TIME_HELP}") from None
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise ArchiverError(f"invalid time {value!r}: {TIME_HELP}") from exc
+    if ts is pd.NaT:
+        raise ArchiverError(f"invalid time {value!r}: {TIME_HELP}")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
