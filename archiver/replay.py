@@ -10,27 +10,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from .timer import Entry
+
 logger = logging.getLogger(__name__)
 
 #: How many missed beats of one entry a single clock jump may run (see ReplayTimer).
 MAX_CATCHUP = 1000
-
-
-class ReplayEntry:
-    __slots__ = ("args", "cancelled", "fun", "kwargs", "secs")
-
-    def __init__(self, secs: float, fun: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-        self.secs, self.fun, self.args, self.kwargs = secs, fun, args, kwargs
-        self.cancelled = False
-
-    def __call__(self) -> Any:
-        return self.fun(*self.args, **self.kwargs)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __repr__(self) -> str:
-        return f"<ReplayEntry {getattr(self.fun, '__qualname__', self.fun)!r} every {self.secs}s>"
 
 
 class ReplayTimer:
@@ -53,18 +38,18 @@ class ReplayTimer:
         self.now = start
         self.max_catchup = max_catchup
         self.skipped = 0
-        self._queue: list[tuple[float, int, ReplayEntry]] = []
-        self._pending: list[ReplayEntry] = []
+        self._queue: list[tuple[float, int, Entry]] = []
+        self._pending: list[Entry] = []
         self._seq = itertools.count()
 
     def call_repeatedly(
         self, secs: float, fun: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> ReplayEntry:
+    ) -> Entry:
         """Call ``fun(*args, **kwargs)`` every ``secs`` seconds of replayed time."""
         secs = float(secs)
         if not secs > 0:
             raise ValueError(f"timer interval must be > 0 seconds, got {secs!r}")
-        entry = ReplayEntry(secs, fun, args, kwargs)
+        entry = Entry(fun, float(secs), args, kwargs)
         if self.now is None:  # scheduled once the first event sets the clock
             self._pending.append(entry)
         else:
