@@ -66,7 +66,7 @@ _OPT_STR = frozenset({str, type(None)})
 # (an event field named ``event`` or ``info`` would shadow the method and make every
 # later event for that task raise).
 _TASK_RESERVED = frozenset(
-    {"worker", "children", "cluster_state", "uuid", "state"}
+    {"worker", "children", "cluster_state", "state"}
     | {"event", "info", "as_dict", "merge_rules", "_fields", "_info_fields"}
 )
 _WORKER_RESERVED = frozenset(
@@ -346,10 +346,15 @@ class Task:
             keep = self.merge_rules.get(state)
             if keep is not None:
                 d.update((k, v) for k, v in fields.items() if k in keep)
+            elif _TASK_RESERVED.isdisjoint(fields):
+                d.update(fields)
             else:
                 d.update((k, v) for k, v in fields.items() if k not in _TASK_RESERVED)
         else:
-            d.update((k, v) for k, v in fields.items() if k not in _TASK_RESERVED)
+            if _TASK_RESERVED.isdisjoint(fields):
+                d.update(fields)
+            else:
+                d.update((k, v) for k, v in fields.items() if k not in _TASK_RESERVED)
             d["state"] = state
             d["timestamp"] = timestamp
 
@@ -706,7 +711,31 @@ def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
 
 
 def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
-    """Why a task event cannot be applied, or None."""
+    """Why a task event cannot be applied, or None (one pass for the common, well-formed case)."""
+    get = event.get
+    uuid, ts, received = get("uuid"), get("timestamp"), get("local_received", _MISSING)
+    if (
+        subject
+        and type(uuid) is str
+        and uuid
+        and type(get("hostname")) is str
+        and type(ts) is float
+        and -_INF < ts < _INF
+        and type(received) is float
+        and -_INF < received < _INF
+        and type(get("clock")) is int
+        and type(get("name")) in _OPT_STR
+        and type(get("parent_id")) in _OPT_STR
+        and type(get("root_id")) in _OPT_STR
+        and type(get("retries")) in _OPT_INT
+        and type(get("runtime")) in _OPT_NUMBER
+    ):
+        return None
+    return _task_problem_detail(event, subject)
+
+
+def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
+    """The first problem of a task event off the fast path, or None."""
     if not subject:
         return "task event without a subject"
     get = event.get
