@@ -22,6 +22,8 @@ demo: $(VENV)/.installed
 	rm -rf data/archive
 	$(VENV)/bin/archiver record --replay data/celery-events-sample.jsonl --archive data/archive --freq 1
 	$(VENV)/bin/archiver info --archive data/archive
+	@echo; echo "Tasks whose last state is FAILURE (first 5):"
+	$(VENV)/bin/archiver query tasks --archive data/archive --latest --where state=FAILURE --columns uuid,name,worker,exception --limit 5
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q redis-server || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }; }
