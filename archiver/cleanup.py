@@ -721,9 +721,10 @@ def _compact_locked(
                 recovered += _remove_set_aside(location, table)
         for table, partition in work:
             scan = _scan(location, partition, wall)
-            if not dry_run:
+            if not dry_run and (scan.leftovers or scan.temps):
                 r, t = _finish(location, partition, scan)
                 recovered, temps = recovered + r, temps + t
+                scan = _scan(location, partition, wall)  # plan on what is left, not on the old list
             if partition.start_us + HOUR_US > before_us:
                 continue
             files = _plan(scan, keep, target_bytes)

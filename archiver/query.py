@@ -680,34 +680,39 @@ def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[Tabl
     Rows and times come from the Parquet footers (row counts and ``captured_at``
     statistics); no data page is read.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     if not archive.exists():
         raise NoArchiveError(_no_archive(archive))
-    out = []
-    for table in tables or archive.tables():
-        info = TableInfo(table)
-        parts = archive.partitions(table)
-        files = [f for p in parts for f in archive.partition_files(p)]
-        info.partitions = len(parts)
-        info.files = len(files)
-        info.bytes = sum(f.size or 0 for f in files)
-        versions: set[str] = set()
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            footers = list(pool.map(lambda f: retrying(lambda: _footer(archive, f.path), 3), files))
-        lows, highs = [], []
-        for rows, lo, hi, version in footers:
-            info.rows += rows
-            if lo is not None:
-                lows.append(lo)
-                highs.append(hi)
-            versions.add(version or "?")
-        if lows:
-            info.first = pd.Timestamp(min(lows), unit="us", tz="UTC")
-            info.last = pd.Timestamp(max(highs), unit="us", tz="UTC")
-        info.schema_versions = tuple(sorted(versions))
-        out.append(info)
-    return out
+    return [
+        retrying(lambda t=table: _describe_table(archive, t))
+        for table in tables or archive.tables()
+    ]
+
+
+def _describe_table(archive: Archive, table: str) -> TableInfo:
+    """One table's :class:`TableInfo`; lists and reads again as a whole if a file vanished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = TableInfo(table)
+    parts = archive.partitions(table)
+    files = [f for p in parts for f in archive.partition_files(p)]
+    info.partitions = len(parts)
+    info.files = len(files)
+    info.bytes = sum(f.size or 0 for f in files)
+    versions: set[str] = set()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        footers = list(pool.map(lambda f: _footer(archive, f.path), files))
+    lows, highs = [], []
+    for rows, lo, hi, version in footers:
+        info.rows += rows
+        if lo is not None:
+            lows.append(lo)
+            highs.append(hi)
+        versions.add(version or "?")
+    if lows:
+        info.first = pd.Timestamp(min(lows), unit="us", tz="UTC")
+        info.last = pd.Timestamp(max(highs), unit="us", tz="UTC")
+    info.schema_versions = tuple(sorted(versions))
+    return info
 
 
 __all__ = [

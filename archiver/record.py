@@ -51,7 +51,9 @@ class RecordSummary:
     files: int = 0
     bytes: int = 0
     rows_dropped: int = 0
+    rows_unwritten: int = 0
     write_errors: int = 0
+    last_error: str | None = None
     broker_losses: int = 0
     seconds: float = 0.0
     archive: str = ""
@@ -61,8 +63,11 @@ class RecordSummary:
         extra = ""
         if self.malformed or self.rejected:
             extra += f", {self.malformed} malformed lines and {self.rejected} bad events skipped"
-        if self.write_errors or self.rows_dropped:
-            extra += f", {self.write_errors} write errors, {self.rows_dropped} rows dropped"
+        if self.write_errors or self.rows_dropped or self.rows_unwritten:
+            extra += (
+                f", {self.write_errors} write errors, {self.rows_dropped} rows dropped, "
+                f"{self.rows_unwritten} rows never written"
+            )
         if self.broker_losses:
             extra += f", broker lost {self.broker_losses} times"
         return (
@@ -329,12 +334,14 @@ class Recorder:
                 stats=self.live_stats,
             )
         finally:
+            # Stop the timer first (it waits for a capture in progress), so that no
+            # capture can land after the final one and its flush.
+            stop_timer = getattr(camera.timer, "stop", None)
             try:
-                camera.cancel()
-            finally:
-                stop_timer = getattr(camera.timer, "stop", None)
                 if stop_timer is not None:
                     stop_timer()
+            finally:
+                camera.cancel()
         return self.summary()
 
     def summary(self) -> RecordSummary:
@@ -345,13 +352,15 @@ class Recorder:
             events=self.events,
             malformed=self.lines.malformed,
             rejected=self.state.rejected_events + self.event_errors,
-            tasks=len(self.state.tasks),
+            tasks=self.state.tasks_created,
             snapshots=getattr(camera, "snapshots_taken", 0),
             rows=stats.rows_written if stats else 0,
             files=stats.files_written if stats else 0,
             bytes=stats.bytes_written if stats else 0,
             rows_dropped=stats.rows_dropped if stats else 0,
+            rows_unwritten=sink.buffered_rows if sink is not None else 0,
             write_errors=stats.write_errors if stats else 0,
+            last_error=stats.last_error if stats else None,
             broker_losses=self.live_stats.losses,
             seconds=time.monotonic() - self.started,
             archive=str(getattr(camera, "archive", None) or self.archive),

@@ -455,6 +455,9 @@ class State:
         self.handlers: dict[str, Callable[[str, dict], Any]] = {}
         self.event_count = 0
         self.task_count = 0
+        #: Tasks created from events since the start (never reset; an evicted task seen
+        #: again counts again).
+        self.tasks_created = 0
         self.rejected_events = 0
         self.rejected_by_kind: Counter[str] = Counter()
         self._seen_types: set[str] = set()
@@ -595,6 +598,7 @@ class State:
         created = task is None
         if created:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
+            self.tasks_created += 1
         if subject == "sent":
             task.client = hostname
         else:

@@ -24,6 +24,9 @@ _SECONDS = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)")
 _WHOLE = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)\s*[a-z]+\s*)+$")
 TIME_HELP = "give an ISO time (2026-11-25T10:00) or a duration ago (2h, 7d)"
+#: Durations and times must stay well inside pandas' nanosecond range (1677-2262).
+MAX_DURATION = pd.Timedelta(days=100 * 365)
+_OUT_OF_RANGE = (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta)
 
 
 def duration_or_none(text: str) -> pd.Timedelta | None:
@@ -43,7 +46,7 @@ def duration_or_none(text: str) -> pd.Timedelta | None:
         if unit not in _SECONDS:
             return None
         seconds += float(number) * _SECONDS[unit]
-    return pd.Timedelta(seconds=seconds)
+    return pd.Timedelta(seconds=seconds)  # raises OverflowError beyond ~292 years
 
 
 def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
@@ -53,7 +56,10 @@ def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
     elif hasattr(value, "total_seconds"):
         delta = pd.Timedelta(value)
     else:
-        delta = duration_or_none(str(value))
+        try:
+            delta = duration_or_none(str(value))
+        except _OUT_OF_RANGE:
+            delta = MAX_DURATION * 2
         if delta is None:
             raise ArchiverError(
                 f"invalid duration {str(value).strip()!r} for {what}: use a number and a unit, "
@@ -61,10 +67,23 @@ def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
             )
     if delta <= pd.Timedelta(0):
         raise ArchiverError(f"invalid duration {value!r} for {what}: it must be longer than 0")
+    if delta > MAX_DURATION:
+        raise ArchiverError(f"invalid duration {value!r} for {what}: it must be under 100 years")
     return delta
 
 
 def parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
+    """A UTC timestamp, or None for None (see :func:`_parse_time`)."""
+    try:
+        ts = _parse_time(value, now=now)
+        if ts is not None:
+            ts.value  # noqa: B018  (raises when outside the nanosecond range)
+        return ts
+    except _OUT_OF_RANGE:
+        raise ArchiverError(f"invalid time {value!r}: it is outside the years 1677-2262") from None
+
+
+def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
     """A UTC timestamp, or None for None.
 
     Accepted: ``datetime``/``date``/``pd.Timestamp`` (naive values are taken as UTC),

@@ -710,3 +710,44 @@ def test_concurrent_reader_sees_exact_rows(tmp_path, sample_events):
     during = [1 for _, t0, t1 in loads if float(t1) > start and float(t0) < end]
     assert len(during) >= 3, "the reader did not overlap the compaction enough"
     assert all(compacted)
+
+
+class _Kill(BaseException):
+    """Stands in for kill -9 at a chosen step."""
+
+
+def test_compact_after_expiry_killed_leaves_tombstone(tmp_path, monkeypatch):
+    """A compaction right after an expiry killed past its deletes finishes the job, no traceback."""
+    import pyarrow as pa
+
+    from archiver.convert import CeleryConverter
+    from archiver.sink import ParquetSink
+
+    schemas = CeleryConverter.schemas
+    sink = ParquetSink(tmp_path / "a", schemas)
+    t0 = 1_700_000_000.0  # a long-closed hour
+
+    def row(uuid, state, t):
+        return pa.Table.from_pylist(
+            [{"captured_at": int(t * 1e6), "snapshot_id": "s", "uuid": uuid, "state": state}],
+            schema=schemas["tasks"],
+        )
+
+    sink.append("tasks", row("old-success", "SUCCESS", t0))
+    sink.flush()
+    sink.append("tasks", row("still-running", "STARTED", t0 + 1))
+    sink.flush()
+
+    def hook(step):
+        if step == "deleted":
+            raise _Kill
+
+    monkeypatch.setattr(cleanup, "_STEP_HOOK", hook)
+    with pytest.raises(_Kill):
+        archiver.Archive(tmp_path / "a").expire(per_state={"SUCCESS": "1d"}, dry_run=False)
+    monkeypatch.setattr(cleanup, "_STEP_HOOK", None)
+    archive = archiver.Archive(tmp_path / "a")
+    assert archive.load("tasks").uuid.tolist() == ["still-running"]
+    archive.compact()
+    assert archive.load("tasks").uuid.tolist() == ["still-running"]
+    assert len(archive.files("tasks")) == 1

@@ -704,3 +704,16 @@ def test_latest_with_files_that_overlap_in_time(one_hour, tmp_path):
     )
     uuid = reference.load("tasks", columns=["uuid"])["uuid"].value_counts().index[0]
     pd.testing.assert_frame_equal(a.history(uuid), reference.history(uuid))
+
+
+@pytest.mark.parametrize("value", ["1000000d", 1e12, "99999 weeks"])
+def test_times_out_of_range_are_a_clear_error(value):
+    """A time pandas cannot hold is an ArchiverError naming the range, not an OverflowError."""
+    with pytest.raises(ArchiverError, match="outside the years 1677-2262"):
+        timeparse.parse_time(value)
+
+
+def test_durations_over_a_century_are_refused():
+    """A retention of a million days is refused with a message, not a pandas traceback."""
+    with pytest.raises(ArchiverError, match="must be under 100 years"):
+        timeparse.parse_duration("1000000d", what="older_than")

@@ -569,3 +569,15 @@ def test_flushes_follow_event_time_too(tmp_path, sample_events):
         files = Archive(tmp_path / "many").files(table)
         assert 4 <= len(files) <= 7, (table, len(files))
     assert_same(archived(tmp_path / "many"), reference(sample_events))
+
+
+def test_rows_that_cannot_be_written_fail_the_run(tmp_path):
+    """An archive that cannot be written to ends with an Error line and exit code 74, not 0."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = CliRunner().invoke(
+        cli, ["record", "--replay", str(SMALL), "--archive", str(blocker / "arch"), "-q"]
+    )
+    assert result.exit_code == 74
+    assert "211 tasks" in result.stdout and "rows never written" in result.stdout
+    assert "\nError: 308 rows could not be written to " in result.stderr

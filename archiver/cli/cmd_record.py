@@ -20,6 +20,7 @@ from ..timeparse import duration_or_none
 from .output import DEFAULT_ARCHIVE, is_terminal
 
 EX_UNAVAILABLE = 69
+EX_IOERR = 74  # rows could not be written (sysexits.h)
 #: Progress lines when stderr is not a terminal: logged at INFO whatever --loglevel says.
 PROGRESS_LOG = logging.getLogger("archiver.progress")
 
@@ -275,6 +276,14 @@ def record(
             click.echo(click.style(recorder.lines.report(), fg="yellow"), err=True)
         click.echo(summary.line())
         logging.getLogger("archiver.record").info(summary.line())
+        lost = summary.rows_unwritten + summary.rows_dropped
+        if lost:
+            click.echo(
+                f"Error: {lost:,} rows could not be written to {summary.archive}: "
+                f"{summary.last_error}",
+                err=True,
+            )
+            sys.exit(EX_IOERR)
 
 
 @click.command()
