@@ -12,6 +12,7 @@ import pyarrow.fs as pafs
 
 from .camera import Polaroid
 from .convert import CeleryConverter, Converter, Mode, RedactMode
+from .errors import LockedError, NoArchiveError
 from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id
 from .storage import resolve
 
@@ -137,6 +138,12 @@ class ParquetCamera(Polaroid):
 
         try:
             report = run_retention(self.location, self.retention)
+        except NoArchiveError:
+            logger.debug("Cleanup of %s: nothing written yet", self.archive)
+            return
+        except LockedError as exc:
+            logger.warning("Cleanup of %s skipped this time: %s", self.archive, exc)
+            return
         except Exception as exc:
             logger.error("Cleanup of %s failed: %r", self.archive, exc)
             return

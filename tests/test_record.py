@@ -582,3 +582,19 @@ def test_rows_that_cannot_be_written_fail_the_run(tmp_path):
     assert result.exit_code == 74
     assert "211 tasks" in result.stdout and "rows never written" in result.stdout
     assert "\nError: 308 rows could not be written to " in result.stderr
+
+
+def test_retention_file_expires_while_recording(tmp_path):
+    """--retention makes the camera's cleanup expire by state every --cleanup-freq seconds."""
+    policy = tmp_path / "retention.json"
+    policy.write_text('{"per_state": {"SUCCESS": "1s"}}')
+    result = record(
+        "--replay", SAMPLE, "--archive", tmp_path / "a", "--retention", policy,
+        "--cleanup-freq", 5, "--flush-interval", 2,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    states = Archive(tmp_path / "a").latest("tasks")["state"].value_counts()
+    assert states["SUCCESS"] < 1680  # the recording's successes, now partly expired
+    assert states["FAILURE"] == 280 and states["REVOKED"] == 150  # other states are kept
+    bad = record("--replay", SMALL, "--archive", tmp_path / "b", "--retention", tmp_path / "x")
+    assert bad.exit_code == 1 and "cannot read retention file" in bad.stderr

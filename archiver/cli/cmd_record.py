@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from ..cleanup import Retention
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
@@ -188,6 +189,11 @@ def stop_on_signals(stop: Any):
     show_default=True,
     help="Seconds before buffered rows are written.",
 )
+@click.option(
+    "--retention",
+    metavar="FILE",
+    help="Retention file (JSON or TOML): compact and expire every --cleanup-freq seconds.",
+)
 @click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 55m.")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option(
@@ -212,6 +218,7 @@ def record(
     redact_mode,
     max_tasks,
     flush_interval,
+    retention,
     duration,
     limit,
     pidfile,
@@ -254,6 +261,7 @@ def record(
                 redact=redact,
                 redact_mode=redact_mode,
                 flush_interval=flush_interval,
+                retention=Retention.from_file(retention) if retention else None,
                 **options,
             )
             with contextlib.ExitStack() as stack:
