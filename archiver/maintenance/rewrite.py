@@ -1,0 +1,171 @@
+"""Reading a partition's input files and writing their rows as one commit group."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from ..archive import GROUP_KEY, KEEP_KEY, REPLACES_KEY
+from ..schema import SCHEMAS, dictionary_columns, with_metadata
+from ..sink import ROW_GROUP_SIZE, TMP_SUFFIX, new_writer_id
+from ..storage import Location
+from .listing import step
+from .retention import Keep
+
+
+def _target_schema(table: str, fragments: list[ds.ParquetFileFragment]) -> pa.Schema:
+    """The schema to write: archiver's for its tables, widened by any extra input column."""
+    base = with_metadata(SCHEMAS[table], table) if table in SCHEMAS else None
+    schemas = [f.physical_schema for f in fragments]
+    if base is not None and all(set(s.names) <= set(base.names) for s in schemas):
+        return base
+    unified = pa.unify_schemas(
+        ([base] if base is not None else []) + [s.remove_metadata() for s in schemas],
+        promote_options="permissive",
+    )
+    return unified.with_metadata(base.metadata if base is not None else schemas[0].metadata)
+
+
+def read_inputs(location: Location, table: str, paths: list[str]) -> tuple[pa.Table, pa.Schema]:
+    fmt = ds.ParquetFileFormat()
+    fragments = [fmt.make_fragment(p, filesystem=location.fs) for p in paths]
+    schema = _target_schema(table, fragments)
+    dataset = ds.FileSystemDataset(fragments, schema.remove_metadata(), fmt, location.fs)
+    return dataset.to_table(), schema
+
+
+def sort_rows(data: pa.Table) -> pa.Table:
+    """Rows by ``captured_at`` (then ``snapshot_id``); stable, and a no-op when in order."""
+    if data.num_rows < 2 or "captured_at" not in data.column_names:
+        return data
+    micros = data.column("captured_at").cast(pa.int64()).to_numpy()
+    if not (np.diff(micros) < 0).any():
+        return data
+    keys = [("captured_at", "ascending")]
+    if "snapshot_id" in data.column_names:
+        keys.append(("snapshot_id", "ascending"))
+    return data.take(pc.sort_indices(data, keys))
+
+
+def latest_rows(data: pa.Table, key: str) -> pa.Table:
+    """The last row (by ``captured_at``, then ``snapshot_id``) of each ``key``, in time order."""
+    if data.num_rows == 0:
+        return data
+    data = sort_rows(data)
+    keys = data.column(key)
+    if pa.types.is_dictionary(keys.type):
+        keys = keys.cast(pa.string())
+    index = pa.table({"k": keys, "i": pa.array(np.arange(data.num_rows), pa.int64())})
+    last = index.group_by("k", use_threads=False).aggregate([("i", "max")]).column("i_max")
+    return data.take(np.sort(last.to_numpy()))
+
+
+@dataclass
+class Output:
+    name: str
+    final: str
+    target: str
+    stream: Any
+    writer: pq.ParquetWriter
+    rows: int = 0
+    size: int = 0
+
+
+def write_group(
+    location: Location,
+    directory: str,
+    data: pa.Table,
+    schema: pa.Schema,
+    *,
+    replaces: Sequence[str],
+    keep: Keep,
+    target_bytes: int,
+    slice_rows: int,
+) -> list[Output]:
+    """Write ``data`` as a group of files of about ``target_bytes``, renamed into place last.
+
+    Every file records the group and the files it replaces. Returns the outputs
+    once all are in place (the commit); on error, removes what it wrote.
+    """
+    fs = location.fs
+    gid = new_writer_id()
+    outs: list[Output] = []
+    micros = data.column("captured_at").cast(pa.int64()).to_numpy() if data.num_rows else None
+    use_dictionary = dictionary_columns(schema)
+
+    def open_next(row: int) -> Output:
+        first_us = int(micros[row]) if micros is not None else 0
+        stamp = datetime.fromtimestamp(first_us // 10**6, tz=timezone.utc)
+        name = f"part-{stamp:%Y%m%dT%H%M%S}-compact-{gid}-{len(outs) + 1:03d}.parquet"
+        final = f"{directory}/{name}"
+        target = f"{directory}/.{name}{TMP_SUFFIX}" if location.atomic_rename else final
+        stream = fs.open_output_stream(target)
+        writer = pq.ParquetWriter(
+            stream,
+            schema,
+            compression="zstd",
+            write_statistics=True,
+            use_dictionary=use_dictionary,  # the camera's choice, per column
+        )
+        out = Output(name, final, target, stream, writer)
+        outs.append(out)
+        return out
+
+    try:
+        if data.num_rows == 0:
+            out = open_next(0)
+            out.writer.write_table(data.cast(schema.remove_metadata()))
+        pos = 0
+        while pos < data.num_rows:
+            if not outs or outs[-1].stream.tell() >= target_bytes:
+                open_next(pos)
+            out = outs[-1]
+            chunk = data.slice(pos, slice_rows)
+            out.writer.write_table(chunk, row_group_size=slice_rows)
+            out.rows += chunk.num_rows
+            pos += chunk.num_rows
+        group = json.dumps([o.name for o in outs])
+        for out in outs:
+            out.writer.add_key_value_metadata(
+                {
+                    REPLACES_KEY.decode(): json.dumps(sorted(replaces)),
+                    GROUP_KEY.decode(): group,
+                    KEEP_KEY.decode(): keep,
+                }
+            )
+            out.writer.close()
+            out.size = out.stream.tell()
+            out.stream.close()
+            step("written")
+        for out in outs:
+            if out.target != out.final:
+                fs.move(out.target, out.final)
+            step("renamed")
+    except BaseException:
+        for out in outs:
+            with contextlib.suppress(Exception):  # already closed or broken
+                out.writer.close()
+                out.stream.close()
+            # Only temporaries: renamed files are a (partial) group that readers
+            # ignore while the inputs exist; the next run deletes them.
+            if out.target != out.final:
+                with contextlib.suppress(Exception):  # may not exist
+                    fs.delete_file(out.target)
+        raise
+    return outs
+
+
+def rows_per_group(target_bytes: int, bytes_in: int, rows_in: int) -> int:
+    """Rows per row group: 64 Ki, fewer when the target holds few rows (finer splits)."""
+    per_row = max(1.0, bytes_in / max(rows_in, 1) / 3)  # merged files are ~3x denser
+    return int(min(ROW_GROUP_SIZE, max(256, target_bytes / per_row / 8)))
