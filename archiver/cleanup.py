@@ -136,7 +136,9 @@ def _open(archive: Archive | Location | str | os.PathLike[str]) -> Archive:
     else:
         result = Archive(archive)
     if not result.exists():
-        raise NoArchiveError(f"no archive at {result.uri}; record one with `archiver record`")
+        raise NoArchiveError(
+            f"no archive at {result.uri}: record one with `archiver record --archive {result.uri}`"
+        )
     return result
 
 

@@ -131,7 +131,7 @@ class TestCompactCommand:
         missing = tmp_path / "missing"
         assert_error(
             invoke("compact", "--archive", missing),
-            f"no archive at {missing}; record one with `archiver record`",
+            f"no archive at {missing}: record one with `archiver record --archive {missing}`",
         )
 
     def test_locked(self, arch):
