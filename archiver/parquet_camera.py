@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from .camera import Polaroid
-from .convert import CeleryConverter, Converter, Mode, RedactMode
+from .convert import STAGE_ROWS, CeleryConverter, Converter, Mode, RedactMode
 from .errors import LockedError, NoArchiveError
 from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id
 from .storage import resolve
@@ -68,7 +68,12 @@ class ParquetCamera(Polaroid):
         if isinstance(redact, str):
             redact = [r.strip() for r in redact.split(",") if r.strip()]
         if converter is None:
-            converter = CeleryConverter(mode=mode, redact=redact, redact_mode=redact_mode)
+            converter = CeleryConverter(
+                mode=mode,
+                redact=redact,
+                redact_mode=redact_mode,
+                stage_rows=min(STAGE_ROWS, flush_rows),
+            )
         elif mode != "changes" or tuple(redact) or redact_mode != "null":
             raise ValueError(
                 "mode, redact and redact_mode configure the default converter: "
@@ -107,11 +112,19 @@ class ParquetCamera(Polaroid):
         """Take a snapshot, then write the buffer if it is due (outside the state lock)."""
         taken = super().capture(force=force)
         if self.sink.due():
-            self.sink.flush()
+            self.flush()
         return taken
+
+    def _drain(self) -> None:
+        """Move rows the converter staged (if it stages) into the write buffer."""
+        drain = getattr(self.converter, "drain", None)
+        if drain is not None:
+            for table, batch in drain().items():
+                self.sink.append(table, batch)
 
     def flush(self) -> list[str]:
         """Write every buffered row now; returns the paths written."""
+        self._drain()
         return self.sink.flush()
 
     def cancel(self) -> None:
@@ -119,7 +132,7 @@ class ParquetCamera(Polaroid):
         try:
             super().cancel()
         finally:
-            self.sink.flush()
+            self.flush()
             if self.sink.buffered_rows:
                 logger.error(
                     "Closing %s with %d rows that could not be written: %s",

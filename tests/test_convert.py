@@ -328,3 +328,38 @@ def test_tasks_per_state_are_kept_right_without_scanning_the_state(api_tasks):
         assert got == {s: full.get(s, 0) for s in S.TASK_STATES}, step
         assert row["tasks_other"] == sum(n for s, n in full.items() if s not in got), step
         assert row["tasks_in_state"] == len(state.tasks)
+
+
+def test_staged_rows_equal_the_rows_of_one_batch_per_snapshot(sample_events):
+    """Staging task rows across snapshots gives the same rows, captured_at and ids as no staging."""
+    plain, staged = CeleryConverter(), CeleryConverter(stage_rows=10_000)
+    states = State(), State()
+    out_plain, out_staged = [], []
+    chunks = [sample_events[i : i + 700] for i in range(0, 4200, 700)]
+    for k, chunk in enumerate(chunks):
+        for state in states:
+            feed(state, chunk)
+        at, sid = T0 + k, f"s-{k}"
+        out_plain.append(convert(plain, states[0], at, sid)["tasks"])
+        batch = convert(staged, states[1], at, sid)["tasks"]
+        assert batch.num_rows == 0  # still staged
+        out_staged.append(batch)
+    assert staged.staged_rows == sum(b.num_rows for b in out_plain)
+    drained = staged.drain()["tasks"]
+    assert staged.staged_rows == 0 and staged.drain() == {}
+    expected = pa.Table.from_batches(out_plain).to_pylist()
+    assert pa.Table.from_batches([drained]).to_pylist() == expected
+    assert drained.schema.equals(S.TASKS)
+
+
+def test_staging_returns_a_batch_once_enough_rows_are_staged(sample_events):
+    """convert() hands back everything staged as soon as stage_rows is reached."""
+    converter, state = CeleryConverter(stage_rows=300), State()
+    sizes = []
+    for k in range(6):
+        feed(state, sample_events[k * 300 : (k + 1) * 300])
+        sizes.append(convert(converter, state, T0 + k, f"s-{k}")["tasks"].num_rows)
+    assert any(sizes) and sizes.count(0) >= 1
+    assert all(n == 0 or n >= 300 for n in sizes)
+    with pytest.raises(ValueError, match="stage_rows must be >= 1"):
+        CeleryConverter(stage_rows=0)
