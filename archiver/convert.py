@@ -426,14 +426,22 @@ class CeleryConverter:
     def _stage_tasks(
         self, values: dict[str, Any], n: int, captured_at: float, snapshot_id: str
     ) -> pa.RecordBatch:
-        """Stage this snapshot's task values; a batch of everything staged once enough are."""
-        if n:
+        """Stage a small snapshot's task values; a batch of everything staged once enough are.
+
+        A snapshot of more than ``stage_rows / 8`` rows is built at once (merging its
+        Python values with the stage would cost more than it saves).
+        """
+        if n and n * 8 < self.stage_rows:
             with self._stage_lock:
                 self._stage.append((values, n, captured_at, snapshot_id))
                 self._staged += n
                 if self._staged < self.stage_rows:
                     return self._empty["tasks"]
-        return self._drain_tasks()
+            return self._drain_tasks()
+        batch = self._task_batch(values, [(n, captured_at, snapshot_id)])
+        if not self._staged:
+            return batch
+        return pa.concat_batches([self._drain_tasks(), batch])
 
     def drain(self) -> dict[str, pa.RecordBatch]:
         """The rows staged by earlier :meth:`convert` calls, as record batches."""

@@ -354,12 +354,28 @@ def test_staged_rows_equal_the_rows_of_one_batch_per_snapshot(sample_events):
 
 def test_staging_returns_a_batch_once_enough_rows_are_staged(sample_events):
     """convert() hands back everything staged as soon as stage_rows is reached."""
-    converter, state = CeleryConverter(stage_rows=300), State()
-    sizes = []
-    for k in range(6):
-        feed(state, sample_events[k * 300 : (k + 1) * 300])
-        sizes.append(convert(converter, state, T0 + k, f"s-{k}")["tasks"].num_rows)
-    assert any(sizes) and sizes.count(0) >= 1
-    assert all(n == 0 or n >= 300 for n in sizes)
+    converter, plain = CeleryConverter(stage_rows=2000), CeleryConverter()
+    states = State(), State()
+    sizes, expected = [], 0
+    for k in range(20):
+        for state in states:
+            feed(state, sample_events[k * 300 : (k + 1) * 300])
+        sizes.append(convert(converter, states[0], T0 + k, f"s-{k}")["tasks"].num_rows)
+        expected += convert(plain, states[1], T0 + k, f"s-{k}")["tasks"].num_rows
+    assert sizes.count(0) >= 5 and max(sizes) >= 2000
+    assert sum(sizes) + converter.staged_rows == expected
     with pytest.raises(ValueError, match="stage_rows must be >= 1"):
         CeleryConverter(stage_rows=0)
+
+
+def test_a_big_snapshot_is_built_at_once_with_what_was_staged(sample_events):
+    """A snapshot too big to stage comes back at once, after the rows staged before it."""
+    converter, state = CeleryConverter(stage_rows=1000), State()
+    feed(state, sample_events[:300])
+    assert convert(converter, state, T0, "s-0")["tasks"].num_rows == 0
+    staged = converter.staged_rows
+    feed(state, sample_events[300:3000])
+    batch = convert(converter, state, T0 + 1, "s-1")["tasks"]
+    ids = batch.column("snapshot_id").to_pylist()
+    assert ids[:staged] == ["s-0"] * staged and set(ids[staged:]) == {"s-1"}
+    assert converter.staged_rows == 0
