@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import NoArchiveError
-from .schema import PARTITION_SCHEMA, SCHEMAS
+from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS
 from .storage import Location, resolve
 
 REPLACES_KEY = b"archiver.replaces"
@@ -47,7 +47,7 @@ class Partition:
     def start_us(self) -> int:
         """Start of the partition's hour, in microseconds since the epoch (UTC)."""
         day = datetime.strptime(self.date, "%Y-%m-%d").replace(tzinfo=timezone.utc)
-        return int(day.timestamp()) * 10**6 + self.hour * 3_600_000_000
+        return int(day.timestamp()) * 10**6 + self.hour * HOUR_US
 
 
 def is_hidden(name: str) -> bool:

@@ -32,14 +32,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError, NoArchiveError
-from .schema import ENTITY_KEYS, PARTITION_SCHEMA
+from .schema import ENTITY_KEYS, HOUR_US, PARTITION_SCHEMA
 from .timeparse import parse_time
 
 if TYPE_CHECKING:
     from .archive import Archive, Partition
 
 T = TypeVar("T")
-HOUR_US = 3_600_000_000
 Engine = Literal["pandas", "arrow", "dask"]
 ENGINES = ("pandas", "arrow", "dask")
 _PANDAS_TYPES = {

@@ -101,6 +101,8 @@ SNAPSHOTS = pa.schema(
 SCHEMAS: dict[str, pa.Schema] = {"tasks": TASKS, "workers": WORKERS, "snapshots": SNAPSHOTS}
 #: The column that identifies an entity per table (used by ``latest`` and compaction).
 ENTITY_KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
+#: One partition's span (an hour) in microseconds, the unit of ``captured_at``.
+HOUR_US = 3_600_000_000
 #: Partition columns added by the hive layout ``date=YYYY-MM-DD/hour=H``.
 PARTITION_SCHEMA = pa.schema([("date", pa.string()), ("hour", pa.int32())])
 

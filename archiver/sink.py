@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .schema import dictionary_columns
+from .schema import HOUR_US, dictionary_columns
 from .storage import Location, resolve
 
 logger = logging.getLogger(__name__)
 
-HOUR_US = 3_600_000_000
 TMP_PREFIX = ".part-"
 TMP_SUFFIX = ".tmp"
 #: Rows per row group. One default row group (up to 1 Mi rows) leaves nothing for

@@ -8,10 +8,9 @@ import time
 import pyarrow.fs as pafs
 
 from ..archive import Archive, Partition
-from ..schema import ENTITY_KEYS
+from ..schema import ENTITY_KEYS, HOUR_US
 from ..storage import Location
 from .listing import (
-    HOUR_US,
     PartitionScan,
     delete_file,
     finish_interrupted,

@@ -17,12 +17,11 @@ import pyarrow.dataset as ds
 
 from ..archive import Archive, Partition
 from ..errors import ArchiverError
-from ..schema import TASK_STATES
+from ..schema import HOUR_US, TASK_STATES
 from ..sink import new_writer_id
 from ..storage import Location
 from .listing import (
     EXPIRED_MARK,
-    HOUR_US,
     PartitionScan,
     delete_file,
     finish_interrupted,

@@ -25,7 +25,6 @@ from ..archive import (
 from ..sink import TMP_PREFIX, TMP_SUFFIX
 from ..storage import Location
 
-HOUR_US = 3_600_000_000
 #: archiver's own temporary files older than this (seconds) are removed.
 TEMP_MAX_AGE = 3600.0
 #: Marks a partition directory renamed aside by expiry (``.hour=H.expired-<id>``).
