@@ -535,7 +535,7 @@ class State:
     def _reject(self, kind: str, event: Any) -> None:
         self.rejected_events += 1
         if kind not in self.rejected_by_kind:
-            logger.warning("Skipping malformed event (%s): %.200r", kind, event)
+            logger.warning("Skipping malformed event (%s): %s", kind, describe_event(event))
         self.rejected_by_kind[kind] += 1
 
     def _event(self, event: Any) -> Any:
@@ -712,6 +712,39 @@ class State:
 
 def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
     return itertools.islice(it, 0, limit)
+
+
+#: The keys a log line shows of an event: it never shows other values (args,
+#: kwargs, result, exception and traceback may hold secrets, see redaction).
+IDENTIFYING_KEYS = ("type", "uuid", "hostname", "clock")
+
+
+def describe_event(event: Any) -> str:
+    """``type='task-failed' uuid='…' hostname='w1' clock=12``: an event, for log lines.
+
+    Only :data:`IDENTIFYING_KEYS` are shown, strings cut to 64 characters and
+    other values reduced to their type, so no other field value reaches a log.
+    """
+    if not isinstance(event, Mapping):
+        return f"a {type(event).__name__}, not an event"
+    parts = []
+    try:
+        for key in IDENTIFYING_KEYS:
+            if key in event:
+                parts.append(f"{key}={_log_value(event[key])}")
+    except Exception:  # a hostile mapping
+        return "an unreadable event"
+    return " ".join(parts) or "an event without type, uuid, hostname or clock"
+
+
+def _log_value(value: Any) -> str:
+    if type(value) is str:
+        return repr(value[:64]) + ("..." if len(value) > 64 else "")
+    if type(value) is int and not -(10**18) < value < 10**18:
+        return "<huge int>"  # repr() of a 10**5000 raises
+    if type(value) in (int, float, bool) or value is None:
+        return repr(value)
+    return f"<{type(value).__name__}>"
 
 
 def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
