@@ -714,37 +714,36 @@ def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
     return itertools.islice(it, 0, limit)
 
 
-#: The keys a log line shows of an event: it never shows other values (args,
-#: kwargs, result, exception and traceback may hold secrets, see redaction).
-IDENTIFYING_KEYS = ("type", "uuid", "hostname", "clock")
+#: The keys a log line shows of an event, with the type a value must have to be
+#: shown: it never shows other values (args, kwargs, result, exception and
+#: traceback may hold secrets, see redaction), nor one of these of another type.
+IDENTIFYING_KEYS = {"type": str, "uuid": str, "hostname": str, "clock": int}
 
 
 def describe_event(event: Any) -> str:
     """``type='task-failed' uuid='…' hostname='w1' clock=12``: an event, for log lines.
 
-    Only :data:`IDENTIFYING_KEYS` are shown, strings cut to 64 characters and
-    other values reduced to their type, so no other field value reaches a log.
+    Only :data:`IDENTIFYING_KEYS` are shown, strings cut to 64 characters, and a
+    value of an unexpected type only as its type: no other field value reaches a log.
     """
     if not isinstance(event, Mapping):
         return f"a {type(event).__name__}, not an event"
     parts = []
     try:
-        for key in IDENTIFYING_KEYS:
+        for key, type_ in IDENTIFYING_KEYS.items():
             if key in event:
-                parts.append(f"{key}={_log_value(event[key])}")
+                parts.append(f"{key}={_log_value(event[key], type_)}")
     except Exception:  # a hostile mapping
         return "an unreadable event"
     return " ".join(parts) or "an event without type, uuid, hostname or clock"
 
 
-def _log_value(value: Any) -> str:
-    if type(value) is str:
+def _log_value(value: Any, expected: type) -> str:
+    if type(value) is not expected:
+        return f"<{type(value).__name__}>"
+    if expected is str:
         return repr(value[:64]) + ("..." if len(value) > 64 else "")
-    if type(value) is int and not -(10**18) < value < 10**18:
-        return "<huge int>"  # repr() of a 10**5000 raises
-    if type(value) in (int, float, bool) or value is None:
-        return repr(value)
-    return f"<{type(value).__name__}>"
+    return repr(value) if -(10**18) < value < 10**18 else "<huge int>"  # repr(10**5000) raises
 
 
 def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
