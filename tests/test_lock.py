@@ -201,3 +201,18 @@ def test_a_refused_lock_leaves_the_holders_file_as_it_is(archive):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_symlinked_directories_above_the_lock_are_fine(archive, tmp_path):
+    """Only the last component must not be a link: /var/run -> /run, data -> /mnt/big work."""
+    linked = tmp_path / "linked-archive"
+    linked.symlink_to(archive)
+    result = invoke("compact", "--archive", linked, "--wait", "0")
+    assert result.exit_code == 0, result.output
+    assert (archive / "_archiver.lock").is_file() and not (archive / "_archiver.lock").is_symlink()
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    (tmp_path / "var-run").symlink_to(rundir)
+    with Pidfile(tmp_path / "var-run" / "rec.pid"):
+        assert (rundir / "rec.pid").read_text() == f"{os.getpid()}\n"
+    assert not (rundir / "rec.pid").exists()
