@@ -13,6 +13,7 @@ not fit its column is stored as null (strings: as ``str(value)``), never raised.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,9 @@ from . import schema as S
 
 Mode = Literal["changes", "full"]
 RedactMode = Literal["null", "hash"]
+#: Task columns that can be redacted. Celery copies argument values into
+#: ``exception`` and ``traceback`` (an exception's message, a frame's locals), so
+#: redacting ``args``/``kwargs`` alone does not hide them: see :func:`redaction_gaps`.
 REDACTABLE = ("args", "kwargs", "result", "exception", "traceback")
 
 _TASK_ATTRS = (
@@ -168,15 +172,54 @@ def _float_list(value: Any) -> list[float] | None:
         return None
 
 
-def _redact(values: Sequence[Any], mode: RedactMode) -> list[Any]:
-    if mode == "null":
+def _redact(values: Sequence[Any], key: bytes | None) -> list[Any]:
+    """Redacted ``values``: all null without a key, else keyed hashes (see redact_hash)."""
+    if key is None:
         return [None] * len(values)
-    return [None if v is None else redact_hash(v) for v in values]
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    out: list[Any] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+        else:
+            h = keyed.copy()
+            h.update(_text(v).encode())
+            out.append(h.hexdigest()[:32])
+    return out
 
 
-def redact_hash(value: Any) -> str:
-    """The stored form of a redacted value with ``redact_mode="hash"`` (SHA-256, 32 hex)."""
-    return hashlib.sha256(_text(value).encode()).hexdigest()[:32]
+def redact_hash(value: Any, key: bytes | str) -> str:
+    """The stored form of a redacted value with ``redact_mode="hash"``.
+
+    HMAC-SHA256 of the value's text under ``key``, as 32 hex digits: equal values
+    give equal hashes, and only whoever holds the key can hash a guess to match.
+    """
+    return _redact([value], _key(key))[0]
+
+
+def _key(key: bytes | str | None) -> bytes | None:
+    """``key`` as bytes (a str is UTF-8 encoded); an empty key is a ValueError."""
+    if key is None:
+        return None
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray)):
+        raise ValueError(f"redact_key must be bytes or str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("redact_key is empty: give a secret of at least one byte")
+    return bytes(key)
+
+
+def redaction_gaps(redact: Iterable[str]) -> tuple[str, ...]:
+    """The columns that still show argument values although ``args``/``kwargs`` are redacted.
+
+    Celery copies argument values into ``exception`` and ``traceback``; this
+    returns those of them that ``redact`` leaves out (empty when nothing leaks).
+    """
+    redact = set(redact)
+    if not redact & {"args", "kwargs"}:
+        return ()
+    return tuple(c for c in ("exception", "traceback") if c not in redact)
 
 
 def _hostname(worker: Any) -> Any:
@@ -266,8 +309,12 @@ class CeleryConverter:
     Args:
         mode: ``"changes"`` writes a task or worker only when it changed since the
             previous snapshot; ``"full"`` writes everything in the state each time.
-        redact: task columns stored as null (or hashed) instead of their value.
-        redact_mode: ``"null"`` or ``"hash"`` (a SHA-256 prefix, to join on equal values).
+        redact: task columns stored as null (or hashed) instead of their value, any
+            of :data:`REDACTABLE`. Celery copies argument values into ``exception``
+            and ``traceback``: redact those too to hide the arguments.
+        redact_mode: ``"null"`` or ``"hash"`` (HMAC-SHA256 under ``redact_key``, 32 hex
+            digits: equal values match, and only the key's holder can test a guess).
+        redact_key: the secret key of the hash mode (bytes or str); required by it.
         stage_rows: task rows of small snapshots are kept as Python values and turned
             into one record batch once this many are staged, or when :meth:`drain`
             is called (the camera drains before every write). Building one batch per
@@ -288,6 +335,7 @@ class CeleryConverter:
         mode: Mode = "changes",
         redact: Iterable[str] = (),
         redact_mode: RedactMode = "null",
+        redact_key: bytes | str | None = None,
         stage_rows: int = 1,
     ) -> None:
         if stage_rows < 1:
@@ -302,9 +350,18 @@ class CeleryConverter:
             raise ValueError(
                 f"cannot redact {', '.join(unknown)}: choose from {', '.join(REDACTABLE)}"
             )
+        key = _key(redact_key)
+        if redact_mode == "hash" and key is None:
+            raise ValueError(
+                "redact_mode 'hash' needs a secret key (redact_key): an unkeyed hash "
+                "of a value can be recomputed by anyone"
+            )
+        if redact_mode == "null" and key is not None:
+            raise ValueError("redact_key is only used with redact_mode 'hash'")
         self.mode = mode
         self.redact = redact
         self.redact_mode = redact_mode
+        self._redact_key = key  # None in null mode; kept out of repr
         self.stage_rows = stage_rows
         self._stage: list[tuple[dict[str, Any], int, float, str]] = []
         self._staged = 0
@@ -483,7 +540,7 @@ class CeleryConverter:
         values = dict(values)
         values["worker"] = _hostnames(values["worker"])
         for field in self.redact:
-            values[field] = _redact(values[field], self.redact_mode)
+            values[field] = _redact(values[field], self._redact_key)
         if len(snapshots) == 1:
             _, captured_at, snapshot_id = snapshots[0]
             arrays: dict[str, pa.Array] = {

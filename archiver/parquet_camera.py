@@ -31,8 +31,10 @@ class ParquetCamera(Polaroid):
         archive: a local path or a URI (``file://``, ``s3://``, ``gs://``, ``memory://``).
         converter: turns a frozen state into record batches (default: Celery's
             tasks / workers / snapshots, see :class:`archiver.convert.CeleryConverter`).
-        mode, redact, redact_mode: passed to the default converter (``redact`` may be
-            a comma-separated string); an error with a custom ``converter``.
+        mode, redact, redact_mode, redact_key: passed to the default converter
+            (``redact`` may be a comma-separated string); an error with a custom
+            ``converter``. ``redact_mode="hash"`` needs ``redact_key``, and Celery
+            copies argument values into ``exception`` and ``traceback``.
         flush_rows, flush_interval, max_buffer_rows: when to write, and how many
             rows to keep in memory while writes fail.
         compression, row_group_size: Parquet settings of every file.
@@ -55,6 +57,7 @@ class ParquetCamera(Polaroid):
         mode: Mode = "changes",
         redact: Iterable[str] = (),
         redact_mode: RedactMode = "null",
+        redact_key: bytes | str | None = None,
         flush_rows: int = 100_000,
         flush_interval: float = 60.0,
         max_buffer_rows: int = 1_000_000,
@@ -72,11 +75,12 @@ class ParquetCamera(Polaroid):
                 mode=mode,
                 redact=redact,
                 redact_mode=redact_mode,
+                redact_key=redact_key,
                 stage_rows=min(STAGE_ROWS, flush_rows),
             )
-        elif mode != "changes" or tuple(redact) or redact_mode != "null":
+        elif mode != "changes" or tuple(redact) or redact_mode != "null" or redact_key:
             raise ValueError(
-                "mode, redact and redact_mode configure the default converter: "
+                "mode, redact, redact_mode and redact_key configure the default converter: "
                 "pass them to your converter instead"
             )
         self.converter = converter

@@ -8,6 +8,7 @@ import fcntl
 import os
 
 from .errors import ArchiverError, LockedError
+from .lock import open_lock_file, read_lock_file
 
 
 class Pidfile:
@@ -16,6 +17,10 @@ class Pidfile:
     The lock (``fcntl.flock`` on the file) dies with its process, so a stale
     pidfile left by a crash or ``kill -9`` is taken over; the file is removed on a
     clean exit. The file holds the owner's pid, for ``kill $(cat path)``.
+
+    A symbolic link, FIFO, directory or another user's file at ``path`` is a
+    one-line :class:`~archiver.errors.ArchiverError` (see
+    :func:`archiver.lock.open_lock_file`); only our own regular file is written.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -29,9 +34,8 @@ class Pidfile:
     def read_pid(self) -> int | None:
         """The pid written in the file, or None."""
         try:
-            with open(self.path, "rb") as f:
-                return int(f.read(32).split()[0])
-        except (OSError, ValueError, IndexError):
+            return int((read_lock_file(self.path, 32) or b"").split()[0])
+        except (ValueError, IndexError):
             return None
 
     def acquire(self) -> None:
@@ -39,12 +43,7 @@ class Pidfile:
         if self._fd is not None:
             raise ArchiverError(f"pidfile {self.path} is already held by this process")
         for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise ArchiverError(
-                    f"cannot create pidfile {self.path}: {exc.strerror or exc}"
-                ) from exc
+            fd = open_lock_file(self.path, "pidfile")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -59,9 +58,10 @@ class Pidfile:
                     f"pidfile {self.path}); stop it or use another --pidfile"
                 ) from None
             # The previous owner may have removed the file between our open() and
-            # flock(): then we locked an orphaned inode and must start again.
+            # flock(): then we locked an orphaned inode and must start again (and a
+            # symlink put there meanwhile is refused by the next open).
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
             except FileNotFoundError:
                 same = False
             if not same:
@@ -80,7 +80,7 @@ class Pidfile:
             return
         try:
             with contextlib.suppress(OSError):
-                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                if os.path.samestat(os.fstat(fd), os.lstat(self.path)):
                     os.unlink(self.path)
         finally:
             os.close(fd)

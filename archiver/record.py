@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +27,7 @@ from .sources import (
     open_events_file,
     read_events,
 )
-from .state import State
+from .state import State, describe_event
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,17 @@ def load_camera_class(spec: str) -> type[Polaroid]:
     if not (isinstance(cls, type) and issubclass(cls, Polaroid)):
         raise ArchiverError(f"camera {spec!r} is not a subclass of archiver.Polaroid")
     return cls
+
+
+def _where(exc: BaseException) -> str:
+    """``TypeError at state.py:612``: an error without its message (which may quote values)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return type(exc).__name__
+    where = os.path.basename(tb.tb_frame.f_code.co_filename)
+    return f"{type(exc).__name__} at {where}:{tb.tb_lineno}"
 
 
 class Recorder:
@@ -198,7 +210,11 @@ class Recorder:
         """One event broke the state: skip it (counted) rather than end the run."""
         self.event_errors += 1
         if self.event_errors <= 5:
-            logger.error("Skipping an event the state could not apply (%r): %.300r", exc, event)
+            logger.error(
+                "Skipping an event the state could not apply (%s): %s",
+                _where(exc),
+                describe_event(event),
+            )
 
     # -- runs ---------------------------------------------------------------
     def replay(

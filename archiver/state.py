@@ -535,7 +535,7 @@ class State:
     def _reject(self, kind: str, event: Any) -> None:
         self.rejected_events += 1
         if kind not in self.rejected_by_kind:
-            logger.warning("Skipping malformed event (%s): %.200r", kind, event)
+            logger.warning("Skipping malformed event (%s): %s", kind, describe_event(event))
         self.rejected_by_kind[kind] += 1
 
     def _event(self, event: Any) -> Any:
@@ -712,6 +712,38 @@ class State:
 
 def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
     return itertools.islice(it, 0, limit)
+
+
+#: The keys a log line shows of an event, with the type a value must have to be
+#: shown: it never shows other values (args, kwargs, result, exception and
+#: traceback may hold secrets, see redaction), nor one of these of another type.
+IDENTIFYING_KEYS = {"type": str, "uuid": str, "hostname": str, "clock": int}
+
+
+def describe_event(event: Any) -> str:
+    """``type='task-failed' uuid='…' hostname='w1' clock=12``: an event, for log lines.
+
+    Only :data:`IDENTIFYING_KEYS` are shown, strings cut to 64 characters, and a
+    value of an unexpected type only as its type: no other field value reaches a log.
+    """
+    if not isinstance(event, Mapping):
+        return f"a {type(event).__name__}, not an event"
+    parts = []
+    try:
+        for key, type_ in IDENTIFYING_KEYS.items():
+            if key in event:
+                parts.append(f"{key}={_log_value(event[key], type_)}")
+    except Exception:  # a hostile mapping
+        return "an unreadable event"
+    return " ".join(parts) or "an event without type, uuid, hostname or clock"
+
+
+def _log_value(value: Any, expected: type) -> str:
+    if type(value) is not expected:
+        return f"<{type(value).__name__}>"
+    if expected is str:
+        return repr(value[:64]) + ("..." if len(value) > 64 else "")
+    return repr(value) if -(10**18) < value < 10**18 else "<huge int>"  # repr(10**5000) raises
 
 
 def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:

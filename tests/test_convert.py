@@ -213,7 +213,7 @@ def test_malformed_task_attributes_do_not_break_the_snapshot():
 
 @pytest.mark.parametrize("mode", ["null", "hash"])
 def test_redaction(mode):
-    """Redacted columns are null, or a SHA-256 prefix equal for equal values."""
+    """Redacted columns are null, or a keyed hash equal for equal values."""
     state = State()
     feed(
         state,
@@ -222,16 +222,17 @@ def test_redaction(mode):
             task_event("sent", "b", T0, args="('alice@example.com',)", kwargs=None, name="n"),
         ],
     )
-    conv = CeleryConverter(redact=("args", "kwargs", "result"), redact_mode=mode)
+    key = b"k" if mode == "hash" else None
+    conv = CeleryConverter(redact=("args", "kwargs", "result"), redact_mode=mode, redact_key=key)
     rows = sorted(convert(conv, state)["tasks"].to_pylist(), key=lambda r: r["uuid"])
     if mode == "null":
         assert [r["args"] for r in rows] == [None, None]
         assert [r["kwargs"] for r in rows] == [None, None]
     else:
-        digest = redact_hash("('alice@example.com',)")
+        digest = redact_hash("('alice@example.com',)", key)
         assert len(digest) == 32
         assert [r["args"] for r in rows] == [digest, digest]
-        assert [r["kwargs"] for r in rows] == [redact_hash("{}"), None]
+        assert [r["kwargs"] for r in rows] == [redact_hash("{}", key), None]
         assert "alice" not in repr(rows)
     assert [r["name"] for r in rows] == ["n", "n"]
 
@@ -241,6 +242,12 @@ def test_invalid_options_are_rejected():
         CeleryConverter(mode="some")
     with pytest.raises(ValueError, match="redact_mode"):
         CeleryConverter(redact_mode="encrypt")
+    with pytest.raises(ValueError, match="redact_mode 'hash' needs a secret key"):
+        CeleryConverter(redact=("args",), redact_mode="hash")
+    with pytest.raises(ValueError, match="redact_key is empty"):
+        CeleryConverter(redact=("args",), redact_mode="hash", redact_key="")
+    with pytest.raises(ValueError, match="only used with redact_mode 'hash'"):
+        CeleryConverter(redact=("args",), redact_key="k")
     with pytest.raises(ValueError, match="cannot redact name"):
         CeleryConverter(redact=("name",))
 

@@ -263,10 +263,20 @@ def test_redact(tmp_path, small_events):
         assert tasks[column].isna().all(), column
     assert tasks["name"].notna().any() and tasks["exception"].notna().any()
 
-    hashed = tmp_path / "hashed"
+    hashed, key = tmp_path / "hashed", tmp_path / "key"
+    key.write_bytes(b"secret key\n")
     assert (
         record(
-            "--replay", SMALL, "--archive", hashed, "--redact", "args", "--redact-mode", "hash"
+            "--replay",
+            SMALL,
+            "--archive",
+            hashed,
+            "--redact",
+            "args",
+            "--redact-mode",
+            "hash",
+            "--redact-key-file",
+            key,
         ).exit_code
         == 0
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from ..cleanup import Retention
+from ..convert import REDACTABLE, redaction_gaps
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
@@ -24,6 +26,53 @@ EX_UNAVAILABLE = 69
 EX_IOERR = 74  # rows could not be written (sysexits.h)
 #: Progress lines when stderr is not a terminal: logged at INFO whatever --loglevel says.
 PROGRESS_LOG = logging.getLogger("archiver.progress")
+#: Environment variable holding the key of ``--redact-mode hash`` (if no --redact-key-file).
+REDACT_KEY_ENV = "ARCHIVER_REDACT_KEY"
+MAX_KEY_BYTES = 4096
+
+
+def load_redact_key(path: str | None) -> bytes:
+    """The hash-mode key: the file's bytes (less a final newline), else $ARCHIVER_REDACT_KEY."""
+    if path is None:
+        key = os.environ.get(REDACT_KEY_ENV)
+        if key is None:
+            raise click.ClickException(
+                f"--redact-mode hash needs a secret key: give --redact-key-file PATH "
+                f"or set {REDACT_KEY_ENV}"
+            )
+        if not key:
+            raise click.ClickException(f"{REDACT_KEY_ENV} is empty: give a secret key")
+        return key.encode()
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read --redact-key-file {path}: {exc.strerror or exc}"
+        ) from None
+    if len(data) > MAX_KEY_BYTES:
+        raise click.ClickException(
+            f"--redact-key-file {path} is longer than {MAX_KEY_BYTES} bytes: is it a key?"
+        )
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    if not data:
+        raise click.ClickException(f"--redact-key-file {path} is empty: put a secret key in it")
+    return data
+
+
+def warn_redaction_gaps(redact: str) -> None:
+    """Warn when args/kwargs are redacted but not exception/traceback, where Celery copies them."""
+    columns = [c.strip() for c in redact.split(",") if c.strip()]
+    gaps = redaction_gaps(columns)
+    if gaps and set(columns) <= set(REDACTABLE):
+        click.echo(
+            click.style(
+                f"Warning: argument values are still stored in {' and '.join(gaps)} "
+                f"(Celery copies them there): add {','.join(gaps)} to --redact to hide them",
+                fg="yellow",
+            ),
+            err=True,
+        )
 
 
 def parse_duration(value: str | None) -> float | None:
@@ -170,10 +219,24 @@ def stop_on_signals(stop: Any):
     help="Write changed tasks only, or every task each snapshot.",
 )
 @click.option(
-    "--redact", default="", metavar="COLS", help="Columns stored as null: args,kwargs,result."
+    "--redact",
+    default="",
+    metavar="COLS",
+    help="Task columns not stored as they are, from args,kwargs,result,exception,traceback. "
+    "Celery copies argument values into exception and traceback: redact them too.",
 )
 @click.option(
-    "--redact-mode", type=click.Choice(["null", "hash"]), default="null", show_default=True
+    "--redact-mode",
+    type=click.Choice(["null", "hash"]),
+    default="null",
+    show_default=True,
+    help="Store redacted values as null, or as a keyed hash (HMAC-SHA256) to match equal values.",
+)
+@click.option(
+    "--redact-key-file",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help=f"Secret key of --redact-mode hash (default: ${REDACT_KEY_ENV}).",
 )
 @click.option(
     "--max-tasks",
@@ -216,6 +279,7 @@ def record(
     mode,
     redact,
     redact_mode,
+    redact_key_file,
     max_tasks,
     flush_interval,
     retention,
@@ -239,6 +303,10 @@ def record(
     sources = [s for s in (broker or app_name, replay) if s]
     if len(sources) != 1:
         raise click.UsageError("give exactly one source: --broker URL, -A APP or --replay FILE")
+    if redact_key_file and redact_mode != "hash":
+        raise click.UsageError("--redact-key-file is only used with --redact-mode hash")
+    redact_key = load_redact_key(redact_key_file) if redact_mode == "hash" else None
+    warn_redaction_gaps(redact)
     with logging_to(loglevel, logfile, progress=not quiet):
         progress = Progress(enabled=not quiet, tty=is_terminal() and not logfile)
         try:
@@ -260,6 +328,7 @@ def record(
                 mode=mode,
                 redact=redact,
                 redact_mode=redact_mode,
+                redact_key=redact_key,
                 flush_interval=flush_interval,
                 retention=Retention.from_file(retention) if retention else None,
                 **options,
