@@ -438,8 +438,15 @@ def test_clock_rule_takes_a_confirmed_gap(gap, after):
     assert clock.finish() == 1000.0 + gap + after - 1
 
 
+# Integers beyond 2**53 are left out here: storing them is conversion's part (issue 9,
+# item 1); the whole-pipeline fuzz of the merged branch feeds them too.
 EVENT_VALUES = st.one_of(
-    TIMESTAMPS,
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.sampled_from([YEAR_2100, YEAR_702, 0.0, 1e11, -1.0, 253_402_300_800.0]),
+    st.text(max_size=5),
+    st.none(),
+    st.booleans(),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
