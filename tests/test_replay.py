@@ -499,3 +499,13 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
     for event in parsed:
         state.event(event)
     assert set(Archive(tmp).latest("tasks")["uuid"]) == set(state.tasks)
+
+
+def test_partition_path_refuses_years_outside_1970_to_9999():
+    from archiver.sink import LAST_HOUR, partition_path
+
+    assert partition_path(0) == "date=1970-01-01/hour=0"
+    assert partition_path(LAST_HOUR - 1) == "date=9999-12-31/hour=23"
+    for hour in (-1, int(YEAR_702 // 3600), LAST_HOUR):
+        with pytest.raises(ValueError, match=r"outside the years 1970\.\.9999"):
+            partition_path(hour)
