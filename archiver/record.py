@@ -17,7 +17,7 @@ from .camera import Polaroid
 from .errors import ArchiverError
 from .parquet_camera import ParquetCamera
 from .ratelimit import TokenBucket
-from .replay import ReplayTimer
+from .replay import ReplayClock, ReplayTimer
 from .sources import (
     LineStats,
     LiveStats,
@@ -27,7 +27,7 @@ from .sources import (
     open_events_file,
     read_events,
 )
-from .state import State, describe_event
+from .state import State, describe_event, event_problem
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY = 2048
 #: At full speed, a stop or the end of ``duration`` is noticed within this many events.
 CHECK_EVERY = 64
-#: Timestamps beyond this (year 5138) are not allowed to move a replay's clock.
-MAX_TIMESTAMP = 1e11
 
 
 @dataclass
@@ -56,14 +54,31 @@ class RecordSummary:
     write_errors: int = 0
     last_error: str | None = None
     broker_losses: int = 0
+    #: Broker messages skipped because they could not be decoded (live runs).
+    bad_messages: int = 0
+    #: Events the state raised on, and snapshots that failed: data may be missing.
+    event_errors: int = 0
+    snapshot_errors: int = 0
     seconds: float = 0.0
     archive: str = ""
+
+    @property
+    def lost(self) -> int:
+        """Rows or events that may be missing from the archive (the run exits 74)."""
+        return self.rows_dropped + self.rows_unwritten + self.event_errors + self.snapshot_errors
 
     def line(self) -> str:
         """One human-readable summary line."""
         extra = ""
         if self.malformed or self.rejected:
             extra += f", {self.malformed} malformed lines and {self.rejected} bad events skipped"
+        if self.bad_messages:
+            extra += f", {self.bad_messages} undecodable broker messages skipped"
+        if self.event_errors or self.snapshot_errors:
+            extra += (
+                f", {self.event_errors} events failed in the state, "
+                f"{self.snapshot_errors} snapshots failed"
+            )
         if self.write_errors or self.rows_dropped or self.rows_unwritten:
             extra += (
                 f", {self.write_errors} write errors, {self.rows_dropped} rows dropped, "
@@ -153,6 +168,10 @@ class Recorder:
         self.events = 0
         #: Events the state raised on (a bug there, or input it does not guard against).
         self.event_errors = 0
+        #: Final snapshots that raised (those the timer runs are counted by the timer).
+        self.snapshot_errors = 0
+        #: The rule of the replay's clock (during and after :meth:`replay`).
+        self.clock: ReplayClock | None = None
         self.started = time.monotonic()
         self._deadline = None if duration is None else self.started + duration
         self._stop = threading.Event()
@@ -222,8 +241,9 @@ class Recorder:
     ) -> RecordSummary:
         """Replay events; snapshots are taken every ``freq`` seconds of *event* time.
 
-        The replayed clock is the latest event timestamp seen (a timestamp earlier
-        than that, as from a worker whose clock is behind, does not move it back).
+        The replayed clock follows the timestamps of the events the state accepts, by
+        the rule of :class:`ReplayClock` (never back, never to one outlier: a rejected
+        or far-off event is still recorded, in the snapshot at the current clock).
         Snapshots carry that time, ``maxrate`` counts it, and the Parquet camera's
         buffer is written every ``flush_interval`` of it: a fast replay writes the
         snapshots and files a live run would have written.
@@ -237,6 +257,7 @@ class Recorder:
         if not speed >= 0:
             raise ArchiverError(f"--speed must be >= 0, got {speed}")
         timer = ReplayTimer()
+        self.clock = replay_clock = ReplayClock()
 
         def clock() -> float:  # the replayed time; the wall clock before any timestamp
             now = timer.now
@@ -255,15 +276,17 @@ class Recorder:
             # files a live run would have written, and memory bounded the same way.
             sink.clock = clock
         camera.install()
-        state_event, advance = self.state.event, timer.advance
+        state = self.state
+        state_event, advance, offer = state.event, timer.advance, replay_clock.offer
         stop_is_set, deadline, monotonic = self._stop.is_set, self._deadline, time.monotonic
         limit = self.limit
         # Stop, duration and progress are checked every CHECK_EVERY events at full
         # speed (cheap), before every event when sleeping between them.
         check_every = 1 if speed > 0 else CHECK_EVERY
-        last_ts = -math.inf
+        max_jump = replay_clock.max_jump
+        now = hi = -math.inf  # the clock, and the furthest it may move without a check
+        fast = speed == 0  # the fast path is off while sleeping and while a jump is pending
         due = -math.inf  # when the timer next has something to run
-        first_ts: float | None = None
         wall_start = monotonic()
         count = self.events
         next_check = count
@@ -287,29 +310,53 @@ class Recorder:
                         tick = count + PROGRESS_EVERY
                         self.events = count
                         self.progress(self)
-                ts = event.get("timestamp")
-                # Only a later, sane timestamp moves the clock (NaN and inf never compare).
-                if (type(ts) is float or type(ts) is int) and last_ts < ts < MAX_TIMESTAMP:
-                    last_ts = ts
-                    if speed > 0 and not stopped:
-                        if first_ts is None:
-                            first_ts = ts
-                        self.events = count
-                        self._sleep_until(wall_start + (ts - first_ts) / speed)
-                    if ts >= due:
-                        advance(ts)
-                        due = timer.next_due
-                try:
-                    state_event(event)
-                except Exception as exc:
-                    self._event_error(event, exc)
                 count += 1
+                ts = event.get("timestamp")
+                if type(ts) is not float and type(ts) is not int:
+                    self._apply(event)
+                elif fast and (ts <= now or (ts < due and ts <= hi)):
+                    # The common case: at most a small step, no timer entry due, no jump
+                    # pending. The clock moves once the state has accepted the event.
+                    rejected = state.rejected_events
+                    try:
+                        state_event(event)
+                    except Exception as exc:
+                        self._event_error(event, exc)
+                        continue
+                    if ts > now and state.rejected_events == rejected:
+                        now = replay_clock.now = ts
+                        hi = ts + max_jump
+                else:  # the clock may start, jump or run the timer: only for a good event
+                    moved = offer(ts) if event_problem(event) is None else None
+                    if moved is not None:
+                        now, hi = moved, moved + max_jump
+                        if speed > 0 and not stopped:
+                            self.events = count - 1
+                            start = replay_clock.start
+                            self._sleep_until(wall_start + (moved - start) / speed)
+                        if moved >= due:
+                            if timer.now is None:  # the timer starts with the confirmed run
+                                advance(replay_clock.start)
+                            advance(moved)
+                            due = timer.next_due
+                    fast = speed == 0 and replay_clock.pending is None
+                    self._apply(event)
         finally:
             self.events = count
-            if last_ts > -math.inf:
-                advance(last_ts)  # the final snapshot is taken at the last event's time
-            camera.cancel()
+            end = replay_clock.finish()
+            if end is not None:
+                if timer.now is None:
+                    advance(replay_clock.start)
+                advance(end)  # the final snapshot is taken at the clock's time
+            self._close(camera)
         return self.summary()
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        """Apply one event to the state; an exception is counted and the event skipped."""
+        try:
+            self.state.event(event)
+        except Exception as exc:
+            self._event_error(event, exc)
 
     def replay_file(self, path: str, *, speed: float = 0.0) -> RecordSummary:
         """Replay a JSON-lines file (``-`` = stdin, gzip detected) into the archive.
@@ -357,8 +404,16 @@ class Recorder:
                 if stop_timer is not None:
                     stop_timer()
             finally:
-                camera.cancel()
+                self._close(camera)
         return self.summary()
+
+    def _close(self, camera: Polaroid) -> None:
+        """The final snapshot and flush; a failure is counted (exit 74), not raised."""
+        try:
+            camera.cancel()
+        except Exception as exc:
+            self.snapshot_errors += 1
+            logger.error("The final snapshot failed (%s): %s", type(exc).__name__, exc)
 
     def summary(self) -> RecordSummary:
         camera = self.camera
@@ -367,7 +422,7 @@ class Recorder:
         return RecordSummary(
             events=self.events,
             malformed=self.lines.malformed,
-            rejected=self.state.rejected_events + self.event_errors,
+            rejected=self.state.rejected_events,
             tasks=self.state.tasks_created,
             snapshots=getattr(camera, "snapshots_taken", 0),
             rows=stats.rows_written if stats else 0,
@@ -378,6 +433,10 @@ class Recorder:
             write_errors=stats.write_errors if stats else 0,
             last_error=stats.last_error if stats else None,
             broker_losses=self.live_stats.losses,
+            bad_messages=self.live_stats.bad_messages,
+            event_errors=self.event_errors,
+            snapshot_errors=getattr(getattr(camera, "timer", None), "errors", 0)
+            + self.snapshot_errors,
             seconds=time.monotonic() - self.started,
             archive=str(getattr(camera, "archive", None) or self.archive),
         )

@@ -16,6 +16,71 @@ logger = logging.getLogger(__name__)
 
 #: How many missed beats of one entry a single clock jump may run (see ReplayTimer).
 MAX_CATCHUP = 1000
+#: Timestamps outside [MIN_TIMESTAMP, MAX_TIMESTAMP) (1970 .. year 5138) never move the clock.
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = 1e11
+#: A forward jump of more than this (seconds), and the first timestamp of a replay...
+MAX_JUMP = 86_400.0
+#: ...move the clock only once this many events in a row agree (within MAX_JUMP).
+CONFIRM = 3
+
+
+class ReplayClock:
+    """The rule for a replay's clock: which event timestamps move it (pure, no I/O).
+
+    Give :meth:`offer` the timestamp of each event the State accepts. The clock
+    follows the latest one, except that the first timestamp, and one more than
+    ``max_jump`` ahead of the clock, are taken only once ``confirm`` such events in
+    a row lie within ``max_jump`` of each other (an event near the clock in
+    between starts the count again). So one outlier (year 2100, or a client with a
+    bad clock) never moves the clock, while a real gap (a recording paused for
+    days) does. Timestamps before 1970 or from year 5138 never count.
+    """
+
+    def __init__(self, *, max_jump: float = MAX_JUMP, confirm: int = CONFIRM) -> None:
+        if confirm < 1:
+            raise ValueError(f"confirm must be >= 1, got {confirm!r}")
+        self.max_jump, self.confirm = max_jump, confirm
+        #: The clock (epoch seconds), None until started.
+        self.now: float | None = None
+        #: The first timestamp of the replay's confirmed run (the clock's start).
+        self.start: float | None = None
+        #: An unconfirmed jump: its first timestamp, its latest one, and how many agree.
+        self.pending: tuple[float, float, int] | None = None
+
+    def offer(self, ts: Any) -> float | None:
+        """Take an accepted event's timestamp; returns the new clock if it moved, else None."""
+        if not ((type(ts) is float or type(ts) is int) and MIN_TIMESTAMP <= ts < MAX_TIMESTAMP):
+            return None  # NaN and inf never compare; bool is no timestamp
+        now = self.now
+        if now is not None and abs(ts - now) <= self.max_jump:
+            self.pending = None
+            if ts > now:
+                self.now = ts
+                return ts
+            return None
+        if now is not None and ts < now:
+            return None  # far behind the clock: never moves it
+        pending = self.pending
+        if pending is not None and abs(ts - pending[0]) <= self.max_jump:
+            first, latest, votes = pending[0], max(pending[1], ts), pending[2] + 1
+        else:
+            first, latest, votes = ts, ts, 1
+        if votes < self.confirm:
+            self.pending = (first, latest, votes)
+            return None
+        self.pending = None
+        if now is None:
+            self.start = first
+        self.now = latest
+        return latest
+
+    def finish(self) -> float | None:
+        """The clock at the end: an unconfirmed start is taken then (a short replay)."""
+        if self.now is None and self.pending is not None:
+            self.start, self.now = self.pending[0], self.pending[1]
+            self.pending = None
+        return self.now
 
 
 class ReplayTimer:
@@ -38,6 +103,8 @@ class ReplayTimer:
         self.now = start
         self.max_catchup = max_catchup
         self.skipped = 0
+        #: Entries that raised (logged; each keeps its schedule).
+        self.errors = 0
         self._queue: list[tuple[float, int, Entry]] = []
         self._pending: list[Entry] = []
         self._seq = itertools.count()
@@ -94,6 +161,7 @@ class ReplayTimer:
             try:
                 entry()
             except Exception as exc:
+                self.errors += 1
                 logger.exception("Error in replayed timer entry %r: %r", entry, exc)
             if not entry.cancelled:
                 heapq.heappush(queue, (due + entry.secs, next(self._seq), entry))

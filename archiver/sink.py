@@ -41,13 +41,18 @@ ROW_GROUP_SIZE = 65_536
 RECENT_FILES = 1000
 #: At most one "buffer full, dropped rows" error per this many seconds.
 DROP_LOG_INTERVAL = 60.0
+#: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
+LAST_HOUR = 253_402_300_800 // 3600
 
 
 def partition_path(hour_bucket: int) -> str:
     """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
 
     ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
+    Outside 1970..9999 it raises ValueError (the rows stay buffered and are counted).
     """
+    if not 0 <= hour_bucket < LAST_HOUR:
+        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..9999")
     start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
     return f"date={start:%Y-%m-%d}/hour={start.hour}"
 

@@ -12,11 +12,13 @@ import select
 import stat
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .errors import ArchiverError
+from .state import describe_event
 
 logger = logging.getLogger(__name__)
 
@@ -239,13 +241,80 @@ def check_broker(app: Any, timeout: float = 5.0) -> None:
         conn.release()
 
 
+#: The largest clock value a message may set the receiver's Lamport clock to (int64).
+MAX_CLOCK = 2**63 - 1
+
+
 @dataclass
 class LiveStats:
-    """What happened to the broker connection during a live run."""
+    """What happened to the broker connection during a live run.
+
+    ``bad_messages`` counts events skipped on the same connection because they could
+    not be decoded (not JSON, not an event object, no ``type``, a ``timestamp`` or
+    ``utcoffset`` Celery cannot localize), by kind in ``bad_kinds``.
+    """
 
     connects: int = 0
     losses: int = 0
     seconds_lost: float = 0.0
+    bad_messages: int = 0
+    bad_kinds: Counter[str] = field(default_factory=Counter)
+
+    def bad(self, kind: str, event: Any = None) -> None:
+        """Count one skipped message; the first of each kind is logged by its identifying keys."""
+        self.bad_messages += 1
+        self.bad_kinds[kind] += 1
+        if self.bad_kinds[kind] == 1:  # never the body: it may hold redacted values
+            logger.warning("Skipping a bad event message (%s): %s", kind, describe_event(event))
+
+
+def _guard_receiver(receiver: Any, stats: LiveStats) -> None:
+    """Make a Celery EventReceiver skip (and count) bad messages instead of raising.
+
+    Celery's ``_receive`` raises out of ``consume()`` on the first event it cannot
+    decode, which looks like a lost broker; here each event of a message is decoded
+    on its own, and a message kombu cannot decode is counted and skipped too.
+    """
+    from_message, process = receiver.event_from_message, receiver.process
+    adjust = receiver.adjust_clock
+
+    def adjust_clock(other: Any) -> Any:  # a bogus clock must not poison later events'
+        if type(other) is int and 0 <= other <= MAX_CLOCK:
+            return adjust(other)
+        return receiver.clock.value
+
+    def receive(body: Any, message: Any) -> None:
+        for event in body if isinstance(body, list) else (body,):
+            if not isinstance(event, dict):
+                stats.bad(f"not an event object ({type(event).__name__})")
+                continue
+            if type(event.get("type")) is not str:
+                stats.bad("event without a string type", event)
+                continue
+            try:
+                decoded = from_message(event)
+            except Exception as exc:
+                stats.bad(f"cannot localize the event ({type(exc).__name__})", event)
+                continue
+            process(*decoded)
+
+    def on_decode_error(message: Any, exc: Exception) -> None:
+        stats.bad(f"undecodable message ({type(exc).__name__})")
+
+    def get_consumers(consumer: Any, channel: Any) -> list[Any]:
+        return [
+            consumer(
+                queues=[receiver.queue],
+                callbacks=[receive],
+                no_ack=True,
+                accept=receiver.accept,
+                on_decode_error=on_decode_error,
+            )
+        ]
+
+    receiver.adjust_clock = adjust_clock
+    receiver._receive = receive
+    receiver.get_consumers = get_consumers
 
 
 def consume_live(
@@ -259,6 +328,9 @@ def consume_live(
     sleep: Callable[[float], Any] = time.sleep,
 ) -> LiveStats:
     """Receive events with Celery's own receiver until ``should_stop()``; reconnect on loss.
+
+    A message that cannot be decoded is counted in ``stats.bad_messages`` and skipped
+    on the same connection; only an error of the connection itself reconnects.
 
     ``should_stop`` is checked at least once a second. A lost connection is logged
     and retried with exponential backoff (1 s doubling up to ``max_backoff``); the
@@ -274,6 +346,7 @@ def consume_live(
         uri = conn.as_uri()
         try:
             receiver = app.events.Receiver(conn, handlers={"*": handler})
+            _guard_receiver(receiver, stats)
 
             def on_iteration(receiver: Any = receiver) -> None:
                 on_idle()

@@ -827,3 +827,19 @@ def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
     ):
         return "worker event with a malformed loadavg"
     return None
+
+
+def event_problem(event: Any) -> str | None:
+    """Why :meth:`State.event` would reject ``event``, or None if it would apply it (pure)."""
+    try:
+        type_ = event["type"]
+    except (TypeError, KeyError, IndexError):
+        return "event without a type" if isinstance(event, Mapping) else "event is not a dict"
+    if type(type_) is not str:
+        return "event type is not a string"
+    group, _, subject = type_.partition("-")
+    if group == "task":
+        return _task_problem(event, subject)
+    if group == "worker":
+        return _worker_problem(event, subject)
+    return None

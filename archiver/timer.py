@@ -47,6 +47,8 @@ class Timer:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        #: Entries that raised (logged; each keeps its schedule).
+        self.errors = 0
 
     def call_repeatedly(self, secs: float, fun: Callable[..., Any], *args: Any, **kwargs: Any):
         """Call ``fun(*args, **kwargs)`` every ``secs`` seconds, first one period from now."""
@@ -86,6 +88,7 @@ class Timer:
             try:
                 entry()
             except Exception as exc:
+                self.errors += 1
                 logger.exception("Error in timer entry %r: %r", entry, exc)
             now = self.clock()
             nxt = due + entry.secs

@@ -7,6 +7,7 @@ tests/livecluster.py). Skipped, with the reason, when redis-server is not instal
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -325,3 +326,81 @@ def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):  #
     assert recorder.stdout.startswith("Recorded "), recorder.stdout
     assert "broker lost 1 times" in recorder.stdout
     assert "Traceback" not in recorder.stderr, recorder.stderr
+
+
+def test_bad_messages_are_skipped_on_the_same_connection(
+    processes,  # noqa: F811
+    redis_server,  # noqa: F811
+    cluster_app,
+    tmp_path,
+):
+    """A client publishes malformed events every 0.1 s while real tasks run: every task
+    is archived, each bad message is counted, and the connection is never dropped."""
+    from celery.events.event import get_exchange
+    from kombu import Producer
+
+    from archiver.record import Recorder
+    from archiver.sources import celery_app
+
+    start_workers(processes, redis_server, tmp_path, names=("w1",))
+    archive = tmp_path / "archive"
+    recorder = Recorder(str(archive), freq=0.5, duration=60)
+    before = redis_server.pattern_subscribers()
+    runner = threading.Thread(target=recorder.live, args=(celery_app(redis_server.url(0)),))
+    runner.start()
+    wait_for(lambda: redis_server.pattern_subscribers() - before, 30, "the recorder to subscribe")
+    time.sleep(0.3)
+
+    now = time.time()
+    bad_bodies = [
+        {"type": "task-succeeded", "uuid": "bad-1", "hostname": "x", "timestamp": "yesterday",
+         "utcoffset": 0},
+        {"type": "task-succeeded", "uuid": "bad-2", "hostname": "x", "timestamp": 10**400,
+         "utcoffset": 0.0},
+        {"type": "worker-heartbeat", "hostname": "x", "timestamp": now, "utcoffset": "UTC"},
+        {"uuid": "bad-3", "timestamp": now},  # no type
+        "not a dict",
+        [1, 2, 3],
+        {"type": "task-received", "uuid": "bad-4", "hostname": "x", "timestamp": now,
+         "clock": 10**30},  # a clock that must not poison the receiver's
+        {"type": "task-started", "uuid": 5, "hostname": "x", "timestamp": now},  # State rejects
+    ]  # fmt: skip
+    stop_sending = threading.Event()
+    published = []
+
+    def send_bad() -> None:
+        with cluster_app.connection_for_write() as conn:
+            producer = Producer(conn.default_channel, exchange=get_exchange(conn, "celeryev"))
+            for i in itertools.count():
+                if stop_sending.wait(0.1):
+                    return
+                if i % 9 == 8:  # not JSON at all
+                    body = b"{not json"
+                    options = {"content_type": "application/json", "content_encoding": "utf-8"}
+                    producer.publish(body, routing_key="task.bad", **options)
+                else:
+                    producer.publish(bad_bodies[i % 9], routing_key="task.bad", serializer="json")
+                published.append(i)
+
+    sender = threading.Thread(target=send_bad)
+    sender.start()
+    try:
+        sent = send_mix(cluster_app, 150)
+        results = wait_results(sent)
+        time.sleep(1.5)  # the last events reach the recorder
+    finally:
+        stop_sending.set()
+        sender.join()
+        recorder.stop()
+        runner.join(60)
+    assert not runner.is_alive()
+    summary = recorder.summary()
+    assert len(published) >= 20
+    assert recorder.live_stats.losses == 0 and recorder.live_stats.connects == 1
+    assert summary.broker_losses == 0 and summary.lost == 0
+    assert summary.bad_messages >= len(published) // 2  # decoding failures
+    assert summary.rejected > 0  # the rest decode but the State rejects them
+    check_recorded(archive, sent, results)
+    assert "bad-4" in archived_tasks(archive)  # the event with a huge clock is kept
+    clocks = Archive(archive).latest("tasks")["clock"]
+    assert clocks.max() < 2**63  # and later events' clocks were not made huge

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -592,6 +593,39 @@ def test_rows_that_cannot_be_written_fail_the_run(tmp_path):
     assert result.exit_code == 74
     assert "211 tasks" in result.stdout and "rows never written" in result.stdout
     assert "\nError: 308 rows could not be written to " in result.stderr
+
+
+class FailingCamera(CountingCamera):
+    """A user camera whose every third snapshot fails."""
+
+    def on_shutter(self, state):
+        super().on_shutter(state)
+        if len(type(self).shots) % 3 == 0:
+            raise OSError("the camera's disk is full")
+
+
+def test_failed_snapshots_fail_the_run(tmp_path):
+    """A snapshot that raised may have lost data: counted, an Error line, exit 74."""
+    CountingCamera.shots.clear()
+    result = record("--replay", SMALL, "--camera", "tests.test_record:FailingCamera")
+    assert result.exit_code == 74, result.output
+    assert "3 snapshots failed" in result.stdout
+    assert "\nError: 3 snapshots failed (see the log)" in result.stderr
+
+
+def test_bad_input_is_counted_and_exits_0(tmp_path, small_events):
+    """Malformed lines and rejected events are reported, not lost data: exit 0."""
+    events = [json.dumps(e) for e in small_events]
+    events.insert(10, "{not json")
+    events.insert(20, json.dumps({"uuid": "x", "timestamp": 4_102_444_800.0}))  # no type
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(events) + "\n")
+    result = record("--replay", path, "--archive", tmp_path / "archive")
+    assert result.exit_code == 0, result.output
+    assert "1 malformed lines and 1 bad events skipped" in result.stdout
+    assert {p.name for p in (tmp_path / "archive" / "snapshots").iterdir()} == {
+        f"date={datetime.fromtimestamp(small_events[0]['timestamp'], tz=timezone.utc):%Y-%m-%d}"
+    }
 
 
 def test_retention_file_expires_while_recording(tmp_path):

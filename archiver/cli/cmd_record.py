@@ -93,6 +93,20 @@ def parse_duration(value: str | None) -> float | None:
     return seconds
 
 
+def lost_report(summary: Any) -> str:
+    """One line on what may be missing from the archive after a run."""
+    parts = []
+    rows = summary.rows_unwritten + summary.rows_dropped
+    if rows:
+        archive, error = summary.archive, summary.last_error
+        parts.append(f"{rows:,} rows could not be written to {archive}: {error}")
+    if summary.event_errors:
+        parts.append(f"{summary.event_errors:,} events failed in the state (see the log)")
+    if summary.snapshot_errors:
+        parts.append(f"{summary.snapshot_errors:,} snapshots failed (see the log)")
+    return "; ".join(parts)
+
+
 class Progress:
     """Live one-line status on a terminal, else one log line per minute."""
 
@@ -353,13 +367,8 @@ def record(
             click.echo(click.style(recorder.lines.report(), fg="yellow"), err=True)
         click.echo(summary.line())
         logging.getLogger("archiver.record").info(summary.line())
-        lost = summary.rows_unwritten + summary.rows_dropped
-        if lost:
-            click.echo(
-                f"Error: {lost:,} rows could not be written to {summary.archive}: "
-                f"{summary.last_error}",
-                err=True,
-            )
+        if summary.lost:  # invalid input (malformed, rejected, undecodable) is not lost
+            click.echo(f"Error: {lost_report(summary)}", err=True)
             sys.exit(EX_IOERR)
 
 
@@ -438,6 +447,8 @@ def tap(broker, app_name, out, duration, limit):
                 if out != "-":
                     stream.close()
         lost = f" (broker lost {stats.losses} times)" if stats.losses else ""
+        if stats.bad_messages:
+            lost += f" ({stats.bad_messages} undecodable messages skipped)"
         click.echo(f"Wrote {count:,} events to {out}{lost}.", err=True)
 
 
