@@ -226,9 +226,7 @@ def _compact_info(meta: pq.FileMetaData, name: str) -> CompactInfo:
     return CompactInfo(frozenset(replaces), frozenset(group), meta.num_rows, keep)
 
 
-def all_facts(
-    location: Location, infos: list[pafs.FileInfo], table: str
-) -> list[FileFacts | None]:
+def all_facts(location: Location, infos: list[pafs.FileInfo], table: str) -> list[FileFacts | None]:
     """:func:`file_facts` of each file, footers read in parallel; None for a vanished file."""
 
     def one(info: pafs.FileInfo) -> FileFacts | None:

@@ -200,9 +200,7 @@ def expire_locked(
                 finish_interrupted(location, partition, scan)
                 scan = scan_partition(location, partition, wall, note)
             scans[partition] = scan
-        uuids, states, per_file = _expired_tasks(
-            location, task_parts, scans, per_state, now, note
-        )
+        uuids, states, per_file = _expired_tasks(location, task_parts, scans, per_state, now, note)
         affected = [p for p in task_parts if any(i.path in per_file for i in scans[p].visible)]
         total += len(affected)
         to_delete: list[str] = []
