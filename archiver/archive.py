@@ -356,7 +356,8 @@ class Archive:
                 continue
             date_ = parse_date(day.base_name)
             if day.type != pafs.FileType.Directory or date_ is None:
-                self.damaged(day.path, _not_a_partition(day, "date=YYYY-MM-DD"))
+                layout = f"date=YYYY-MM-DD, {MIN_YEAR}-{MAX_YEAR}"
+                self.damaged(day.path, _not_a_partition(day, layout))
                 continue
             for hour in self._listing(day.path):
                 if is_hidden(hour.base_name):
@@ -637,8 +638,9 @@ def _check_on_bad_file(value: Any) -> OnBadFile:
 
 
 def _not_a_partition(info: pafs.FileInfo, layout: str) -> str:
-    kind = "a folder" if info.type == pafs.FileType.Directory else "a file"
-    return f"{kind} where a {layout} folder belongs"
+    if info.type == pafs.FileType.Directory:
+        return f"not a partition folder ({layout})"
+    return f"a file where a partition folder ({layout}) belongs"
 
 
 def _filter_works(dataset: ds.Dataset, columns: list[str] | None, filter: Any) -> bool:

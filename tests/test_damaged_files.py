@@ -10,6 +10,7 @@ maintenance must do everything else and report what it skipped.
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -65,9 +66,7 @@ def rows(arch: archiver.Archive, table: str = "tasks", **kwargs) -> pd.DataFrame
         if isinstance(df[column].dtype, pd.CategoricalDtype):
             df[column] = df[column].astype(object)
     key = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}[table]
-    return df.sort_values(["captured_at", "snapshot_id", key], kind="stable").reset_index(
-        drop=True
-    )
+    return df.sort_values(["captured_at", "snapshot_id", key], kind="stable").reset_index(drop=True)
 
 
 def first_file(path: Path, table: str = "tasks") -> Path:
@@ -206,9 +205,7 @@ def file_for_folder(path: Path) -> Path:
     return bad
 
 
-FOLDER_DAMAGE = {
-    f.__name__: f for f in (ancient_date, impossible_date, bad_hour, file_for_folder)
-}
+FOLDER_DAMAGE = {f.__name__: f for f in (ancient_date, impossible_date, bad_hour, file_for_folder)}
 ALL_DAMAGE = {**FILE_DAMAGE, **FOLDER_DAMAGE}
 
 
@@ -226,7 +223,7 @@ def assert_no_traceback(result) -> None:
 def test_load_skips_the_damage_with_a_warning_naming_it(path, reference, damage):
     bad = ALL_DAMAGE[damage](path)
     arch = archiver.Archive(path)
-    with pytest.warns(DamagedArchiveWarning, match=f"skipped {bad}"):
+    with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {bad}")):
         got = rows(arch)
     pd.testing.assert_frame_equal(got, reference["tasks"])
     # time-ranged reads, latest() and history() also skip it
@@ -235,7 +232,7 @@ def test_load_skips_the_damage_with_a_warning_naming_it(path, reference, damage)
         warnings.simplefilter("ignore", DamagedArchiveWarning)
         ranged = rows(arch, start=start)
     pd.testing.assert_frame_equal(ranged, got[got["captured_at"] >= start].reset_index(drop=True))
-    with pytest.warns(DamagedArchiveWarning, match=f"skipped {bad}"):
+    with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {bad}")):
         latest = arch.latest("tasks")
     assert sorted(latest["uuid"]) == sorted(set(reference["tasks"]["uuid"]))
 
@@ -243,9 +240,9 @@ def test_load_skips_the_damage_with_a_warning_naming_it(path, reference, damage)
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_load_raises_naming_the_damage_when_strict(path, damage):
     bad = ALL_DAMAGE[damage](path)
-    with pytest.raises(DamagedFileError, match=f"damaged {bad}: "):
+    with pytest.raises(DamagedFileError, match=re.escape(f"damaged {bad}: ")):
         archiver.Archive(path).load("tasks", on_bad_file="raise")
-    with pytest.raises(DamagedFileError, match=f"damaged {bad}: "):
+    with pytest.raises(DamagedFileError, match=re.escape(f"damaged {bad}: ")):
         archiver.Archive(path, on_bad_file="raise").latest("tasks")
 
 
@@ -276,7 +273,7 @@ def test_a_damaged_compacted_file_replaces_nothing(path, reference):
     target = compacted[0]
     assert pq.read_metadata(target).metadata[b"archiver.replaces"] != b"[]"
     target.write_bytes(target.read_bytes()[:100])
-    with pytest.warns(DamagedArchiveWarning, match=f"skipped {target}"):
+    with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {target}")):
         pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
 
 
@@ -456,7 +453,17 @@ def test_a_failed_write_is_a_one_line_error_and_loses_nothing(path, reference, c
 
 
 # -- fuzzing ----------------------------------------------------------------------------
-NAME = st.text(alphabet="date=hour-0123456789x_.", min_size=1, max_size=16)
+NAME = st.one_of(
+    st.text(alphabet="date=hour-0123456789x_.", min_size=1, max_size=16),
+    st.sampled_from(["date=2026-11-22", "hour=15", "hour=16", "hour=99", "hour=x", "_x", ".y"]),
+    st.builds(
+        "date={}-{:02d}-{:02d}".format,
+        st.integers(0, 99999),
+        st.integers(0, 99),
+        st.integers(0, 99),
+    ),
+    st.integers(-5, 30).map("hour={}".format),
+)
 
 
 @st.composite

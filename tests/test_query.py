@@ -229,9 +229,9 @@ def test_partitions_outside_the_range_are_never_opened(three_hours, tmp_path):
     _plant_garbage(path, "tasks", "date=2026-11-26/hour=0")
     a = archiver.Archive(path, on_bad_file="raise")
     # any read that has to open those files fails...
-    with pytest.raises(ArchiverError, match="damaged .*garbage"):
+    with pytest.raises(ArchiverError, match=r"damaged .*garbage"):
         a.load("tasks")
-    with pytest.raises(ArchiverError, match="damaged .*garbage"):
+    with pytest.raises(ArchiverError, match=r"damaged .*garbage"):
         a.load("tasks", start="2026-11-25T16:30")
     # ...so these never opened them
     inside = a.load("tasks", start="2026-11-25T15:00", end="2026-11-25T17:00")
@@ -268,7 +268,7 @@ def test_row_group_statistics_prune_inside_a_file(one_hour, tmp_path):
     a = archiver.Archive(path)
     early = a.load("tasks", end=second_starts)
     assert len(early) == (table.column("captured_at").to_pandas() < second_starts).sum()
-    with pytest.raises(ArchiverError, match="damaged .*part-.*deserialize"):
+    with pytest.raises(ArchiverError, match=r"damaged .*part-.*deserialize"):
         a.load("tasks", start=second_starts, on_bad_file="raise")
 
 
@@ -678,7 +678,7 @@ def test_history_and_latest_read_only_the_row_groups_they_need(one_hour, tmp_pat
             data[lo : lo + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     f.write_bytes(bytes(data))
     pd.testing.assert_frame_equal(a.history(uuid), reference.history(uuid))
-    with pytest.raises(ArchiverError, match="damaged .*part-"):
+    with pytest.raises(ArchiverError, match=r"damaged .*part-"):
         a.load("tasks", on_bad_file="raise")
 
 
