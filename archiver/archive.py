@@ -418,7 +418,10 @@ class Archive:
         """Paths of the table's readable visible data files, oldest partition first."""
         arch = self.using(on_bad_file)
         parts = arch.partitions(table) if partitions is None else partitions
-        return [i.path for p in parts for i in arch.partition_files(p)]
+        if len(parts) < 2:
+            return [i.path for p in parts for i in arch.partition_files(p)]
+        with ThreadPoolExecutor(max_workers=8) as pool:  # footers are read in parallel
+            return [i.path for files in pool.map(arch.partition_files, parts) for i in files]
 
     def check(self, *, quarantine: bool = False, **kwargs: Any):
         """Read every file fully and report damage; see :func:`archiver.check.check`."""
