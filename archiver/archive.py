@@ -160,6 +160,10 @@ class FileFacts:
     rows: int = 0
     compact: CompactInfo | None = None
     problem: str | None = None
+    #: ``captured_at`` bounds (µs) from the row-group statistics, and the schema version.
+    first_us: int | None = None
+    last_us: int | None = None
+    version: str | None = None
 
 
 _FACTS: dict[tuple[str, str, int | None, int | None], FileFacts] = {}
@@ -183,12 +187,21 @@ def file_facts(location: Location, info: pafs.FileInfo, table: str) -> FileFacts
     try:
         with location.fs.open_input_file(info.path) as f:
             meta = pq.ParquetFile(f).metadata
-        facts = FileFacts(meta.num_rows)
         problem = schema_problem(table, meta.schema.to_arrow_schema())
-        if problem is None and COMPACT_MARK in info.base_name:
-            facts = FileFacts(meta.num_rows, _compact_info(meta, info.base_name))
-        elif problem is not None:
+        if problem is not None:
             facts = FileFacts(problem=problem)
+        else:
+            compact = (
+                _compact_info(meta, info.base_name) if COMPACT_MARK in info.base_name else None
+            )
+            version = (meta.metadata or {}).get(b"archiver.schema_version")
+            facts = FileFacts(
+                meta.num_rows,
+                compact,
+                None,
+                *_time_bounds(meta),
+                None if version is None else version.decode(errors="replace"),
+            )
     except (OSError, pa.ArrowException, ValueError, TypeError) as exc:
         if _is_missing_file(exc):
             raise FileNotFoundError(info.path) from exc
@@ -202,6 +215,22 @@ def remember(location: Location, info: pafs.FileInfo, facts: FileFacts) -> None:
     if len(_FACTS) >= 65536:
         _FACTS.clear()
     _FACTS[_key(location, info)] = facts
+
+
+def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
+    """Min and max ``captured_at`` (µs) from the row-group statistics."""
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "captured_at" not in names:
+        return None, None
+    col = names.index("captured_at")
+    lo = hi = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
+        hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+    return lo, hi
 
 
 def mark_damaged(location: Location, path: str, exc: BaseException) -> str:

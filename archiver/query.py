@@ -29,7 +29,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from .errors import ArchiverError, NoArchiveError
 from .schema import ENTITY_KEYS, HOUR_US, PARTITION_SCHEMA
@@ -346,11 +345,9 @@ def retrying(fun: Callable[[], T], retries: int = 20) -> T:
 def _fragment_table(archive: Archive, fragment: ds.ParquetFileFragment, **kwargs: Any) -> pa.Table:
     """``fragment.to_table(**kwargs)``; a damaged file is reported and the read planned again."""
     try:
-        return fragment.to_table(**kwargs)
+        return fragment.to_table(**kwargs)  # no filter: an error here is the file's
     except (pa.ArrowException, OSError) as exc:
-        if _is_missing_file(exc) or isinstance(
-            exc, (pa.ArrowNotImplementedError, pa.ArrowTypeError)
-        ):
+        if _is_missing_file(exc):
             raise
         archive.mark_bad(fragment.path, exc)
         raise _Rescan() from exc
@@ -687,25 +684,6 @@ class TableInfo:
     damaged: int = 0
 
 
-def _footer(archive: Archive, path: str) -> tuple[int, int | None, int | None, str | None]:
-    """Rows, min and max ``captured_at`` (µs) and schema version, from one file's footer."""
-    with archive.fs.open_input_file(path) as f:
-        meta = pq.read_metadata(f)  # already read once without error (Archive.partition_files)
-    version = (meta.metadata or {}).get(b"archiver.schema_version")
-    lo = hi = None
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "captured_at" in names:
-        col = names.index("captured_at")
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(col).statistics
-            if stats is None or not stats.has_min_max:
-                continue
-            rlo, rhi = stats.min_raw, stats.max_raw
-            lo = rlo if lo is None else min(lo, rlo)
-            hi = rhi if hi is None else max(hi, rhi)
-    return meta.num_rows, lo, hi, None if version is None else version.decode()
-
-
 def describe(
     archive: Archive, tables: Sequence[str] | None = None, *, on_bad_file: OnBadFile | None = None
 ) -> list[TableInfo]:
@@ -726,7 +704,7 @@ def describe(
 
 def _describe_table(archive: Archive, table: str) -> TableInfo:
     """One table's :class:`TableInfo`; lists and reads again as a whole if a file vanished."""
-    from concurrent.futures import ThreadPoolExecutor
+    from .archive import all_facts
 
     info = TableInfo(table)
     damaged: set[str] = set()
@@ -745,15 +723,15 @@ def _describe_table(archive: Archive, table: str) -> TableInfo:
     info.files = len(files)
     info.bytes = sum(f.size or 0 for f in files)
     versions: set[str] = set()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda f: _footer(archive, f.path), files))
     lows, highs = [], []
-    for rows, lo, hi, version in footers:
-        info.rows += rows
-        if lo is not None:
-            lows.append(lo)
-            highs.append(hi)
-        versions.add(version or "?")
+    for facts in all_facts(archive.location, files, table):  # cached by partition_files
+        if facts is None:
+            raise FileNotFoundError("a file vanished: list again")
+        info.rows += facts.rows
+        if facts.first_us is not None:
+            lows.append(facts.first_us)
+            highs.append(facts.last_us)
+        versions.add(facts.version or "?")
     if lows:
         info.first = pd.Timestamp(min(lows), unit="us", tz="UTC")
         info.last = pd.Timestamp(max(highs), unit="us", tz="UTC")

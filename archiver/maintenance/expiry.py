@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from ..archive import PARQUET, Archive, Partition, _is_missing_file, mark_damaged
 from ..errors import ArchiverError
-from ..schema import HOUR_US, TASK_STATES
+from ..schema import HOUR_US, TASK_STATES, TASKS
 from ..sink import new_writer_id
 from ..storage import Location
 from .listing import (
@@ -58,7 +58,9 @@ def _expired_tasks(
     for index, path in enumerate(paths):
         frag = PARQUET.make_fragment(path, filesystem=location.fs)
         try:
-            cols = frag.to_table(columns=["uuid", "captured_at", "snapshot_id", "state"])
+            cols = frag.to_table(
+                schema=TASKS, columns=["uuid", "captured_at", "snapshot_id", "state"]
+            )
         except (pa.ArrowException, OSError) as exc:
             if _is_missing_file(exc):
                 raise
