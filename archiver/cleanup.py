@@ -52,6 +52,12 @@ a task looking younger or in another state, and the next run removes the rest.
 When every row of a partition's inputs expires, the commit is a 0-row
 "tombstone" file that replaces them; it is deleted once its inputs are gone.
 
+Damaged files (unreadable, failing their page checksums, or of a foreign schema)
+and folders that are not ``date=/hour=`` partitions are never inputs: a run leaves
+them exactly where they are, does everything else, and lists them in its report's
+``skipped`` (``archiver check --quarantine`` moves them aside). A failed write (a
+full disk) stops the run with one :class:`~archiver.errors.ArchiverError` line.
+
 On object stores (no atomic rename) the new files are written under their final
 names; an upload becomes visible only when complete, so the same rules hold.
 
