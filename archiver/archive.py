@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import date, datetime, timezone
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import NoArchiveError
+from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
 from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS
 from .storage import Location, resolve
 
@@ -32,6 +36,21 @@ GROUP_KEY = b"archiver.group"
 KEEP_KEY = b"archiver.keep"
 COMPACT_MARK = "-compact-"
 READ_RETRIES = 20
+#: Quarantined files live under ``<archive>/_quarantine/<table>/...`` (hidden: ``_``).
+QUARANTINE = "_quarantine"
+#: What to do with a damaged file or folder: ``"warn"`` (skip it with a
+#: :class:`~archiver.errors.DamagedArchiveWarning`), ``"raise"`` (a
+#: :class:`~archiver.errors.DamagedFileError` naming it), or a callable
+#: ``handler(path, reason)`` (maintenance and ``check`` collect them so).
+OnBadFile = Literal["warn", "raise"] | Callable[[str, str], None]
+#: Years a partition may have: the span of pandas' timestamps (``Timestamp.min/max``).
+MIN_YEAR, MAX_YEAR = 1678, 2261
+_DATE = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
+_HOUR = re.compile(r"hour=(\d{1,2})")
+#: Reads verify Parquet page checksums where the writer stored them.
+PARQUET = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True)
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,75 @@ def is_hidden(name: str) -> bool:
     return name.startswith((".", "_"))
 
 
+def parse_date(name: str) -> str | None:
+    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date."""
+    match = _DATE.fullmatch(name)
+    if match is None:
+        return None
+    year, month, day = map(int, match.groups())
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        return None
+    try:
+        date(year, month, day)
+    except ValueError:
+        return None
+    return name[5:]
+
+
+def parse_hour(name: str) -> int | None:
+    """``H`` of an ``hour=H`` folder name (0-23), None if not valid."""
+    match = _HOUR.fullmatch(name)
+    hour = None if match is None else int(match.group(1))
+    return hour if hour is not None and hour < 24 else None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pyarrow's span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def schema_problem(table: str, schema: pa.Schema) -> str | None:
+    """Why a file with ``schema`` cannot be read as part of ``table`` (None: it can)."""
+    expected = SCHEMAS.get(table)
+    if expected is None:  # a foreign table: only the time column matters
+        i = schema.get_field_index("captured_at")
+        if i >= 0 and not pa.types.is_timestamp(schema.field(i).type):
+            return f"column captured_at is {schema.field(i).type}, not a timestamp"
+        return None
+    for field in expected:
+        i = schema.get_field_index(field.name)
+        if i < 0:
+            if not field.nullable:
+                return f"column {field.name} is missing"
+        elif not _compatible(schema.field(i).type, field.type):
+            return f"column {field.name} is {schema.field(i).type}, expected {field.type}"
+    return None
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column of type ``actual`` reads as ``expected`` (a cast that makes sense)."""
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
+    if pa.types.is_dictionary(expected):
+        expected = expected.value_type
+    kinds = (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        pa.types.is_timestamp,
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_boolean,
+    )
+    for kind in kinds:
+        if kind(expected):
+            return bool(kind(actual))
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _compatible(
+            actual.value_type, expected.value_type
+        )
+    return actual == expected
+
+
 @dataclass(frozen=True)
 class CompactInfo:
     """What a compacted file's metadata says: the files it replaces and its group."""
@@ -65,31 +153,121 @@ class CompactInfo:
     keep: str = "all"
 
 
-_INFO_CACHE: dict[tuple[str, str, int, int | None], CompactInfo] = {}
+@dataclass(frozen=True)
+class FileFacts:
+    """What a data file's footer says: rows, compaction metadata, or why it is bad."""
+
+    rows: int = 0
+    compact: CompactInfo | None = None
+    problem: str | None = None
+    #: ``captured_at`` bounds (µs) from the row-group statistics, and the schema version.
+    first_us: int | None = None
+    last_us: int | None = None
+    version: str | None = None
 
 
-def compact_info(location: Location, info: pafs.FileInfo) -> CompactInfo:
-    """The :class:`CompactInfo` of a compacted file (cached: these files never change)."""
-    key = (location.uri, info.path, info.size, info.mtime_ns)
-    cached = _INFO_CACHE.get(key)
+_FACTS: dict[tuple[str, str, int | None, int | None], FileFacts] = {}
+
+
+def _key(location: Location, info: pafs.FileInfo) -> tuple[str, str, int | None, int | None]:
+    return (location.uri, info.path, info.size, info.mtime_ns)
+
+
+def file_facts(location: Location, info: pafs.FileInfo, table: str) -> FileFacts:
+    """The footer facts of one data file (cached by path, size and mtime).
+
+    A file that cannot be opened as Parquet, whose footer or compaction metadata is
+    damaged, or whose schema does not fit ``table`` gets a ``problem``. A file that
+    vanished raises FileNotFoundError (a concurrent cleanup: list again).
+    """
+    key = _key(location, info)
+    cached = _FACTS.get(key)
     if cached is not None:
         return cached
-    with location.fs.open_input_file(info.path) as f:
-        meta = pq.ParquetFile(f).metadata
+    try:
+        with location.fs.open_input_file(info.path) as f:
+            meta = pq.ParquetFile(f).metadata
+        problem = schema_problem(table, meta.schema.to_arrow_schema())
+        if problem is not None:
+            facts = FileFacts(problem=problem)
+        else:
+            compact = (
+                _compact_info(meta, info.base_name) if COMPACT_MARK in info.base_name else None
+            )
+            version = (meta.metadata or {}).get(b"archiver.schema_version")
+            facts = FileFacts(
+                meta.num_rows,
+                compact,
+                None,
+                *_time_bounds(meta),
+                None if version is None else version.decode(errors="replace"),
+            )
+    except (OSError, pa.ArrowException, ValueError, TypeError) as exc:
+        if _is_missing_file(exc):
+            raise FileNotFoundError(info.path) from exc
+        facts = FileFacts(problem=one_line(exc))
+    remember(location, info, facts)
+    return facts
+
+
+def remember(location: Location, info: pafs.FileInfo, facts: FileFacts) -> None:
+    """Cache ``facts`` (e.g. a problem found while reading pages) for ``info``."""
+    if len(_FACTS) >= 65536:
+        _FACTS.clear()
+    _FACTS[_key(location, info)] = facts
+
+
+def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
+    """Min and max ``captured_at`` (µs) from the row-group statistics."""
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    if "captured_at" not in names:
+        return None, None
+    col = names.index("captured_at")
+    lo = hi = None
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
+        hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+    return lo, hi
+
+
+def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
+    """Remember that reading ``path`` failed with ``exc`` (later listings skip it); the reason."""
+    reason = one_line(exc)
+    try:
+        info = location.fs.get_file_info(path)
+    except OSError:
+        return reason
+    if info.type == pafs.FileType.File:
+        remember(location, info, FileFacts(problem=reason))
+    return reason
+
+
+def _compact_info(meta: pq.FileMetaData, name: str) -> CompactInfo:
     kv = meta.metadata or {}
     replaces = json.loads(kv[REPLACES_KEY]) if REPLACES_KEY in kv else []
-    group = json.loads(kv[GROUP_KEY]) if GROUP_KEY in kv else [info.base_name]
+    group = json.loads(kv[GROUP_KEY]) if GROUP_KEY in kv else [name]
     keep = kv.get(KEEP_KEY, b"all").decode()
-    result = CompactInfo(frozenset(replaces), frozenset(group), meta.num_rows, keep)
-    if len(_INFO_CACHE) >= 4096:
-        _INFO_CACHE.clear()
-    _INFO_CACHE[key] = result
-    return result
+    if not all(isinstance(n, str) for n in [*replaces, *group]):
+        raise ValueError("archiver.replaces/archiver.group metadata is not a list of names")
+    return CompactInfo(frozenset(replaces), frozenset(group), meta.num_rows, keep)
 
 
-def replaced_by(location: Location, path: str) -> list[str]:
-    """Basenames that the compacted file at ``path`` replaces."""
-    return sorted(compact_info(location, location.fs.get_file_info(path)).replaces)
+def all_facts(location: Location, infos: list[pafs.FileInfo], table: str) -> list[FileFacts | None]:
+    """:func:`file_facts` of each file, footers read in parallel; None for a vanished file."""
+
+    def one(info: pafs.FileInfo) -> FileFacts | None:
+        try:
+            return file_facts(location, info, table)
+        except FileNotFoundError:
+            return None
+
+    if len(infos) < 2 or all(_key(location, i) in _FACTS for i in infos):
+        return [one(i) for i in infos]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, infos))
 
 
 def live_compacted(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
@@ -123,16 +301,51 @@ class Archive:
     Args:
         path_or_uri: a local path or a URI (``file://``, ``s3://``, ``memory://``...).
         filesystem: an explicit ``pyarrow.fs.FileSystem`` (then the path is on it).
+        on_bad_file: what readers do with a damaged file or folder (see :data:`OnBadFile`):
+            ``"warn"`` (default: skip it with a warning naming it), ``"raise"``, or a
+            callable ``handler(path, reason)``.
     """
 
     def __init__(
-        self, path_or_uri: str | os.PathLike[str], *, filesystem: pafs.FileSystem | None = None
+        self,
+        path_or_uri: str | os.PathLike[str],
+        *,
+        filesystem: pafs.FileSystem | None = None,
+        on_bad_file: OnBadFile = "warn",
     ) -> None:
         self.location = resolve(path_or_uri, filesystem)
         self.uri = self.location.uri
+        self.on_bad_file = _check_on_bad_file(on_bad_file)
 
     def __repr__(self) -> str:
         return f"Archive({self.uri!r})"
+
+    def using(self, on_bad_file: OnBadFile | None) -> Archive:
+        """This archive with another ``on_bad_file`` handler (itself if None)."""
+        if on_bad_file is None or on_bad_file is self.on_bad_file:
+            return self
+        other = object.__new__(Archive)
+        other.__dict__.update(self.__dict__)
+        other.on_bad_file = _check_on_bad_file(on_bad_file)
+        return other
+
+    def damaged(self, path: str, reason: str) -> None:
+        """Report a damaged file or folder to the ``on_bad_file`` handler."""
+        handler = self.on_bad_file
+        if handler == "raise":
+            raise DamagedFileError(f"damaged {path}: {reason} (see `archiver check`)")
+        if handler == "warn":
+            warnings.warn(
+                f"skipped {path}: {reason} (see `archiver check`)",
+                DamagedArchiveWarning,
+                stacklevel=3,
+            )
+        else:
+            handler(path, reason)
+
+    def mark_bad(self, path: str, exc: BaseException) -> None:
+        """Remember that reading ``path`` failed with ``exc`` and report it."""
+        self.damaged(path, mark_damaged(self.location, path, exc))
 
     @property
     def fs(self) -> pafs.FileSystem:
@@ -143,7 +356,7 @@ class Archive:
 
     # -- listing ------------------------------------------------------------
     def tables(self) -> list[str]:
-        """Names of the tables present (directories holding Parquet files)."""
+        """Names of the tables present (directories not starting with ``_`` or ``.``)."""
         if not self.exists():
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.location.root))
@@ -159,50 +372,91 @@ class Archive:
             )
 
     def partitions(self, table: str) -> list[Partition]:
-        """The table's ``date=/hour=`` partitions, oldest first."""
+        """The table's ``date=/hour=`` partitions, oldest first.
+
+        Hidden entries (``.``/``_``) are ignored; any other entry that is not a valid
+        ``date=YYYY-MM-DD/hour=H`` folder is reported as damaged and skipped.
+        """
         self._check_table(table)
         root = self.location.join(table)
         out = []
-        for day in self.fs.get_file_info(pafs.FileSelector(root)):
-            if day.type != pafs.FileType.Directory or not day.base_name.startswith("date="):
+        for day in self._listing(root):
+            if is_hidden(day.base_name):
                 continue
-            for hour in self.fs.get_file_info(pafs.FileSelector(day.path)):
-                name = hour.base_name
-                if hour.type == pafs.FileType.Directory and name.startswith("hour="):
-                    try:
-                        h = int(name[5:])
-                    except ValueError:
-                        continue
-                    out.append(Partition(table, day.base_name[5:], h, hour.path))
+            date_ = parse_date(day.base_name)
+            if day.type != pafs.FileType.Directory or date_ is None:
+                layout = f"date=YYYY-MM-DD, {MIN_YEAR}-{MAX_YEAR}"
+                self.damaged(day.path, _not_a_partition(day, layout))
+                continue
+            for hour in self._listing(day.path):
+                if is_hidden(hour.base_name):
+                    continue
+                h = parse_hour(hour.base_name)
+                if hour.type != pafs.FileType.Directory or h is None:
+                    self.damaged(hour.path, _not_a_partition(hour, "hour=H (0-23)"))
+                    continue
+                out.append(Partition(table, date_, h, hour.path))
         return sorted(out, key=lambda p: (p.date, p.hour))
 
-    def partition_files(self, partition: Partition) -> list[pafs.FileInfo]:
-        """Visible Parquet files of one partition (replaced and hidden files excluded)."""
+    def _listing(self, path: str) -> list[pafs.FileInfo]:
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(partition.path))
-        except FileNotFoundError:
+            return self.fs.get_file_info(pafs.FileSelector(path))
+        except FileNotFoundError:  # removed by a concurrent expiry
             return []
-        files = [
-            i
-            for i in infos
-            if i.type == pafs.FileType.File
-            and not is_hidden(i.base_name)
-            and i.base_name.endswith(".parquet")
-        ]
+
+    def partition_files(self, partition: Partition) -> list[pafs.FileInfo]:
+        """Visible Parquet files of one partition (replaced, hidden and damaged excluded)."""
+        files = []
+        for info in self._listing(partition.path):
+            name = info.base_name
+            if is_hidden(name) or not name.endswith(".parquet"):
+                continue
+            if info.type != pafs.FileType.File:
+                self.damaged(info.path, "not a file")
+            else:
+                files.append(info)
+        compacted = [i for i in files if COMPACT_MARK in i.base_name]
         infos: dict[str, CompactInfo] = {}
-        for info in files:
-            if COMPACT_MARK in info.base_name:
-                try:
-                    infos[info.base_name] = compact_info(self.location, info)
-                except FileNotFoundError:  # removed by a concurrent cleanup
-                    continue
-        visible = visible_names({i.base_name for i in files}, infos)
+        gone: set[str] = set()
+        for info, facts in zip(compacted, all_facts(self.location, compacted, partition.table)):
+            if facts is None:  # removed by a concurrent cleanup
+                gone.add(info.base_name)
+            elif facts.problem is not None:  # a damaged one replaces nothing
+                self.damaged(info.path, facts.problem)
+                gone.add(info.base_name)
+            else:
+                infos[info.base_name] = facts.compact
+        visible = visible_names({i.base_name for i in files} - gone, infos)
+        candidates = [i for i in files if i.base_name in visible]
+        plain = [i for i in candidates if i.base_name not in infos]
+        for info, facts in zip(plain, all_facts(self.location, plain, partition.table)):
+            if facts is None:
+                visible.discard(info.base_name)
+            elif facts.problem is not None:
+                self.damaged(info.path, facts.problem)
+                visible.discard(info.base_name)
         return sorted((i for i in files if i.base_name in visible), key=lambda i: i.base_name)
 
-    def files(self, table: str, partitions: list[Partition] | None = None) -> list[str]:
-        """Paths of the table's visible data files, oldest partition first."""
-        parts = self.partitions(table) if partitions is None else partitions
-        return [i.path for p in parts for i in self.partition_files(p)]
+    def files(
+        self,
+        table: str,
+        partitions: list[Partition] | None = None,
+        *,
+        on_bad_file: OnBadFile | None = None,
+    ) -> list[str]:
+        """Paths of the table's readable visible data files, oldest partition first."""
+        arch = self.using(on_bad_file)
+        parts = arch.partitions(table) if partitions is None else partitions
+        if len(parts) < 2:
+            return [i.path for p in parts for i in arch.partition_files(p)]
+        with ThreadPoolExecutor(max_workers=8) as pool:  # footers are read in parallel
+            return [i.path for files in pool.map(arch.partition_files, parts) for i in files]
+
+    def check(self, *, quarantine: bool = False, **kwargs: Any):
+        """Read every file fully and report damage; see :func:`archiver.check.check`."""
+        from .check import check
+
+        return check(self, quarantine=quarantine, **kwargs)
 
     # -- maintenance (see archiver.cleanup) ---------------------------------
     def compact(
@@ -247,20 +501,37 @@ class Archive:
         """The table's schema (archiver's own for its tables, else the newest file's)."""
         if table in SCHEMAS:
             return SCHEMAS[table]
-        files = self.files(table)
-        if not files:
-            raise NoArchiveError(f"table {table!r} in {self.uri} has no files")
-        with self.fs.open_input_file(files[-1]) as f:
-            return pq.read_schema(f).remove_metadata()
+        for path in reversed(self.files(table)):
+            try:
+                with self.fs.open_input_file(path) as f:
+                    return pq.read_schema(f).remove_metadata()
+            except (OSError, pa.ArrowException) as exc:
+                if _is_missing_file(exc):
+                    continue
+                self.mark_bad(path, exc)
+        raise NoArchiveError(f"table {table!r} in {self.uri} has no readable files")
 
-    def dataset(self, table: str, partitions: list[Partition] | None = None) -> ds.Dataset:
-        """A ``pyarrow.dataset`` over the visible files, with ``date``/``hour`` columns."""
+    def dataset(
+        self,
+        table: str,
+        partitions: list[Partition] | None = None,
+        *,
+        on_bad_file: OnBadFile | None = None,
+    ) -> ds.Dataset:
+        """A ``pyarrow.dataset`` over the readable visible files, with ``date``/``hour``.
+
+        Reading it verifies Parquet page checksums.
+        """
+        arch = self.using(on_bad_file)
+        return arch._dataset(table, arch.files(table, partitions))
+
+    def _dataset(self, table: str, paths: list[str]) -> ds.Dataset:
         schema = self.schema(table)
         full = pa.schema(list(schema) + list(PARTITION_SCHEMA))
         return ds.dataset(
-            self.files(table, partitions),
+            paths,
             schema=full,
-            format="parquet",
+            format=PARQUET,
             filesystem=self.fs,
             partitioning=ds.partitioning(PARTITION_SCHEMA, flavor="hive"),
             partition_base_dir=self.location.join(table),
@@ -274,23 +545,50 @@ class Archive:
         columns: list[str] | None = None,
         filter: ds.Expression | None = None,
         limit: int | None = None,
+        on_bad_file: OnBadFile | None = None,
     ) -> pa.Table:
         """Read as an Arrow table; retried when a concurrent cleanup swaps files mid-read.
 
         ``limit`` returns only the first rows (in file order) and stops reading there.
+        A file that fails while its pages are read is reported (``on_bad_file``) and
+        the others are read one by one.
         """
+        arch = self.using(on_bad_file)
         for attempt in range(READ_RETRIES):
             try:
-                dataset = self.dataset(table, partitions)
-                if limit is not None:
-                    return dataset.head(limit, columns=columns, filter=filter)
-                return dataset.to_table(columns=columns, filter=filter)
+                paths = arch.files(table, partitions)
+                dataset = arch._dataset(table, paths)
+                try:
+                    if limit is not None:
+                        return dataset.head(limit, columns=columns, filter=filter)
+                    return dataset.to_table(columns=columns, filter=filter)
+                except (pa.ArrowException, OSError) as exc:
+                    if _is_missing_file(exc) or not _filter_works(dataset, columns, filter):
+                        raise
+                result = arch._read_each(table, paths, columns, filter)
+                return result if limit is None else result.slice(0, limit)
             except (FileNotFoundError, OSError) as exc:
                 if attempt == READ_RETRIES - 1 or not _is_missing_file(exc):
                     raise
                 time.sleep(0.01 * (attempt + 1))
-                partitions = None if partitions is None else self._refresh(table, partitions)
+                partitions = None if partitions is None else arch._refresh(table, partitions)
         raise AssertionError("unreachable")
+
+    def _read_each(
+        self, table: str, paths: list[str], columns: list[str] | None, filter: Any
+    ) -> pa.Table:
+        """Read file by file, reporting and skipping the ones that fail."""
+        pieces = []
+        for path in paths:
+            try:
+                pieces.append(self._dataset(table, [path]).to_table(columns=columns, filter=filter))
+            except (pa.ArrowException, OSError) as exc:
+                if _is_missing_file(exc):
+                    raise
+                self.mark_bad(path, exc)
+        if pieces:
+            return pa.concat_tables(pieces)
+        return self._dataset(table, []).to_table(columns=columns, filter=filter)
 
     def _refresh(self, table: str, partitions: list[Partition]) -> list[Partition]:
         keep = {(p.date, p.hour) for p in partitions}
@@ -321,6 +619,8 @@ class Archive:
             engine: ``"pandas"`` (default), ``"arrow"`` (a ``pyarrow.Table``) or
                 ``"dask"`` (a lazy dask DataFrame, one partition per hour).
             limit: only the first ``limit`` rows (oldest first).
+            on_bad_file: ``"warn"`` (skip a damaged file or folder with a warning naming
+                it), ``"raise"`` or a callable ``(path, reason)``; default: the archive's.
 
         Timestamps are tz-aware UTC, ``name``/``state``/``worker`` categorical and
         integers nullable; files written by an older schema load with missing columns null.
@@ -344,8 +644,9 @@ class Archive:
         The cluster as it was at ``as_of`` (inclusive; default: the newest snapshot).
         Also takes ``start`` (ignore entities not recorded since then), ``columns``,
         ``filters`` (applied to the latest rows, so ``state == "FAILURE"`` means "tasks
-        whose last known state is FAILURE"), ``engine`` (``"pandas"``/``"arrow"``) and
-        ``limit``. Rows are ordered by the time of their last version.
+        whose last known state is FAILURE"), ``engine`` (``"pandas"``/``"arrow"``),
+        ``limit`` and ``on_bad_file`` (as :meth:`load`). Rows are ordered by the time
+        of their last version.
         """
         from .query import latest
 
@@ -354,7 +655,7 @@ class Archive:
     def history(self, uuid: str, **kwargs):
         """Every recorded version of one task, oldest first.
 
-        Also takes ``start``/``end``/``columns``/``engine`` and ``table="workers"``
+        Also takes ``start``/``end``/``columns``/``engine``/``on_bad_file`` and ``table="workers"``
         (then ``uuid`` is a hostname).
         """
         from .query import history
@@ -362,8 +663,33 @@ class Archive:
         return history(self, uuid, **kwargs)
 
 
+def _check_on_bad_file(value: Any) -> OnBadFile:
+    if value in ("warn", "raise") or callable(value):
+        return value
+    raise ArchiverError(f"invalid on_bad_file {value!r}: use 'warn', 'raise' or a callable")
+
+
+def _not_a_partition(info: pafs.FileInfo, layout: str) -> str:
+    if info.type == pafs.FileType.Directory:
+        return f"not a partition folder ({layout})"
+    return f"a file where a partition folder ({layout}) belongs"
+
+
+def _filter_works(dataset: ds.Dataset, columns: list[str] | None, filter: Any) -> bool:
+    """Whether ``columns``/``filter`` apply to the schema (else the error is the caller's)."""
+    try:
+        dataset.schema.empty_table().filter(filter if filter is not None else ds.scalar(True))
+        if columns is not None:
+            dataset.schema.empty_table().select(columns)
+    except (pa.ArrowException, KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
 def _is_missing_file(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         return True
     text = str(exc)
+    if "magic bytes" in text:  # "Parquet magic bytes not found": a damaged file
+        return False
     return "No such file" in text or "not found" in text.lower() or "does not exist" in text

@@ -52,6 +52,12 @@ a task looking younger or in another state, and the next run removes the rest.
 When every row of a partition's inputs expires, the commit is a 0-row
 "tombstone" file that replaces them; it is deleted once its inputs are gone.
 
+Damaged files (unreadable, failing their page checksums, or of a foreign schema)
+and folders that are not ``date=/hour=`` partitions are never inputs: a run leaves
+them exactly where they are, does everything else, and lists them in its report's
+``skipped`` (``archiver check --quarantine`` moves them aside). A failed write (a
+full disk) stops the run with one :class:`~archiver.errors.ArchiverError` line.
+
 On object stores (no atomic rename) the new files are written under their final
 names; an upload becomes visible only when complete, so the same rules hold.
 
@@ -75,15 +81,16 @@ writing commit groups), :mod:`~archiver.maintenance.compaction`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
-from .archive import Archive
+from .archive import Archive, one_line
 from .errors import ArchiverError, NoArchiveError
 from .lock import MaintenanceLock
 from .maintenance.compaction import compact_locked
@@ -120,6 +127,17 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 #: Looked up here at each step (:func:`archiver.maintenance.listing.step`), so tests
 #: set or monkeypatch ``cleanup._STEP_HOOK``.
 _STEP_HOOK: Callable[[str], None] | None = None
+
+
+@contextlib.contextmanager
+def _io_errors(what: str) -> Iterator[None]:
+    """A failed write or delete (a full disk, a read-only folder) as a one-line error."""
+    try:
+        yield
+    except ArchiverError:
+        raise
+    except OSError as exc:
+        raise ArchiverError(f"{what} stopped: {one_line(exc)}") from exc
 
 
 def _now(now: Any = None) -> pd.Timestamp:
@@ -202,10 +220,11 @@ def compact(
     kwargs = dict(
         before_us=before_us, target_bytes=target, keep=keep, dry_run=dry_run, progress=progress
     )
-    if dry_run:
-        return run(arch, names, **kwargs)
-    with MaintenanceLock(arch.location, timeout=lock_timeout, purpose="compact"):
-        return run(arch, names, **kwargs)
+    with _io_errors("compact"):
+        if dry_run:
+            return run(arch, names, **kwargs)
+        with MaintenanceLock(arch.location, timeout=lock_timeout, purpose="compact"):
+            return run(arch, names, **kwargs)
 
 
 # -- expiry --------------------------------------------------------------------
@@ -250,10 +269,11 @@ def expire(
     states = parse_per_state(per_state)
     at = _now(now)
     kwargs = dict(older_than=delta, per_state=states, now=at, dry_run=dry_run, progress=progress)
-    if dry_run:
-        return expire_locked(arch, names, **kwargs)
-    with MaintenanceLock(arch.location, timeout=lock_timeout, purpose="expire"):
-        return expire_locked(arch, names, **kwargs)
+    with _io_errors("expire"):
+        if dry_run:
+            return expire_locked(arch, names, **kwargs)
+        with MaintenanceLock(arch.location, timeout=lock_timeout, purpose="expire"):
+            return expire_locked(arch, names, **kwargs)
 
 
 # -- both ------------------------------------------------------------------------
@@ -294,29 +314,30 @@ def run_retention(
         lock = MaintenanceLock(arch.location, timeout=lock_timeout, purpose="cleanup")
         lock.acquire()
     try:
-        expiry = None
-        if policy.older_than is not None or policy.per_state:
-            expiry = expire_locked(
-                arch,
-                names,
-                older_than=policy.older_than,
-                per_state=policy.per_state,
-                now=at,
-                dry_run=expire_dry,
-                progress=progress,
-                target_bytes=policy.target_file_bytes,
-            )
-        compaction = None
-        if policy.compact:
-            compaction = compact_locked(
-                arch,
-                names,
-                before_us=to_micros(at),
-                target_bytes=policy.target_file_bytes,
-                keep=policy.keep,
-                dry_run=dry_run,
-                progress=progress,
-            )
+        with _io_errors("cleanup"):
+            expiry = None
+            if policy.older_than is not None or policy.per_state:
+                expiry = expire_locked(
+                    arch,
+                    names,
+                    older_than=policy.older_than,
+                    per_state=policy.per_state,
+                    now=at,
+                    dry_run=expire_dry,
+                    progress=progress,
+                    target_bytes=policy.target_file_bytes,
+                )
+            compaction = None
+            if policy.compact:
+                compaction = compact_locked(
+                    arch,
+                    names,
+                    before_us=to_micros(at),
+                    target_bytes=policy.target_file_bytes,
+                    keep=policy.keep,
+                    dry_run=dry_run,
+                    progress=progress,
+                )
     finally:
         if lock is not None:
             lock.release()

@@ -11,3 +11,11 @@ class NoArchiveError(ArchiverError):
 
 class LockedError(ArchiverError):
     """Another process holds the archive's maintenance lock."""
+
+
+class DamagedFileError(ArchiverError):
+    """A file or folder of the archive cannot be read (raised when asked to be strict)."""
+
+
+class DamagedArchiveWarning(UserWarning):
+    """A file or folder of the archive was skipped because it cannot be read."""

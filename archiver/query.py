@@ -29,14 +29,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from .errors import ArchiverError, NoArchiveError
 from .schema import ENTITY_KEYS, HOUR_US, PARTITION_SCHEMA
 from .timeparse import parse_time
 
 if TYPE_CHECKING:
-    from .archive import Archive, Partition
+    from .archive import Archive, OnBadFile, Partition
 
 T = TypeVar("T")
 Engine = Literal["pandas", "arrow", "dask"]
@@ -102,9 +101,9 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
         if pa.types.is_timestamp(type_):
             ts = parse_time(value)
             return pa.scalar(_micros(ts), pa.timestamp("us", tz="UTC"))
+        if pa.types.is_integer(type_) and isinstance(value, (str, int)):
+            return pa.scalar(int(value), type_)  # OverflowError/ArrowInvalid: out of range
         if isinstance(value, str):
-            if pa.types.is_integer(type_):
-                return int(value)
             if pa.types.is_floating(type_):
                 return float(value)
             if pa.types.is_boolean(type_):
@@ -114,8 +113,10 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
                 raise ValueError(value)
         elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
             return str(value)
-    except (ValueError, ArchiverError) as exc:
+    except (ValueError, OverflowError, pa.ArrowInvalid, ArchiverError) as exc:
         hint = ": give an ISO time or a duration ago (2h)" if pa.types.is_timestamp(type_) else ""
+        if isinstance(exc, (OverflowError, pa.ArrowInvalid)):
+            hint = ": out of range"
         raise ArchiverError(
             f"cannot compare column {column} ({type_}) with {value!r}{hint}"
         ) from exc
@@ -321,16 +322,35 @@ def _is_missing_file(exc: BaseException) -> bool:
     return missing(exc)
 
 
+class _Rescan(Exception):
+    """A file failed mid-read and was marked damaged: plan the read again without it."""
+
+
 def retrying(fun: Callable[[], T], retries: int = 20) -> T:
-    """Call ``fun`` again when a file vanished under it (a concurrent compaction or expiry)."""
-    for attempt in range(retries):
+    """Call ``fun`` again when a file vanished under it (a concurrent compaction or expiry),
+    or when it found a damaged file (now skipped)."""
+    attempt = 0
+    while True:
         try:
             return fun()
+        except _Rescan:
+            continue  # each time one more file is known damaged: this ends
         except OSError as exc:
-            if attempt == retries - 1 or not _is_missing_file(exc):
+            attempt += 1
+            if attempt == retries or not _is_missing_file(exc):
                 raise
-            time.sleep(0.01 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.01 * attempt)
+
+
+def _fragment_table(archive: Archive, fragment: ds.ParquetFileFragment, **kwargs: Any) -> pa.Table:
+    """``fragment.to_table(**kwargs)``; a damaged file is reported and the read planned again."""
+    try:
+        return fragment.to_table(**kwargs)  # no filter: an error here is the file's
+    except (pa.ArrowException, OSError) as exc:
+        if _is_missing_file(exc):
+            raise
+        archive.mark_bad(fragment.path, exc)
+        raise _Rescan() from exc
 
 
 @contextlib.contextmanager
@@ -354,8 +374,10 @@ def read_arrow(
     columns: Sequence[str] | None = None,
     filters: Any = None,
     limit: int | None = None,
+    on_bad_file: OnBadFile | None = None,
 ) -> pa.Table:
     """Rows in ``[start, end)`` by ``captured_at`` as an Arrow table (oldest first)."""
+    archive = archive.using(on_bad_file)
     p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
     if not p.partitions:
         return _select(p.schema, p.columns).empty_table()
@@ -394,8 +416,10 @@ def load_table(
     filters: Any = None,
     engine: Engine = "pandas",
     limit: int | None = None,
+    on_bad_file: OnBadFile | None = None,
 ) -> Any:
     """Every row of ``table`` in ``[start, end)``; see :meth:`archiver.Archive.load`."""
+    archive = archive.using(on_bad_file)
     if _engine(engine) == "dask":
         return _load_dask(archive, table, start=start, end=end, columns=columns, filters=filters)
     result = read_arrow(
@@ -475,7 +499,7 @@ def _scan_keys(
     chunks: list[pa.Array] = []
     micros, offsets, matched = [], [0], []
     for fragment in fragments:
-        part = fragment.to_table(schema=schema, columns=[key, "captured_at"])
+        part = _fragment_table(archive, fragment, schema=schema, columns=[key, "captured_at"])
         if match is None:
             chunks.extend(part.column(key).chunks)
         else:
@@ -497,7 +521,7 @@ def _scan_keys(
     return _Keys(schema, fragments, np.asarray(offsets), {key: keys}, all_micros, inside)
 
 
-def _gather(k: _Keys, positions: np.ndarray, columns: list[str]) -> pa.Table:
+def _gather(archive: Archive, k: _Keys, positions: np.ndarray, columns: list[str]) -> pa.Table:
     """Pass 2: the rows at ``positions`` (sorted), reading only the row groups that hold them."""
     cuts = np.searchsorted(positions, k.bounds)
     pieces = []
@@ -513,7 +537,7 @@ def _gather(k: _Keys, positions: np.ndarray, columns: list[str]) -> pa.Table:
             fragment = fragment.subset(row_group_ids=needed.tolist())
             sub_starts = np.concatenate([[0], np.cumsum(sizes[needed])])
             local = sub_starts[np.searchsorted(needed, group)] + (local - starts[group])
-        part = fragment.to_table(schema=k.schema, columns=columns)
+        part = _fragment_table(archive, fragment, schema=k.schema, columns=columns)
         pieces.append(part.take(local))
         del part
     if not pieces:
@@ -539,7 +563,7 @@ def _latest_read(archive: Archive, p: Plan, key: str, columns: list[str]) -> pa.
         win = k.inside[latest_positions(keys.take(k.inside), k.micros[k.inside])]
     del keys
     positions = np.sort(win)
-    return _in_time_order(k, positions, _gather(k, positions, columns))
+    return _in_time_order(k, positions, _gather(archive, k, positions, columns))
 
 
 def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
@@ -551,7 +575,7 @@ def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
 
     k = _scan_keys(archive, p, key, match)
     positions = k.inside
-    return _in_time_order(k, positions, _gather(k, positions, p.columns))
+    return _in_time_order(k, positions, _gather(archive, k, positions, p.columns))
 
 
 def latest(
@@ -564,11 +588,13 @@ def latest(
     filters: Any = None,
     engine: Engine = "pandas",
     limit: int | None = None,
+    on_bad_file: OnBadFile | None = None,
 ) -> Any:
     """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
 
     See :meth:`archiver.Archive.latest`.
     """
+    archive = archive.using(on_bad_file)
     check_table(archive, table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
@@ -604,8 +630,10 @@ def history(
     end: Any = None,
     columns: Sequence[str] | None = None,
     engine: Engine = "pandas",
+    on_bad_file: OnBadFile | None = None,
 ) -> Any:
     """Every recorded version of one task (or worker, with ``table="workers"``), oldest first."""
+    archive = archive.using(on_bad_file)
     check_table(archive, table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
@@ -652,35 +680,22 @@ class TableInfo:
     first: pd.Timestamp | None = None
     last: pd.Timestamp | None = None
     schema_versions: tuple[str, ...] = ()
+    #: Damaged files and folders skipped (reported to ``on_bad_file``).
+    damaged: int = 0
 
 
-def _footer(archive: Archive, path: str) -> tuple[int, int | None, int | None, str | None]:
-    """Rows, min and max ``captured_at`` (µs) and schema version, from one file's footer."""
-    with archive.fs.open_input_file(path) as f:
-        meta = pq.read_metadata(f)
-    version = (meta.metadata or {}).get(b"archiver.schema_version")
-    lo = hi = None
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "captured_at" in names:
-        col = names.index("captured_at")
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(col).statistics
-            if stats is None or not stats.has_min_max:
-                continue
-            rlo, rhi = stats.min_raw, stats.max_raw
-            lo = rlo if lo is None else min(lo, rlo)
-            hi = rhi if hi is None else max(hi, rhi)
-    return meta.num_rows, lo, hi, None if version is None else version.decode()
-
-
-def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[TableInfo]:
+def describe(
+    archive: Archive, tables: Sequence[str] | None = None, *, on_bad_file: OnBadFile | None = None
+) -> list[TableInfo]:
     """Partitions, files, rows, bytes, time span and schema versions of each table.
 
     Rows and times come from the Parquet footers (row counts and ``captured_at``
-    statistics); no data page is read.
+    statistics); no data page is read. Damaged files and folders are reported to
+    ``on_bad_file`` (default: the archive's), skipped and counted in ``damaged``.
     """
     if not archive.exists():
         raise NoArchiveError(_no_archive(archive))
+    archive = archive.using(on_bad_file)
     return [
         retrying(lambda t=table: _describe_table(archive, t))
         for table in tables or archive.tables()
@@ -689,24 +704,34 @@ def describe(archive: Archive, tables: Sequence[str] | None = None) -> list[Tabl
 
 def _describe_table(archive: Archive, table: str) -> TableInfo:
     """One table's :class:`TableInfo`; lists and reads again as a whole if a file vanished."""
-    from concurrent.futures import ThreadPoolExecutor
+    from .archive import all_facts
 
     info = TableInfo(table)
+    damaged: set[str] = set()
+    outer = archive
+
+    def count(path: str, reason: str) -> None:
+        if path not in damaged:
+            damaged.add(path)
+            outer.damaged(path, reason)
+
+    archive = archive.using(count)
     parts = archive.partitions(table)
     files = [f for p in parts for f in archive.partition_files(p)]
+    info.damaged = len(damaged)
     info.partitions = len(parts)
     info.files = len(files)
     info.bytes = sum(f.size or 0 for f in files)
     versions: set[str] = set()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        footers = list(pool.map(lambda f: _footer(archive, f.path), files))
     lows, highs = [], []
-    for rows, lo, hi, version in footers:
-        info.rows += rows
-        if lo is not None:
-            lows.append(lo)
-            highs.append(hi)
-        versions.add(version or "?")
+    for facts in all_facts(archive.location, files, table):  # cached by partition_files
+        if facts is None:
+            raise FileNotFoundError("a file vanished: list again")
+        info.rows += facts.rows
+        if facts.first_us is not None:
+            lows.append(facts.first_us)
+            highs.append(facts.last_us)
+        versions.add(facts.version or "?")
     if lows:
         info.first = pd.Timestamp(min(lows), unit="us", tz="UTC")
         info.last = pd.Timestamp(max(highs), unit="us", tz="UTC")

@@ -95,6 +95,7 @@ def write_file(
                 row_group_size=row_group_size,
                 write_statistics=True,
                 use_dictionary=use_dictionary,
+                write_page_checksum=True,
             )
             size = out.tell()
         if target != final:

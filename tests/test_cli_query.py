@@ -225,8 +225,9 @@ def test_query_errors_are_one_line(archive, tmp_path):
     assert "no table 'nope'" in error_of("query", "nope", "--archive", archive, "--latest")
     bad = tmp_path / "damaged"
     shutil.copytree(archive, bad)
-    next((bad / "tasks").rglob("*.parquet")).write_bytes(b"garbage" * 10)
-    assert "cannot read tasks" in error_of("query", "tasks", "--archive", bad)
+    damaged = next((bad / "tasks").rglob("*.parquet"))
+    damaged.write_bytes(b"garbage" * 10)
+    assert f"damaged {damaged}: " in error_of("query", "tasks", "--archive", bad, "--strict")
 
 
 def test_errors_from_the_real_program(tmp_path):

@@ -80,7 +80,16 @@ def human_duration(delta: Any) -> str:
     return " ".join(parts) or "0s"
 
 
+def echo_skipped(skipped: tuple[tuple[str, str], ...]) -> None:
+    """One line per damaged file or folder a run left alone."""
+    for path, reason in skipped:
+        click.echo(f"Skipped {path}: {reason}")
+    if skipped:
+        click.echo(f"{len(skipped)} damaged files or folders skipped: see `archiver check`.")
+
+
 def echo_compaction(report: CompactionReport) -> None:
+    echo_skipped(report.skipped)
     if report.recovered or report.temps_removed:
         click.echo(
             f"Finished an interrupted cleanup: removed {report.recovered} leftover files "
@@ -119,6 +128,7 @@ def echo_compaction(report: CompactionReport) -> None:
 
 
 def echo_expiry(report: ExpiryReport) -> None:
+    echo_skipped(report.skipped)
     if report.partitions:
         echo_table(
             ["table", "hour", "files", "rows", "bytes"],

@@ -124,6 +124,11 @@ def render(table: pa.Table, fmt: str) -> str:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="Write to FILE instead of stdout (needed for parquet).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail on a damaged file or folder instead of skipping it with a warning.",
+)
 def query_command(
     table: str,
     archive: str,
@@ -135,6 +140,7 @@ def query_command(
     limit: int | None,
     fmt: str,
     output: str | None,
+    strict: bool,
 ) -> None:
     """Print rows of TABLE (tasks, workers, snapshots) from the archive.
 
@@ -149,7 +155,7 @@ def query_command(
         raise click.ClickException("--format parquet needs --output FILE")
     filters = parse_where(where) or None
     cols = _columns(columns)
-    store = Archive(archive)
+    store = Archive(archive, on_bad_file="raise" if strict else "warn")
     if only_latest:
         result = run_library_call(
             latest,
@@ -243,6 +249,11 @@ def info_command(archive: str) -> None:
         f"total: {sum(i.files for i in infos):,} files, {sum(i.rows for i in infos):,} rows, "
         f"{human_bytes(total_bytes)} on disk"
     )
+    damaged = sum(i.damaged for i in infos)
+    if damaged:
+        click.echo(
+            f"{damaged} damaged files or folders skipped: see `archiver check --archive {archive}`"
+        )
 
 
 COMMANDS = [query_command, info_command]

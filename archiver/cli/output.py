@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from ..errors import ArchiverError
+from ..errors import ArchiverError, DamagedArchiveWarning
 
 T = TypeVar("T")
 
@@ -23,11 +24,25 @@ archive_option = click.option(
 
 
 def run_library_call(fun: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call into the library; a user mistake becomes a one-line ``Error:`` and exit code 1."""
-    try:
-        return fun(*args, **kwargs)
-    except ArchiverError as exc:
-        raise click.ClickException(str(exc)) from exc
+    """Call into the library; a user mistake becomes a one-line ``Error:`` and exit code 1.
+
+    A skipped damaged file or folder is shown as one ``Warning:`` line on stderr.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DamagedArchiveWarning)
+        try:
+            return fun(*args, **kwargs)
+        except ArchiverError as exc:
+            raise click.ClickException(str(exc)) from exc
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                text = str(w.message)
+                if issubclass(w.category, DamagedArchiveWarning) and text not in seen:
+                    seen.add(text)
+                    click.echo(f"Warning: {text}", err=True)
+                elif not issubclass(w.category, DamagedArchiveWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import time
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..archive import Archive, Partition
+from ..archive import Archive, Partition, one_line
 from ..schema import ENTITY_KEYS, HOUR_US
 from ..storage import Location
 from .listing import (
+    Damaged,
     PartitionScan,
     delete_file,
     finish_interrupted,
@@ -43,8 +45,13 @@ def _compact_partition(
     files: list[pafs.FileInfo],
     keep: Keep,
     target_bytes: int,
-) -> tuple[PartitionCompaction, list[str]]:
-    data, schema = read_inputs(location, partition.table, [i.path for i in files])
+    damaged: Damaged,
+) -> tuple[PartitionCompaction | None, list[str]]:
+    """Merge ``files``; the ones that turn out damaged are left alone (and reported)."""
+    data, schema, good = read_inputs(location, partition.table, [i.path for i in files], damaged)
+    files = [i for i in files if i.path in set(good)]
+    if not files:
+        return None, []
     rows_in = data.num_rows
     if keep == "latest" and partition.table in ENTITY_KEYS:
         data = latest_rows(data, ENTITY_KEYS[partition.table])
@@ -91,6 +98,12 @@ def compact_locked(
     recovered = temps = 0
     results: list[PartitionCompaction] = []
     to_delete: list[str] = []
+    skipped: dict[str, str] = {}
+
+    def note(path: str, reason: str) -> None:
+        skipped.setdefault(path, reason)
+
+    archive = archive.using(note)
     work = [(t, p) for t in tables for p in archive.partitions(t)]
     closed = [(t, p) for t, p in work if p.start_us + HOUR_US <= before_us]
     done = 0
@@ -99,17 +112,17 @@ def compact_locked(
             if not dry_run:
                 recovered += remove_set_aside(location, table)
         for table, partition in work:
-            scan = scan_partition(location, partition, wall)
+            scan = scan_partition(location, partition, wall, note)
             if not dry_run and (scan.leftovers or scan.temps):
                 r, t = finish_interrupted(location, partition, scan)
                 recovered, temps = recovered + r, temps + t
                 # Plan on what is left, not on the old list.
-                scan = scan_partition(location, partition, wall)
+                scan = scan_partition(location, partition, wall, note)
             if partition.start_us + HOUR_US > before_us:
                 continue
             files = _plan(scan, keep, target_bytes)
             if files and dry_run:
-                rows = sum(num_rows(location, i) for i in files)
+                rows = sum(num_rows(scan, i) for i in files)
                 size = sum(i.size for i in files)
                 estimate = max(1, math.ceil(size / target_bytes))
                 results.append(
@@ -119,8 +132,15 @@ def compact_locked(
                     )
                 )  # fmt: skip
             elif files:
-                result, inputs = _compact_partition(location, partition, files, keep, target_bytes)
-                results.append(result)
+                try:
+                    result, inputs = _compact_partition(
+                        location, partition, files, keep, target_bytes, note
+                    )
+                except (pa.ArrowException, ValueError) as exc:  # never blocks the others
+                    note(partition.path, f"not compacted: {one_line(exc)}")
+                    result, inputs = None, []
+                if result is not None:
+                    results.append(result)
                 to_delete.extend(inputs)
             done += 1
             if progress is not None:
@@ -136,4 +156,5 @@ def compact_locked(
         dry_run=dry_run,
         recovered=recovered,
         temps_removed=temps,
+        skipped=tuple(sorted(skipped.items())),
     )

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from ..archive import Archive, Partition
+from ..archive import PARQUET, Archive, Partition, _is_missing_file, mark_damaged
 from ..errors import ArchiverError
-from ..schema import HOUR_US, TASK_STATES
+from ..schema import HOUR_US, TASK_STATES, TASKS
 from ..sink import new_writer_id
 from ..storage import Location
 from .listing import (
     EXPIRED_MARK,
+    Damaged,
     PartitionScan,
     delete_file,
     finish_interrupted,
@@ -42,8 +42,12 @@ def _expired_tasks(
     scans: dict[Partition, PartitionScan],
     per_state: Mapping[str, pd.Timedelta],
     now: pd.Timestamp,
+    damaged: Damaged,
 ) -> tuple[set[str], list[StateExpiry], dict[str, int]]:
-    """uuids whose last row is older than their state's retention; rows per visible file."""
+    """uuids whose last row is older than their state's retention; rows per visible file.
+
+    A file that cannot be read is reported to ``damaged`` and left out.
+    """
     pieces = []
     paths: list[str] = []
     for partition in partitions:
@@ -51,10 +55,17 @@ def _expired_tasks(
             paths.append(info.path)
     if not paths:
         return set(), [], {}
-    fmt = ds.ParquetFileFormat()
     for index, path in enumerate(paths):
-        frag = fmt.make_fragment(path, filesystem=location.fs)
-        cols = frag.to_table(columns=["uuid", "captured_at", "snapshot_id", "state"])
+        frag = PARQUET.make_fragment(path, filesystem=location.fs)
+        try:
+            cols = frag.to_table(
+                schema=TASKS, columns=["uuid", "captured_at", "snapshot_id", "state"]
+            )
+        except (pa.ArrowException, OSError) as exc:
+            if _is_missing_file(exc):
+                raise
+            damaged(path, mark_damaged(location, path, exc))
+            continue
         state = cols.column("state")
         if pa.types.is_dictionary(state.type):
             state = state.cast(pa.string())
@@ -69,6 +80,8 @@ def _expired_tasks(
                 }
             )
         )
+    if not pieces:
+        return set(), [], {}
     rows = pa.concat_tables(pieces).to_pandas()
     rows = rows.sort_values(["captured_at", "snapshot_id"], kind="stable")
     last = rows.drop_duplicates("uuid", keep="last")
@@ -135,6 +148,12 @@ def expire_locked(
     started = time.perf_counter()
     location = archive.location
     wall = time.time()
+    skipped: dict[str, str] = {}
+
+    def note(path: str, reason: str) -> None:
+        skipped.setdefault(path, reason)
+
+    archive = archive.using(note)
     if not dry_run:
         for table in tables:
             remove_set_aside(location, table)
@@ -151,15 +170,16 @@ def expire_locked(
     total = len(gone_parts)
     done = 0
     for partition in gone_parts:
-        scan = scan_partition(location, partition, wall)
+        scan = scan_partition(location, partition, wall)  # damaged files go with the hour
+        files = scan.visible + scan.damaged
         gone.append(
             PartitionExpiry(
                 partition.table,
                 partition.date,
                 partition.hour,
-                files=len(scan.visible),
-                rows=sum(num_rows(location, i) for i in scan.visible),
-                bytes=sum(i.size for i in scan.visible),
+                files=len(files),
+                rows=sum(num_rows(scan, i) for i in scan.visible),
+                bytes=sum(i.size for i in files),
             )
         )
         if not dry_run:
@@ -177,12 +197,12 @@ def expire_locked(
     if task_parts:
         scans = {}
         for partition in task_parts:
-            scan = scan_partition(location, partition, wall)
+            scan = scan_partition(location, partition, wall, note)
             if not dry_run and (scan.leftovers or scan.temps):
                 finish_interrupted(location, partition, scan)
-                scan = scan_partition(location, partition, wall)
+                scan = scan_partition(location, partition, wall, note)
             scans[partition] = scan
-        uuids, states, per_file = _expired_tasks(location, task_parts, scans, per_state, now)
+        uuids, states, per_file = _expired_tasks(location, task_parts, scans, per_state, now, note)
         affected = [p for p in task_parts if any(i.path in per_file for i in scans[p].visible)]
         total += len(affected)
         to_delete: list[str] = []
@@ -190,7 +210,10 @@ def expire_locked(
             # Oldest first: a task's last row, which decides its state, goes last.
             for partition in affected if not dry_run else []:
                 files = [i for i in scans[partition].visible if i.path in per_file]
-                data, schema = read_inputs(location, "tasks", [i.path for i in files])
+                data, schema, good = read_inputs(location, "tasks", [i.path for i in files], note)
+                files = [i for i in files if i.path in set(good)]
+                if not files:
+                    continue
                 keep_mask = pc.invert(pc.is_in(data.column("uuid"), pa.array(sorted(uuids))))
                 data = sort_rows(data.filter(keep_mask))
                 infos = [scans[partition].infos.get(i.base_name) for i in files]
@@ -227,4 +250,5 @@ def expire_locked(
         uuids=tuple(sorted(uuids)),
         rewritten=rewritten,
         seconds=time.perf_counter() - started,
+        skipped=tuple(sorted(skipped.items())),
     )

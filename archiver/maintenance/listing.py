@@ -7,17 +7,17 @@ leftovers of an interrupted run are deleted, in which order.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from ..archive import (
     COMPACT_MARK,
     CompactInfo,
     Partition,
-    compact_info,
+    all_facts,
     is_hidden,
     live_compacted,
     visible_names,
@@ -56,38 +56,70 @@ class PartitionScan:
     replaced: list[str] = field(default_factory=list)
     tombstones: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
+    #: Damaged files (unreadable footer or foreign schema): left alone, never an input.
+    damaged: list[pafs.FileInfo] = field(default_factory=list)
+    #: Rows of each readable visible file, from its footer.
+    rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def leftovers(self) -> list[str]:
         return self.garbage + self.replaced + self.tombstones
 
 
-def scan_partition(location: Location, partition: Partition, wall: float) -> PartitionScan:
+#: Called as ``damaged(path, reason)`` for each damaged file a run skips.
+Damaged = Callable[[str, str], None]
+
+
+def scan_partition(
+    location: Location, partition: Partition, wall: float, damaged: Damaged | None = None
+) -> PartitionScan:
+    """List a partition; damaged files are reported to ``damaged`` and left out of it."""
     try:
         entries = location.fs.get_file_info(pafs.FileSelector(partition.path))
     except FileNotFoundError:
         return PartitionScan()
     scan = PartitionScan()
     for e in entries:
-        if e.type != pafs.FileType.File:
-            continue
         name = e.base_name
+        if e.type != pafs.FileType.File:
+            if damaged is not None and name.endswith(".parquet") and not is_hidden(name):
+                damaged(e.path, "not a file")
+            continue
         if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
             if e.mtime is not None and wall - e.mtime.timestamp() > TEMP_MAX_AGE:
                 scan.temps.append(e.path)
         elif not is_hidden(name) and name.endswith(".parquet"):
             scan.files[name] = e
-    for name, e in scan.files.items():
-        if COMPACT_MARK in name:
-            scan.infos[name] = compact_info(location, e)
+    entries = list(scan.files.values())
+    problems: dict[str, str] = {}
+    for e, facts in zip(entries, all_facts(location, entries, partition.table)):
+        if facts is None:  # vanished
+            del scan.files[e.base_name]
+        elif facts.problem is not None:
+            problems[e.base_name] = facts.problem
+            if COMPACT_MARK in e.base_name:  # a damaged compacted file replaces nothing
+                del scan.files[e.base_name]
+        elif facts.compact is not None:
+            scan.infos[e.base_name] = facts.compact
+        else:
+            scan.rows[e.base_name] = facts.rows
     present = set(scan.files)
     live = live_compacted(present, scan.infos)
     visible = visible_names(present, scan.infos)
-    scan.visible = sorted((scan.files[n] for n in visible), key=lambda i: i.base_name)
     scan.garbage = sorted(n for n in scan.infos if n not in live)
     scan.replaced = sorted(n for n in present - visible if n in live or n not in scan.infos)
     scan.tombstones = sorted(
         n for n in live & visible if scan.infos[n].rows == 0 and scan.infos[n].group == {n}
+    )
+    for name, problem in sorted(problems.items()):
+        if name in visible or name not in present:  # damaged and not a replaced leftover
+            info = scan.files.get(name) or next(e for e in entries if e.base_name == name)
+            scan.damaged.append(info)
+            if damaged is not None:
+                damaged(info.path, problem)
+    bad = {i.base_name for i in scan.damaged}
+    scan.visible = sorted(
+        (scan.files[n] for n in visible if n not in bad), key=lambda i: i.base_name
     )
     return scan
 
@@ -127,6 +159,7 @@ def remove_set_aside(location: Location, table: str) -> int:
     return removed
 
 
-def num_rows(location: Location, info: pafs.FileInfo) -> int:
-    with location.fs.open_input_file(info.path) as f:
-        return pq.ParquetFile(f).metadata.num_rows
+def num_rows(scan: PartitionScan, info: pafs.FileInfo) -> int:
+    """Rows of a visible file of ``scan``, from its footer."""
+    compact = scan.infos.get(info.base_name)
+    return compact.rows if compact is not None else scan.rows[info.base_name]

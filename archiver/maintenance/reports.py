@@ -39,6 +39,8 @@ class CompactionReport:
     #: Files removed to finish interrupted runs, and stale temporary files removed.
     recovered: int = 0
     temps_removed: int = 0
+    #: ``(path, reason)`` of each damaged file or folder left alone.
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def files_in(self) -> int:
@@ -65,7 +67,7 @@ class CompactionReport:
         return (
             f"{verb} {len(self.partitions)} partitions: {self.files_in} -> {self.files_out} "
             f"files, {self.rows} rows, {self.bytes_in} -> {self.bytes_out} bytes "
-            f"in {self.seconds:.2f}s"
+            f"in {self.seconds:.2f}s{_skipped(self.skipped)}"
         )
 
 
@@ -104,6 +106,8 @@ class ExpiryReport:
     #: task partitions rewritten without the expired tasks.
     rewritten: int = 0
     seconds: float = 0.0
+    #: ``(path, reason)`` of each damaged file or folder left alone (or dropped with its hour).
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def files(self) -> int:
@@ -118,6 +122,7 @@ class ExpiryReport:
         return (
             f"{verb} {len(self.partitions)} partitions ({self.files} files) and "
             f"{len(self.uuids)} tasks: {self.rows} rows in {self.seconds:.2f}s"
+            f"{_skipped(self.skipped)}"
         )
 
 
@@ -132,3 +137,7 @@ class CleanupReport:
     def __str__(self) -> str:
         parts = [str(r) for r in (self.expiry, self.compaction) if r is not None]
         return "; ".join(parts) or "nothing to do"
+
+
+def _skipped(skipped: tuple[tuple[str, str], ...]) -> str:
+    return f"; skipped {len(skipped)} damaged files or folders" if skipped else ""

@@ -15,11 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..archive import GROUP_KEY, KEEP_KEY, REPLACES_KEY
+from ..archive import GROUP_KEY, KEEP_KEY, PARQUET, REPLACES_KEY, _is_missing_file, mark_damaged
 from ..schema import SCHEMAS, dictionary_columns, with_metadata
 from ..sink import ROW_GROUP_SIZE, TMP_SUFFIX, new_writer_id
 from ..storage import Location
-from .listing import step
+from .listing import Damaged, step
 from .retention import Keep
 
 
@@ -36,12 +36,36 @@ def _target_schema(table: str, fragments: list[ds.ParquetFileFragment]) -> pa.Sc
     return unified.with_metadata(base.metadata if base is not None else schemas[0].metadata)
 
 
-def read_inputs(location: Location, table: str, paths: list[str]) -> tuple[pa.Table, pa.Schema]:
-    fmt = ds.ParquetFileFormat()
-    fragments = [fmt.make_fragment(p, filesystem=location.fs) for p in paths]
+def read_inputs(
+    location: Location, table: str, paths: list[str], damaged: Damaged | None = None
+) -> tuple[pa.Table, pa.Schema, list[str]]:
+    """The rows of ``paths``, the schema to write them with, and the paths actually read.
+
+    Page checksums are verified; a file that fails is reported to ``damaged`` and
+    left out (it must then be neither replaced nor deleted).
+    """
+    fragments = [PARQUET.make_fragment(p, filesystem=location.fs) for p in paths]
     schema = _target_schema(table, fragments)
-    dataset = ds.FileSystemDataset(fragments, schema.remove_metadata(), fmt, location.fs)
-    return dataset.to_table(), schema
+    plain = schema.remove_metadata()
+    try:
+        data = ds.FileSystemDataset(fragments, plain, PARQUET, location.fs).to_table()
+        return data, schema, paths
+    except (pa.ArrowException, OSError) as exc:
+        if _is_missing_file(exc):
+            raise
+    pieces, good = [], []
+    for fragment in fragments:
+        try:
+            pieces.append(ds.FileSystemDataset([fragment], plain, PARQUET, location.fs).to_table())
+            good.append(fragment.path)
+        except (pa.ArrowException, OSError) as exc:
+            if _is_missing_file(exc):
+                raise
+            reason = mark_damaged(location, fragment.path, exc)
+            if damaged is not None:
+                damaged(fragment.path, reason)
+    data = pa.concat_tables(pieces) if pieces else plain.empty_table()
+    return data, schema, good
 
 
 def sort_rows(data: pa.Table) -> pa.Table:
@@ -116,6 +140,7 @@ def write_group(
             compression="zstd",
             write_statistics=True,
             use_dictionary=use_dictionary,  # the camera's choice, per column
+            write_page_checksum=True,
         )
         out = Output(name, final, target, stream, writer)
         outs.append(out)
