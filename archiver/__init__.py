@@ -4,9 +4,16 @@ __version__ = "0.1.0"
 
 from .archive import Archive
 from .camera import Polaroid
+from .check import CheckReport
 from .cleanup import CompactionReport, ExpiryReport, Retention
 from .convert import CeleryConverter, Converter
-from .errors import ArchiverError, LockedError, NoArchiveError
+from .errors import (
+    ArchiverError,
+    DamagedArchiveWarning,
+    DamagedFileError,
+    LockedError,
+    NoArchiveError,
+)
 from .parquet_camera import ParquetCamera
 from .signals import Signal
 from .state import State
@@ -22,8 +29,11 @@ __all__ = [
     "Archive",
     "ArchiverError",
     "CeleryConverter",
+    "CheckReport",
     "CompactionReport",
     "Converter",
+    "DamagedArchiveWarning",
+    "DamagedFileError",
     "ExpiryReport",
     "LockedError",
     "NoArchiveError",
