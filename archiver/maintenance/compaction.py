@@ -9,8 +9,10 @@ import pyarrow.fs as pafs
 
 from ..archive import Archive, Partition
 from ..schema import ENTITY_KEYS, HOUR_US
+from ..sink import recover_flushes
 from ..storage import Location
 from .listing import (
+    TEMP_MAX_AGE,
     PartitionScan,
     delete_file,
     finish_interrupted,
@@ -95,6 +97,8 @@ def compact_locked(
     closed = [(t, p) for t, p in work if p.start_us + HOUR_US <= before_us]
     done = 0
     try:
+        if not dry_run:  # a recorder's flush a crash interrupted, an hour ago or more
+            recovered += sum(recover_flushes(location, min_age=TEMP_MAX_AGE))
         for table in tables:
             if not dry_run:
                 recovered += remove_set_aside(location, table)
@@ -130,6 +134,7 @@ def compact_locked(
         # which a file they listed disappears (they then list again).
         for path in to_delete:
             delete_file(location, path)
+        location.sync_parents(to_delete)
     return CompactionReport(
         tuple(results),
         seconds=time.perf_counter() - started,

@@ -18,10 +18,11 @@ import pyarrow.dataset as ds
 from ..archive import Archive, Partition
 from ..errors import ArchiverError
 from ..schema import HOUR_US, TASK_STATES
-from ..sink import new_writer_id
+from ..sink import new_writer_id, recover_flushes
 from ..storage import Location
 from .listing import (
     EXPIRED_MARK,
+    TEMP_MAX_AGE,
     PartitionScan,
     delete_file,
     finish_interrupted,
@@ -111,7 +112,7 @@ def _expire_partition_dir(location: Location, partition: Partition) -> None:
     if location.atomic_rename:
         parent, name = path.rsplit("/", 1)
         aside = f"{parent}/.{name}{EXPIRED_MARK}{new_writer_id()}"
-        fs.move(path, aside)
+        location.rename(path, aside)
         path = aside
     fs.delete_dir(path)
     step("deleted")
@@ -119,6 +120,7 @@ def _expire_partition_dir(location: Location, partition: Partition) -> None:
     if location.local:
         with contextlib.suppress(OSError):
             os.rmdir(day)  # only if empty: a recorder may be writing there
+    location.sync_parents([path, day])
 
 
 def expire_locked(
@@ -136,6 +138,7 @@ def expire_locked(
     location = archive.location
     wall = time.time()
     if not dry_run:
+        recover_flushes(location, min_age=TEMP_MAX_AGE)  # a recorder's, interrupted by a crash
         for table in tables:
             remove_set_aside(location, table)
     cutoff = None if older_than is None else to_micros(now - older_than)
@@ -214,6 +217,7 @@ def expire_locked(
         finally:
             for path in to_delete:
                 delete_file(location, path)
+            location.sync_parents(to_delete)
         # The rewrites' inputs are gone: drop the tombstones of fully expired files.
         for partition in affected if not dry_run else []:
             scan = scan_partition(location, partition, wall)
