@@ -441,38 +441,34 @@ class ParquetSink:
     def _write(
         self, taken: dict[str, list[pa.RecordBatch]], kept: dict[str, list[pa.RecordBatch]]
     ) -> list[str]:
-        """One flush: every temporary file, then the renames, the commit table last.
+        """One flush: every temporary file first, then the renames, the commit table's last.
 
-        Rows not written go to ``kept``; so do the commit table's rows of every hour
-        in which another table's file failed.
+        Each hour is all or nothing: if any of its files fails, none of them is
+        renamed (on object stores, where a file appears once written, no later one is
+        written) and its rows go to ``kept`` for the retry. After one failure, a
+        table's later hours wait for the retry too.
         """
         self._flushes += 1
         flush_id = f"{self.writer_id}-{self._flushes:06d}"
-        names = [n for n in taken if n != self.commit_table]
-        names += [n for n in taken if n == self.commit_table]
+        commit = self.commit_table
         parts: list[_Part] = []
-        failed: set[int] = set()  # hours in which a file of a non-commit table failed
-        every_hour = False  # a non-commit table failed as a whole
-        for name in names:
-            is_commit = name == self.commit_table
-            if is_commit and every_hour:
-                kept[name] = taken[name]
-                continue
+        failed: set[int] = set()  # hours not to rename
+        failed_all = False  # a table could not be prepared: nothing is renamed
+        for name in sorted(taken, key=lambda n: n == commit):  # the commit table last
             try:
                 table_parts = self._split(name, taken[name], flush_id, len(parts))
             except Exception as exc:  # not an I/O error (those are handled): keep the rows
                 self._failed(exc, f"{name} rows (could not prepare them)")
                 logger.debug("Preparing %s rows failed", name, exc_info=True)
                 kept[name] = taken[name]
-                every_hour = every_hour or not is_commit
+                failed_all = True
                 continue
-            broken = False  # after one failure, the table's later hours wait for the retry
+            broken = False
             for part in table_parts:
                 parts.append(part)
-                if broken or (is_commit and part.bucket in failed):
-                    if not is_commit:
-                        failed.add(part.bucket)
-                    continue  # held back with the rows it commits
+                if broken or failed_all or part.bucket in failed:
+                    failed.add(part.bucket)
+                    continue
                 try:
                     part.temp, part.size = write_temp(
                         self.location,
@@ -486,32 +482,28 @@ class ParquetSink:
                 except Exception as exc:
                     self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
                     broken = True
-                    if not is_commit:
-                        failed.add(part.bucket)
+                    failed.add(part.bucket)
         written: list[str] = []
-        commit = self.commit_table
-        broken: set[str] = set()  # tables with a failed rename: the rest waits for the retry
+        broken_tables: set[str] = set()
         for last in (False, True):
-            stage = [p for p in parts if (p.table == commit) == last]
             done = []
-            for part in stage:
-                if not part.temp:
+            for part in parts:
+                if (part.table == commit) != last or not part.temp:
                     continue
-                if part.table in broken or (last and part.bucket in failed):
-                    error = None
-                else:
+                if part.temp != part.final:  # else on an object store: in place already
+                    if failed_all or part.bucket in failed or part.table in broken_tables:
+                        self._discard(part)
+                        continue
                     error = self._rename(part)
-                if error is not None or part.table in broken or (last and part.bucket in failed):
                     if error is not None:
                         self._failed(error, f"{part.rows.num_rows} {part.table} rows")
-                        broken.add(part.table)
-                    if not last:
+                        broken_tables.add(part.table)
                         failed.add(part.bucket)
                         for other in parts:  # its commit rows first, then it
                             if other.bucket == part.bucket and other.table == commit:
                                 self._discard(other)
-                    self._discard(part)
-                    continue
+                        self._discard(part)
+                        continue
                 done.append(part.final)
                 written.append(part.final)
                 self.stats.files.append(part.final)
