@@ -245,12 +245,14 @@ def recover_flushes(
                         info.path,
                         flush,
                     )
-                    location.fs.delete_file(info.path)
+                    with contextlib.suppress(FileNotFoundError):
+                        location.fs.delete_file(info.path)
                     bad.add(partition)
                     deleted += 1
                     continue
                 final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
-                location.fs.move(info.path, final)
+                with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
+                    location.fs.move(info.path, final)
                 done.append(final)
                 renamed += 1
             location.sync_parents(done)

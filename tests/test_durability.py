@@ -17,7 +17,9 @@ import os
 import random
 import shutil
 import signal
+import uuid as uuidlib
 from pathlib import Path
+from typing import ClassVar
 
 import fsspec
 import pandas as pd
@@ -34,7 +36,7 @@ from archiver.sink import ParquetSink
 
 from .conftest import SAMPLE, FakeTimer, drive, read_events
 from .test_cleanup import HOUR, SHIFT, record, shifted
-from .test_sink import FlakyHandler
+from .test_sink import FlakyHandler, _ObjectStore
 
 SCHEMAS = CeleryConverter.schemas
 WRITER = "c1c1c1c1c1c1"
@@ -302,6 +304,42 @@ def test_an_hour_whose_task_file_fails_is_held_back_whole(tmp_path, small_events
     camera.cancel()
     assert any(later in str(p) for p in data_files(root))
     assert assert_in_step(root, expected) == len(expected["snapshots"])
+
+
+class _FailingObjectStore(_ObjectStore):
+    """An object store (no rename) on which writing a tasks file fails while ``failing``."""
+
+    failing = True
+    order: ClassVar[list[str]] = []
+
+    def _open(self, path, mode="rb", **kwargs):
+        if "w" in mode:
+            if self.failing and "/tasks/" in path:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            type(self).order.append(path.split("/")[2])
+        return super()._open(path, mode, **kwargs)
+
+
+def test_on_object_stores_snapshots_are_written_last(small_events):
+    fs = _FailingObjectStore()
+    root = f"/archiver-s3-{uuidlib.uuid4().hex}"
+    try:
+        clock = [small_events[0]["timestamp"]]
+        camera = archiver.ParquetCamera(
+            archiver.State(), root, timer=FakeTimer(), clock=lambda: clock[0], filesystem=fs
+        )
+        assert not camera.location.atomic_rename
+        drive(camera.state, camera, small_events, clock=clock)
+        camera.flush()
+        assert not fs.exists(f"{root}/snapshots") or not fs.find(f"{root}/snapshots")
+        fs.failing = False
+        camera.cancel()
+        assert _FailingObjectStore.order[-1] == "snapshots"
+        assert _ObjectStore.moves == 0
+        snaps = pq.read_table(f"{root}/snapshots", filesystem=fs).num_rows
+        assert snaps > 0 and camera.sink.buffered_rows == 0
+    finally:
+        fs.rm(root, recursive=True)
 
 
 # -- tables in step: crashes -------------------------------------------------------------
