@@ -252,7 +252,7 @@ def recover_flushes(
                     continue
                 final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
                 with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
-                    location.fs.move(info.path, final)
+                    location.rename(info.path, final, sync=False)
                 done.append(final)
                 renamed += 1
             location.sync_parents(done)
@@ -527,7 +527,7 @@ class ParquetSink:
         if part.temp == part.final:
             return None
         try:
-            self.location.fs.move(part.temp, part.final)
+            self.location.rename(part.temp, part.final, sync=False)
         except Exception as exc:
             fs = self.location.fs
             with contextlib.suppress(Exception):

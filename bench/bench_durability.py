@@ -2,8 +2,9 @@
 
 Each case runs the same code four ways, interleaved in one run (so that the load of
 a shared machine hits them alike): checksums and fsync both off (the baseline), each
-one alone, and both on (the default). Printed: the median time and the ratio of its
-throughput to the baseline's (1.00x: free; 0.80x: 20% slower).
+one alone, and both on (the default). Printed: the median time, and the median over
+rounds of the throughput ratio to the baseline in the same round (1.00x: free; 0.80x:
+20% slower), with its range.
 
 (a) camera: ``--snapshots`` snapshots of ``--changed`` changed tasks (real task
     objects: the recorded events replayed into an ``archiver.State``), a flush every
@@ -72,8 +73,8 @@ def camera_case(out: Path, frozen: list[Frozen], workers, flush_every: int) -> C
 
 def interleaved(
     cases: dict[str, Callable[[], object]], repeat: int, setup: Callable[[], None] | None = None
-) -> dict[str, float]:
-    """Median seconds per mode; the modes run in turn, in a rotating order."""
+) -> dict[str, list[float]]:
+    """Seconds per mode and round; the modes run in turn, in a rotating order."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for round_ in range(repeat):
@@ -87,17 +88,24 @@ def interleaved(
             cases[name]()
             times[name].append(time.perf_counter() - start)
     setting(True, True)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
-def report(title: str, medians: dict[str, float], units: float, unit: str) -> None:
+def report(title: str, times: dict[str, list[float]], units: float, unit: str) -> None:
+    """Median time and throughput per mode; the ratio to the baseline is the median of
+    the ratios within each round (paired, so slow phases of a shared machine cancel)."""
     print(title)
-    base = medians["neither (baseline)"]
-    header = f"{'checksums / fsync':<22} {'median s':>9} {unit:>12} {'vs baseline':>12}"
+    base = times["neither (baseline)"]
+    header = f"{'checksums / fsync':<22} {'median s':>9} {unit:>12} {'vs baseline':>12}  range"
     print(header)
     print("-" * len(header))
-    for name, seconds in medians.items():
-        print(f"{name:<22} {seconds:9.3f} {units / seconds:12,.0f} {base / seconds:11.2f}x")
+    for name, seconds in times.items():
+        ratios = sorted(b / s for b, s in zip(base, seconds))
+        median = statistics.median(seconds)
+        print(
+            f"{name:<22} {median:9.3f} {units / median:12,.0f} "
+            f"{statistics.median(ratios):11.2f}x  {ratios[0]:.2f}-{ratios[-1]:.2f}"
+        )
     print()
 
 
