@@ -2,9 +2,11 @@
 
 Each case runs the same code four ways, interleaved in one run (so that the load of
 a shared machine hits them alike): checksums and fsync both off (the baseline), each
-one alone, and both on (the default). Printed: the median time, and the median over
+one alone, and both on (the default). Printed: the median time, the median over
 rounds of the throughput ratio to the baseline in the same round (1.00x: free; 0.80x:
-20% slower), with its range.
+20% slower) by wall time (with its range) and by CPU time of this process (less
+disturbed by other processes; fsync waits are not CPU), and the fsync calls per run
+and the seconds spent in them (timed around each call).
 
 (a) camera: ``--snapshots`` snapshots of ``--changed`` changed tasks (real task
     objects: the recorded events replayed into an ``archiver.State``), a flush every
@@ -71,40 +73,71 @@ def camera_case(out: Path, frozen: list[Frozen], workers, flush_every: int) -> C
     return run
 
 
+class Timings:
+    """Per mode and round: wall seconds, CPU seconds, and fsync calls and seconds."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.wall: dict[str, list[float]] = {n: [] for n in names}
+        self.cpu: dict[str, list[float]] = {n: [] for n in names}
+        self.fsyncs: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+
+
 def interleaved(
     cases: dict[str, Callable[[], object]], repeat: int, setup: Callable[[], None] | None = None
-) -> dict[str, list[float]]:
-    """Seconds per mode and round; the modes run in turn, in a rotating order."""
-    times: dict[str, list[float]] = {name: [] for name in cases}
+) -> Timings:
+    """Run the modes in turn, in a rotating order, ``repeat`` rounds."""
     names = list(cases)
-    for round_ in range(repeat):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            if setup is not None:
-                setup()
-            setting(*MODES[name])
-            gc.collect()
-            start = time.perf_counter()
-            cases[name]()
-            times[name].append(time.perf_counter() - start)
-    setting(True, True)
-    return times
+    out = Timings(names)
+    real = storage.fsync_path
+    calls: list[float] = []
+
+    def timed_fsync(path: str) -> None:
+        start = time.perf_counter()
+        real(path)
+        calls.append(time.perf_counter() - start)
+
+    storage.fsync_path = timed_fsync
+    try:
+        for round_ in range(repeat):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                if setup is not None:
+                    setup()
+                setting(*MODES[name])
+                gc.collect()
+                calls.clear()
+                wall, cpu = time.perf_counter(), time.process_time()
+                cases[name]()
+                out.wall[name].append(time.perf_counter() - wall)
+                out.cpu[name].append(time.process_time() - cpu)
+                out.fsyncs[name].append((len(calls), sum(calls)))
+    finally:
+        storage.fsync_path = real
+        setting(True, True)
+    return out
 
 
-def report(title: str, times: dict[str, list[float]], units: float, unit: str) -> None:
-    """Median time and throughput per mode; the ratio to the baseline is the median of
-    the ratios within each round (paired, so slow phases of a shared machine cancel)."""
+def report(title: str, t: Timings, units: float) -> None:
+    """Per mode: median wall time and rows/s; the ratio of throughput to the baseline
+    (median of the ratios within each round: paired, so slow phases of a shared
+    machine cancel out), by wall time and by CPU time; fsync calls and their time."""
     print(title)
-    base = times["neither (baseline)"]
-    header = f"{'checksums / fsync':<22} {'median s':>9} {unit:>12} {'vs baseline':>12}  range"
+    base_wall, base_cpu = t.wall["neither (baseline)"], t.cpu["neither (baseline)"]
+    header = (
+        f"{'checksums / fsync':<20} {'wall s':>7} {'rows/s':>9} {'wall ratio':>11} "
+        f"{'(range)':>11} {'CPU ratio':>10} {'fsyncs':>7} {'fsync s':>8}"
+    )
     print(header)
     print("-" * len(header))
-    for name, seconds in times.items():
-        ratios = sorted(b / s for b, s in zip(base, seconds))
-        median = statistics.median(seconds)
+    for name in t.wall:
+        wall = sorted(b / s for b, s in zip(base_wall, t.wall[name]))
+        cpu = statistics.median(b / s for b, s in zip(base_cpu, t.cpu[name]))
+        median = statistics.median(t.wall[name])
+        calls = statistics.median(n for n, _ in t.fsyncs[name])
+        spent = statistics.median(s for _, s in t.fsyncs[name])
         print(
-            f"{name:<22} {median:9.3f} {units / median:12,.0f} "
-            f"{statistics.median(ratios):11.2f}x  {ratios[0]:.2f}-{ratios[-1]:.2f}"
+            f"{name:<20} {median:7.3f} {units / median:9,.0f} {statistics.median(wall):10.2f}x "
+            f"{wall[0]:5.2f}-{wall[-1]:<5.2f} {cpu:9.2f}x {calls:7.0f} {spent:8.3f}"
         )
     print()
 
@@ -143,7 +176,6 @@ def main(argv: list[str] | None = None) -> None:
             f"every {args.flush_every} ({files} files, {rows:,} rows); median of {args.repeat}",
             medians,
             rows,
-            "rows/s",
         )
 
         # (b) compaction
@@ -171,7 +203,6 @@ def main(argv: list[str] | None = None) -> None:
             f"{result.files_out}, {result.rows:,} rows; median of {args.repeat}",
             medians,
             result.rows,
-            "rows/s",
         )
         print(f"# written under {work} ({'tmpfs' if _tmpfs(work) else 'not tmpfs'})")
     finally:

@@ -28,13 +28,15 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import archiver
 from archiver import cleanup, sink, storage
 from archiver.convert import CeleryConverter
 from archiver.sink import ParquetSink
 
-from .conftest import SAMPLE, FakeTimer, drive, read_events
+from .conftest import SAMPLE, SMALL, FakeTimer, drive, read_events
 from .test_cleanup import HOUR, SHIFT, record, shifted
 from .test_sink import FlakyHandler, _ObjectStore
 
@@ -304,6 +306,95 @@ def test_an_hour_whose_task_file_fails_is_held_back_whole(tmp_path, small_events
     camera.cancel()
     assert any(later in str(p) for p in data_files(root))
     assert assert_in_step(root, expected) == len(expected["snapshots"])
+
+
+def hour_boundary_events(events: list[dict], before: float) -> tuple[list[dict], list[str]]:
+    """``events`` moved to start ``before`` seconds before an hour; the two hours' paths."""
+    start = events[0]["timestamp"] + SHIFT
+    boundary = (start // HOUR + 1) * HOUR
+    hours = [f"hour={int(boundary // HOUR - 1) % 24}/", f"hour={int(boundary // HOUR) % 24}/"]
+    return shifted(events, SHIFT + boundary - start - before), hours
+
+
+FAILURES = st.lists(
+    st.frozensets(
+        st.tuples(
+            st.sampled_from(["tasks", "workers", "snapshots"]),
+            st.sampled_from([0, 1]),
+            st.sampled_from(["open", "move"]),
+        ),
+        max_size=4,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(failures=FAILURES)
+def test_random_write_failures_never_show_a_snapshot_before_its_rows(
+    tmp_path_factory, small_events, failures
+):
+    """Opens and renames fail at random, per table and hour, flush after flush: a
+    snapshot row is never visible without all its rows; with only failed opens, no
+    row is visible without its snapshot row either; once writes work, all is there."""
+    events, hours = hour_boundary_events(small_events, 4)
+    root = tmp_path_factory.mktemp("fuzz")
+    failing: set[tuple[str, int, str]] = set()
+    handler = FlakyHandler()
+    real_open, real_move = handler.open_output_stream, handler.move
+
+    def fails(path: str, kind: str) -> bool:
+        return any(k == kind and f"/{t}/" in path and hours[h] in path for t, h, k in failing)
+
+    def open_output_stream(path, metadata):
+        if fails(path, "open"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_open(path, metadata)
+
+    def move(src, dest):
+        if fails(src, "move"):
+            raise OSError(errno.EIO, "Input/output error", src)
+        return real_move(src, dest)
+
+    handler.open_output_stream, handler.move = open_output_stream, move
+    clock = [events[0]["timestamp"]]
+    camera = camera_over(handler, root / "a", clock, flush_rows=10**6)
+    state = camera.state
+    per_flush = -(-len(events) // len(failures))
+    moved = False
+    next_shot = clock[0] + 0.25
+    for i, event in enumerate(events):  # drive(), with a flush every per_flush events
+        while event["timestamp"] >= next_shot:
+            clock[0] = next_shot
+            camera.capture()
+            next_shot += 0.25
+        state.event(dict(event))
+        if (i + 1) % per_flush == 0:
+            failing.clear()
+            failing.update(failures[i // per_flush])
+            moved |= any(k == "move" for _, _, k in failing)
+            camera.flush()
+            assert temp_files(root / "a") == []
+            assert_in_step(root / "a", FUZZ_REFERENCE[0], orphans=moved)
+    failing.clear()
+    clock[0] = next_shot
+    camera.cancel()
+    assert camera.sink.buffered_rows == 0
+    assert assert_in_step(root / "a", FUZZ_REFERENCE[0]) == len(FUZZ_REFERENCE[0]["snapshots"])
+
+
+#: The fuzz test's reference recording (same events, same snapshot ids), made once.
+FUZZ_REFERENCE: list[dict[str, pd.DataFrame]] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fuzz_reference(tmp_path_factory):
+    events, _ = hour_boundary_events(read_events(SMALL), 4)
+    root = tmp_path_factory.mktemp("fuzz-reference")
+    FUZZ_REFERENCE[:] = [reference(root, events, flush_rows=10**6)]
 
 
 class _FailingObjectStore(_ObjectStore):
