@@ -209,6 +209,15 @@ def test_each_file_is_fsynced_before_its_rename_and_its_directory_after(
         if last:
             assert last[-1] == sorted(os.listdir(directory)), directory
 
+    fsyncs.clear()
+    report = cleanup.expire(path, older_than="1h", dry_run=False)
+    assert report.partitions
+    for table in ("tasks", "workers", "snapshots"):
+        # the hour went (renamed aside, deleted), then its empty day: the table's
+        # directory was fsynced without it
+        assert os.listdir(path / table) == []
+        assert (str(path / table), []) in fsyncs, table
+
 
 def test_no_fsync_when_turned_off_and_none_on_object_stores(
     tmp_path, small_events, fsyncs, monkeypatch
