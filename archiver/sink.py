@@ -494,6 +494,7 @@ class ParquetSink:
                     continue
                 if part.temp != part.final:  # else on an object store: in place already
                     if failed_all or part.bucket in failed or part.table in broken_tables:
+                        failed.add(part.bucket)  # its commit rows wait with it
                         self._discard(part)
                         continue
                     error = self._rename(part)

@@ -28,7 +28,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import archiver
@@ -343,6 +343,8 @@ FAILURES = st.lists(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(failures=FAILURES)
+@example(failures=[frozenset([("workers", 0, "move")])])  # once showed hour 1 without workers
+@example(failures=[frozenset([("tasks", 0, "open")]), frozenset()])
 def test_random_write_failures_never_show_a_snapshot_before_its_rows(
     tmp_path_factory, small_events, failures
 ):
