@@ -1,8 +1,20 @@
 """Buffer record batches and flush them as hive-partitioned Parquet files, atomically.
 
-The only module that writes data files. Each file is written under a hidden
+The only module that writes data files (compaction and expiry write theirs with
+:func:`open_writer` and :func:`write_temp` too). Each file is written under a hidden
 temporary name (``.part-....parquet.tmp``, skipped by pyarrow, DuckDB and Polars)
-in its partition and renamed into place once complete.
+in its partition, fsynced, and renamed into place once complete; the directory is
+fsynced after (:class:`archiver.storage.Location`). Every file carries Parquet page
+checksums.
+
+Tables in step: one flush writes every temporary file first, then renames the
+files of the other tables, then those of the commit table (``snapshots``). So a
+snapshot's row is visible only once its task and worker rows are. A snapshot
+whose other rows could not be written is held back with them and retried. The
+files of one flush share a flush id in their names
+(``part-<first>-<writer>-<flush>-<n>.parquet``): after a crash,
+:func:`recover_flushes` renames the rest of a flush of which a file was renamed
+(roll forward) and deletes the temporary files of one that renamed none (roll back).
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -21,6 +34,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .schema import HOUR_US, dictionary_columns
@@ -43,6 +57,13 @@ RECENT_FILES = 1000
 DROP_LOG_INTERVAL = 60.0
 #: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
 LAST_HOUR = 253_402_300_800 // 3600
+#: Write Parquet page checksums (CRC32) in every file. Only benchmarks turn it off.
+PAGE_CHECKSUMS = True
+#: The table whose rows are renamed into place last: readers can treat it as the
+#: commit record of the other tables' rows with the same ``captured_at``.
+COMMIT_TABLE = "snapshots"
+#: A data file written by a sink flush; ``flush`` is ``<writer id>-<flush number>``.
+FLUSH_FILE = re.compile(r"^part-\d{8}T\d{6}-(?P<flush>.+-\d{6})-\d{3,}\.parquet$")
 
 
 def partition_path(hour_bucket: int) -> str:
@@ -62,7 +83,37 @@ def new_writer_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def write_file(
+def temp_path(location: Location, directory: str, name: str) -> str:
+    """Where ``directory/name`` is written before its rename (itself on object stores)."""
+    if location.atomic_rename:
+        return f"{directory}/.{name}{TMP_SUFFIX}"
+    return f"{directory}/{name}"
+
+
+def open_writer(
+    stream: pa.NativeFile,
+    schema: pa.Schema,
+    *,
+    compression: str = "zstd",
+    compression_level: int | None = None,
+    use_dictionary: bool | list[str] | None = None,
+) -> pq.ParquetWriter:
+    """A Parquet writer with archiver's settings: statistics, page checksums, and the
+    dictionary columns the schema asks for (:func:`archiver.schema.dictionary_columns`)."""
+    if use_dictionary is None:
+        use_dictionary = dictionary_columns(schema)
+    return pq.ParquetWriter(
+        stream,
+        schema,
+        compression=compression,
+        compression_level=compression_level,
+        write_statistics=True,
+        use_dictionary=use_dictionary,
+        write_page_checksum=PAGE_CHECKSUMS,
+    )
+
+
+def write_temp(
     location: Location,
     directory: str,
     name: str,
@@ -72,39 +123,163 @@ def write_file(
     compression_level: int | None = None,
     row_group_size: int = ROW_GROUP_SIZE,
     use_dictionary: bool | list[str] | None = None,
+) -> tuple[str, int]:
+    """Write ``table`` under the temporary name of ``directory/name``, fsynced; (path, size).
+
+    Creates ``directory`` if needed. On failure the temporary file is removed and
+    the exception propagates.
+    """
+    location.make_dirs(directory)
+    target = temp_path(location, directory, name)
+    try:
+        with location.fs.open_output_stream(target) as out:
+            with open_writer(
+                out,
+                table.schema,
+                compression=compression,
+                compression_level=compression_level,
+                use_dictionary=use_dictionary,
+            ) as writer:
+                writer.write_table(table, row_group_size=row_group_size)
+            size = out.tell()
+        location.sync(target)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the temporary file may not exist
+            location.fs.delete_file(target)
+        raise
+    return target, size
+
+
+def write_file(
+    location: Location,
+    directory: str,
+    name: str,
+    table: pa.Table,
+    **options: object,
 ) -> int:
     """Write ``table`` as ``directory/name`` via a hidden temporary file; returns its size.
 
-    On failure the temporary file is removed and the exception propagates; the
-    final name appears only once the file is complete. ``use_dictionary`` defaults
-    to what the table's schema asks for (:func:`archiver.schema.dictionary_columns`).
+    The final name appears only once the file is complete and fsynced (the
+    directory is fsynced after the rename). ``options`` go to :func:`write_temp`.
     """
-    if use_dictionary is None:
-        use_dictionary = dictionary_columns(table.schema)
-    fs = location.fs
-    fs.create_dir(directory, recursive=True)
+    target, size = write_temp(location, directory, name, table, **options)  # type: ignore[arg-type]
     final = f"{directory}/{name}"
-    target = f"{directory}/.{name}{TMP_SUFFIX}" if location.atomic_rename else final
-    try:
-        with fs.open_output_stream(target) as out:
-            pq.write_table(
-                table,
-                out,
-                compression=compression,
-                compression_level=compression_level,
-                row_group_size=row_group_size,
-                write_statistics=True,
-                use_dictionary=use_dictionary,
-                write_page_checksum=True,
-            )
-            size = out.tell()
-        if target != final:
-            fs.move(target, final)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the temporary file may not exist
-            fs.delete_file(target)
-        raise
+    if target != final:
+        try:
+            location.rename(target, final)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                location.fs.delete_file(target)
+            raise
     return size
+
+
+def _is_valid_parquet(location: Location, path: str) -> bool:
+    try:
+        with location.fs.open_input_file(path) as f:
+            pq.read_metadata(f)
+    except Exception:
+        return False
+    return True
+
+
+def recover_flushes(
+    location: Location, *, min_age: float = 0.0, commit_table: str = COMMIT_TABLE
+) -> tuple[int, int]:
+    """Finish the flushes a crash interrupted; returns (files renamed, files deleted).
+
+    A flush's temporary files are all complete and fsynced before its first rename,
+    so if any file of the flush is in place, the rest are renamed (the commit table
+    last); if none is, its temporary files are deleted (it never became visible).
+    Only flushes whose temporary files are all older than ``min_age`` seconds are
+    touched. Hidden and ``_`` directories are not searched.
+    """
+    if not location.atomic_rename:  # object stores: files are written under their final name
+        return 0, 0
+    try:
+        entries = location.fs.get_file_info(pafs.FileSelector(location.root, recursive=True))
+    except FileNotFoundError:
+        return 0, 0
+    root = location.root.rstrip("/") + "/"
+    temps: dict[str, list[pafs.FileInfo]] = {}
+    placed: set[str] = set()
+    for e in entries:
+        if e.type != pafs.FileType.File or not e.path.startswith(root):
+            continue
+        *dirs, name = e.path[len(root) :].split("/")
+        if not dirs or any(d.startswith((".", "_")) for d in dirs):
+            continue
+        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+            match = FLUSH_FILE.match(name[1 : -len(TMP_SUFFIX)])
+            if match:
+                temps.setdefault(match["flush"], []).append(e)
+        else:
+            match = FLUSH_FILE.match(name)
+            if match:
+                placed.add(match["flush"])
+    now = time.time()
+    renamed = deleted = 0
+    for flush, infos in sorted(temps.items()):
+        if any(i.mtime is not None and now - i.mtime.timestamp() < min_age for i in infos):
+            continue  # may still be in progress
+        if flush not in placed:
+            for info in infos:
+                with contextlib.suppress(FileNotFoundError):
+                    location.fs.delete_file(info.path)
+                deleted += 1
+            location.sync_parents(i.path for i in infos)
+            logger.warning(
+                "Removed %d temporary files of flush %s, interrupted before any was in place",
+                len(infos),
+                flush,
+            )
+            continue
+        # table and partition of each file: <table>/<date=...>/<hour=...>/<name>
+        where = {i.path: i.path[len(root) :].split("/", 1) for i in infos}
+        bad: set[str] = set()  # partitions in which a non-commit file is damaged
+        for last in (False, True):
+            done = []
+            for info in infos:
+                table, rest = where[info.path]
+                partition = rest.rsplit("/", 1)[0]
+                if (table == commit_table) != last:
+                    continue
+                if (last and partition in bad) or not _is_valid_parquet(location, info.path):
+                    logger.error(
+                        "Deleted %s of flush %s: it, or a file it commits, is damaged",
+                        info.path,
+                        flush,
+                    )
+                    with contextlib.suppress(FileNotFoundError):
+                        location.fs.delete_file(info.path)
+                    bad.add(partition)
+                    deleted += 1
+                    continue
+                final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
+                with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
+                    location.rename(info.path, final, sync=False)
+                done.append(final)
+                renamed += 1
+            location.sync_parents(done)
+        logger.warning("Finished flush %s interrupted by a crash: %d files", flush, len(infos))
+    return renamed, deleted
+
+
+@dataclass
+class _Part:
+    """One file of a flush: the rows of one table and hour."""
+
+    table: str
+    bucket: int
+    rows: pa.Table
+    directory: str
+    name: str
+    temp: str = ""
+    size: int = 0
+
+    @property
+    def final(self) -> str:
+        return f"{self.directory}/{self.name}"
 
 
 @dataclass
@@ -133,6 +308,11 @@ class ParquetSink:
     ``max_buffer_rows`` the oldest rows are dropped and counted in
     ``stats.rows_dropped``. :meth:`flush` never raises on I/O errors, and
     :meth:`append` never waits for a write in progress.
+
+    The rows of ``commit_table`` in an hour are renamed into place after the
+    other tables' files, and only if all of that hour's other files were written
+    (see the module's docstring). A new sink first finishes the flushes a crash
+    interrupted in the archive (:func:`recover_flushes`).
     """
 
     def __init__(
@@ -148,6 +328,7 @@ class ParquetSink:
         max_buffer_rows: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
         writer_id: str | None = None,
+        commit_table: str | None = COMMIT_TABLE,
     ) -> None:
         if flush_rows < 1 or max_buffer_rows < flush_rows:
             raise ValueError(
@@ -172,16 +353,21 @@ class ParquetSink:
         self.max_buffer_rows = max_buffer_rows
         self.clock = clock
         self.writer_id = writer_id or new_writer_id()
+        self.commit_table = commit_table
         self.stats = SinkStats()
         self._buffers: dict[str, list[pa.RecordBatch]] = {name: [] for name in schemas}
         self._rows = 0
         self._oldest: float | None = None
         self._retry_at = 0.0
         self._retry_delay = 0.0
-        self._seq = 0
+        self._flushes = 0
         self._last_drop_log = -float("inf")
         self._lock = threading.Lock()  # the buffers; never held during I/O
         self._write_lock = threading.Lock()  # one flush at a time
+        try:
+            recover_flushes(self.location, commit_table=commit_table or "")
+        except Exception as exc:  # the archive may be unreadable now: writes will tell
+            logger.warning("Could not finish interrupted flushes in %s: %s", self.location.uri, exc)
 
     def __repr__(self) -> str:
         return f"ParquetSink({self.location.uri!r}, buffered_rows={self._rows})"
@@ -235,18 +421,8 @@ class ParquetSink:
                 self._buffers = {name: [] for name in self.schemas}
                 self._rows = 0
                 self._oldest = None
-            written: list[str] = []
             kept: dict[str, list[pa.RecordBatch]] = {}
-            for name, batches in taken.items():
-                try:
-                    remaining = self._write_table(name, batches, written)
-                except Exception as exc:  # not an I/O error (those are handled): keep the rows
-                    self.stats.write_errors += 1
-                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                    logger.exception("Could not prepare %s rows for writing (kept)", name)
-                    remaining = batches
-                if remaining:
-                    kept[name] = remaining
+            written = self._write(taken, kept) if taken else []
             with self._lock:
                 if kept:
                     for name, remaining in kept.items():
@@ -262,10 +438,124 @@ class ParquetSink:
                     self._oldest = self.clock()
             return written
 
-    def _write_table(
-        self, name: str, batches: list[pa.RecordBatch], written: list[str]
-    ) -> list[pa.RecordBatch]:
-        """Write one table's rows (one file per hour); returns the rows not written."""
+    def _failed(self, exc: BaseException, what: str) -> None:
+        self.stats.write_errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        logger.error(
+            "Could not write %s (kept in memory, will retry): %s", what, self.stats.last_error
+        )
+
+    def _write(
+        self, taken: dict[str, list[pa.RecordBatch]], kept: dict[str, list[pa.RecordBatch]]
+    ) -> list[str]:
+        """One flush: every temporary file first, then the renames, the commit table's last.
+
+        Each hour is all or nothing: if any of its files fails, none of them is
+        renamed (on object stores, where a file appears once written, no later one is
+        written) and its rows go to ``kept`` for the retry. After one failure, a
+        table's later hours wait for the retry too.
+        """
+        self._flushes += 1
+        flush_id = f"{self.writer_id}-{self._flushes:06d}"
+        commit = self.commit_table
+        parts: list[_Part] = []
+        failed: set[int] = set()  # hours not to rename
+        failed_all = False  # a table could not be prepared: nothing is renamed
+        for name in sorted(taken, key=lambda n: n == commit):  # the commit table last
+            try:
+                table_parts = self._split(name, taken[name], flush_id, len(parts))
+            except Exception as exc:  # not an I/O error (those are handled): keep the rows
+                self._failed(exc, f"{name} rows (could not prepare them)")
+                logger.debug("Preparing %s rows failed", name, exc_info=True)
+                kept[name] = taken[name]
+                failed_all = True
+                continue
+            broken = False
+            for part in table_parts:
+                parts.append(part)
+                if broken or failed_all or part.bucket in failed:
+                    failed.add(part.bucket)
+                    continue
+                try:
+                    part.temp, part.size = write_temp(
+                        self.location,
+                        part.directory,
+                        part.name,
+                        part.rows,
+                        compression=self.compression,
+                        compression_level=self.compression_level,
+                        row_group_size=self.row_group_size,
+                    )
+                except Exception as exc:
+                    self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
+                    broken = True
+                    failed.add(part.bucket)
+        written: list[str] = []
+        broken_tables: set[str] = set()
+        for last in (False, True):
+            done = []
+            for part in parts:
+                if (part.table == commit) != last or not part.temp:
+                    continue
+                if part.temp != part.final:  # else on an object store: in place already
+                    if failed_all or part.bucket in failed or part.table in broken_tables:
+                        failed.add(part.bucket)  # its commit rows wait with it
+                        self._discard(part)
+                        continue
+                    error = self._rename(part)
+                    if error is not None:
+                        self._failed(error, f"{part.rows.num_rows} {part.table} rows")
+                        broken_tables.add(part.table)
+                        failed.add(part.bucket)
+                        for other in parts:  # its commit rows first, then it
+                            if other.bucket == part.bucket and other.table == commit:
+                                self._discard(other)
+                        self._discard(part)
+                        continue
+                done.append(part.final)
+                written.append(part.final)
+                self.stats.files.append(part.final)
+                self.stats.files_written += 1
+                self.stats.rows_written += part.rows.num_rows
+                self.stats.bytes_written += part.size
+            try:
+                self.location.sync_parents(done)
+            except OSError as exc:  # the files are in place; their directory may not be durable
+                self._failed(exc, f"(fsync) the directories of {len(done)} files")
+        for part in parts:
+            if not part.temp:  # not written, held back, or its rename failed
+                kept.setdefault(part.table, []).extend(part.rows.to_batches())
+        return written
+
+    def _rename(self, part: _Part) -> Exception | None:
+        """Rename ``part`` into place; the error, unless it is in place anyway (another
+        process finished this flush, see :func:`recover_flushes`)."""
+        if part.temp == part.final:
+            return None
+        try:
+            self.location.rename(part.temp, part.final, sync=False)
+        except Exception as exc:
+            fs = self.location.fs
+            with contextlib.suppress(Exception):
+                if (
+                    fs.get_file_info(part.final).type == pafs.FileType.File
+                    and fs.get_file_info(part.temp).type == pafs.FileType.NotFound
+                ):
+                    return None
+            return exc
+        return None
+
+    def _discard(self, part: _Part) -> None:
+        """Delete a temporary file that will not be renamed; its rows are kept."""
+        if part.temp and part.temp != part.final:
+            with contextlib.suppress(Exception):
+                self.location.fs.delete_file(part.temp)
+        part.temp = ""
+
+    def _split(
+        self, name: str, batches: list[pa.RecordBatch], flush_id: str, start: int
+    ) -> list[_Part]:
+        """One table's rows as one sorted part per hour, named for this flush."""
         table = pa.Table.from_batches(batches, schema=self.schemas[name])
         micros = table.column("captured_at").cast(pa.int64()).to_numpy()
         if len(micros) > 1 and (np.diff(micros) < 0).any():  # usually already in order
@@ -274,46 +564,33 @@ class ParquetSink:
             micros = micros[order.to_numpy()]
         buckets = micros // HOUR_US
         edges = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
+        parts = []
         for lo, hi in zip([0, *edges], [*edges, len(buckets)]):
             # One chunk (and one dictionary per column) instead of one per snapshot:
             # the Parquet writer is up to 1.5x faster on it (bench/bench_camera.py).
-            part = table.slice(lo, hi - lo).combine_chunks()
-            directory = self.location.join(name, partition_path(int(buckets[lo])))
+            rows = table.slice(lo, hi - lo).combine_chunks()
+            bucket = int(buckets[lo])
             first = datetime.fromtimestamp(int(micros[lo]) // 10**6, tz=timezone.utc)
-            self._seq += 1
-            file_name = f"part-{first:%Y%m%dT%H%M%S}-{self.writer_id}-{self._seq:06d}.parquet"
-            try:
-                size = write_file(
-                    self.location,
-                    directory,
-                    file_name,
-                    part,
-                    compression=self.compression,
-                    compression_level=self.compression_level,
-                    row_group_size=self.row_group_size,
-                )
-            except Exception as exc:
-                self.stats.write_errors += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                logger.error(
-                    "Could not write %d %s rows to %s (kept in memory, will retry): %s",
-                    table.num_rows - lo,
+            n = start + len(parts) + 1
+            parts.append(
+                _Part(
                     name,
-                    directory,
-                    self.stats.last_error,
+                    bucket,
+                    rows,
+                    self.location.join(name, partition_path(bucket)),
+                    f"part-{first:%Y%m%dT%H%M%S}-{flush_id}-{n:03d}.parquet",
                 )
-                return table.slice(lo).combine_chunks().to_batches()
-            path = f"{directory}/{file_name}"
-            written.append(path)
-            self.stats.files.append(path)
-            self.stats.files_written += 1
-            self.stats.rows_written += part.num_rows
-            self.stats.bytes_written += size
-        return []
+            )
+        return parts
 
     def _enforce_bound(self) -> None:
-        """Drop the oldest buffered rows beyond ``max_buffer_rows`` (lock held)."""
+        """Drop the oldest buffered rows beyond ``max_buffer_rows`` (lock held).
+
+        Every row as old as the newest dropped one goes too, in every table, so a
+        snapshot is dropped whole and the tables stay in step.
+        """
         dropped_by_table: dict[str, int] = {}
+        cutoff = None
         while self._rows > self.max_buffer_rows:
             name = min(
                 (n for n, b in self._buffers.items() if b),
@@ -323,13 +600,27 @@ class ParquetSink:
             excess = self._rows - self.max_buffer_rows
             if oldest.num_rows <= excess:
                 self._buffers[name].pop(0)
-                dropped = oldest.num_rows
+                gone = oldest
             else:
                 self._buffers[name][0] = oldest.slice(excess)
-                dropped = excess
-            self._rows -= dropped
-            self.stats.rows_dropped += dropped
-            dropped_by_table[name] = dropped_by_table.get(name, 0) + dropped
+                gone = oldest.slice(0, excess)
+            newest = pc.max(gone.column("captured_at")).value
+            cutoff = newest if cutoff is None else max(cutoff, newest)
+            self._rows -= gone.num_rows
+            dropped_by_table[name] = dropped_by_table.get(name, 0) + gone.num_rows
+        if cutoff is not None:
+            limit = pa.scalar(cutoff, pa.int64())
+            for name, batches in self._buffers.items():
+                for i, batch in enumerate(batches):
+                    keep = pc.greater(batch.column("captured_at").cast(pa.int64()), limit)
+                    left = batch.filter(keep)
+                    if left.num_rows < batch.num_rows:
+                        batches[i] = left
+                        gone_rows = batch.num_rows - left.num_rows
+                        self._rows -= gone_rows
+                        dropped_by_table[name] = dropped_by_table.get(name, 0) + gone_rows
+                self._buffers[name] = [b for b in batches if b.num_rows]
+            self.stats.rows_dropped += sum(dropped_by_table.values())
         if dropped_by_table:
             now = time.monotonic()
             if now - self._last_drop_log >= DROP_LOG_INTERVAL:

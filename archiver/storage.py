@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -16,6 +19,9 @@ from .errors import ArchiverError
 #: file, then rename it. Elsewhere (object stores) a move is a copy, and an upload
 #: only becomes visible once complete, so files are written under their final name.
 _RENAMING = frozenset({"local", "file", "memory", "mock"})
+#: fsync files before their rename and directories after, on local filesystems.
+#: Only benchmarks turn it off (to measure its cost).
+FSYNC = True
 
 
 def _protocols(fs: pafs.FileSystem) -> set[str]:
@@ -29,6 +35,26 @@ def _protocols(fs: pafs.FileSystem) -> set[str]:
             return {fs.type_name}
         return {proto} if isinstance(proto, str) else set(proto)
     return {fs.type_name}
+
+
+def _local_paths(fs: pafs.FileSystem) -> bool:
+    """Whether the paths of ``fs`` are local paths (pyarrow's or fsspec's local filesystem)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        return True
+    return isinstance(fs, pafs.PyFileSystem) and bool(_protocols(fs) & {"file", "local"})
+
+
+def fsync_path(path: str) -> None:
+    """fsync a file or a directory by path (a directory that cannot be fsynced is skipped)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems refuse to fsync a directory; a file's error is real.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP) or not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def as_pyarrow_fs(filesystem: Any) -> pafs.FileSystem:
@@ -64,8 +90,54 @@ class Location:
         """Whether ``move`` is a rename (local, memory); object stores copy instead."""
         return bool(_protocols(self.fs) & _RENAMING)
 
+    @property
+    def durable(self) -> bool:
+        """Whether files and directories are fsynced (local filesystems; not object stores)."""
+        return FSYNC and _local_paths(self.fs)
+
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts]) if self.root else "/".join(parts)
+
+    # -- durability: the one home of fsync ------------------------------------------------
+    def sync(self, path: str) -> None:
+        """fsync the file or directory ``path`` (a no-op where not :attr:`durable`)."""
+        if self.durable:
+            fsync_path(path)
+
+    def sync_parents(self, paths: Iterable[str]) -> None:
+        """fsync the directory holding each of ``paths``, once per directory (if it exists)."""
+        if self.durable:
+            for directory in sorted({p.rsplit("/", 1)[0] for p in paths}):
+                # A directory removed since has nothing to sync (the caller syncs its parent).
+                with contextlib.suppress(FileNotFoundError):
+                    fsync_path(directory)
+
+    def make_dirs(self, directory: str) -> None:
+        """Create ``directory`` and its parents; fsync the parent of each one created."""
+        if not self.durable:
+            self.fs.create_dir(directory, recursive=True)
+            return
+        missing = []
+        path = directory
+        while path and not os.path.isdir(path):
+            missing.append(path)
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        if not missing:
+            return
+        os.makedirs(directory, exist_ok=True)
+        self.sync_parents(missing)
+
+    def rename(self, src: str, dest: str, *, sync: bool = True) -> None:
+        """Rename ``src`` to ``dest``; with ``sync``, fsync the directory after.
+
+        ``src`` is fsynced by whoever wrote it (see :func:`archiver.sink.write_temp`).
+        """
+        self.fs.move(src, dest)
+        if sync:
+            self.sync_parents([dest])
 
 
 def resolve(archive: str | os.PathLike[str], filesystem: Any = None) -> Location:

@@ -182,7 +182,7 @@ def query_command(
         )
     if fmt == "parquet":
         try:
-            pq.write_table(result, output, compression="zstd")
+            pq.write_table(result, output, compression="zstd", write_page_checksum=True)
         except OSError as exc:
             raise click.ClickException(f"cannot write {output}: {exc}") from exc
         click.echo(f"Wrote {result.num_rows:,} rows to {output}", err=True)

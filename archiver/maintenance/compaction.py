@@ -10,8 +10,10 @@ import pyarrow.fs as pafs
 
 from ..archive import Archive, Partition, one_line
 from ..schema import ENTITY_KEYS, HOUR_US
+from ..sink import recover_flushes
 from ..storage import Location
 from .listing import (
+    TEMP_MAX_AGE,
     Damaged,
     PartitionScan,
     delete_file,
@@ -108,6 +110,8 @@ def compact_locked(
     closed = [(t, p) for t, p in work if p.start_us + HOUR_US <= before_us]
     done = 0
     try:
+        if not dry_run:  # a recorder's flush a crash interrupted, an hour ago or more
+            recovered += sum(recover_flushes(location, min_age=TEMP_MAX_AGE))
         for table in tables:
             if not dry_run:
                 recovered += remove_set_aside(location, table)
@@ -150,6 +154,7 @@ def compact_locked(
         # which a file they listed disappears (they then list again).
         for path in to_delete:
             delete_file(location, path)
+        location.sync_parents(to_delete)
     return CompactionReport(
         tuple(results),
         seconds=time.perf_counter() - started,

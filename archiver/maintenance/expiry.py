@@ -17,10 +17,11 @@ import pyarrow.compute as pc
 from ..archive import PARQUET, Archive, Partition, _is_missing_file, mark_damaged
 from ..errors import ArchiverError
 from ..schema import HOUR_US, TASK_STATES, TASKS
-from ..sink import new_writer_id
+from ..sink import new_writer_id, recover_flushes
 from ..storage import Location
 from .listing import (
     EXPIRED_MARK,
+    TEMP_MAX_AGE,
     Damaged,
     PartitionScan,
     delete_file,
@@ -124,7 +125,7 @@ def _expire_partition_dir(location: Location, partition: Partition) -> None:
     if location.atomic_rename:
         parent, name = path.rsplit("/", 1)
         aside = f"{parent}/.{name}{EXPIRED_MARK}{new_writer_id()}"
-        fs.move(path, aside)
+        location.rename(path, aside)
         path = aside
     fs.delete_dir(path)
     step("deleted")
@@ -132,6 +133,7 @@ def _expire_partition_dir(location: Location, partition: Partition) -> None:
     if location.local:
         with contextlib.suppress(OSError):
             os.rmdir(day)  # only if empty: a recorder may be writing there
+    location.sync_parents([path, day])
 
 
 def expire_locked(
@@ -155,6 +157,7 @@ def expire_locked(
 
     archive = archive.using(note)
     if not dry_run:
+        recover_flushes(location, min_age=TEMP_MAX_AGE)  # a recorder's, interrupted by a crash
         for table in tables:
             remove_set_aside(location, table)
     cutoff = None if older_than is None else to_micros(now - older_than)
@@ -237,6 +240,7 @@ def expire_locked(
         finally:
             for path in to_delete:
                 delete_file(location, path)
+            location.sync_parents(to_delete)
         # The rewrites' inputs are gone: drop the tombstones of fully expired files.
         for partition in affected if not dry_run else []:
             scan = scan_partition(location, partition, wall)

@@ -16,8 +16,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..archive import GROUP_KEY, KEEP_KEY, PARQUET, REPLACES_KEY, _is_missing_file, mark_damaged
-from ..schema import SCHEMAS, dictionary_columns, with_metadata
-from ..sink import ROW_GROUP_SIZE, TMP_SUFFIX, new_writer_id
+from ..schema import SCHEMAS, with_metadata
+from ..sink import ROW_GROUP_SIZE, new_writer_id, open_writer, temp_path
 from ..storage import Location
 from .listing import Damaged, step
 from .retention import Keep
@@ -125,23 +125,15 @@ def write_group(
     gid = new_writer_id()
     outs: list[Output] = []
     micros = data.column("captured_at").cast(pa.int64()).to_numpy() if data.num_rows else None
-    use_dictionary = dictionary_columns(schema)
 
     def open_next(row: int) -> Output:
         first_us = int(micros[row]) if micros is not None else 0
         stamp = datetime.fromtimestamp(first_us // 10**6, tz=timezone.utc)
         name = f"part-{stamp:%Y%m%dT%H%M%S}-compact-{gid}-{len(outs) + 1:03d}.parquet"
         final = f"{directory}/{name}"
-        target = f"{directory}/.{name}{TMP_SUFFIX}" if location.atomic_rename else final
+        target = temp_path(location, directory, name)
         stream = fs.open_output_stream(target)
-        writer = pq.ParquetWriter(
-            stream,
-            schema,
-            compression="zstd",
-            write_statistics=True,
-            use_dictionary=use_dictionary,  # the camera's choice, per column
-            write_page_checksum=True,
-        )
+        writer = open_writer(stream, schema)  # checksums; the camera's dictionary columns
         out = Output(name, final, target, stream, writer)
         outs.append(out)
         return out
@@ -171,11 +163,13 @@ def write_group(
             out.writer.close()
             out.size = out.stream.tell()
             out.stream.close()
+            location.sync(out.target)
             step("written")
         for out in outs:
             if out.target != out.final:
-                fs.move(out.target, out.final)
+                location.rename(out.target, out.final, sync=False)
             step("renamed")
+        location.sync_parents(o.final for o in outs)
     except BaseException:
         for out in outs:
             with contextlib.suppress(Exception):  # already closed or broken
