@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import types
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ LATENCIES = {
 }
 #: Above this many heartbeats per worker, the timeline shows no tick per heartbeat.
 MAX_HEARTBEAT_TICKS = 400
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MISSING_EXTRA = "the report needs matplotlib and duckdb: pip install 'archiver[report]'"
 
 
@@ -584,7 +586,7 @@ STYLE = {
 
 def _label(text: Any, width: int = 40) -> str:
     """A legend/tick label: shortened, and never hidden by matplotlib's leading ``_`` rule."""
-    text = str(text)
+    text = CONTROL.sub("?", str(text))
     if len(text) > width:
         text = text[: width - 1] + "…"
     return " " + text if text.startswith("_") else text
@@ -770,7 +772,8 @@ def chart_latency(data: ReportData) -> Figure:
         ax.invert_yaxis()
         ax.set_xlabel(f"{unit} (log scale)" if log else unit)
         ax.grid(axis="y", visible=False)
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return fig
 
 
@@ -961,7 +964,8 @@ def svg(fig: Figure, prefix: str) -> str:
     """``fig`` as an inline ``<svg>`` element; its ids are prefixed so several can share a page."""
     plt = _plt()
     buf = io.StringIO()
-    with plt.rc_context(STYLE):
+    with plt.rc_context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")  # shown as a box
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     text = buf.getvalue()
@@ -1133,12 +1137,17 @@ def report(
     Takes :func:`gather`'s keyword arguments (``name``, ``top``, ``percentiles``,
     ``freq``, ``slowest``, ``concurrency``). Also callable as ``archiver.report(...)``.
     """
+    if output is not None and not os.path.isdir(os.path.dirname(os.fspath(output)) or "."):
+        raise ArchiverError(f"cannot write the report to {output}: no such directory")
     page = render_html(gather(archive, start, end, **kwargs), title=title)
     if output is not None:
         tmp = f"{os.fspath(output)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, output)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(page)
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise ArchiverError(f"cannot write the report to {output}: {exc.strerror}") from exc
     return page
 
 
