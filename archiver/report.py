@@ -34,6 +34,7 @@ import pyarrow.dataset as ds
 from .analysis import auto_freq
 from .archive import Archive
 from .errors import ArchiverError
+from .query import latest_arrow
 from .timeparse import parse_time
 
 if TYPE_CHECKING:
@@ -222,11 +223,6 @@ def gather(
     versions = _load(archive, "tasks", TASK_COLUMNS, t_start, t_end, name_filter(name))
     snaps = _load(archive, "snapshots", SNAPSHOT_COLUMNS, t_start, t_end)
     workers = _load(archive, "workers", WORKER_COLUMNS, t_start, t_end)
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    for label, table in (("versions", versions), ("snaps", snaps), ("workers", workers)):
-        con.register(label, table)
-
     captured = [
         v
         for t in (versions, snaps, workers)
@@ -243,33 +239,50 @@ def gather(
     if step <= 0:
         raise ArchiverError(f"freq must be a positive interval, got {freq!r}")
 
+    # The final version of each task (as Archive.latest picks it), then only what is needed
+    # of the other versions: which tasks were ever retried, and each distinct retry.
+    last_rows = latest_arrow(versions, "uuid")
+    retry = pc.or_kleene(
+        pc.equal(versions["state"].cast(pa.string()), "RETRY"), pc.is_valid(versions["retried"])
+    )
+    retried_uuids = pc.unique(versions["uuid"].filter(pc.fill_null(retry, False)))
+    last_rows = last_rows.append_column(
+        "was_retried", pc.is_in(last_rows["uuid"], value_set=retried_uuids)
+    )
+    retries = (
+        versions.select(["uuid", "retried"])
+        .filter(pc.is_valid(versions["retried"]))
+        .group_by(["uuid", "retried"], use_threads=False)
+        .aggregate([])
+    )
+    del versions
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    for label, table in (
+        ("last_rows", last_rows),
+        ("retries", retries),
+        ("snaps", snaps),
+        ("workers", workers),
+    ):
+        con.register(label, table)
+
     def q(sql: str, **params: Any) -> pd.DataFrame:
         return con.execute(sql, params or None).df()
 
-    # The final version of each task, with its latencies in seconds.
     con.execute(
         """
         CREATE TEMP TABLE final AS
-        SELECT uuid, r.name::VARCHAR AS name, r.state::VARCHAR AS state,
-               r.worker::VARCHAR AS worker, r.sent, r.received, r.started,
-               r.succeeded, r.failed, r.revoked,
-               coalesce(r.succeeded, r.failed) AS finished,
-               (r.received - r.sent) / 1e6 AS broker,
-               (r.started - r.received) / 1e6 AS wait,
-               coalesce(r.runtime, (coalesce(r.succeeded, r.failed) - r.started) / 1e6)
-                   AS runtime,
+        SELECT uuid, name::VARCHAR AS name, state::VARCHAR AS state, worker::VARCHAR AS worker,
+               sent, received, started, succeeded, failed, revoked,
+               coalesce(succeeded, failed) AS finished,
+               (received - sent) / 1e6 AS broker,
+               (started - received) / 1e6 AS wait,
+               coalesce(runtime, (coalesce(succeeded, failed) - started) / 1e6) AS runtime,
                was_retried
-        FROM (
-            SELECT uuid,
-                   arg_max(struct_pack(name := name, state := state, worker := worker,
-                           sent := sent, received := received, started := started,
-                           succeeded := succeeded, failed := failed, revoked := revoked,
-                           runtime := runtime), captured_at) AS r,
-                   bool_or(state = 'RETRY' OR retried IS NOT NULL) AS was_retried
-            FROM versions GROUP BY uuid
-        )
+        FROM last_rows
         """
     )
+    del last_rows
     names = q(
         "SELECT coalesce(name, '(none)') AS name, count(*) AS tasks FROM final "
         "GROUP BY 1 ORDER BY tasks DESC, name"
@@ -335,8 +348,7 @@ def gather(
         UNION ALL SELECT {bucket.format(t="failed")}, 'failed', count(*)
           FROM final WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL
         UNION ALL SELECT {bucket.format(t="retried")}, 'retried', count(*)
-          FROM (SELECT DISTINCT uuid, retried FROM versions WHERE retried IS NOT NULL)
-          GROUP BY ALL
+          FROM retries GROUP BY ALL
         UNION ALL SELECT {bucket.format(t="revoked")}, 'revoked', count(*)
           FROM final WHERE revoked IS NOT NULL GROUP BY ALL
         """,
@@ -523,18 +535,14 @@ def _exceptions(archive: Archive, con, start, end, name: str | None) -> pd.DataF
     text = _load(
         archive, "tasks", FAILURE_COLUMNS, start, end, state if names is None else state & names
     )
-    con.register("fails", text)
+    con.register("fails", latest_arrow(text, "uuid"))
     return (
         con.execute(
             r"""
-        WITH x AS (
-            SELECT uuid, arg_max(struct_pack(exception := exception, traceback := traceback),
-                                 captured_at) AS r
-            FROM fails GROUP BY uuid
-        ), f AS (
+        WITH x AS (SELECT uuid, exception, traceback FROM fails), f AS (
             SELECT coalesce(final.name, '(none)') AS name, final.failed,
-                   x.r.exception AS message, x.r.traceback AS traceback,
-                   coalesce(nullif(trim(regexp_extract(x.r.exception, '^([^(:]*)', 1)), ''),
+                   x.exception AS message, x.traceback AS traceback,
+                   coalesce(nullif(trim(regexp_extract(x.exception, '^([^(:]*)', 1)), ''),
                             '(unknown)') AS exception
             FROM final LEFT JOIN x USING (uuid) WHERE final.state = 'FAILURE'
         )
