@@ -220,6 +220,10 @@ def gather(
     if top < 1:
         raise ArchiverError(f"top must be at least 1, got {top}")
 
+    # Read the failures' text first: its scan decodes every traceback, and its peak
+    # memory then does not add to that of the main read.
+    failure_text = _failure_text(archive, t_start, t_end, name)
+    pa.default_memory_pool().release_unused()
     versions = _load(archive, "tasks", TASK_COLUMNS, t_start, t_end, name_filter(name))
     snaps = _load(archive, "snapshots", SNAPSHOT_COLUMNS, t_start, t_end)
     workers = _load(archive, "workers", WORKER_COLUMNS, t_start, t_end)
@@ -255,12 +259,14 @@ def gather(
         .group_by(["uuid", "retried"], use_threads=False)
         .aggregate([])
     )
-    del versions
+    del versions, retry
+    pa.default_memory_pool().release_unused()
     con = duckdb.connect()
     con.execute("SET threads TO 2")
     for label, table in (
         ("last_rows", last_rows),
         ("retries", retries),
+        ("fails", failure_text),
         ("snaps", snaps),
         ("workers", workers),
     ):
@@ -271,7 +277,7 @@ def gather(
 
     con.execute(
         """
-        CREATE TEMP TABLE final AS
+        CREATE VIEW final AS
         SELECT uuid, name::VARCHAR AS name, state::VARCHAR AS state, worker::VARCHAR AS worker,
                sent, received, started, succeeded, failed, revoked,
                coalesce(succeeded, failed) AS finished,
@@ -282,7 +288,6 @@ def gather(
         FROM last_rows
         """
     )
-    del last_rows
     names = q(
         "SELECT coalesce(name, '(none)') AS name, count(*) AS tasks FROM final "
         "GROUP BY 1 ORDER BY tasks DESC, name"
@@ -298,7 +303,7 @@ def gather(
     )
     order = [*top_names, *([other] if rest else [])]
 
-    states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM final GROUP BY 1")
+    states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
     states = states.set_index("state")["n"].sort_values(ascending=False, kind="stable")
 
     pcts = ", ".join(
@@ -314,7 +319,7 @@ def gather(
     per_name = q(
         f"""SELECT coalesce(name, '(none)') AS name, {counts},
         {", ".join(f"quantile_cont(runtime, {p}) AS runtime_{_pct(p)}" for p in percentiles)}
-        FROM final GROUP BY 1 ORDER BY tasks DESC, name"""
+        FROM g GROUP BY 1 ORDER BY tasks DESC, name"""
     ).set_index("name")
 
     def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -344,13 +349,13 @@ def gather(
     outcomes = over_time(
         f"""
         SELECT {bucket.format(t="succeeded")} AS bucket, 'succeeded' AS key, count(*) AS n
-          FROM final WHERE state = 'SUCCESS' AND succeeded IS NOT NULL GROUP BY ALL
+          FROM g WHERE state = 'SUCCESS' AND succeeded IS NOT NULL GROUP BY ALL
         UNION ALL SELECT {bucket.format(t="failed")}, 'failed', count(*)
-          FROM final WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL
+          FROM g WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL
         UNION ALL SELECT {bucket.format(t="retried")}, 'retried', count(*)
           FROM retries GROUP BY ALL
         UNION ALL SELECT {bucket.format(t="revoked")}, 'revoked', count(*)
-          FROM final WHERE revoked IS NOT NULL GROUP BY ALL
+          FROM g WHERE revoked IS NOT NULL GROUP BY ALL
         """,
         ["succeeded", "failed", "retried", "revoked"],
     )
@@ -362,7 +367,7 @@ def gather(
     trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in percentiles]
     trend = q(
         f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
-        {pcts} FROM final WHERE coalesce(finished, started, received) IS NOT NULL
+        {pcts} FROM g WHERE coalesce(finished, started, received) IS NOT NULL
         GROUP BY 1 ORDER BY 1""",
         step=step,
     )
@@ -371,15 +376,15 @@ def gather(
     latency_trend.index.name = "interval"
 
     failures_by_worker = q(
-        "SELECT coalesce(worker, '(none)') AS worker, count(*) AS n FROM final "
+        "SELECT coalesce(worker, '(none)') AS worker, count(*) AS n FROM g "
         "WHERE state = 'FAILURE' GROUP BY 1 ORDER BY n DESC, worker"
     ).set_index("worker")["n"]
-    exceptions = _exceptions(archive, con, t_start, t_end, name)
+    exceptions = _exceptions(con)
     worker_tasks = q(
         """SELECT coalesce(worker, '(none)') AS worker,
         count(*) FILTER (WHERE state IN ('SUCCESS', 'FAILURE')) AS processed,
         count(*) FILTER (WHERE state = 'FAILURE') AS failed
-        FROM final WHERE worker IS NOT NULL GROUP BY 1 ORDER BY processed DESC, worker"""
+        FROM g WHERE worker IS NOT NULL GROUP BY 1 ORDER BY processed DESC, worker"""
     ).set_index("worker")
 
     worker_states = q(
@@ -422,7 +427,7 @@ def gather(
 
     busy = over_time(
         """
-        WITH r AS (SELECT worker AS key, started AS s, finished AS e FROM final
+        WITH r AS (SELECT worker AS key, started AS s, finished AS e FROM g
                    WHERE worker IS NOT NULL AND started IS NOT NULL AND finished > started),
         b AS (SELECT key, s, e, unnest(generate_series(s // $step, (e - 1) // $step)) AS k
               FROM r)
@@ -469,7 +474,7 @@ def gather(
     )
     slow = q(
         f"""SELECT uuid, name, worker, state, sent, received, started, finished,
-        broker, wait, runtime FROM final WHERE runtime IS NOT NULL
+        broker, wait, runtime FROM g WHERE runtime IS NOT NULL
         ORDER BY runtime DESC, uuid LIMIT {int(slowest)}"""
     )
     for column in ("sent", "received", "started", "finished"):
@@ -528,23 +533,27 @@ def _mean_over_time(con, sql: str, step: int, columns: Sequence[str]) -> pd.Data
     return out
 
 
-def _exceptions(archive: Archive, con, start, end, name: str | None) -> pd.DataFrame:
-    """Exceptions of the tasks whose final state is FAILURE, by name and exception type."""
+def _failure_text(archive: Archive, start, end, name: str | None) -> pa.Table:
+    """Exception and traceback of the last FAILURE version of each task."""
     state = ds.field("state").cast(pa.string()) == "FAILURE"
     names = name_filter(name)
     text = _load(
         archive, "tasks", FAILURE_COLUMNS, start, end, state if names is None else state & names
     )
-    con.register("fails", latest_arrow(text, "uuid"))
+    return latest_arrow(text, "uuid").select(["uuid", "exception", "traceback"])
+
+
+def _exceptions(con) -> pd.DataFrame:
+    """Exceptions of the tasks whose final state is FAILURE, by name and exception type."""
     return (
         con.execute(
             r"""
         WITH x AS (SELECT uuid, exception, traceback FROM fails), f AS (
-            SELECT coalesce(final.name, '(none)') AS name, final.failed,
+            SELECT coalesce(g.name, '(none)') AS name, g.failed,
                    x.exception AS message, x.traceback AS traceback,
                    coalesce(nullif(trim(regexp_extract(x.exception, '^([^(:]*)', 1)), ''),
                             '(unknown)') AS exception
-            FROM final LEFT JOIN x USING (uuid) WHERE final.state = 'FAILURE'
+            FROM g LEFT JOIN x USING (uuid) WHERE g.state = 'FAILURE'
         )
         SELECT exception, name, count(*) AS count, min(failed) AS first_seen,
                max(failed) AS last_seen,
