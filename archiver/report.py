@@ -756,6 +756,8 @@ def chart_outcomes(data: ReportData) -> Figure:
 @_styled
 def chart_latency(data: ReportData) -> Figure:
     """Latency percentiles per task name: broker wait, queue wait and runtime side by side."""
+    import matplotlib.ticker as mticker
+
     frame = data.by_name
     height = max(2.6, 0.9 + 0.32 * len(frame) * max(1, len(data.percentiles)) / 2)
     fig, axes = _figure(height=height, ncols=3)
@@ -783,6 +785,8 @@ def chart_latency(data: ReportData) -> Figure:
             )
         if log:  # one slow name must not flatten the others' bars
             ax.set_xscale("log", nonpositive="clip")
+            ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
             ax.set_xlim(left=positive.min() * factor / 2)
         ax.set_yticks(y + bar * (len(columns) - 1) / 2)
         ax.set_yticklabels(names if ax is axes[0] else [])
