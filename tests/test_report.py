@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -139,6 +141,9 @@ def test_page_is_self_contained(sample_archive, tmp_path):
 
 
 def test_module_is_callable_as_archiver_report(sample_archive):
+    code = "import archiver, sys; archiver.report; print('archiver.report' in sys.modules)"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert fresh.stdout.strip() == "True", fresh.stderr  # imported on first use
     assert archiver.report is report
     assert report(sample_archive, freq="5s").startswith("<!DOCTYPE html>")
 
