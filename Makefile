@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test lint format bench clean redis
+.PHONY: demo test lint format bench clean redis chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: $(VENV)/.installed
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q redis-server || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }; }
 
-test: $(VENV)/.installed-dev redis
+# Headless Chromium for the report's browser test (tests/test_report.py).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium || { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; }
+
+test: $(VENV)/.installed-dev redis chromium
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-dev

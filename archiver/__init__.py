@@ -25,6 +25,15 @@ def load(path_or_uri, table: str = "tasks", **kwargs):
     return Archive(path_or_uri).load(table, **kwargs)
 
 
+def __getattr__(name: str):
+    """``archiver.report(archive, ...)`` without importing the report's module up front."""
+    if name == "report":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.report")
+    raise AttributeError(f"module 'archiver' has no attribute {name!r}")
+
+
 __all__ = [
     "Archive",
     "ArchiverError",
@@ -45,4 +54,5 @@ __all__ = [
     "Timer",
     "__version__",
     "load",
+    "report",
 ]

@@ -1,0 +1,1182 @@
+"""``archiver report``: a window of the cluster's history as one self-contained HTML page.
+
+:func:`gather` reads only the columns the report needs (time window and name filter
+pushed down to the files through :meth:`archiver.Archive.load`) and aggregates them in
+DuckDB into a :class:`ReportData` of small frames. The ``chart_*`` functions draw one
+matplotlib figure each from it, :func:`render_html` inlines them as SVG (no JavaScript,
+no request to any host), and :func:`report` does all three. The notebook calls the same
+functions, so the two never disagree.
+
+``import archiver.report`` needs only pandas and pyarrow; gathering needs ``duckdb`` and
+drawing ``matplotlib`` (``pip install 'archiver[report]'``).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import io
+import os
+import re
+import sys
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from .analysis import auto_freq
+from .archive import Archive
+from .errors import ArchiverError
+from .query import latest_arrow
+from .timeparse import parse_time
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+TASK_COLUMNS = [
+    "captured_at",
+    "uuid",
+    "name",
+    "state",
+    "worker",
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "runtime",
+]
+FAILURE_COLUMNS = ["captured_at", "uuid", "exception", "traceback"]
+WORKER_COLUMNS = ["captured_at", "hostname", "alive", "pid", "loadavg", "last_heartbeat"]
+SNAPSHOT_COLUMNS = [
+    "captured_at",
+    "snapshot_id",
+    "event_count",
+    "tasks_pending",
+    "tasks_received",
+    "tasks_started",
+    "tasks_retry",
+]
+SECONDS = {"broker": "broker wait (s)", "wait": "queue wait (s)", "runtime": "runtime (s)"}
+IN_FLIGHT = ("pending", "received", "started", "retry")
+LATENCIES = {
+    "broker": "broker wait (sent → received)",
+    "wait": "queue wait (received → started)",
+    "runtime": "runtime",
+}
+#: Above this many heartbeats per worker, the timeline shows no tick per heartbeat.
+MAX_HEARTBEAT_TICKS = 400
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MISSING_EXTRA = "the report needs matplotlib and duckdb: pip install 'archiver[report]'"
+
+
+# -- data ---------------------------------------------------------------------------------
+@dataclass
+class ReportData:
+    """Everything the report shows, as small frames (times UTC, durations in seconds)."""
+
+    archive: str
+    start: pd.Timestamp | None  #: the window asked for (None: open)
+    end: pd.Timestamp | None
+    first: pd.Timestamp | None  #: first and last capture seen in the window
+    last: pd.Timestamp | None
+    name: str | None
+    freq: str
+    percentiles: tuple[float, ...]
+    top: int
+    states: pd.Series  #: tasks per final state
+    events: int
+    workers_seen: list[str]
+    by_name: pd.DataFrame  #: per name group (top N + other): counts and latency percentiles
+    per_name: pd.DataFrame  #: per task name (every name): tasks, succeeded, failed, p-runtimes
+    throughput: pd.DataFrame  #: interval x name group: tasks finished
+    outcomes: pd.DataFrame  #: interval x succeeded/failed/retried/revoked
+    latency_trend: pd.DataFrame  #: interval x <metric>_p50...
+    failures: pd.DataFrame  #: interval x name group: failures
+    failures_by_worker: pd.Series
+    exceptions: pd.DataFrame
+    worker_states: pd.DataFrame  #: hostname, since, until, alive (one row per run of a state)
+    heartbeats: pd.DataFrame  #: hostname, at
+    restarts: pd.DataFrame  #: hostname, at, pid
+    worker_tasks: pd.DataFrame  #: per worker: processed, failed
+    busy: pd.DataFrame  #: interval x worker: average tasks running (or utilisation)
+    utilisation: bool  #: busy is a 0-1 utilisation (concurrency known)
+    loadavg: pd.DataFrame  #: interval x worker: mean 1-minute load average
+    in_flight: pd.DataFrame  #: interval x pending/received/started/retry (mean of snapshots)
+    slowest: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> int:
+        return int(self.states.sum())
+
+    @property
+    def step(self) -> pd.Timedelta:
+        return pd.Timedelta(self.freq)
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ArchiverError(MISSING_EXTRA) from exc
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell glob (``tasks.*``, ``harness.?ail``) as a SQL LIKE pattern for Arrow."""
+    out = []
+    for ch in pattern:
+        if ch in "%_\\":
+            out.append("\\" + ch)
+        elif ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def name_filter(pattern: str | None) -> ds.Expression | None:
+    """Tasks whose name matches the glob ``pattern`` (``*`` and ``?``), pushed to the scan."""
+    if pattern is None:
+        return None
+    if "[" in pattern:
+        raise ArchiverError(f"--name {pattern!r}: use * and ? (no [...] classes)")
+    return pc.match_like(ds.field("name").cast(pa.string()), glob_to_like(pattern))
+
+
+def _micros(table: pa.Table) -> pa.Table:
+    """Timestamps as int64 microseconds (DuckDB then never needs a time zone)."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_timestamp(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.int64()))
+    return table
+
+
+def _load(archive: Archive, table: str, columns: list[str], start, end, filters=None) -> pa.Table:
+    if table not in archive.tables():
+        schema = archive.schema(table)
+        return _micros(pa.table({c: pa.array([], schema.field(c).type) for c in columns}))
+    return _micros(
+        archive.load(table, start=start, end=end, columns=columns, filters=filters, engine="arrow")
+    )
+
+
+def _ts(values: Any) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(pd.Series(values, dtype="float64"), unit="us", utc=True))
+
+
+def _pct(q: float) -> str:
+    return f"p{q * 100:g}"
+
+
+def gather(
+    archive: Archive | str | os.PathLike[str],
+    start: Any = None,
+    end: Any = None,
+    *,
+    name: str | None = None,
+    top: int = 8,
+    percentiles: Sequence[float] = (0.5, 0.9, 0.99),
+    freq: str | None = None,
+    slowest: int = 10,
+    concurrency: int | dict[str, int] | None = None,
+) -> ReportData:
+    """Read and aggregate the window ``[start, end)`` of ``archive`` for the report.
+
+    Args:
+        start, end: anything :meth:`archiver.Archive.load` takes (``"1d"``, ISO, datetimes).
+        name: a glob on the task name (``tasks.*``); workers and snapshots are not filtered.
+        top: task names (and workers) shown one by one; the rest are grouped as "other".
+        percentiles: latency percentiles, fractions in [0, 1].
+        freq: the interval of the charts over time (default: about 40 over the window).
+        slowest: how many of the slowest tasks to list.
+        concurrency: pool size of every worker (int) or per hostname: busy becomes a 0-1
+            utilisation.
+
+    A task's figures are those of its last version captured in the window (its final
+    state, as :meth:`archiver.Archive.latest` gives it).
+    """
+    duckdb = _require("duckdb")
+    archive = archive if isinstance(archive, Archive) else Archive(archive)
+    t_start, t_end = parse_time(start), parse_time(end)
+    if t_start is not None and t_end is not None and t_end <= t_start:
+        raise ArchiverError(f"empty window: --until {t_end} is not after --since {t_start}")
+    if "tasks" not in archive.tables() and "snapshots" not in archive.tables():
+        archive.partitions("tasks")  # the one-line "no table" error
+    percentiles = tuple(float(q) for q in percentiles)
+    if not percentiles or any(not 0 <= q <= 1 for q in percentiles):
+        raise ArchiverError(f"percentiles must be fractions in [0, 1], got {percentiles}")
+    if top < 1:
+        raise ArchiverError(f"top must be at least 1, got {top}")
+
+    # Read the failures' text first: its scan decodes every traceback, and its peak
+    # memory then does not add to that of the main read.
+    failure_text = _failure_text(archive, t_start, t_end, name)
+    pa.default_memory_pool().release_unused()
+    versions = _load(archive, "tasks", TASK_COLUMNS, t_start, t_end, name_filter(name))
+    snaps = _load(archive, "snapshots", SNAPSHOT_COLUMNS, t_start, t_end)
+    workers = _load(archive, "workers", WORKER_COLUMNS, t_start, t_end)
+    captured = [
+        v
+        for t in (versions, snaps, workers)
+        for v in pc.min_max(t.column("captured_at")).values()
+        if v.is_valid
+    ]
+    first = _ts([min(v.as_py() for v in captured)])[0] if captured else None
+    last = _ts([max(v.as_py() for v in captured)])[0] if captured else None
+    lo = t_start if t_start is not None else first
+    hi = t_end if t_end is not None else last
+    if freq is None:
+        freq = auto_freq([lo, hi] if lo is not None else [])
+    step = int(pd.Timedelta(freq).total_seconds() * 1e6)
+    if step <= 0:
+        raise ArchiverError(f"freq must be a positive interval, got {freq!r}")
+
+    # The final version of each task (as Archive.latest picks it), then only what is needed
+    # of the other versions: which tasks were ever retried, and each distinct retry.
+    last_rows = latest_arrow(versions, "uuid")
+    retry = pc.or_kleene(
+        pc.equal(versions["state"].cast(pa.string()), "RETRY"), pc.is_valid(versions["retried"])
+    )
+    retried_uuids = pc.unique(versions["uuid"].filter(pc.fill_null(retry, False)))
+    last_rows = last_rows.append_column(
+        "was_retried", pc.is_in(last_rows["uuid"], value_set=retried_uuids)
+    )
+    retries = (
+        versions.select(["uuid", "retried"])
+        .filter(pc.is_valid(versions["retried"]))
+        .group_by(["uuid", "retried"], use_threads=False)
+        .aggregate([])
+    )
+    del versions, retry
+    pa.default_memory_pool().release_unused()
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    for label, table in (
+        ("last_rows", last_rows),
+        ("retries", retries),
+        ("fails", failure_text),
+        ("snaps", snaps),
+        ("workers", workers),
+    ):
+        con.register(label, table)
+
+    def q(sql: str, **params: Any) -> pd.DataFrame:
+        return con.execute(sql, params or None).df()
+
+    con.execute(
+        """
+        CREATE VIEW final AS
+        SELECT uuid, name::VARCHAR AS name, state::VARCHAR AS state, worker::VARCHAR AS worker,
+               sent, received, started, succeeded, failed, revoked,
+               coalesce(succeeded, failed) AS finished,
+               (received - sent) / 1e6 AS broker,
+               (started - received) / 1e6 AS wait,
+               coalesce(runtime, (coalesce(succeeded, failed) - started) / 1e6) AS runtime,
+               was_retried
+        FROM last_rows
+        """
+    )
+    names = q(
+        "SELECT coalesce(name, '(none)') AS name, count(*) AS tasks FROM final "
+        "GROUP BY 1 ORDER BY tasks DESC, name"
+    )
+    top_names = names["name"].head(top).tolist()
+    rest = len(names) - len(top_names)
+    other = f"other ({rest} name{'s' if rest > 1 else ''})"
+    con.register("top_names", pa.table({"name": pa.array(top_names, pa.string())}))
+    con.execute(
+        f"""CREATE TEMP TABLE g AS SELECT *, CASE WHEN coalesce(name, '(none)') IN
+        (SELECT name FROM top_names) THEN coalesce(name, '(none)') ELSE '{other}' END AS grp
+        FROM final"""
+    )
+    order = [*top_names, *([other] if rest else [])]
+
+    states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
+    states = states.set_index("state")["n"].sort_values(ascending=False, kind="stable")
+
+    pcts = ", ".join(
+        f"quantile_cont({m}, {p}) AS {m}_{_pct(p)}" for m in LATENCIES for p in percentiles
+    )
+    counts = """count(*) AS tasks,
+        count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
+        count(*) FILTER (WHERE state = 'FAILURE') AS failed,
+        count(*) FILTER (WHERE was_retried) AS retried,
+        count(*) FILTER (WHERE state = 'REVOKED') AS revoked"""
+    by_name = q(f"SELECT grp AS name, {counts}, {pcts} FROM g GROUP BY grp").set_index("name")
+    by_name = by_name.reindex(order)
+    per_name = q(
+        f"""SELECT coalesce(name, '(none)') AS name, {counts},
+        {", ".join(f"quantile_cont(runtime, {p}) AS runtime_{_pct(p)}" for p in percentiles)}
+        FROM g GROUP BY 1 ORDER BY tasks DESC, name"""
+    ).set_index("name")
+
+    def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        frame = q(sql, step=step)
+        if frame.empty:
+            out = pd.DataFrame(columns=list(columns or []), dtype="float64")
+        else:
+            frame["interval"] = _ts(frame["bucket"])
+            out = frame.pivot_table(
+                index="interval", columns="key", values="n", aggfunc="sum", fill_value=0
+            )
+            out = out.reindex(columns=[c for c in (columns or out.columns) if c in out.columns])
+            if columns is not None:
+                out = out.reindex(columns=list(columns), fill_value=0)
+        full = _intervals(lo, hi, freq)
+        out = out.reindex(full.union(out.index), fill_value=0)
+        out.index.name = "interval"
+        out.columns.name = None
+        return out
+
+    bucket = "(({t}) // $step) * $step"
+    throughput = over_time(
+        f"SELECT {bucket.format(t='finished')} AS bucket, grp AS key, count(*) AS n "
+        "FROM g WHERE finished IS NOT NULL AND state IN ('SUCCESS', 'FAILURE') GROUP BY ALL",
+        order,
+    )
+    outcomes = over_time(
+        f"""
+        SELECT {bucket.format(t="succeeded")} AS bucket, 'succeeded' AS key, count(*) AS n
+          FROM g WHERE state = 'SUCCESS' AND succeeded IS NOT NULL GROUP BY ALL
+        UNION ALL SELECT {bucket.format(t="failed")}, 'failed', count(*)
+          FROM g WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL
+        UNION ALL SELECT {bucket.format(t="retried")}, 'retried', count(*)
+          FROM retries GROUP BY ALL
+        UNION ALL SELECT {bucket.format(t="revoked")}, 'revoked', count(*)
+          FROM g WHERE revoked IS NOT NULL GROUP BY ALL
+        """,
+        ["succeeded", "failed", "retried", "revoked"],
+    )
+    failures = over_time(
+        f"SELECT {bucket.format(t='failed')} AS bucket, grp AS key, count(*) AS n "
+        "FROM g WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL",
+        order,
+    )
+    trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in percentiles]
+    trend = q(
+        f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
+        {pcts} FROM g WHERE coalesce(finished, started, received) IS NOT NULL
+        GROUP BY 1 ORDER BY 1""",
+        step=step,
+    )
+    trend.index = _ts(trend.pop("bucket"))
+    latency_trend = trend.reindex(columns=trend_cols)
+    latency_trend.index.name = "interval"
+
+    failures_by_worker = q(
+        "SELECT coalesce(worker, '(none)') AS worker, count(*) AS n FROM g "
+        "WHERE state = 'FAILURE' GROUP BY 1 ORDER BY n DESC, worker"
+    ).set_index("worker")["n"]
+    exceptions = _exceptions(con)
+    worker_tasks = q(
+        """SELECT coalesce(worker, '(none)') AS worker,
+        count(*) FILTER (WHERE state IN ('SUCCESS', 'FAILURE')) AS processed,
+        count(*) FILTER (WHERE state = 'FAILURE') AS failed
+        FROM g WHERE worker IS NOT NULL GROUP BY 1 ORDER BY processed DESC, worker"""
+    ).set_index("worker")
+
+    worker_states = q(
+        """
+        WITH w AS (
+            SELECT hostname::VARCHAR AS hostname, captured_at, coalesce(alive, false) AS alive,
+                   lag(coalesce(alive, false)) OVER h AS before,
+                   max(captured_at) OVER (PARTITION BY hostname) AS seen
+            FROM workers WINDOW h AS (PARTITION BY hostname ORDER BY captured_at)
+        ), changes AS (
+            SELECT hostname, captured_at AS since, alive, seen FROM w
+            WHERE before IS NULL OR before <> alive
+        )
+        SELECT hostname, since, coalesce(lead(since) OVER (PARTITION BY hostname
+               ORDER BY since), greatest(seen, $hi)) AS until, alive
+        FROM changes ORDER BY hostname, since
+        """,
+        hi=int(hi.value // 1000) if hi is not None else 0,
+    )
+    for column in ("since", "until"):
+        worker_states[column] = _ts(worker_states[column])
+    heartbeats = q(
+        """SELECT hostname::VARCHAR AS hostname, last_heartbeat AS at FROM workers
+        WHERE last_heartbeat IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
+    )
+    heartbeats["at"] = _ts(heartbeats["at"])
+    restarts = q(
+        """SELECT hostname, captured_at AS at, pid FROM (
+            SELECT hostname::VARCHAR AS hostname, captured_at, pid,
+                   lag(pid) OVER (PARTITION BY hostname ORDER BY captured_at) AS before
+            FROM workers) WHERE before IS NOT NULL AND pid IS NOT NULL AND pid <> before"""
+    )
+    restarts["at"] = _ts(restarts["at"])
+    seen = set(worker_tasks.index) | set(worker_states["hostname"])
+    workers_seen = sorted(seen - {"(none)"})
+    top_workers = [
+        *worker_tasks.index[:top],
+        *sorted(set(workers_seen) - set(worker_tasks.index)),
+    ][:top]
+
+    busy = over_time(
+        """
+        WITH r AS (SELECT worker AS key, started AS s, finished AS e FROM g
+                   WHERE worker IS NOT NULL AND started IS NOT NULL AND finished > started),
+        b AS (SELECT key, s, e, unnest(generate_series(s // $step, (e - 1) // $step)) AS k
+              FROM r)
+        SELECT k * $step AS bucket, key,
+               sum(least(e, (k + 1) * $step) - greatest(s, k * $step)) / $step AS n
+        FROM b GROUP BY ALL
+        """,
+        top_workers,
+    ).astype("float64")
+    utilisation = concurrency is not None
+    if utilisation:
+        sizes = {
+            w: (concurrency.get(w) if isinstance(concurrency, dict) else concurrency)
+            for w in busy.columns
+        }
+        busy = busy.apply(lambda col: col / sizes[col.name] if sizes[col.name] else np.nan)
+    loadavg = _mean_over_time(
+        con,
+        "SELECT hostname::VARCHAR AS key, captured_at AS t, loadavg[1] AS v FROM workers "
+        "WHERE loadavg IS NOT NULL AND len(loadavg) > 0",
+        step,
+        top_workers,
+    )
+    in_flight = _mean_over_time(
+        con,
+        " UNION ALL ".join(
+            f"SELECT '{s}' AS key, captured_at AS t, tasks_{s} AS v FROM snaps" for s in IN_FLIGHT
+        ),
+        step,
+        IN_FLIGHT,
+    )
+    events = int(
+        con.execute(
+            """
+            SELECT coalesce(sum(CASE WHEN d >= 0 THEN d
+                                     WHEN d < 0 OR seq = 1 THEN event_count ELSE 0 END), 0)
+            FROM (SELECT event_count, try_cast(split_part(snapshot_id, '-', 2) AS BIGINT) AS seq,
+                         event_count - lag(event_count) OVER (
+                             PARTITION BY split_part(snapshot_id, '-', 1)
+                             ORDER BY captured_at) AS d
+                  FROM snaps WHERE event_count IS NOT NULL)
+            """
+        ).fetchone()[0]
+    )
+    slow = q(
+        f"""SELECT uuid, name, worker, state, sent, received, started, finished,
+        broker, wait, runtime FROM g WHERE runtime IS NOT NULL
+        ORDER BY runtime DESC, uuid LIMIT {int(slowest)}"""
+    )
+    for column in ("sent", "received", "started", "finished"):
+        slow[column] = _ts(slow[column])
+    con.close()
+    return ReportData(
+        archive=archive.uri,
+        start=t_start,
+        end=t_end,
+        first=first,
+        last=last,
+        name=name,
+        freq=freq,
+        percentiles=percentiles,
+        top=top,
+        states=states,
+        events=events,
+        workers_seen=workers_seen,
+        by_name=by_name,
+        per_name=per_name,
+        throughput=throughput,
+        outcomes=outcomes,
+        latency_trend=latency_trend,
+        failures=failures,
+        failures_by_worker=failures_by_worker,
+        exceptions=exceptions,
+        worker_states=worker_states,
+        heartbeats=heartbeats,
+        restarts=restarts,
+        worker_tasks=worker_tasks,
+        busy=busy,
+        utilisation=utilisation,
+        loadavg=loadavg,
+        in_flight=in_flight,
+        slowest=slow,
+    )
+
+
+def _intervals(lo: pd.Timestamp | None, hi: pd.Timestamp | None, freq: str) -> pd.DatetimeIndex:
+    if lo is None or hi is None:
+        return pd.DatetimeIndex([], tz="UTC", name="interval")
+    return pd.date_range(lo.floor(freq), hi.floor(freq), freq=freq, name="interval")
+
+
+def _mean_over_time(con, sql: str, step: int, columns: Sequence[str]) -> pd.DataFrame:
+    frame = con.execute(
+        f"SELECT (t // $step) * $step AS bucket, key, avg(v) AS v FROM ({sql}) GROUP BY ALL",
+        {"step": step},
+    ).df()
+    if frame.empty:
+        return pd.DataFrame(columns=list(columns), dtype="float64")
+    frame["interval"] = _ts(frame["bucket"])
+    out = frame.pivot_table(index="interval", columns="key", values="v", aggfunc="mean")
+    out = out.reindex(columns=[c for c in columns if c in out.columns])
+    out.columns.name = None
+    return out
+
+
+def _failure_text(archive: Archive, start, end, name: str | None) -> pa.Table:
+    """Exception and traceback of the last FAILURE version of each task."""
+    state = ds.field("state").cast(pa.string()) == "FAILURE"
+    names = name_filter(name)
+    text = _load(
+        archive, "tasks", FAILURE_COLUMNS, start, end, state if names is None else state & names
+    )
+    return latest_arrow(text, "uuid").select(["uuid", "exception", "traceback"])
+
+
+def _exceptions(con) -> pd.DataFrame:
+    """Exceptions of the tasks whose final state is FAILURE, by name and exception type."""
+    return (
+        con.execute(
+            r"""
+        WITH x AS (SELECT uuid, exception, traceback FROM fails), f AS (
+            SELECT coalesce(g.name, '(none)') AS name, g.failed,
+                   x.exception AS message, x.traceback AS traceback,
+                   coalesce(nullif(trim(regexp_extract(x.exception, '^([^(:]*)', 1)), ''),
+                            '(unknown)') AS exception
+            FROM g LEFT JOIN x USING (uuid) WHERE g.state = 'FAILURE'
+        )
+        SELECT exception, name, count(*) AS count, min(failed) AS first_seen,
+               max(failed) AS last_seen,
+               arg_min(struct_pack(m := message, t := traceback), failed) AS example
+        FROM f GROUP BY exception, name ORDER BY count DESC, exception, name LIMIT 10
+        """
+        )
+        .df()
+        .pipe(_split_example)
+    )
+
+
+def _split_example(frame: pd.DataFrame) -> pd.DataFrame:
+    examples = frame.pop("example")
+    frame["message"] = [e["m"] if isinstance(e, dict) else None for e in examples]
+    frame["traceback"] = [e["t"] if isinstance(e, dict) else None for e in examples]
+    for column in ("first_seen", "last_seen"):
+        frame[column] = _ts(frame[column])
+    return frame
+
+
+# -- charts -------------------------------------------------------------------------------
+def _plt():
+    matplotlib = _require("matplotlib")
+    if "matplotlib.pyplot" not in sys.modules:  # no GUI backend for a command-line run
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+STYLE = {
+    "text.parse_math": False,  # a task name with $ signs is text, not TeX
+    "svg.fonttype": "none",  # text stays text: small, sharp, searchable
+    "font.size": 9,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+}
+
+
+def _label(text: Any, width: int = 40) -> str:
+    """A legend/tick label: shortened, and never hidden by matplotlib's leading ``_`` rule."""
+    text = CONTROL.sub("?", str(text))
+    if len(text) > width:
+        text = text[: width - 1] + "…"
+    return " " + text if text.startswith("_") else text
+
+
+def _figure(height: float = 3.2, width: float = 10.0, ncols: int = 1):
+    return _plt().subplots(1, ncols, figsize=(width, height), layout="constrained")
+
+
+def _styled(chart: Callable[[ReportData], Figure]) -> Callable[[ReportData], Figure]:
+    """Draw ``chart`` with the report's :data:`STYLE` (the caller's rcParams stay as they were)."""
+
+    @functools.wraps(chart)
+    def draw(data: ReportData) -> Figure:
+        with _plt().rc_context(STYLE):
+            return chart(data)
+
+    return draw
+
+
+def _unit(seconds: float) -> tuple[str, float]:
+    """The unit to show durations up to ``seconds`` in, and the factor from seconds."""
+    if np.isnan(seconds) or seconds < 1:
+        return "ms", 1e3
+    if seconds >= 180:
+        return "min", 1 / 60
+    return "s", 1.0
+
+
+def _time_axis(ax, data: ReportData) -> None:
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(locator)
+    formatter = mdates.ConciseDateFormatter(locator, show_offset=False)
+    ax.xaxis.set_major_formatter(formatter)
+    lo = data.start if data.start is not None else data.first
+    hi = data.end if data.end is not None else data.last
+    label = "time (UTC)"
+    if lo is not None and hi is not None:
+        hi = max(hi, lo + data.step)
+        ax.set_xlim(_naive(lo), _naive(hi))
+        days = sorted({f"{lo:%Y-%m-%d}", f"{hi:%Y-%m-%d}"})
+        label = f"time (UTC), {' to '.join(days)}"
+    ax.set_xlabel(label)
+
+
+def _naive(values: Any) -> Any:
+    """UTC times as naive datetimes for matplotlib (its axis is labelled UTC)."""
+    if isinstance(values, pd.Timestamp):
+        return values.tz_convert("UTC").tz_localize(None).to_pydatetime()
+    return pd.DatetimeIndex(values).tz_convert("UTC").tz_localize(None)
+
+
+def _legend(ax, title: str | None = None) -> None:
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title, borderaxespad=0)
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this window", ha="center", va="center", transform=ax.transAxes)
+    ax.set_yticks([])
+
+
+def _stacked_bars(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) -> None:
+    frame = frame.loc[:, frame.sum() > 0] if len(frame.columns) else frame
+    if frame.empty or not len(frame.columns):
+        _empty(ax, what)
+    else:
+        x = _naive(frame.index)
+        width = data.step / pd.Timedelta(days=1)
+        bottom = np.zeros(len(frame))
+        colors = _colors(len(frame.columns))
+        for column, color in zip(frame.columns, colors):
+            values = frame[column].to_numpy(dtype="float64")
+            ax.bar(
+                x,
+                values,
+                width=width,
+                bottom=bottom,
+                align="edge",
+                label=_label(column),
+                color=color,
+                linewidth=0,
+            )
+            bottom += values
+        _legend(ax)
+    ax.set_ylabel(ylabel)
+    _time_axis(ax, data)
+
+
+def _colors(n: int) -> list:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _lines(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, **kw) -> None:
+    frame = frame.dropna(axis=1, how="all")
+    if frame.empty or not len(frame.columns):
+        _empty(ax, what)
+    else:
+        x = _naive(frame.index)
+        colors = kw.pop("colors", None) or _colors(len(frame.columns))
+        for column, color in zip(frame.columns, colors):
+            ax.plot(
+                x,
+                frame[column].to_numpy(dtype="float64"),
+                label=_label(column),
+                color=color,
+                marker="." if len(frame) < 3 else None,
+                **kw,
+            )
+        _legend(ax)
+        ax.set_ylim(bottom=0)
+    ax.set_ylabel(ylabel)
+    _time_axis(ax, data)
+
+
+@_styled
+def chart_throughput(data: ReportData) -> Figure:
+    """Tasks finished per interval, per task name (top N, the rest as "other")."""
+    fig, ax = _figure()
+    ax.set_title(f"Tasks finished per {data.freq}, by task name")
+    _stacked_bars(ax, data.throughput, data, "finished tasks", f"tasks / {data.freq}")
+    return fig
+
+
+@_styled
+def chart_outcomes(data: ReportData) -> Figure:
+    """Succeeded, failed, retried and revoked per interval."""
+    fig, ax = _figure()
+    ax.set_title(f"Succeeded, failed, retried and revoked per {data.freq}")
+    colors = ["#2ca02c", "#d62728", "#ff7f0e", "#7f7f7f"]
+    frame = data.outcomes.loc[:, data.outcomes.sum() > 0] if len(data.outcomes) else data.outcomes
+    keep = [c for c in ("succeeded", "failed", "retried", "revoked") if c in frame.columns]
+    _lines(
+        ax,
+        frame[keep],
+        data,
+        "finished tasks",
+        f"tasks / {data.freq}",
+        colors=[colors[["succeeded", "failed", "retried", "revoked"].index(c)] for c in keep],
+        drawstyle="steps-post",
+    )
+    return fig
+
+
+@_styled
+def chart_latency(data: ReportData) -> Figure:
+    """Latency percentiles per task name: broker wait, queue wait and runtime side by side."""
+    import matplotlib.ticker as mticker
+
+    frame = data.by_name
+    height = max(2.6, 0.9 + 0.32 * len(frame) * max(1, len(data.percentiles)) / 2)
+    fig, axes = _figure(height=height, ncols=3)
+    fig.suptitle("Latency percentiles per task name", x=0.01, ha="left", weight="bold")
+    names = [_label(n, 28) for n in frame.index]
+    y = np.arange(len(frame))
+    bar = 0.8 / len(data.percentiles)
+    for ax, (metric, title) in zip(axes, LATENCIES.items()):
+        columns = [f"{metric}_{_pct(p)}" for p in data.percentiles]
+        values = frame[columns].astype("float64") if len(frame) else pd.DataFrame()
+        ax.set_title(title, fontsize=9)
+        if values.empty or values.isna().all().all():
+            _empty(ax, "timings")
+            ax.set_xticks([])
+            continue
+        unit, factor = _unit(float(np.nanmax(values.to_numpy())))
+        positive = values.to_numpy()[values.to_numpy() > 0]
+        log = len(positive) and positive.max() / positive.min() > 100
+        for i, column in enumerate(columns):
+            ax.barh(
+                y + i * bar,
+                values[column].fillna(0) * factor,
+                height=bar,
+                label=column.split("_")[-1],
+            )
+        if log:  # one slow name must not flatten the others' bars
+            ax.set_xscale("log", nonpositive="clip")
+            ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+            ax.set_xlim(left=positive.min() * factor / 2)
+        ax.set_yticks(y + bar * (len(columns) - 1) / 2)
+        ax.set_yticklabels(names if ax is axes[0] else [])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{unit} (log scale)" if log else unit)
+        ax.grid(axis="y", visible=False)
+    if axes[-1].get_legend_handles_labels()[0]:
+        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    return fig
+
+
+@_styled
+def chart_latency_trend(data: ReportData) -> Figure:
+    """Latency percentiles over time (all task names together)."""
+    fig, axes = _figure(height=3.0, ncols=3)
+    fig.suptitle(
+        f"Latency percentiles per {data.freq}, all task names", x=0.01, ha="left", weight="bold"
+    )
+    for ax, (metric, title) in zip(axes, LATENCIES.items()):
+        columns = [f"{metric}_{_pct(p)}" for p in data.percentiles]
+        frame = data.latency_trend.reindex(columns=columns)
+        peak = float(np.nanmax(frame.to_numpy())) if frame.notna().any().any() else np.nan
+        unit, factor = _unit(peak)
+        frame = (frame * factor).rename(columns=lambda c: c.split("_")[-1])
+        ax.set_title(title, fontsize=9)
+        _lines(ax, frame, data, "timings", unit)
+        if ax is not axes[-1] and ax.get_legend():
+            ax.get_legend().remove()
+    return fig
+
+
+@_styled
+def chart_failures(data: ReportData) -> Figure:
+    """Failures per interval and task name (left), per worker (right)."""
+    fig, (left, right) = _figure(height=3.2, ncols=2, width=10)
+    left.set_title(f"Failures per {data.freq}, by task name")
+    _stacked_bars(left, data.failures, data, "failures", f"failures / {data.freq}")
+    right.set_title("Failures per worker")
+    _hbars(right, data.failures_by_worker.head(data.top), "failures", "failed tasks")
+    fig.get_layout_engine().set(wspace=0.05)
+    _widths(fig, (3, 1))
+    return fig
+
+
+def _widths(fig, ratios: tuple[int, ...]) -> None:
+    gs = fig.axes[0].get_subplotspec().get_gridspec()
+    gs.set_width_ratios(ratios)
+
+
+def _hbars(ax, series: pd.Series, what: str, xlabel: str) -> None:
+    if series.empty:
+        _empty(ax, what)
+    else:
+        y = np.arange(len(series))
+        ax.barh(y, series.to_numpy(dtype="float64"), color="#d62728")
+        ax.set_yticks(y)
+        ax.set_yticklabels([_label(v, 24) for v in series.index])
+        ax.invert_yaxis()
+        ax.grid(axis="y", visible=False)
+    ax.set_xlabel(xlabel)
+
+
+@_styled
+def chart_workers(data: ReportData) -> Figure:
+    """Each worker online (green) or offline (grey) over time, heartbeats and restarts."""
+    import matplotlib.dates as mdates
+
+    hosts = data.workers_seen[: max(data.top, 12)]
+    fig, ax = _figure(height=max(1.8, 1.0 + 0.38 * len(hosts)))
+    ax.set_title("Workers online and offline (ticks: heartbeats, ▲ restarts)")
+    if not hosts:
+        _empty(ax, "workers")
+    for i, host in enumerate(hosts):
+        runs = data.worker_states[data.worker_states["hostname"] == host]
+        for alive, color in ((True, "#2ca02c"), (False, "#bbbbbb")):
+            part = runs[runs["alive"] == alive]
+            if len(part):
+                start = mdates.date2num(_naive(part["since"]))
+                width = (part["until"] - part["since"]).dt.total_seconds().to_numpy() / 86400
+                ax.broken_barh(
+                    list(zip(start, np.maximum(width, 1e-7))),
+                    (i - 0.3, 0.6),
+                    color=color,
+                    label=("online" if alive else "offline") if i == 0 else None,
+                )
+        beats = data.heartbeats.loc[data.heartbeats["hostname"] == host, "at"]
+        if 0 < len(beats) <= MAX_HEARTBEAT_TICKS:
+            ax.plot(
+                _naive(beats),
+                np.full(len(beats), i - 0.38),
+                "|",
+                color="#1f5f1f",
+                markersize=4,
+                label="heartbeat" if i == 0 else None,
+            )
+        restarts = data.restarts.loc[data.restarts["hostname"] == host, "at"]
+        if len(restarts):
+            ax.plot(
+                _naive(restarts),
+                np.full(len(restarts), i),
+                "^",
+                color="#9467bd",
+                markersize=7,
+                label="restart (new pid)",
+            )
+    ax.set_yticks(range(len(hosts)))
+    ax.set_yticklabels([_label(h, 28) for h in hosts])
+    ax.set_ylim(len(hosts) - 0.5, -0.6)
+    ax.grid(axis="y", visible=False)
+    ax.set_ylabel("worker")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _time_axis(ax, data)
+    return fig
+
+
+@_styled
+def chart_worker_load(data: ReportData) -> Figure:
+    """Tasks running (or utilisation) and load average per worker over time."""
+    fig, (left, right) = _figure(height=3.2, ncols=2)
+    if data.utilisation:
+        left.set_title(f"Utilisation per worker (mean per {data.freq})")
+        _lines(left, data.busy * 100, data, "running tasks", "% of pool busy")
+    else:
+        left.set_title(f"Tasks running per worker (mean per {data.freq})")
+        _lines(left, data.busy, data, "running tasks", "tasks running")
+    right.set_title(f"Load average (1 min, mean per {data.freq})")
+    _lines(right, data.loadavg, data, "load averages", "load average")
+    if left.get_legend() and right.get_legend():
+        left.get_legend().remove()
+    return fig
+
+
+@_styled
+def chart_worker_tasks(data: ReportData) -> Figure:
+    """Tasks processed (succeeded or failed) per worker."""
+    series = (
+        data.worker_tasks["processed"].head(max(data.top, 12))
+        if len(data.worker_tasks)
+        else (pd.Series(dtype="float64"))
+    )
+    fig, ax = _figure(height=max(1.8, 0.9 + 0.3 * len(series)), width=7)
+    ax.set_title("Tasks processed per worker")
+    if series.empty:
+        _empty(ax, "processed tasks")
+    else:
+        y = np.arange(len(series))
+        ax.barh(y, series.to_numpy(dtype="float64"), color="#1f77b4")
+        ax.set_yticks(y)
+        ax.set_yticklabels([_label(v, 28) for v in series.index])
+        ax.invert_yaxis()
+        ax.grid(axis="y", visible=False)
+    ax.set_xlabel("tasks (succeeded or failed)")
+    ax.set_ylabel("worker")
+    return fig
+
+
+@_styled
+def chart_in_flight(data: ReportData) -> Figure:
+    """Tasks in flight (pending, received, started, waiting to retry) from the snapshots."""
+    fig, ax = _figure()
+    ax.set_title(f"Tasks in flight (mean of the snapshots per {data.freq})")
+    frame = data.in_flight.loc[:, data.in_flight.fillna(0).sum() > 0]
+    if frame.empty or not len(frame.columns):
+        _empty(ax, "tasks in flight")
+        ax.set_ylabel("tasks")
+        _time_axis(ax, data)
+        return fig
+    x = _naive(frame.index)
+    ax.stackplot(
+        x,
+        *(frame[c].fillna(0).to_numpy() for c in frame.columns),
+        labels=list(frame.columns),
+        step="post",
+        alpha=0.85,
+    )
+    _legend(ax)
+    ax.set_ylabel("tasks")
+    _time_axis(ax, data)
+    return fig
+
+
+#: The report's sections: (heading, chart functions).
+SECTIONS: list[tuple[str, list[Callable[[ReportData], Figure]]]] = [
+    ("Throughput", [chart_throughput, chart_outcomes]),
+    ("Latency", [chart_latency, chart_latency_trend]),
+    ("Failures", [chart_failures]),
+    ("Workers", [chart_workers, chart_worker_tasks, chart_worker_load]),
+    ("In flight", [chart_in_flight]),
+]
+
+
+def svg(fig: Figure, prefix: str) -> str:
+    """``fig`` as an inline ``<svg>`` element; its ids are prefixed so several can share a page."""
+    plt = _plt()
+    buf = io.StringIO()
+    with plt.rc_context(STYLE), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")  # shown as a box
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg") :]
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+    text = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r'(href|xlink:href)="#([^"]+)"', rf'\1="#{prefix}-\2"', text)
+    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
+    return text.replace("<svg", '<svg role="img"', 1)
+
+
+# -- HTML ---------------------------------------------------------------------------------
+CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
+max-width:1100px;padding:16px 24px;color:#222}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+.meta{color:#555;margin:0 0 12px}
+.cards{display:flex;flex-wrap:wrap;gap:10px;margin:8px 0}
+.card{border:1px solid #ddd;border-radius:6px;padding:8px 12px;min-width:110px}
+.card b{display:block;font-size:20px}
+figure.chart{margin:12px 0}figure.chart svg{max-width:100%;height:auto;display:block}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{border-bottom:1px solid #eee;padding:3px 8px;text-align:left;vertical-align:top;
+white-space:nowrap}.wide{overflow-x:auto}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+pre{max-width:1000px;max-height:240px;overflow:auto;background:#f6f6f6;padding:6px;font-size:12px}
+details{margin:2px 0}.cols{display:flex;gap:32px;flex-wrap:wrap}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, pd.Timestamp):
+        return value.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    if isinstance(value, (float, np.floating)):
+        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, (int, np.integer)):
+        return f"{value:,}"
+    return str(value)
+
+
+def table_html(frame: pd.DataFrame, *, index: bool = True) -> str:
+    """``frame`` as an HTML table; every cell escaped."""
+    frame = frame.reset_index() if index else frame
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            numeric = isinstance(value, (int, float, np.integer, np.floating))
+            cls = ' class="n"' if numeric else ""
+            cells.append(f"<td{cls}>{html.escape(_fmt(value))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<div class="wide"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+
+
+def _window(data: ReportData) -> str:
+    lo = data.start if data.start is not None else data.first
+    hi = data.end if data.end is not None else data.last
+    if lo is None:
+        return "an empty window"
+    return f"{_fmt(lo)} to {_fmt(hi)} UTC"
+
+
+def _summary(data: ReportData) -> str:
+    busiest = data.per_name["tasks"].head(5)
+    slowest_names = (
+        data.per_name[f"runtime_{_pct(data.percentiles[-1])}"].dropna().nlargest(5)
+        if len(data.per_name)
+        else pd.Series(dtype="float64")
+    )
+    cards = [
+        ("tasks", data.tasks),
+        ("events", data.events),
+        ("workers seen", len(data.workers_seen)),
+        *((s.lower(), int(n)) for s, n in data.states.items()),
+    ]
+    card_html = "".join(
+        f'<div class="card"><b>{_fmt(v)}</b>{html.escape(k)}</div>' for k, v in cards
+    )
+    p = _pct(data.percentiles[-1])
+    return (
+        f'<div class="cards">{card_html}</div><div class="cols">'
+        f"<div><h3>Busiest task names</h3>{table_html(busiest.rename('tasks').to_frame())}</div>"
+        f"<div><h3>Slowest task names ({p} runtime, s)</h3>"
+        f"{table_html(slowest_names.rename(f'{p} runtime (s)').to_frame())}</div></div>"
+    )
+
+
+def _exceptions_html(data: ReportData) -> str:
+    if data.exceptions.empty:
+        return "<p>No failed task in this window.</p>"
+    rows = []
+    for row in data.exceptions.itertuples(index=False):
+        example = html.escape(str(row.traceback or row.message or ""))
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(str(row.exception))}</td><td>{html.escape(str(row.name))}</td>"
+            f'<td class="n">{row.count:,}</td><td>{_fmt(row.first_seen)}</td>'
+            f"<td>{_fmt(row.last_seen)}</td><td><details><summary>"
+            f"{html.escape(_label(row.message or '', 80))}</summary><pre>{example}</pre>"
+            "</details></td></tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in (
+            "exception",
+            "task name",
+            "count",
+            "first seen (UTC)",
+            "last seen (UTC)",
+            "example (click for the traceback)",
+        )
+    )
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def render_html(data: ReportData, *, title: str | None = None) -> str:
+    """The report page: summary, charts (inline SVG), tables. No script, no external URL."""
+    title = title or "Celery cluster report"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(_window(data))} · archive {html.escape(data.archive)}'
+        + (f" · task names matching {html.escape(data.name)}" if data.name else "")
+        + f" · intervals of {html.escape(data.freq)} · all times UTC</p>",
+        "<h2>Summary</h2>",
+        _summary(data),
+    ]
+    n = 0
+    for heading, charts in SECTIONS:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        for chart in charts:
+            n += 1
+            parts.append(
+                f'<figure class="chart" id="{chart.__name__}">{svg(chart(data), f"c{n}")}</figure>'
+            )
+        if heading == "Latency":
+            columns = [c for c in data.by_name.columns if c != "revoked"]
+            parts.append("<h3>Per task name (seconds)</h3>" + table_html(data.by_name[columns]))
+        if heading == "Failures":
+            parts.append("<h3>Top exceptions</h3>" + _exceptions_html(data))
+    parts.append("<h2>The slowest tasks</h2>")
+    parts.append(
+        table_html(data.slowest.rename(columns=SECONDS), index=False)
+        if len(data.slowest)
+        else "<p>No finished task.</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def report(
+    archive: Archive | str | os.PathLike[str],
+    start: Any = None,
+    end: Any = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+    **kwargs: Any,
+) -> str:
+    """The HTML report of ``[start, end)``; written to ``output`` too when given.
+
+    Takes :func:`gather`'s keyword arguments (``name``, ``top``, ``percentiles``,
+    ``freq``, ``slowest``, ``concurrency``). Also callable as ``archiver.report(...)``.
+    """
+    if output is not None and not os.path.isdir(os.path.dirname(os.fspath(output)) or "."):
+        raise ArchiverError(f"cannot write the report to {output}: no such directory")
+    page = render_html(gather(archive, start, end, **kwargs), title=title)
+    if output is not None:
+        tmp = f"{os.fspath(output)}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(page)
+            os.replace(tmp, output)
+        except OSError as exc:
+            raise ArchiverError(f"cannot write the report to {output}: {exc.strerror}") from exc
+    return page
+
+
+class _CallableModule(types.ModuleType):
+    """``archiver.report(archive, ...)`` calls :func:`report`; the module keeps its names."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
