@@ -9,7 +9,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .camera import Polaroid
@@ -57,6 +57,10 @@ class RecordSummary:
     broker_losses: int = 0
     seconds: float = 0.0
     archive: str = ""
+    #: Values stored as null because they did not fit their column, by "table.column".
+    values_nulled: dict[str, int] = field(default_factory=dict)
+    early_snapshots: int = 0
+    changes_dropped: int = 0
 
     def line(self) -> str:
         """One human-readable summary line."""
@@ -70,6 +74,13 @@ class RecordSummary:
             )
         if self.broker_losses:
             extra += f", broker lost {self.broker_losses} times"
+        if self.early_snapshots:
+            extra += f", {self.early_snapshots} early snapshots (change log full)"
+        if self.values_nulled:
+            columns = ", ".join(f"{c} {n}" for c, n in sorted(self.values_nulled.items()))
+            extra += f", {sum(self.values_nulled.values())} values stored as null ({columns})"
+        if self.changes_dropped:
+            extra += f", {self.changes_dropped} task changes dropped"
         return (
             f"Recorded {self.events:,} events into {self.archive}: {self.tasks:,} tasks, "
             f"{self.snapshots:,} snapshots, {self.rows:,} rows in {self.files:,} files "
@@ -362,6 +373,9 @@ class Recorder:
             write_errors=stats.write_errors if stats else 0,
             last_error=stats.last_error if stats else None,
             broker_losses=self.live_stats.losses,
+            values_nulled=dict(getattr(getattr(camera, "converter", None), "values_nulled", {})),
+            early_snapshots=getattr(camera, "early_snapshots", 0),
+            changes_dropped=self.state.changes_dropped,
             seconds=time.monotonic() - self.started,
             archive=str(getattr(camera, "archive", None) or self.archive),
         )

@@ -8,7 +8,9 @@ heartbeats and ``alive``, LRU limits), without importing Celery. Two additions:
   never raise out of :meth:`State.event` and never change the state.
 * The state remembers which tasks and workers changed since the last
   :meth:`State.take_changes`, so a camera can write only what changed. A changed
-  task is held until it is taken, even if the LRU limit evicts it meanwhile.
+  task is held until it is taken, even if the LRU limit evicts it meanwhile. When
+  ``max_tasks_in_memory`` changes are held, :attr:`State.on_changes_full` is called
+  (after the event, outside the lock) so that a camera takes them at once.
 """
 
 from __future__ import annotations
@@ -82,8 +84,16 @@ def precedence(state: str | None) -> int:
 
 
 def heartbeat_expires(timestamp: float, freq: float = 60, expire_window: float = 200) -> float:
-    """When a worker that last beat at ``timestamp`` is considered gone."""
-    return float(timestamp) + float(freq) * (expire_window / 1e2)
+    """When a worker that last beat at ``timestamp`` is considered gone.
+
+    An int beyond a float's range (Celery raises) counts as +-inf.
+    """
+    try:
+        return float(timestamp) + float(freq) * (expire_window / 1e2)
+    except OverflowError:
+        if type(timestamp) is int and abs(timestamp) > 1e308:
+            return _INF if timestamp > 0 else -_INF
+        return _INF if freq > 0 else -_INF
 
 
 class LRU(OrderedDict):
@@ -240,7 +250,7 @@ def _warn_drift(hostname: str | None, drift: int) -> None:
         logger.warning(
             "Substantial drift from %s may mean clocks are out of sync: drift is %s seconds.",
             hostname,
-            drift,
+            drift if drift < 10**12 else "more than 10**12",
         )
 
 
@@ -464,6 +474,12 @@ class State:
         self._tasks_to_resolve: LRU = LRU(max_tasks_in_memory)
         self._changed_tasks: dict[str, Task] = {}
         self._changed_workers: dict[str, Worker] = {}
+        #: Called with no argument, outside the lock, once ``max_tasks_in_memory`` changed
+        #: tasks are held (evicted ones included): a camera takes a snapshot then, so
+        #: that no change is dropped. Called again only after :meth:`take_changes`.
+        self.on_changes_full: Callable[[], Any] | None = None
+        self.changes_full_at = max_tasks_in_memory or math.inf
+        self._changes_full = self._changes_signalled = False
         #: Changed tasks held for :meth:`take_changes` are capped (an evicted task is
         #: held only here), so a state nobody takes changes from stays bounded.
         self.max_changes_held = 4 * max_tasks_in_memory if max_tasks_in_memory else math.inf
@@ -513,6 +529,7 @@ class State:
         """
         tasks, workers = self._changed_tasks, self._changed_workers
         self._changed_tasks, self._changed_workers = {}, {}
+        self._changes_signalled = False
         return list(tasks.values()), list(workers.values())
 
     def restore_changes(self, tasks: list[Task], workers: list[Worker]) -> None:
@@ -530,7 +547,20 @@ class State:
         kind, and leaves the state unchanged.
         """
         with self._mutex:
-            return self._event(event)
+            result = self._event(event)
+        if self._changes_full:
+            self._signal_changes_full()
+        return result
+
+    def _signal_changes_full(self) -> None:
+        self._changes_full = False
+        listener = self.on_changes_full
+        if listener is None:
+            return
+        try:
+            listener()
+        except Exception:  # the listener's failure must not stop event intake
+            logger.exception("on_changes_full listener %r failed", listener)
 
     def _reject(self, kind: str, event: Any) -> None:
         self.rejected_events += 1
@@ -633,7 +663,10 @@ class State:
         children = self._tasks_to_resolve.pop(uuid, None)
         if children is not None:
             task.children.update(children)
-        if created and len(self._changed_tasks) >= self.max_changes_held:
+        changed = self._changed_tasks
+        if len(changed) >= self.changes_full_at and not self._changes_signalled:
+            self._changes_signalled = self._changes_full = self.on_changes_full is not None
+        if created and len(changed) >= self.max_changes_held:
             self._drop_oldest_changes(uuid)
         self._changed_tasks[uuid] = task
         return task, created

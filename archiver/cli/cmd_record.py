@@ -291,6 +291,16 @@ def record(
                 f"{summary.last_error}",
                 err=True,
             )
+        nulled = sum(summary.values_nulled.values())
+        if nulled or summary.changes_dropped:
+            problems = [
+                f"{nulled:,} values did not fit their column (stored as null)" if nulled else "",
+                f"{summary.changes_dropped:,} task changes were dropped"
+                if summary.changes_dropped
+                else "",
+            ]
+            click.echo(f"Error: {' and '.join(p for p in problems if p)}", err=True)
+        if lost or nulled or summary.changes_dropped:
             sys.exit(EX_IOERR)
 
 
