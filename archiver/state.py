@@ -64,6 +64,7 @@ def _finite(x: float) -> bool:
 
 _OPT_INT = frozenset({int, type(None)})
 _OPT_STR = frozenset({str, type(None)})
+_HEARTBEAT = frozenset({float, int, bool})
 # Event keys that would overwrite the object's own machinery if merged as attributes
 # (an event field named ``event`` or ``info`` would shadow the method and make every
 # later event for that task raise).
@@ -712,9 +713,7 @@ class State:
         self, limit: int | None = None, reverse: bool = True
     ) -> Iterator[tuple[str, Task]]:
         """``(uuid, task)`` ordered by (clock, timestamp), newest first by default."""
-        ordered = sorted(
-            self.tasks.values(), key=lambda t: (t.clock or 0, t.timestamp or 0.0), reverse=reverse
-        )
+        ordered = sorted(self.tasks.values(), key=_time_key, reverse=reverse)
         for task in ordered[:limit] if limit else ordered:
             yield task.uuid, task
 
@@ -733,14 +732,23 @@ class State:
         return _islice(found, limit)
 
     def task_types(self) -> list[str]:
-        """Sorted names of every task type seen."""
-        return sorted(self._seen_types)
+        """Sorted names of every task type seen (names that are not strings by their text)."""
+        return sorted(self._seen_types, key=str)
 
     def alive_workers(self) -> Iterator[Worker]:
         return (w for w in list(self.workers.values()) if w.alive)
 
     def __repr__(self) -> str:
         return f"<State: events={self.event_count} tasks={self.task_count}>"
+
+
+def _time_key(task: Task) -> tuple[int, float]:
+    """(clock, timestamp) to order tasks by; values of other types count as 0."""
+    clock, ts = task.clock, task.timestamp
+    return (
+        clock if type(clock) is int else 0,
+        ts if type(ts) is float or (type(ts) is int and abs(ts) < 1e308) else 0.0,
+    )
 
 
 def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
@@ -772,7 +780,12 @@ def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
 
 
 def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
-    """The first problem of a task event off the fast path, or None."""
+    """The first problem of a task event off the fast path, or None.
+
+    Only what Celery's ``State`` raises on is a problem (values it merely stores, such
+    as a string ``runtime`` or an ``int`` clock too big for int64, are kept; the
+    converter stores what does not fit its column as null and counts it).
+    """
     if not subject:
         return "task event without a subject"
     get = event.get
@@ -781,26 +794,47 @@ def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
         return "task event without a uuid"
     if type(get("hostname")) is not str:
         return "task event without a hostname"
-    if type(get("timestamp")) not in _NUMBER or not _finite(event["timestamp"]):
-        return "task event with a missing or non-numeric timestamp"
-    local_received = event.get("local_received", _MISSING)
-    if type(local_received) not in _OPT_NUMBER or not _finite(local_received or 0.0):
-        return "task event with a missing or non-numeric local_received"
-    if type(get("clock")) is not int:
-        return "task event with a missing or non-integer clock"
-    if (
-        type(get("name")) not in _OPT_STR
-        or type(get("parent_id")) not in _OPT_STR
-        or type(get("root_id")) not in _OPT_STR
-    ):
-        return "task event with a non-string name, parent_id or root_id"
-    if type(get("retries")) not in _OPT_INT or type(get("runtime")) not in _OPT_NUMBER:
-        return "task event with non-numeric retries or runtime"
+    for key in ("timestamp", "local_received", "clock"):
+        if key not in event:
+            return f"task event without {key}"
+    if subject != "sent" and _heartbeat_problem(event["timestamp"], event["local_received"]):
+        return "task event with a non-numeric timestamp or local_received"
+    if not (_hashable(get("name")) and _hashable(get("parent_id"))):
+        return "task event with an unhashable name or parent_id"
     return None
 
 
+def _heartbeat_problem(timestamp: Any, local_received: Any) -> bool:
+    """Whether a worker's heartbeat from these values fails (Celery raises there too).
+
+    Celery skips the heartbeat when either is falsy, else needs ``int()`` of both and
+    compares ``local_received`` with the earlier heartbeats (so it must be a number).
+    """
+    if not local_received or not timestamp:
+        return False
+    if type(local_received) not in _HEARTBEAT or not _finite(local_received):
+        return True
+    try:
+        int(timestamp)
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return False
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
-    """Why a worker event cannot be applied, or None."""
+    """Why a worker event cannot be applied, or None.
+
+    As for tasks, only what breaks Celery's ``State`` is a problem, and a ``freq``
+    that is not a finite number (Celery stores it, then fails to compute ``alive``).
+    """
     if not subject:
         return "worker event without a subject"
     get = event.get
@@ -808,23 +842,10 @@ def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
         return "worker event without a hostname"
     if any(type(key) is not str for key in event):
         return "worker event with a non-string key"
-    timestamp, local_received = get("timestamp"), get("local_received")
-    if (
-        type(timestamp) not in _NUMBER
-        or type(local_received) not in _NUMBER
-        or not (_finite(timestamp) and _finite(local_received))
-    ):
-        return "worker event with a missing or non-numeric timestamp or local_received"
-    if "freq" in event and (type(event["freq"]) not in _NUMBER or not _finite(event["freq"])):
+    if "timestamp" not in event or "local_received" not in event:
+        return "worker event without a timestamp or local_received"
+    if subject != "offline" and _heartbeat_problem(event["timestamp"], event["local_received"]):
+        return "worker event with a non-numeric timestamp or local_received"
+    if "freq" in event and (type(event["freq"]) not in _HEARTBEAT or not _finite(event["freq"])):
         return "worker event with a non-numeric freq"
-    if type(get("clock", 0)) is not int:
-        return "worker event with a non-integer clock"
-    for key in ("pid", "active", "processed"):
-        if type(get(key)) not in _OPT_INT:
-            return f"worker event with a non-integer {key}"
-    loadavg = get("loadavg")
-    if loadavg is not None and not (
-        type(loadavg) in (list, tuple) and all(type(x) in _NUMBER for x in loadavg)
-    ):
-        return "worker event with a malformed loadavg"
     return None
