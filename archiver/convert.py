@@ -101,7 +101,8 @@ def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
             floats = None
     if floats is None:
         seconds = np.array([_as_float(v) for v in values], dtype="f8")  # None -> NaN
-    micros = seconds * 1e6
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, nulled below
+        micros = seconds * 1e6
     np.round(micros, out=micros)
     ok = np.abs(micros) < _MAX_MICROS  # False for NaN (null), inf and overflow
     if ok.all():
@@ -153,14 +154,19 @@ def _hostnames(workers: Sequence[Any]) -> list[Any]:
 
 
 def _ints(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
+    """Python ints within the type's range; anything else (floats, bools, text) is null.
+
+    Arrow is asked to infer the type first: given ``type=int32`` it would truncate 4.5 to 4.
+    """
     try:
-        return pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-        info = np.iinfo(type_.to_pandas_dtype())
-        lo, hi = int(info.min), int(info.max)
-        return pa.array(
-            [v if type(v) is int and lo <= v <= hi else None for v in values], type=type_
-        )
+        array = pa.array(values)
+        if pa.types.is_integer(array.type) or pa.types.is_null(array.type):
+            return array.cast(type_)  # a safe cast: out of range raises
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        pass
+    info = np.iinfo(type_.to_pandas_dtype())
+    lo, hi = int(info.min), int(info.max)
+    return pa.array([v if type(v) is int and lo <= v <= hi else None for v in values], type_)
 
 
 def _floats(values: Sequence[Any]) -> pa.Array:
