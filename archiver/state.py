@@ -797,7 +797,8 @@ def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
     for key in ("timestamp", "local_received", "clock"):
         if key not in event:
             return f"task event without {key}"
-    if subject != "sent" and _heartbeat_problem(event["timestamp"], event["local_received"]):
+    # A task event is its worker's heartbeat with the two times swapped, as in Celery.
+    if subject != "sent" and _heartbeat_problem(event["local_received"], event["timestamp"]):
         return "task event with a non-numeric timestamp or local_received"
     if not (_hashable(get("name")) and _hashable(get("parent_id"))):
         return "task event with an unhashable name or parent_id"
