@@ -200,7 +200,7 @@ def _float(value) -> float | None:
 
 def expected_row(task) -> dict:
     """The archived form of a Celery task object: each value, or None if it does not fit."""
-    row = {c: _text(getattr(task, c, None)) for c in TEXT_COLUMNS}
+    row = {c: _text(getattr(task, c, None)) for c in TEXT_COLUMNS if c != "worker"}
     row["worker"] = task.worker.hostname if task.worker is not None else None
     row.update({c: _micros(getattr(task, c, None)) for c in TIME_COLUMNS})
     row["retries"] = _int(task.retries, 32)
