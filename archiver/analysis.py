@@ -28,6 +28,7 @@ Times are tz-aware UTC, durations are float seconds.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,8 @@ NICE_FREQS = (
     "7D",
 )
 FINISHED_STATES = ("SUCCESS", "FAILURE")
+#: Most intervals a result lists without gaps (beyond: only the intervals with data).
+MAX_INTERVALS = 200_000
 ALL = "(all)"
 
 
@@ -134,11 +137,33 @@ def _utc(series: pd.Series) -> pd.Series:
     return pd.to_datetime(series, utc=True)
 
 
-def _timeline(index: pd.Index, freq: str) -> pd.DatetimeIndex:
-    """Every interval from the first to the last value of ``index`` (no gaps)."""
+def _intervals(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> int:
+    """How many intervals of ``freq`` from ``first`` to ``last`` (0 for calendar offsets)."""
+    try:
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+    except (ValueError, TypeError):  # a month or a year: not a fixed length
+        return 0
+    return int((last - first) // step) + 1 if step > pd.Timedelta(0) else 0
+
+
+def _timeline(index: pd.Index, freq: str, fn: str) -> pd.DatetimeIndex:
+    """Every interval from the first to the last value of ``index`` (no gaps).
+
+    Beyond :data:`MAX_INTERVALS` (a task dated in the year 9999, say) only the intervals
+    in ``index`` are listed, with a warning: the gaps would not fit in memory.
+    """
     if len(index) == 0:
         return pd.DatetimeIndex([], tz="UTC", name="interval")
-    return pd.date_range(index.min(), index.max(), freq=freq, name="interval")
+    first, last = index.min(), index.max()
+    n = _intervals(first, last, freq)
+    if n > MAX_INTERVALS:
+        warnings.warn(
+            f"{fn}(): the times span {first} to {last}, {n:,} intervals of {freq}: "
+            f"only the intervals that hold data are listed",
+            stacklevel=3,
+        )
+        return pd.DatetimeIndex(index.unique().sort_values(), name="interval")
+    return pd.date_range(first, last, freq=freq, name="interval")
 
 
 def finished_at(tasks: pd.DataFrame) -> pd.Series:
@@ -181,7 +206,7 @@ def throughput(
     key = _group_key(tasks.loc[mask], by)
     counts = done.groupby([done.dt.floor(freq).rename("interval"), key]).size()
     table = counts.unstack(fill_value=0) if len(counts) else pd.DataFrame()
-    table = table.reindex(_timeline(table.index, freq), fill_value=0)
+    table = table.reindex(_timeline(table.index, freq, "throughput"), fill_value=0)
     if len(table.columns):
         table = table[table.sum().sort_values(ascending=False, kind="stable").index]
     table.columns = pd.Index([str(c) for c in table.columns], name=by or "all")
@@ -434,7 +459,14 @@ def worker_utilisation(
     if started.empty:
         return pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC", name="interval"))
     freq = freq or auto_freq(pd.concat([started, end]))
-    index = pd.date_range(started.min().floor(freq), end.max().floor(freq), freq=freq)
+    first, last = started.min().floor(freq), end.max().floor(freq)
+    n = _intervals(first, last, freq)
+    if n > MAX_INTERVALS:
+        raise ValueError(
+            f"worker_utilisation(): the tasks run from {first} to {last}, {n:,} intervals "
+            f"of {freq}: pass a larger freq, or only the tasks of a time range"
+        )
+    index = pd.date_range(first, last, freq=freq)
     index.name = "interval"
     step = pd.Timedelta(freq).total_seconds()
     origin = index[0]
@@ -485,7 +517,7 @@ def worker_activity(
     grouped = frame.groupby(["interval", "hostname"])[metric]
     if metric == "processed":
         last = grouped.last().astype("float64").unstack()
-        last = last.reindex(_timeline(last.index, freq)).ffill()
+        last = last.reindex(_timeline(last.index, freq, "worker_activity")).ffill()
         out = last.diff()
         first = frame.groupby("hostname")[metric].first().astype("float64")
         out.iloc[0] = last.iloc[0] - first.reindex(last.columns)
@@ -495,13 +527,13 @@ def worker_activity(
             lambda v: float(v[0]) if v is not None and len(v) else np.nan
         )
         out = frame.groupby(["interval", "hostname"])[metric].mean().unstack()
-        out = out.reindex(_timeline(out.index, freq)).ffill()
+        out = out.reindex(_timeline(out.index, freq, "worker_activity")).ffill()
     elif metric == "active":
         out = grouped.max().astype("float64").unstack()
-        out = out.reindex(_timeline(out.index, freq)).ffill()
+        out = out.reindex(_timeline(out.index, freq, "worker_activity")).ffill()
     else:
         out = grouped.last().astype("float64").unstack()
-        out = out.reindex(_timeline(out.index, freq)).ffill()
+        out = out.reindex(_timeline(out.index, freq, "worker_activity")).ffill()
     out.index.name = "interval"
     out.columns.name = "worker"
     out.attrs["freq"] = freq

@@ -72,8 +72,26 @@ class Converter(Protocol):
     ) -> dict[str, pa.RecordBatch]: ...
 
 
+def _as_float(value: Any) -> float | None:
+    """An int or float as a float; None for anything else (bools, strings, ints beyond float)."""
+    kind = type(value)
+    if kind is float:
+        return value
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return None
+
+
+def _has_bool(values: Sequence[Any], numbers: np.ndarray) -> bool:
+    """Whether ``values`` holds a bool (Arrow reads True as 1.0): looked for only near 0 and 1."""
+    return bool(((numbers == 0.0) | (numbers == 1.0)).any()) and bool in set(map(type, values))
+
+
 def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
-    """Float epoch seconds (or None; anything else counts as None) -> ``timestamp[us, UTC]``."""
+    """Float epoch seconds -> ``timestamp[us, UTC]``; anything else or out of range is null."""
     n = len(values)
     try:  # Arrow reads floats, ints and None natively: the common case
         floats = pa.array(values, type=pa.float64())
@@ -83,12 +101,12 @@ def epoch_to_timestamps(values: Sequence[Any]) -> pa.Array:
         if floats.null_count == n:
             return pa.nulls(n, S.TIMESTAMP)
         seconds = floats.to_numpy(zero_copy_only=False)  # nulls -> NaN
-        # Arrow reads True as 1.0: look for booleans only when such values appear.
-        if (seconds <= 1.0).any() and bool in set(map(type, values)):
+        if _has_bool(values, seconds):
             floats = None
     if floats is None:
-        seconds = np.array([v if type(v) in (int, float) else np.nan for v in values], dtype="f8")
-    micros = seconds * 1e6
+        seconds = np.array([_as_float(v) for v in values], dtype="f8")  # None -> NaN
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: inf, nulled below
+        micros = seconds * 1e6
     np.round(micros, out=micros)
     ok = np.abs(micros) < _MAX_MICROS  # False for NaN (null), inf and overflow
     if ok.all():
@@ -140,35 +158,60 @@ def _hostnames(workers: Sequence[Any]) -> list[Any]:
 
 
 def _ints(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
+    """Python ints within the type's range; anything else (floats, bools, text) is null.
+
+    Arrow is asked to infer the type first: given ``type=int32`` it would truncate 4.5 to 4.
+    """
     try:
-        return pa.array(values, type=type_)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-        info = np.iinfo(type_.to_pandas_dtype())
-        lo, hi = int(info.min), int(info.max)
-        return pa.array(
-            [v if type(v) is int and lo <= v <= hi else None for v in values], type=type_
-        )
+        array = pa.array(values)
+        if pa.types.is_integer(array.type) or pa.types.is_null(array.type):
+            return array.cast(type_)  # a safe cast: out of range raises
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        pass
+    info = np.iinfo(type_.to_pandas_dtype())
+    lo, hi = int(info.min), int(info.max)
+    return pa.array([v if type(v) is int and lo <= v <= hi else None for v in values], type_)
 
 
 def _floats(values: Sequence[Any]) -> pa.Array:
+    """Ints and floats (NaN and inf included) as float64; anything else is null."""
     try:
-        return pa.array(values, type=pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError):
-        return pa.array(
-            [
-                v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                for v in values
-            ],
-            pa.float64(),
-        )
+        array = pa.array(values, type=pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
+        array = None
+    if array is not None and not _has_bool(values, array.to_numpy(zero_copy_only=False)):
+        return array
+    return pa.array([_as_float(v) for v in values], pa.float64())
 
 
 def _float_list(value: Any) -> list[float] | None:
     if not isinstance(value, (list, tuple)):
         return None
     try:
-        return [float(x) for x in value]
+        floats = [None if type(x) is bool else float(x) for x in value]
     except (TypeError, ValueError, OverflowError):
+        return None
+    return None if None in floats else floats
+
+
+def _alive(worker: Any, now: float) -> bool | None:
+    """Whether ``worker`` is alive at ``now``; None when its heartbeat or freq is not a number.
+
+    Celery's ``Worker.heartbeat_expires`` raises on such values (an int too big for a float).
+    """
+    beats = worker.heartbeats
+    if not beats:
+        return False
+    try:
+        return bool(now < worker.heartbeat_expires)
+    except (OverflowError, TypeError, ValueError):
+        last, freq = _as_float(beats[-1]), _as_float(getattr(worker, "freq", None))
+        if last is None and type(beats[-1]) is int:  # beyond a float: +-inf
+            return beats[-1] > 0
+        if last is None or freq is None:
+            return None
+        return now < last + freq * 2
+    except Exception:
         return None
 
 
@@ -374,6 +417,8 @@ class CeleryConverter:
             for name, schema in self.schemas.items()
         }
         self._snapshot_struct = pa.struct(list(self.schemas["snapshots"]))
+        #: Values stored as null because they did not fit their column, by "table.column".
+        self.values_nulled: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return (
@@ -433,7 +478,7 @@ class CeleryConverter:
         rows, current = [], {}
         for worker in workers:
             beats = worker.heartbeats
-            alive = bool(beats) and now < worker.heartbeat_expires
+            alive = _alive(worker, now)
             sig = (beats[-1] if beats else None, alive, worker.active, worker.processed, worker.pid)
             current[worker.hostname] = sig
             if self.mode == "full" or self._worker_sigs.get(worker.hostname) != sig:
@@ -520,7 +565,13 @@ class CeleryConverter:
             values = {
                 name: list(chain.from_iterable(s[0][name] for s in stage)) for name in _TASK_ATTRS
             }
-        return self._task_batch(values, [(n, at, sid) for _, n, at, sid in stage])
+        try:
+            return self._task_batch(values, [(n, at, sid) for _, n, at, sid in stage])
+        except BaseException:  # keep the staged rows for the next try
+            with self._stage_lock:
+                self._stage[:0] = stage
+                self._staged += sum(n for _, n, _, _ in stage)
+            raise
 
     @staticmethod
     def _task_values(tasks: list[Any]) -> dict[str, Any]:
@@ -564,7 +615,17 @@ class CeleryConverter:
         arrays["retries"] = _ints(values["retries"], pa.int32())
         arrays["runtime"] = _floats(values["runtime"])
         arrays["clock"] = _ints(values["clock"], pa.int64())
+        self._count_nulled("tasks", values, arrays, (*times, "retries", "runtime", "clock"))
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
+
+    def _count_nulled(
+        self, table: str, values: dict[str, Any], arrays: dict[str, pa.Array], columns: Any
+    ) -> None:
+        """Count the values stored as null because they did not fit their column."""
+        for column in columns:
+            nulled = arrays[column].null_count - values[column].count(None)
+            if nulled > 0:
+                self.values_nulled[f"{table}.{column}"] += nulled
 
     def worker_batch(
         self, workers: list[tuple[Any, bool]], captured_at: float, snapshot_id: str
@@ -578,23 +639,25 @@ class CeleryConverter:
         def col(name: str) -> list[Any]:
             return [getattr(w, name, None) for w in objs]
 
+        values = {name: col(name) for name in ("pid", "freq", "active", "processed", "loadavg")}
+        values["last_heartbeat"] = [w.heartbeats[-1] if w.heartbeats else None for w in objs]
+        values["alive"] = [alive for _, alive in workers]
         arrays = {
             "captured_at": constant_timestamps(captured_at, n),
             "snapshot_id": pa.array([snapshot_id] * n, pa.string()),
             "hostname": _category(col("hostname")),
-            "alive": pa.array([alive for _, alive in workers], pa.bool_()),
-            "pid": _ints(col("pid"), pa.int64()),
-            "freq": _floats(col("freq")),
-            "active": _ints(col("active"), pa.int64()),
-            "processed": _ints(col("processed"), pa.int64()),
-            "loadavg": pa.array([_float_list(v) for v in col("loadavg")], pa.list_(pa.float64())),
+            "alive": pa.array(values["alive"], pa.bool_()),
+            "pid": _ints(values["pid"], pa.int64()),
+            "freq": _floats(values["freq"]),
+            "active": _ints(values["active"], pa.int64()),
+            "processed": _ints(values["processed"], pa.int64()),
+            "loadavg": pa.array(list(map(_float_list, values["loadavg"])), pa.list_(pa.float64())),
             "sw_ident": _category(col("sw_ident")),
             "sw_ver": _category(col("sw_ver")),
             "sw_sys": _category(col("sw_sys")),
-            "last_heartbeat": epoch_to_timestamps(
-                [w.heartbeats[-1] if w.heartbeats else None for w in objs]
-            ),
+            "last_heartbeat": epoch_to_timestamps(values["last_heartbeat"]),
         }
+        self._count_nulled("workers", values, arrays, values)
         schema = self.schemas["workers"]
         return pa.RecordBatch.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
@@ -617,7 +680,7 @@ class CeleryConverter:
             counts = Counter(map(_STATE, tasks.values()))
         known = {s: counts.get(s, 0) for s in S.TASK_STATES}
         other = sum(n for s, n in counts.items() if s not in known)
-        alive = sum(1 for w in workers if w.heartbeats and captured_at < w.heartbeat_expires)
+        alive = sum(1 for w in workers if w.heartbeats and _alive(w, captured_at))
 
         def number(value: Any) -> int | None:
             return value if type(value) is int else None

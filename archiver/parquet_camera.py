@@ -41,6 +41,10 @@ class ParquetCamera(Polaroid):
         filesystem: a pyarrow or fsspec filesystem (then ``archive`` is a path on it).
         clock: returns the snapshot time (epoch seconds); replays pass their own.
         retention: a :class:`archiver.cleanup.Retention` applied by ``on_cleanup``.
+
+    With ``archiver.State``, the camera takes an early snapshot (bypassing ``maxrate``,
+    counted in :attr:`early_snapshots`) as soon as the state holds ``max_tasks_in_memory``
+    changed tasks, so that no change is dropped and memory stays bounded.
     """
 
     def __init__(
@@ -100,6 +104,15 @@ class ParquetCamera(Polaroid):
         self.clock = clock
         self.retention = retention
         self._snapshot_seq = 0
+        #: Snapshots taken before their time because the state's change log was full.
+        self.early_snapshots = 0
+        if hasattr(state, "on_changes_full"):
+            state.on_changes_full = self._early_snapshot
+
+    def _early_snapshot(self) -> None:
+        """The state holds as many changes as it may: write them now (called by the state)."""
+        self.early_snapshots += 1
+        self.capture(force=True)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.archive!r} every {self.freq:g}s>"
@@ -136,6 +149,8 @@ class ParquetCamera(Polaroid):
         try:
             super().cancel()
         finally:
+            if getattr(self.state, "on_changes_full", None) == self._early_snapshot:
+                self.state.on_changes_full = None
             self.flush()
             if self.sink.buffered_rows:
                 logger.error(

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .camera import Polaroid
@@ -61,11 +61,22 @@ class RecordSummary:
     snapshot_errors: int = 0
     seconds: float = 0.0
     archive: str = ""
+    #: Values stored as null because they did not fit their column, by "table.column".
+    values_nulled: dict[str, int] = field(default_factory=dict)
+    early_snapshots: int = 0
+    changes_dropped: int = 0
 
     @property
     def lost(self) -> int:
         """Rows or events that may be missing from the archive (the run exits 74)."""
-        return self.rows_dropped + self.rows_unwritten + self.event_errors + self.snapshot_errors
+        return (
+            self.rows_dropped
+            + self.rows_unwritten
+            + self.event_errors
+            + self.snapshot_errors
+            + sum(self.values_nulled.values())
+            + self.changes_dropped
+        )
 
     def line(self) -> str:
         """One human-readable summary line."""
@@ -86,6 +97,13 @@ class RecordSummary:
             )
         if self.broker_losses:
             extra += f", broker lost {self.broker_losses} times"
+        if self.early_snapshots:
+            extra += f", {self.early_snapshots} early snapshots (change log full)"
+        if self.values_nulled:
+            columns = ", ".join(f"{c} {n}" for c, n in sorted(self.values_nulled.items()))
+            extra += f", {sum(self.values_nulled.values())} values stored as null ({columns})"
+        if self.changes_dropped:
+            extra += f", {self.changes_dropped} task changes dropped"
         return (
             f"Recorded {self.events:,} events into {self.archive}: {self.tasks:,} tasks, "
             f"{self.snapshots:,} snapshots, {self.rows:,} rows in {self.files:,} files "
@@ -437,6 +455,9 @@ class Recorder:
             event_errors=self.event_errors,
             snapshot_errors=getattr(getattr(camera, "timer", None), "errors", 0)
             + self.snapshot_errors,
+            values_nulled=dict(getattr(getattr(camera, "converter", None), "values_nulled", {})),
+            early_snapshots=getattr(camera, "early_snapshots", 0),
+            changes_dropped=self.state.changes_dropped,
             seconds=time.monotonic() - self.started,
             archive=str(getattr(camera, "archive", None) or self.archive),
         )

@@ -8,7 +8,9 @@ heartbeats and ``alive``, LRU limits), without importing Celery. Two additions:
   never raise out of :meth:`State.event` and never change the state.
 * The state remembers which tasks and workers changed since the last
   :meth:`State.take_changes`, so a camera can write only what changed. A changed
-  task is held until it is taken, even if the LRU limit evicts it meanwhile.
+  task is held until it is taken, even if the LRU limit evicts it meanwhile. When
+  ``max_tasks_in_memory`` changes are held, :attr:`State.on_changes_full` is called
+  (after the event, outside the lock) so that a camera takes them at once.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def _finite(x: float) -> bool:
 
 _OPT_INT = frozenset({int, type(None)})
 _OPT_STR = frozenset({str, type(None)})
+_HEARTBEAT = frozenset({float, int, bool})
 # Event keys that would overwrite the object's own machinery if merged as attributes
 # (an event field named ``event`` or ``info`` would shadow the method and make every
 # later event for that task raise).
@@ -82,8 +85,16 @@ def precedence(state: str | None) -> int:
 
 
 def heartbeat_expires(timestamp: float, freq: float = 60, expire_window: float = 200) -> float:
-    """When a worker that last beat at ``timestamp`` is considered gone."""
-    return float(timestamp) + float(freq) * (expire_window / 1e2)
+    """When a worker that last beat at ``timestamp`` is considered gone.
+
+    An int beyond a float's range (Celery raises) counts as +-inf.
+    """
+    try:
+        return float(timestamp) + float(freq) * (expire_window / 1e2)
+    except OverflowError:
+        if type(timestamp) is int and abs(timestamp) > 1e308:
+            return _INF if timestamp > 0 else -_INF
+        return _INF if freq > 0 else -_INF
 
 
 class LRU(OrderedDict):
@@ -240,7 +251,7 @@ def _warn_drift(hostname: str | None, drift: int) -> None:
         logger.warning(
             "Substantial drift from %s may mean clocks are out of sync: drift is %s seconds.",
             hostname,
-            drift,
+            drift if drift < 10**12 else "more than 10**12",
         )
 
 
@@ -464,6 +475,12 @@ class State:
         self._tasks_to_resolve: LRU = LRU(max_tasks_in_memory)
         self._changed_tasks: dict[str, Task] = {}
         self._changed_workers: dict[str, Worker] = {}
+        #: Called with no argument, outside the lock, once ``max_tasks_in_memory`` changed
+        #: tasks are held (evicted ones included): a camera takes a snapshot then, so
+        #: that no change is dropped. Called again only after :meth:`take_changes`.
+        self.on_changes_full: Callable[[], Any] | None = None
+        self.changes_full_at = max_tasks_in_memory or math.inf
+        self._changes_full = self._changes_signalled = False
         #: Changed tasks held for :meth:`take_changes` are capped (an evicted task is
         #: held only here), so a state nobody takes changes from stays bounded.
         self.max_changes_held = 4 * max_tasks_in_memory if max_tasks_in_memory else math.inf
@@ -513,6 +530,7 @@ class State:
         """
         tasks, workers = self._changed_tasks, self._changed_workers
         self._changed_tasks, self._changed_workers = {}, {}
+        self._changes_signalled = False
         return list(tasks.values()), list(workers.values())
 
     def restore_changes(self, tasks: list[Task], workers: list[Worker]) -> None:
@@ -530,7 +548,20 @@ class State:
         kind, and leaves the state unchanged.
         """
         with self._mutex:
-            return self._event(event)
+            result = self._event(event)
+        if self._changes_full:
+            self._signal_changes_full()
+        return result
+
+    def _signal_changes_full(self) -> None:
+        self._changes_full = False
+        listener = self.on_changes_full
+        if listener is None:
+            return
+        try:
+            listener()
+        except Exception:  # the listener's failure must not stop event intake
+            logger.exception("on_changes_full listener %r failed", listener)
 
     def _reject(self, kind: str, event: Any) -> None:
         self.rejected_events += 1
@@ -633,7 +664,10 @@ class State:
         children = self._tasks_to_resolve.pop(uuid, None)
         if children is not None:
             task.children.update(children)
-        if created and len(self._changed_tasks) >= self.max_changes_held:
+        changed = self._changed_tasks
+        if len(changed) >= self.changes_full_at and not self._changes_signalled:
+            self._changes_signalled = self._changes_full = self.on_changes_full is not None
+        if created and len(changed) >= self.max_changes_held:
             self._drop_oldest_changes(uuid)
         self._changed_tasks[uuid] = task
         return task, created
@@ -679,9 +713,7 @@ class State:
         self, limit: int | None = None, reverse: bool = True
     ) -> Iterator[tuple[str, Task]]:
         """``(uuid, task)`` ordered by (clock, timestamp), newest first by default."""
-        ordered = sorted(
-            self.tasks.values(), key=lambda t: (t.clock or 0, t.timestamp or 0.0), reverse=reverse
-        )
+        ordered = sorted(self.tasks.values(), key=_time_key, reverse=reverse)
         for task in ordered[:limit] if limit else ordered:
             yield task.uuid, task
 
@@ -700,14 +732,23 @@ class State:
         return _islice(found, limit)
 
     def task_types(self) -> list[str]:
-        """Sorted names of every task type seen."""
-        return sorted(self._seen_types)
+        """Sorted names of every task type seen (names that are not strings by their text)."""
+        return sorted(self._seen_types, key=str)
 
     def alive_workers(self) -> Iterator[Worker]:
         return (w for w in list(self.workers.values()) if w.alive)
 
     def __repr__(self) -> str:
         return f"<State: events={self.event_count} tasks={self.task_count}>"
+
+
+def _time_key(task: Task) -> tuple[int, float]:
+    """(clock, timestamp) to order tasks by; values of other types count as 0."""
+    clock, ts = task.clock, task.timestamp
+    return (
+        clock if type(clock) is int else 0,
+        ts if type(ts) is float or (type(ts) is int and abs(ts) < 1e308) else 0.0,
+    )
 
 
 def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
@@ -771,7 +812,12 @@ def _task_problem(event: Mapping[str, Any], subject: str) -> str | None:
 
 
 def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
-    """The first problem of a task event off the fast path, or None."""
+    """The first problem of a task event off the fast path, or None.
+
+    Only what Celery's ``State`` raises on is a problem (values it merely stores, such
+    as a string ``runtime`` or an ``int`` clock too big for int64, are kept; the
+    converter stores what does not fit its column as null and counts it).
+    """
     if not subject:
         return "task event without a subject"
     get = event.get
@@ -780,26 +826,48 @@ def _task_problem_detail(event: Mapping[str, Any], subject: str) -> str | None:
         return "task event without a uuid"
     if type(get("hostname")) is not str:
         return "task event without a hostname"
-    if type(get("timestamp")) not in _NUMBER or not _finite(event["timestamp"]):
-        return "task event with a missing or non-numeric timestamp"
-    local_received = event.get("local_received", _MISSING)
-    if type(local_received) not in _OPT_NUMBER or not _finite(local_received or 0.0):
-        return "task event with a missing or non-numeric local_received"
-    if type(get("clock")) is not int:
-        return "task event with a missing or non-integer clock"
-    if (
-        type(get("name")) not in _OPT_STR
-        or type(get("parent_id")) not in _OPT_STR
-        or type(get("root_id")) not in _OPT_STR
-    ):
-        return "task event with a non-string name, parent_id or root_id"
-    if type(get("retries")) not in _OPT_INT or type(get("runtime")) not in _OPT_NUMBER:
-        return "task event with non-numeric retries or runtime"
+    for key in ("timestamp", "local_received", "clock"):
+        if key not in event:
+            return f"task event without {key}"
+    # A task event is its worker's heartbeat with the two times swapped, as in Celery.
+    if subject != "sent" and _heartbeat_problem(event["local_received"], event["timestamp"]):
+        return "task event with a non-numeric timestamp or local_received"
+    if not (_hashable(get("name")) and _hashable(get("parent_id"))):
+        return "task event with an unhashable name or parent_id"
     return None
 
 
+def _heartbeat_problem(timestamp: Any, local_received: Any) -> bool:
+    """Whether a worker's heartbeat from these values fails (Celery raises there too).
+
+    Celery skips the heartbeat when either is falsy, else needs ``int()`` of both and
+    compares ``local_received`` with the earlier heartbeats (so it must be a number).
+    """
+    if not local_received or not timestamp:
+        return False
+    if type(local_received) not in _HEARTBEAT or not _finite(local_received):
+        return True
+    try:
+        int(timestamp)
+    except (TypeError, ValueError, OverflowError):
+        return True
+    return False
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
-    """Why a worker event cannot be applied, or None."""
+    """Why a worker event cannot be applied, or None.
+
+    As for tasks, only what breaks Celery's ``State`` is a problem, and a ``freq``
+    that is not a finite number (Celery stores it, then fails to compute ``alive``).
+    """
     if not subject:
         return "worker event without a subject"
     get = event.get
@@ -807,25 +875,12 @@ def _worker_problem(event: Mapping[str, Any], subject: str) -> str | None:
         return "worker event without a hostname"
     if any(type(key) is not str for key in event):
         return "worker event with a non-string key"
-    timestamp, local_received = get("timestamp"), get("local_received")
-    if (
-        type(timestamp) not in _NUMBER
-        or type(local_received) not in _NUMBER
-        or not (_finite(timestamp) and _finite(local_received))
-    ):
-        return "worker event with a missing or non-numeric timestamp or local_received"
-    if "freq" in event and (type(event["freq"]) not in _NUMBER or not _finite(event["freq"])):
+    if "timestamp" not in event or "local_received" not in event:
+        return "worker event without a timestamp or local_received"
+    if subject != "offline" and _heartbeat_problem(event["timestamp"], event["local_received"]):
+        return "worker event with a non-numeric timestamp or local_received"
+    if "freq" in event and (type(event["freq"]) not in _HEARTBEAT or not _finite(event["freq"])):
         return "worker event with a non-numeric freq"
-    if type(get("clock", 0)) is not int:
-        return "worker event with a non-integer clock"
-    for key in ("pid", "active", "processed"):
-        if type(get(key)) not in _OPT_INT:
-            return f"worker event with a non-integer {key}"
-    loadavg = get("loadavg")
-    if loadavg is not None and not (
-        type(loadavg) in (list, tuple) and all(type(x) in _NUMBER for x in loadavg)
-    ):
-        return "worker event with a malformed loadavg"
     return None
 
 

@@ -285,3 +285,43 @@ def test_demo_archive_is_recorded_once(tmp_path, monkeypatch, small_events):
     assert sorted(p.stat().st_mtime_ns for p in target.rglob("*.parquet")) == files
     explicit = analysis.demo_archive(tmp_path / "other", events=SMALL)
     assert "tasks" in archiver.Archive(explicit).tables()
+
+
+# -- a task dated in the year 9999 ------------------------------------------------------------
+def far_future_frame() -> pd.DataFrame:
+    """Three finished tasks, one of them (a bad clock) in the year 9999."""
+    times = pd.Series(
+        [T0, T0 + pd.Timedelta("5min"), pd.Timestamp("9999-12-31", tz="UTC")],
+        dtype="datetime64[us, UTC]",
+    )
+    return pd.DataFrame(
+        {
+            "uuid": ["a", "b", "c"],
+            "state": pd.Categorical(["SUCCESS", "FAILURE", "SUCCESS"]),
+            "name": pd.Categorical(["x", "y", "x"]),
+            "worker": pd.Categorical(["w1", "w1", "w2"]),
+            "started": times,
+            "succeeded": times.where([True, False, True]),
+            "failed": times.where([False, True, False]),
+        }
+    )
+
+
+def test_throughput_over_a_huge_span_lists_only_intervals_with_tasks():
+    """1-minute throughput from 2026 to 9999 would be 4 billion rows: the intervals holding
+    tasks are listed instead, with a warning naming the span; every task is counted."""
+    with pytest.warns(UserWarning, match=r"throughput\(\): the times span .* 9999-12-31"):
+        table = analysis.throughput(far_future_frame(), "1min")
+    assert list(table.index.year) == [2026, 2026, 9999]
+    assert table.to_numpy().sum() == 3
+    assert table.attrs["freq"] == "1min"
+
+
+def test_worker_utilisation_over_a_huge_span_is_a_one_line_error():
+    """Utilisation needs every interval: beyond MAX_INTERVALS it says so in one line."""
+    with pytest.raises(
+        ValueError, match=r"^worker_utilisation\(\): the tasks run from .*larger freq"
+    ):
+        analysis.worker_utilisation(far_future_frame(), "1min")
+    wide = analysis.worker_utilisation(far_future_frame(), "365D")  # coarse enough: fine
+    assert len(wide) <= analysis.MAX_INTERVALS

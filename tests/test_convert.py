@@ -9,12 +9,15 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 from celery.events.state import State as CeleryState
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archiver import State
 from archiver import schema as S
 from archiver.convert import (
     CeleryConverter,
     _float_list,
+    _floats,
     _ints,
     _strings,
     epoch_to_timestamps,
@@ -386,3 +389,77 @@ def test_a_big_snapshot_is_built_at_once_with_what_was_staged(sample_events):
     ids = batch.column("snapshot_id").to_pylist()
     assert ids[:staged] == ["s-0"] * staged and set(ids[staged:]) == {"s-1"}
     assert converter.staged_rows == 0
+
+
+# -- values that do not fit their column ----------------------------------------------------
+HUGE = 10**400  # what JSON decodes "1e400"-style integer literals to: no float holds it
+YEAR_9999 = 253_402_300_000.0
+YEAR_702 = -40_000_000_000.0
+
+
+def test_every_number_column_builder_nulls_what_does_not_fit():
+    """Bools, huge ints, text and times beyond timestamp[us] are null; NaN/inf fit float64."""
+    odd = [True, False, HUGE, -HUGE, math.nan, math.inf, -math.inf, "1", None, [1]]
+    assert epoch_to_timestamps(odd).null_count == len(odd)
+    assert _ints(odd, pa.int64()).null_count == len(odd)
+    floats = _floats(odd).to_pylist()
+    assert floats[:4] == [None] * 4 and floats[7:] == [None] * 3
+    assert math.isnan(floats[4]) and floats[5:7] == [math.inf, -math.inf]
+    assert _float_list([1, HUGE]) is None and _float_list([True, 1.0]) is None
+    far = epoch_to_timestamps([YEAR_9999, YEAR_702, -1.0, 1e13 * 1e3, 2**62]).to_pylist()
+    assert [t.year if t else None for t in far] == [9999, 702, 1969, None, None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text()), max_size=20
+    )
+)
+def test_column_builders_never_raise_and_keep_every_row(values):
+    """Whatever the values, every builder returns one entry per value."""
+    for array in (epoch_to_timestamps(values), _ints(values, pa.int32()), _floats(values)):
+        assert len(array) == len(values)
+    fits = [v for v in values if type(v) is int and -(2**31) <= v < 2**31]
+    assert _ints(values, pa.int32()).null_count == len(values) - len(fits)
+
+
+@pytest.mark.parametrize("state_cls", [State, CeleryState])
+def test_oversized_numbers_are_stored_as_null_counted_and_lose_no_staged_row(state_cls):
+    """10**400 as a task time or runtime, or a worker heartbeat, never makes convert() raise
+    or drop staged rows: the value is null, counted in values_nulled, the rest is kept."""
+    converter, state = CeleryConverter(stage_rows=10_000), state_cls()
+    feed(state, [task_event("received", u, T0) for u in "abc"])
+    assert convert(converter, state, T0 + 1, "s-1")["tasks"].num_rows == 0  # staged
+    feed(
+        state,
+        [
+            task_event("succeeded", "a", T0 + 2, runtime=HUGE),
+            # no local_received: no heartbeat (Celery's drift warning cannot format 10**400)
+            {**task_event("started", "b", T0 + 2), "timestamp": HUGE, "local_received": None},
+            heartbeat("w2@vm", T0 + 2) | {"local_received": HUGE, "timestamp": HUGE},
+            task_event("succeeded", "c", T0 + 2, runtime=0.5),
+        ],
+    )
+    out = convert(converter, state, T0 + 2, "s-2")
+    rows = converter.drain()["tasks"].to_pylist()
+    assert [(r["uuid"], r["snapshot_id"]) for r in rows][:3] == [
+        ("a", "s-1"),
+        ("b", "s-1"),
+        ("c", "s-1"),
+    ]
+    last = {r["uuid"]: r for r in rows}
+    assert last["a"]["runtime"] is None and last["a"]["state"] == "SUCCESS"
+    assert last["b"]["timestamp"] is None and last["b"]["state"] == "STARTED"
+    assert last["c"]["runtime"] == 0.5
+    workers = {r["hostname"]: r for r in out["workers"].to_pylist()}
+    assert workers["w2@vm"]["last_heartbeat"] is None
+    assert workers["w2@vm"]["alive"] is True  # a heartbeat at +10**400 s has not expired
+    assert last["b"]["started"] is None
+    assert converter.values_nulled == {
+        "tasks.runtime": 1,
+        "tasks.timestamp": 1,
+        "tasks.started": 1,
+        "workers.last_heartbeat": 1,
+    }
+    assert out["snapshots"].column("alive_workers").to_pylist() == [2]

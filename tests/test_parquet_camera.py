@@ -23,6 +23,7 @@ from archiver import schema as S
 from archiver.convert import redact_hash
 from tests.conftest import FakeTimer, drive
 from tests.test_sink import FlakyHandler, assert_no_hidden_files, visible_files
+from tests.test_state import celery_state as celery_oracle
 
 TABLES = ("snapshots", "tasks", "workers")
 COMPARED = (
@@ -88,8 +89,13 @@ def _micros(value) -> int | None:
 
 
 def expected_rows(state: CeleryState) -> dict[str, dict]:
+    return task_rows(state.tasks)
+
+
+def task_rows(tasks) -> dict[str, dict]:
+    """uuid -> the compared fields of each Celery task object, times as UTC micros."""
     rows = {}
-    for uuid, task in state.tasks.items():
+    for uuid, task in tasks.items():
         row = {f: getattr(task, f) for f in COMPARED}
         row["worker"] = task.worker.hostname if task.worker is not None else None
         for f in S.TASK_TIME_FIELDS:
@@ -494,3 +500,55 @@ def test_converter_options_need_the_default_converter(tmp_path):
         ParquetCamera({}, tmp_path, converter=CounterConverter(), mode="full", timer=FakeTimer())
     with pytest.raises(ValueError, match="redact"):
         ParquetCamera(State(), tmp_path, redact=("name",), timer=FakeTimer())
+
+
+# -- nothing dropped between snapshots --------------------------------------------------------
+@pytest.mark.parametrize("max_tasks", [5, 50])
+def test_a_full_change_log_takes_an_early_snapshot_and_drops_nothing(
+    tmp_path, sample_events, max_tasks
+):
+    """Few tasks in memory, snapshots an hour apart: every task is still archived with the
+    last state Celery saw for it (evicted ones too), and the change log stays bounded."""
+    clock = [sample_events[0]["timestamp"]]
+    state, reference = (
+        State(max_tasks_in_memory=max_tasks),
+        celery_oracle(max_tasks_in_memory=max_tasks),
+    )
+    camera = ParquetCamera(
+        state, str(tmp_path), freq=3600, timer=FakeTimer(), clock=lambda: clock[0]
+    )
+    camera.install()
+    last, held = {}, 0
+    for event in sample_events:
+        clock[0] = max(clock[0], event["timestamp"])
+        state.event(dict(event))
+        held = max(held, len(state._changed_tasks))
+        result = reference.event(dict(event))
+        if event["type"].startswith("task-"):
+            last[event["uuid"]] = result[0][0]  # Celery's task object, evicted or not
+    camera.cancel()
+    assert state.changes_dropped == 0
+    assert held <= max_tasks + 1
+    assert camera.early_snapshots >= len(last) // (max_tasks + 1)
+    assert camera.snapshots_taken == camera.early_snapshots + 1  # the timer never fired
+    table = ds.dataset(tmp_path / "tasks", format="parquet", partitioning="hive").to_table()
+    assert_same_tasks(last_rows_arrow(table), task_rows(last))
+    assert state.on_changes_full is None  # cancel() unhooks the camera
+
+
+def test_without_a_camera_the_change_log_is_capped_and_drops_are_counted():
+    """A State nobody photographs does not grow without bound (drops counted, no signal)."""
+    state = State(max_tasks_in_memory=4)
+    for i in range(40):
+        state.event(
+            {
+                "type": "task-received",
+                "uuid": f"t{i}",
+                "hostname": "w",
+                "timestamp": 1.0 + i,
+                "local_received": 1.0 + i,
+                "clock": i,
+            }
+        )
+    assert len(state._changed_tasks) <= state.max_changes_held == 16
+    assert state.changes_dropped == 40 - len(state._changed_tasks)

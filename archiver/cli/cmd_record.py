@@ -104,6 +104,11 @@ def lost_report(summary: Any) -> str:
         parts.append(f"{summary.event_errors:,} events failed in the state (see the log)")
     if summary.snapshot_errors:
         parts.append(f"{summary.snapshot_errors:,} snapshots failed (see the log)")
+    nulled = sum(summary.values_nulled.values())
+    if nulled:
+        parts.append(f"{nulled:,} values did not fit their column (stored as null)")
+    if summary.changes_dropped:
+        parts.append(f"{summary.changes_dropped:,} task changes were dropped")
     return "; ".join(parts)
 
 
