@@ -1,11 +1,9 @@
 """archiver: record snapshots of Celery's event state as Parquet; load them with pandas."""
 
-__version__ = "0.1.0"
-
-from .archive import Archive
+from ._version import __version__
+from .api import Archive, load
 from .camera import Polaroid
 from .check import CheckReport
-from .cleanup import CompactionReport, ExpiryReport, Retention
 from .convert import CeleryConverter, Converter
 from .errors import (
     ArchiverError,
@@ -14,15 +12,11 @@ from .errors import (
     LockedError,
     NoArchiveError,
 )
+from .maintenance import CompactionReport, ExpiryReport, Retention
 from .parquet_camera import ParquetCamera
 from .signals import Signal
 from .state import State
 from .timer import Timer
-
-
-def load(path_or_uri, table: str = "tasks", **kwargs):
-    """Load ``table`` of the archive at ``path_or_uri`` as a DataFrame (see ``Archive.load``)."""
-    return Archive(path_or_uri).load(table, **kwargs)
 
 
 def __getattr__(name: str):

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .archive import QUARANTINE, Archive, _is_missing_file, mark_damaged
-from .errors import ArchiverError, NoArchiveError
-from .lock import MaintenanceLock
-from .query import _no_archive
+from .archive import Archive
+from .errors import ArchiverError
+from .layout import QUARANTINE
+from .listing import is_missing_file, mark_damaged
+from .maintenance.lock import MaintenanceLock
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,7 @@ def check(archive: Archive, *, quarantine: bool = False, lock_timeout: float = 1
             the maintenance lock, so no compaction or expiry runs meanwhile).
         lock_timeout: seconds to wait for another cleanup when quarantining.
     """
-    if not archive.exists():
-        raise NoArchiveError(_no_archive(archive))
+    archive.require()
     if not quarantine:
         return _check(archive, quarantine=False)
     with MaintenanceLock(archive.location, timeout=lock_timeout, purpose="check"):
@@ -112,7 +112,7 @@ def _check(archive: Archive, *, quarantine: bool) -> CheckReport:
                     rows += _read_fully(arch, info.path)
                     files += 1
                 except (OSError, pa.ArrowException, ValueError) as exc:
-                    if _is_missing_file(exc):  # removed by a concurrent cleanup
+                    if is_missing_file(exc):  # removed by a concurrent cleanup
                         continue
                     note(info.path, mark_damaged(arch.location, info.path, exc))
     problems = []

@@ -19,3 +19,9 @@ class DamagedFileError(ArchiverError):
 
 class DamagedArchiveWarning(UserWarning):
     """A file or folder of the archive was skipped because it cannot be read."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (pyarrow's span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

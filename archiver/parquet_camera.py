@@ -40,7 +40,7 @@ class ParquetCamera(Polaroid):
         compression, row_group_size: Parquet settings of every file.
         filesystem: a pyarrow or fsspec filesystem (then ``archive`` is a path on it).
         clock: returns the snapshot time (epoch seconds); replays pass their own.
-        retention: a :class:`archiver.cleanup.Retention` applied by ``on_cleanup``.
+        retention: a :class:`archiver.maintenance.Retention` applied by ``on_cleanup``.
 
     With ``archiver.State``, the camera takes an early snapshot (bypassing ``maxrate``,
     counted in :attr:`early_snapshots`) as soon as the state holds ``max_tasks_in_memory``
@@ -166,7 +166,7 @@ class ParquetCamera(Polaroid):
         """Compact and expire the archive by ``retention``, if set; the report is logged."""
         if self.retention is None:
             return
-        from .cleanup import run_retention
+        from .maintenance import run_retention
 
         try:
             report = run_retention(self.location, self.retention)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 
 from .errors import ArchiverError, LockedError
-from .lock import open_lock_file, read_lock_file
+from .lockfile import open_lock_file, read_lock_file, try_lock, write_record
 
 
 class Pidfile:
@@ -20,7 +18,7 @@ class Pidfile:
 
     A symbolic link, FIFO, directory or another user's file at ``path`` is a
     one-line :class:`~archiver.errors.ArchiverError` (see
-    :func:`archiver.lock.open_lock_file`); only our own regular file is written.
+    :func:`archiver.lockfile.open_lock_file`); only our own regular file is written.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -45,13 +43,14 @@ class Pidfile:
         for _ in range(10):
             fd = open_lock_file(self.path, "pidfile")
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = try_lock(fd)
             except OSError as exc:
                 os.close(fd)
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise ArchiverError(
-                        f"cannot lock pidfile {self.path}: {exc.strerror or exc}"
-                    ) from exc
+                raise ArchiverError(
+                    f"cannot lock pidfile {self.path}: {exc.strerror or exc}"
+                ) from exc
+            if not locked:
+                os.close(fd)
                 holder = self.read_pid()
                 raise LockedError(
                     f"another archiver is running (pid {holder or 'unknown'}, "
@@ -67,8 +66,7 @@ class Pidfile:
             if not same:
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            write_record(fd, f"{os.getpid()}\n")
             self._fd = fd
             return
         raise LockedError(f"could not lock pidfile {self.path}: it keeps being replaced")
@@ -83,7 +81,7 @@ class Pidfile:
                 if os.path.samestat(os.fstat(fd), os.lstat(self.path)):
                     os.unlink(self.path)
         finally:
-            os.close(fd)
+            os.close(fd)  # drops the flock; the file, unlinked, no longer matters
 
     def __enter__(self) -> Pidfile:
         self.acquire()

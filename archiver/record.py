@@ -17,7 +17,7 @@ from .camera import Polaroid
 from .errors import ArchiverError
 from .parquet_camera import ParquetCamera
 from .ratelimit import TokenBucket
-from .replay import ReplayClock, ReplayTimer
+from .replay_timer import ReplayClock, ReplayTimer
 from .sources import (
     LineStats,
     LiveStats,

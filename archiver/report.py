@@ -32,9 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .analysis import auto_freq
-from .archive import Archive
+from .api import Archive
 from .errors import ArchiverError
-from .query import latest_arrow
+from .rows import latest_rows as latest_arrow
 from .timeparse import parse_time
 
 if TYPE_CHECKING:

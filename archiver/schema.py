@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from . import __version__
+from ._version import __version__
 
 #: Bump when a column is added, removed or changes type; readers fill missing columns with nulls.
 SCHEMA_VERSION = 1
@@ -130,3 +130,44 @@ def with_metadata(schema: pa.Schema, table: str) -> pa.Schema:
             b"archiver.version": __version__.encode(),
         }
     )
+
+
+def schema_problem(table: str, schema: pa.Schema) -> str | None:
+    """Why a file with ``schema`` cannot be read as part of ``table`` (None: it can)."""
+    expected = SCHEMAS.get(table)
+    if expected is None:  # a foreign table: only the time column matters
+        i = schema.get_field_index("captured_at")
+        if i >= 0 and not pa.types.is_timestamp(schema.field(i).type):
+            return f"column captured_at is {schema.field(i).type}, not a timestamp"
+        return None
+    for field in expected:
+        i = schema.get_field_index(field.name)
+        if i < 0:
+            if not field.nullable:
+                return f"column {field.name} is missing"
+        elif not _compatible(schema.field(i).type, field.type):
+            return f"column {field.name} is {schema.field(i).type}, expected {field.type}"
+    return None
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether a column of type ``actual`` reads as ``expected`` (a cast that makes sense)."""
+    if pa.types.is_dictionary(actual):
+        actual = actual.value_type
+    if pa.types.is_dictionary(expected):
+        expected = expected.value_type
+    kinds = (
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        pa.types.is_timestamp,
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_boolean,
+    )
+    for kind in kinds:
+        if kind(expected):
+            return bool(kind(actual))
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _compatible(
+            actual.value_type, expected.value_type
+        )
+    return actual == expected

@@ -37,13 +37,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .layout import TMP_SUFFIX, is_temp, partition_path
 from .schema import HOUR_US, dictionary_columns
 from .storage import Location, resolve
 
 logger = logging.getLogger(__name__)
 
-TMP_PREFIX = ".part-"
-TMP_SUFFIX = ".tmp"
 #: Rows per row group. One default row group (up to 1 Mi rows) leaves nothing for
 #: row-group statistics to prune inside a big (compacted) file: a 2-hour, 3-column query
 #: on a day of 1M task rows in one file took 82 ms, against 14 ms with 64 Ki-row groups
@@ -55,8 +54,6 @@ ROW_GROUP_SIZE = 65_536
 RECENT_FILES = 1000
 #: At most one "buffer full, dropped rows" error per this many seconds.
 DROP_LOG_INTERVAL = 60.0
-#: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
-LAST_HOUR = 253_402_300_800 // 3600
 #: Write Parquet page checksums (CRC32) in every file. Only benchmarks turn it off.
 PAGE_CHECKSUMS = True
 #: The table whose rows are renamed into place last: readers can treat it as the
@@ -64,18 +61,6 @@ PAGE_CHECKSUMS = True
 COMMIT_TABLE = "snapshots"
 #: A data file written by a sink flush; ``flush`` is ``<writer id>-<flush number>``.
 FLUSH_FILE = re.compile(r"^part-\d{8}T\d{6}-(?P<flush>.+-\d{6})-\d{3,}\.parquet$")
-
-
-def partition_path(hour_bucket: int) -> str:
-    """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
-
-    ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
-    Outside 1970..9999 it raises ValueError (the rows stay buffered and are counted).
-    """
-    if not 0 <= hour_bucket < LAST_HOUR:
-        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..9999")
-    start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
-    return f"date={start:%Y-%m-%d}/hour={start.hour}"
 
 
 def new_writer_id() -> str:
@@ -209,7 +194,7 @@ def recover_flushes(
         *dirs, name = e.path[len(root) :].split("/")
         if not dirs or any(d.startswith((".", "_")) for d in dirs):
             continue
-        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+        if is_temp(name):
             match = FLUSH_FILE.match(name[1 : -len(TMP_SUFFIX)])
             if match:
                 temps.setdefault(match["flush"], []).append(e)

@@ -50,7 +50,11 @@ def duration_or_none(text: str) -> pd.Timedelta | None:
 
 
 def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
-    """A positive Timedelta from a string such as ``"30d"`` or a timedelta; else ArchiverError."""
+    """A positive Timedelta from a string such as ``"30d"`` or a timedelta; else ArchiverError.
+
+    The one rule for durations users type: a number needs a unit (``"30"`` is refused:
+    30 seconds? days?), and the duration must be positive and under 100 years.
+    """
     if isinstance(value, pd.Timedelta):
         delta = value
     elif hasattr(value, "total_seconds"):
@@ -70,6 +74,16 @@ def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
     if delta > MAX_DURATION:
         raise ArchiverError(f"invalid duration {value!r} for {what}: it must be under 100 years")
     return delta
+
+
+def to_micros(ts: pd.Timestamp | pd.Timedelta) -> int:
+    """``ts`` in whole microseconds since the epoch (or a duration in µs), rounded up.
+
+    The one rounding rule for instants and durations: rounding up keeps comparisons
+    with the archive's µs timestamps exact, for any µs value ``v``:
+    ``v >= ts`` <=> ``v >= to_micros(ts)`` and ``v < ts`` <=> ``v < to_micros(ts)``.
+    """
+    return -(-ts.value // 1000)
 
 
 def parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:

@@ -4,7 +4,7 @@ Builds a day of history (24 closed hours) from the recorded sample events as
 hundreds of small files per table, the way a recorder flushing every few
 snapshots leaves them, then measures in one run:
 
-* ``archiver.cleanup.compact`` (lock, listing, read, sort, write, rename, delete);
+* ``archiver.maintenance.compact`` (lock, listing, read, sort, write, rename, delete);
 * the raw floor on the same files: pyarrow reading each hour's files and writing
   one file per hour (same codec and row groups), and reading all of a table's
   files and writing one file; the goal is compaction >= 0.8x the floor's rows/s;
@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import archiver  # noqa: E402
-from archiver import cleanup  # noqa: E402
-from archiver.sink import ROW_GROUP_SIZE, partition_path, write_file  # noqa: E402
+from archiver import maintenance  # noqa: E402
+from archiver.layout import partition_path  # noqa: E402
+from archiver.sink import ROW_GROUP_SIZE, write_file  # noqa: E402
 from archiver.storage import resolve  # noqa: E402
 
 SAMPLE = ROOT / "data" / "celery-events-sample.jsonl"
@@ -198,12 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         # Interleaved, so that the load of a shared machine hits all three alike.
         runs: dict[str, list[float]] = {"compact": [], "hour": [], "one": []}
         for _ in range(args.repeat):
-            runs["compact"].append(median_time(lambda: cleanup.compact(copy), 1, fresh))
+            runs["compact"].append(median_time(lambda: maintenance.compact(copy), 1, fresh))
             runs["hour"].append(median_time(lambda: raw_per_hour(raw, floor_out), 1, clean_floor))
             runs["one"].append(median_time(lambda: raw_one_file(raw, floor_out), 1, clean_floor))
         t_compact, t_floor_hour, t_floor_one = (statistics.median(v) for v in runs.values())
         ratios = [h / c for h, c in zip(runs["hour"], runs["compact"])]
-        report = cleanup.compact(copy)  # the last fresh copy is compacted: a no-op check
+        report = maintenance.compact(copy)  # the last fresh copy is compacted: a no-op check
         assert report.partitions == (), report
         compacted_files = sum(len(archiver.Archive(copy).files(t)) for t in files)
         compacted_bytes = sum(p.stat().st_size for p in copy.rglob("*.parquet"))

@@ -12,7 +12,7 @@ and the seconds spent in them (timed around each call).
     objects: the recorded events replayed into an ``archiver.State``), a flush every
     ``--flush-every`` snapshots (one file per table and flush, as a recorder does);
 (b) compaction: ``--hours`` closed hours of ``--copies`` replays of the sample, one
-    file per ``--snapshots-per-file`` snapshots, compacted (``cleanup.compact``).
+    file per ``--snapshots-per-file`` snapshots, compacted (``maintenance.compact``).
 
 Usage: python bench/bench_durability.py [--tasks 20000] [--changed 1000] [--snapshots 100]
        [--flush-every 5] [--hours 6] [--copies 2] [--snapshots-per-file 3] [--repeat 5]
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_camera import Frozen, NoTimer, amplified, build_state, load_events  # noqa: E402
 from bench_cleanup import build_day, record_sample  # noqa: E402
 
-from archiver import ParquetCamera, State, cleanup, sink, storage  # noqa: E402
+from archiver import ParquetCamera, State, maintenance, sink, storage  # noqa: E402
 
 MODES = {
     "neither (baseline)": (False, False),
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.copytree(raw, copy)
 
         fresh()
-        result = cleanup.compact(copy)  # warm up
-        compact = dict.fromkeys(MODES, lambda: cleanup.compact(copy))
+        result = maintenance.compact(copy)  # warm up
+        compact = dict.fromkeys(MODES, lambda: maintenance.compact(copy))
         medians = interleaved(compact, args.repeat, fresh)
         report(
             f"(b) compaction: {args.hours} h x {args.copies} replays, {n_files} files -> "

@@ -270,23 +270,6 @@ def test_on_the_recorded_cluster(recorded):
     assert timeline["events_per_s"].iloc[1:].gt(0).any()
 
 
-def test_demo_archive_is_recorded_once(tmp_path, monkeypatch, small_events):
-    from .conftest import SMALL
-
-    target = tmp_path / "demo"
-    monkeypatch.setenv("ARCHIVER_ARCHIVE", str(target))
-    monkeypatch.chdir(tmp_path)
-    path = analysis.demo_archive(events=SMALL)
-    assert path == str(target)
-    a = archiver.Archive(path)
-    assert a.load("snapshots")["event_count"].iloc[-1] == len(small_events)
-    files = sorted(p.stat().st_mtime_ns for p in target.rglob("*.parquet"))
-    assert analysis.demo_archive(events=SMALL) == path  # already there: not recorded again
-    assert sorted(p.stat().st_mtime_ns for p in target.rglob("*.parquet")) == files
-    explicit = analysis.demo_archive(tmp_path / "other", events=SMALL)
-    assert "tasks" in archiver.Archive(explicit).tables()
-
-
 # -- a task dated in the year 9999 ------------------------------------------------------------
 def far_future_frame() -> pd.DataFrame:
     """Three finished tasks, one of them (a bad clock) in the year 9999."""

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import archiver
-from archiver.archive import QUARANTINE
-from archiver.lock import MaintenanceLock
+from archiver.layout import QUARANTINE
+from archiver.maintenance.lock import MaintenanceLock
 
 from .test_cleanup import build_archive
 from .test_damaged_files import bit_flip, invoke, not_parquet, truncated

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import archiver
-from archiver import cleanup
-from archiver.archive import is_hidden
+from archiver import maintenance
 from archiver.errors import ArchiverError, LockedError
-from archiver.lock import MaintenanceLock, lock_path, read_holder
+from archiver.layout import is_hidden
+from archiver.maintenance import recovery
+from archiver.maintenance.lock import MaintenanceLock, lock_path, read_holder
+from archiver.schema import TASK_STATES
 from archiver.sink import write_file
 
 from .conftest import FakeTimer, drive
@@ -246,7 +248,7 @@ class TestCompact:
                 write_file(arch.location, part.path, "part-late-000001.parquet", table)
                 written.append("part-late-000001.parquet")
 
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", hook)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
         arch.compact(tables=["tasks"])
         assert written
         names = {i.base_name for i in arch.partition_files(part)}
@@ -254,7 +256,7 @@ class TestCompact:
         after = frame(arch, "tasks")
         assert len(after) == len(before["tasks"]) + 5
         assert (after["snapshot_id"] == "late").sum() == 5
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", None)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", None)
         arch.compact(tables=["tasks"])  # the next run merges the late file
         assert len(frame(arch, "tasks")) == len(before["tasks"]) + 5
         assert len(arch.partition_files(part)) == 1
@@ -330,10 +332,10 @@ class TestCompact:
             if step == "renamed":
                 raise KeyboardInterrupt  # dies after renaming the first file of the group
 
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", hook)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
         with pytest.raises(KeyboardInterrupt):
             arch.compact(tables=["tasks"], target_file_bytes="128KiB")
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", None)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", None)
         assert steps.count("written") >= 2  # a group of several files
         on_disk = [p for p in listing(Path(arch.uri)) if "-compact-" in p]
         assert len(on_disk) == 1 and "/." not in on_disk[0]  # the others' temporaries are gone
@@ -353,10 +355,10 @@ class TestCompact:
             if step == "deleted":
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", hook)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
         with pytest.raises(KeyboardInterrupt):
             arch.compact()
-        monkeypatch.setattr(cleanup, "_STEP_HOOK", None)
+        monkeypatch.setattr(recovery, "_STEP_HOOK", None)
         assert_same_rows(before, arch)
         report = arch.compact()
         assert report.recovered > 0 and report.partitions == ()
@@ -381,7 +383,7 @@ class TestCompact:
         with pytest.raises(ArchiverError, match=message):
             arch.compact(tables=["nope"])
         with pytest.raises(ArchiverError, match="no archive at"):
-            cleanup.compact(tmp_path / "missing")
+            maintenance.compact(tmp_path / "missing")
         with pytest.raises(ArchiverError, match="invalid keep 'some'"):
             arch.compact(keep="some")
 
@@ -390,7 +392,7 @@ class TestCompact:
 def expected_expired(df: pd.DataFrame, per_state: dict[str, str], now: pd.Timestamp) -> set[str]:
     """uuids whose last row (by captured_at, snapshot_id) is older than its state's retention."""
     last = df.sort_values(["captured_at", "snapshot_id"], kind="stable").groupby("uuid").tail(1)
-    limits = {s: pd.Timedelta(cleanup.parse_duration(d)) for s, d in per_state.items()}
+    limits = {s: pd.Timedelta(maintenance.parse_duration(d)) for s, d in per_state.items()}
     out = set()
     for row in last.itertuples():
         limit = limits.get(row.state)
@@ -465,9 +467,7 @@ class TestExpire:
         """When every row of an hour expires the hour is left empty, with no tombstone behind."""
         before = frame(arch, "tasks")
         now = before["captured_at"].max() + pd.Timedelta("30D")
-        report = arch.expire(
-            per_state={s: "1d" for s in cleanup.TASK_STATES}, now=now, dry_run=False
-        )
+        report = arch.expire(per_state={s: "1d" for s in TASK_STATES}, now=now, dry_run=False)
         assert set(report.uuids) == set(before["uuid"])
         assert len(frame(arch, "tasks")) == 0
         assert not [p for p in listing(Path(arch.uri)) if p.startswith("tasks/")]
@@ -503,13 +503,13 @@ class TestParsing:
     )  # fmt: skip
     def test_durations(self, text, expected):
         """Durations accept pandas-style units, compound forms and ISO 8601."""
-        assert cleanup.parse_duration(text) == pd.Timedelta(expected)
+        assert maintenance.parse_duration(text) == pd.Timedelta(expected)
 
     @pytest.mark.parametrize("text", ["30", "-1d", "0s", "abc", "1x", ""])
     def test_bad_durations(self, text):
         """A number without unit, a negative or zero duration, or junk is refused."""
         with pytest.raises(ArchiverError, match="invalid duration"):
-            cleanup.parse_duration(text)
+            maintenance.parse_duration(text)
 
     @pytest.mark.parametrize(
         ("text", "expected"),
@@ -518,24 +518,24 @@ class TestParsing:
     )  # fmt: skip
     def test_sizes(self, text, expected):
         """Sizes are bytes or binary units."""
-        assert cleanup.parse_size(text) == expected
+        assert maintenance.parse_size(text) == expected
 
     def test_retention_files(self, tmp_path):
         """A retention file may be JSON or TOML; unknown settings are refused."""
         (tmp_path / "r.json").write_text(
             json.dumps({"older_than": "30d", "per_state": {"success": "1d"}, "keep": "latest"})
         )
-        r = cleanup.Retention.from_file(tmp_path / "r.json")
+        r = maintenance.Retention.from_file(tmp_path / "r.json")
         assert r.older_than == pd.Timedelta("30D") and r.keep == "latest"
         assert r.per_state == {"SUCCESS": pd.Timedelta("1D")}
         (tmp_path / "r.toml").write_text(
             'older_than = "7d"\ntarget_file_bytes = "64MiB"\n[per_state]\nFAILURE = "2d"\n'
         )
-        r = cleanup.Retention.from_file(tmp_path / "r.toml")
+        r = maintenance.Retention.from_file(tmp_path / "r.toml")
         assert r.target_file_bytes == 64 * 2**20 and r.per_state == {"FAILURE": pd.Timedelta("2D")}
         (tmp_path / "bad.json").write_text('{"older": "1d"}')
         with pytest.raises(ArchiverError, match=r"unknown retention setting\(s\) older: use"):
-            cleanup.Retention.from_file(tmp_path / "bad.json")
+            maintenance.Retention.from_file(tmp_path / "bad.json")
 
 
 class TestRunRetention:
@@ -543,14 +543,14 @@ class TestRunRetention:
         """ParquetCamera(retention=...).on_cleanup expires, compacts and logs the report."""
         df = frame(arch, "tasks")
         now = df["captured_at"].max() + pd.Timedelta("90m")
-        retention = cleanup.Retention(per_state={"SUCCESS": "2h"})
+        retention = maintenance.Retention(per_state={"SUCCESS": "2h"})
         expected = expected_expired(df, {"SUCCESS": "2h"}, now)
         camera = archiver.ParquetCamera(
             archiver.State(), arch.uri, timer=FakeTimer(), retention=retention
         )
         caplog.set_level(logging.INFO, logger="archiver.camera")
-        real_now = cleanup._now
-        monkeypatch.setattr(cleanup, "_now", lambda v=None: now if v is None else real_now(v))
+        real_now = maintenance._now
+        monkeypatch.setattr(maintenance, "_now", lambda v=None: now if v is None else real_now(v))
         camera.on_cleanup()
         assert "Cleanup of" in caplog.text and "compacted" in caplog.text
         assert set(frame(arch, "tasks")["uuid"]) == set(df["uuid"]) - expected
@@ -559,10 +559,10 @@ class TestRunRetention:
     def test_run_retention_from_mapping_and_dry_run(self, arch):
         """run_retention takes a mapping; dry_run changes nothing."""
         files = listing(Path(arch.uri))
-        report = cleanup.run_retention(arch, {"older_than": "1d"}, dry_run=True)
+        report = maintenance.run_retention(arch, {"older_than": "1d"}, dry_run=True)
         assert report.expiry.dry_run and report.compaction.dry_run
         assert listing(Path(arch.uri)) == files
-        report = cleanup.run_retention(arch, {"older_than": "30d", "keep": "latest"})
+        report = maintenance.run_retention(arch, {"older_than": "30d", "keep": "latest"})
         assert report.expiry.partitions == () and report.compaction.partitions
         assert "compacted" in str(report)
 
@@ -571,7 +571,7 @@ class TestRunRetention:
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from archiver.lock import MaintenanceLock
+    from archiver.maintenance.lock import MaintenanceLock
     from archiver.storage import resolve
     lock = MaintenanceLock(resolve(sys.argv[1]))
     lock.acquire()
@@ -742,10 +742,10 @@ def test_compact_after_expiry_killed_leaves_tombstone(tmp_path, monkeypatch):
         if step == "deleted":
             raise _Kill
 
-    monkeypatch.setattr(cleanup, "_STEP_HOOK", hook)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
     with pytest.raises(_Kill):
         archiver.Archive(tmp_path / "a").expire(per_state={"SUCCESS": "1d"}, dry_run=False)
-    monkeypatch.setattr(cleanup, "_STEP_HOOK", None)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
     archive = archiver.Archive(tmp_path / "a")
     assert archive.load("tasks").uuid.tolist() == ["still-running"]
     archive.compact()

@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 
 import archiver
-from archiver import cleanup
+from archiver import listing, maintenance
+from archiver.maintenance import recovery
 
 from .test_cleanup import SHIFT, build_archive
 
@@ -38,7 +39,7 @@ COMPACT = {"target_file_bytes": "128KiB", "lock_timeout": 30}
 KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
 
 CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["archiver.cleanup", "tests.test_cleanup_crash"])
+CTX.set_forkserver_preload(["archiver.maintenance", "tests.test_cleanup_crash"])
 
 
 def _run(path: str, operation: str, kwargs: dict, kill_at: int | None, ready) -> None:
@@ -50,9 +51,9 @@ def _run(path: str, operation: str, kwargs: dict, kill_at: int | None, ready) ->
             if next(steps) == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        cleanup._STEP_HOOK = hook
+        recovery._STEP_HOOK = hook
     ready.set()
-    getattr(cleanup, operation)(path, **kwargs)
+    getattr(maintenance, operation)(path, **kwargs)
 
 
 def run_child(
@@ -116,7 +117,7 @@ def assert_clean(path: Path) -> None:
     arch = archiver.Archive(path)
     for table in arch.tables():
         for part in arch.partitions(table):
-            scan = cleanup._scan(arch.location, part, time.time())
+            scan = listing.scan_partition(arch.location, part, wall=time.time())
             assert not scan.leftovers, f"{part.path}: {scan.leftovers}"
             assert set(scan.files) == {i.base_name for i in scan.visible}
 
@@ -154,11 +155,11 @@ def random_compaction_kills(template: Path, tmp_path: Path, kills: int, seed: in
             done += 1
         assert runs < 4 * kills, "too few runs were killed: the delays are too long"
     # The follow-up cleanup finishes whatever the last kill interrupted.
-    report = cleanup.compact(path, **COMPACT)
+    report = maintenance.compact(path, **COMPACT)
     assert_exact(path, expected, "after the follow-up compaction")
     assert_clean(path)
     assert report.partitions or report.recovered or completed
-    assert cleanup.compact(path, **COMPACT).partitions == ()
+    assert maintenance.compact(path, **COMPACT).partitions == ()
     assert_exact(path, expected, "after a second compaction")
 
 
@@ -177,11 +178,11 @@ def count_steps(template: Path, path: Path, operation: str, kwargs: dict) -> int
     """How many file steps (written / renamed / deleted) a clean run takes."""
     fresh(template, path)
     steps = []
-    cleanup._STEP_HOOK = steps.append
+    recovery._STEP_HOOK = steps.append
     try:
-        getattr(cleanup, operation)(path, **kwargs)
+        getattr(maintenance, operation)(path, **kwargs)
     finally:
-        cleanup._STEP_HOOK = None
+        recovery._STEP_HOOK = None
     return len(steps)
 
 
@@ -199,7 +200,7 @@ def step_kills(template: Path, tmp_path: Path, points: int | None) -> int:
         code, _ = run_child(path, "compact", COMPACT, kill_at=step)
         assert code == -signal.SIGKILL, (step, code)
         assert_exact(path, expected, f"killed at step {step}/{total}")
-        cleanup.compact(path, **COMPACT)
+        maintenance.compact(path, **COMPACT)
         assert_exact(path, expected, f"finished after step {step}/{total}")
         assert_clean(path)
     return len(chosen)
@@ -231,7 +232,7 @@ def test_random_kills_during_expiry(template, tmp_path):
         "lock_timeout": 30,
     }
     original = fingerprints(path)
-    cleanup.expire(path, **kwargs)
+    maintenance.expire(path, **kwargs)
     final = fingerprints(path)
     assert all(len(final[t]) < len(original[t]) for t in ("tasks", "workers"))
     fresh(template, path)
@@ -251,9 +252,9 @@ def test_random_kills_during_expiry(template, tmp_path):
         else:
             kills += 1
         assert runs < 40
-    cleanup.expire(path, **kwargs)
+    maintenance.expire(path, **kwargs)
     assert_exact(path, final, "after the follow-up expiry")
-    cleanup.compact(path, before=now.isoformat(), lock_timeout=30)
+    maintenance.compact(path, before=now.isoformat(), lock_timeout=30)
     assert_exact(path, final, "after compacting the expired archive")
     assert_clean(path)
     assert SHIFT < 0  # the template's hours are long closed

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import archiver
 from archiver.cli import cli, cmd_cleanup
-from archiver.lock import MaintenanceLock, lock_path
+from archiver.maintenance.lock import MaintenanceLock, lock_path
 
 from .test_cleanup import (
     all_frames,

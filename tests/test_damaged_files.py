@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import archiver
-from archiver.archive import QUARANTINE
 from archiver.cli import cli
 from archiver.errors import ArchiverError, DamagedArchiveWarning, DamagedFileError
+from archiver.layout import QUARANTINE
 
 from .test_cleanup import build_archive
 

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import archiver
-from archiver import cleanup, sink, storage
+from archiver import maintenance, sink, storage
 from archiver.convert import CeleryConverter
 from archiver.sink import ParquetSink
 
@@ -150,7 +150,7 @@ def test_compacted_files_carry_page_checksums(tmp_path, small_events):
     """Every column chunk of a compacted file: a flipped bit is an error on read."""
     path = tmp_path / "a"
     record(path, shifted(small_events, SHIFT), flush_rows=50)
-    report = cleanup.compact(path)
+    report = maintenance.compact(path)
     assert report.files_out
     compacted = [p for p in data_files(path) if "-compact-" in p.name]
     assert compacted
@@ -196,7 +196,7 @@ def test_each_file_is_fsynced_before_its_rename_and_its_directory_after(
     assert len(fsyncs) >= 2 * len(files)
 
     fsyncs.clear()
-    report = cleanup.compact(path)
+    report = maintenance.compact(path)
     assert report.files_in > report.files_out > 0
     synced_files = {p for p, listing in fsyncs if listing is None}
     for file in data_files(path):
@@ -210,7 +210,7 @@ def test_each_file_is_fsynced_before_its_rename_and_its_directory_after(
             assert last[-1] == sorted(os.listdir(directory)), directory
 
     fsyncs.clear()
-    report = cleanup.expire(path, older_than="1h", dry_run=False)
+    report = maintenance.expire(path, older_than="1h", dry_run=False)
     assert report.partitions
     for table in ("tasks", "workers", "snapshots"):
         # the hour went (renamed aside, deleted), then its empty day: the table's
@@ -545,11 +545,11 @@ def test_cleanup_finishes_a_flush_only_once_its_temporary_files_are_old(tmp_path
         record_with_steps(root, events, hook)
     temps = temp_files(root)
     assert temps
-    cleanup.compact(root)
+    maintenance.compact(root)
     assert temp_files(root) == temps  # young: maybe a recorder's flush in progress
     for temp in temps:
         os.utime(temp, (os.path.getmtime(temp) - 2 * HOUR,) * 2)
-    report = cleanup.compact(root)
+    report = maintenance.compact(root)
     assert temp_files(root) == [] and report.recovered >= len(temps)
     assert_in_step(root)
 

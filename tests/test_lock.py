@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from archiver.cli import cli
 from archiver.errors import ArchiverError, LockedError
-from archiver.lock import MaintenanceLock, lock_path, open_lock_file, read_holder
+from archiver.lockfile import open_lock_file
+from archiver.maintenance.lock import MaintenanceLock, lock_path, read_holder
 from archiver.pidfile import Pidfile
 from archiver.storage import resolve
 
@@ -175,7 +176,7 @@ def test_lock_fd_is_not_inherited(tmp_path):
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from archiver.lock import MaintenanceLock
+    from archiver.maintenance.lock import MaintenanceLock
     from archiver.storage import resolve
     MaintenanceLock(resolve(sys.argv[1]), purpose="holder").acquire()
     print("locked", flush=True)

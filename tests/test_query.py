@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import archiver
-from archiver import query, timeparse
+from archiver import query, rows, timeparse
 from archiver.errors import ArchiverError, NoArchiveError
 from archiver.schema import SCHEMA_VERSION, TASKS, with_metadata
 
@@ -494,12 +494,12 @@ def test_latest_positions_ties_and_overlapping_files():
     keys = pa.chunked_array([["a", "b", "a"], ["b", "a", "c"]])
     micros = np.array([5, 1, 9, 7, 9, 0])
     # "a": 9 twice -> the later position (4); "b": 7 (3); "c": 0 (5); ordered by time
-    assert query.latest_positions(keys, micros).tolist() == [5, 3, 4]
+    assert rows.latest_positions(keys, micros).tolist() == [5, 3, 4]
     dict_keys = pa.chunked_array([pa.array(["x", "y"]).dictionary_encode()])
-    assert query.latest_positions(dict_keys, np.array([2, 1])).tolist() == [1, 0]
-    assert query.latest_positions(pa.chunked_array([], pa.string()), np.array([])).size == 0
+    assert rows.latest_positions(dict_keys, np.array([2, 1])).tolist() == [1, 0]
+    assert rows.latest_positions(pa.chunked_array([], pa.string()), np.array([])).size == 0
     sorted_keys = pa.chunked_array([["a", "a"], ["b", "a", "b"]])
-    assert query.latest_positions(sorted_keys, np.array([1, 1, 2, 2, 3])).tolist() == [3, 4]
+    assert rows.latest_positions(sorted_keys, np.array([1, 1, 2, 2, 3])).tolist() == [3, 4]
 
 
 def test_history_is_every_version_oldest_first(one_hour):

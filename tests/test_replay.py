@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from archiver import Archive, Polaroid
 from archiver.errors import ArchiverError
 from archiver.record import Recorder, load_camera_class
-from archiver.replay import MAX_JUMP, ReplayClock, ReplayTimer
+from archiver.replay_timer import MAX_JUMP, ReplayClock, ReplayTimer
 from archiver.sources import LineStats, is_pipe, read_events
 from archiver.state import State, event_problem
 
@@ -504,7 +504,7 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
 
 
 def test_partition_path_refuses_years_outside_1970_to_9999():
-    from archiver.sink import LAST_HOUR, partition_path
+    from archiver.layout import LAST_HOUR, partition_path
 
     assert partition_path(0) == "date=1970-01-01/hour=0"
     assert partition_path(LAST_HOUR - 1) == "date=9999-12-31/hour=23"

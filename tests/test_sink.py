@@ -20,7 +20,8 @@ import pytest
 from archiver import State
 from archiver import schema as S
 from archiver.convert import CeleryConverter
-from archiver.sink import ParquetSink, partition_path
+from archiver.layout import partition_path
+from archiver.sink import ParquetSink
 from archiver.storage import resolve
 
 SCHEMAS = CeleryConverter.schemas

@@ -8,15 +8,15 @@ from typing import Any
 
 import click
 
-from .. import cleanup
-from ..cleanup import CompactionReport, ExpiryReport, Retention
+from .. import maintenance
+from ..maintenance import CompactionReport, ExpiryReport, Retention
 from .output import archive_option, echo_table, is_terminal, run_library_call
 
 wait_option = click.option(
     "--wait",
     type=click.FloatRange(min=0),
     metavar="SECONDS",
-    default=cleanup.DEFAULT_LOCK_TIMEOUT,
+    default=maintenance.DEFAULT_LOCK_TIMEOUT,
     show_default=True,
     help="Seconds to wait for another cleanup of the archive to finish.",
 )
@@ -158,7 +158,7 @@ def echo_expiry(report: ExpiryReport) -> None:
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[cleanup.Progress | None]:
+def progress_bar(label: str) -> Iterator[maintenance.ProgressCallback | None]:
     """A ``progress(done, total)`` callback drawing a bar, on a terminal only."""
     if not is_terminal():
         yield None
@@ -203,7 +203,7 @@ def _retention(
     if older_than is not None:
         base["older_than"] = older_than
     if states:
-        base["per_state"] = cleanup.parse_per_state(states)
+        base["per_state"] = maintenance.parse_per_state(states)
     if keep is not None:
         base["keep"] = keep
     if target_size is not None:
@@ -249,12 +249,12 @@ def compact_command(
     """
     with progress_bar("Compacting") as progress:
         report = run_library_call(
-            cleanup.compact,
+            maintenance.compact,
             archive,
             tables=tables or None,
             before=before,
             keep=keep or "all",
-            target_file_bytes=target_size or cleanup.DEFAULT_TARGET_FILE_BYTES,
+            target_file_bytes=target_size or maintenance.DEFAULT_TARGET_FILE_BYTES,
             dry_run=dry_run,
             lock_timeout=wait,
             progress=progress,
@@ -295,7 +295,7 @@ def expire_command(
         )
     with progress_bar("Expiring") as progress:
         report = run_library_call(
-            cleanup.expire,
+            maintenance.expire,
             archive,
             older_than=older_than,
             per_state=states,
@@ -369,7 +369,7 @@ def cleanup_command(
     )
     with progress_bar("Cleaning up") as progress:
         report = run_library_call(
-            cleanup.run_retention,
+            maintenance.run_retention,
             archive,
             policy,
             now=now,

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from ..cleanup import Retention
 from ..convert import REDACTABLE, redaction_gaps
 from ..errors import ArchiverError
+from ..maintenance import Retention
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
 from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live

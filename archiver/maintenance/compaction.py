@@ -8,23 +8,18 @@ import time
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..archive import Archive, Partition, one_line
-from ..schema import ENTITY_KEYS, HOUR_US
+from ..archive import Archive
+from ..errors import one_line
+from ..layout import Partition
+from ..listing import TEMP_MAX_AGE, Damaged, PartitionScan, scan_partition
+from ..rows import latest_rows, sort_rows
+from ..schema import ENTITY_KEYS
 from ..sink import recover_flushes
 from ..storage import Location
-from .listing import (
-    TEMP_MAX_AGE,
-    Damaged,
-    PartitionScan,
-    delete_file,
-    finish_interrupted,
-    num_rows,
-    remove_set_aside,
-    scan_partition,
-)
-from .reports import CompactionReport, PartitionCompaction, Progress
+from .recovery import delete_file, finish_interrupted, remove_set_aside
+from .reports import CompactionReport, PartitionCompaction, ProgressCallback
 from .retention import Keep
-from .rewrite import latest_rows, read_inputs, rows_per_group, sort_rows, write_group
+from .rewrite import read_inputs, rows_per_group, write_group
 
 #: Files at least this fraction of the target size are left alone.
 NEAR_TARGET = 0.75
@@ -92,7 +87,7 @@ def compact_locked(
     target_bytes: int,
     keep: Keep,
     dry_run: bool,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
 ) -> CompactionReport:
     started = time.perf_counter()
     location = archive.location
@@ -107,7 +102,7 @@ def compact_locked(
 
     archive = archive.using(note)
     work = [(t, p) for t in tables for p in archive.partitions(t)]
-    closed = [(t, p) for t, p in work if p.start_us + HOUR_US <= before_us]
+    closed = [(t, p) for t, p in work if p.ended_by(before_us)]
     done = 0
     try:
         if not dry_run:  # a recorder's flush a crash interrupted, an hour ago or more
@@ -116,17 +111,17 @@ def compact_locked(
             if not dry_run:
                 recovered += remove_set_aside(location, table)
         for table, partition in work:
-            scan = scan_partition(location, partition, wall, note)
+            scan = scan_partition(location, partition, note, wall=wall)
             if not dry_run and (scan.leftovers or scan.temps):
                 r, t = finish_interrupted(location, partition, scan)
                 recovered, temps = recovered + r, temps + t
                 # Plan on what is left, not on the old list.
-                scan = scan_partition(location, partition, wall, note)
-            if partition.start_us + HOUR_US > before_us:
+                scan = scan_partition(location, partition, note, wall=wall)
+            if not partition.ended_by(before_us):
                 continue
             files = _plan(scan, keep, target_bytes)
             if files and dry_run:
-                rows = sum(num_rows(scan, i) for i in files)
+                rows = sum(scan.num_rows(i) for i in files)
                 size = sum(i.size for i in files)
                 estimate = max(1, math.ceil(size / target_bytes))
                 results.append(

@@ -14,27 +14,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..archive import PARQUET, Archive, Partition, _is_missing_file, mark_damaged
+from ..archive import Archive
 from ..errors import ArchiverError
-from ..schema import HOUR_US, TASK_STATES, TASKS
-from ..sink import new_writer_id, recover_flushes
-from ..storage import Location
-from .listing import (
-    EXPIRED_MARK,
+from ..layout import EXPIRED_MARK, Partition
+from ..listing import (
+    PARQUET,
     TEMP_MAX_AGE,
     Damaged,
     PartitionScan,
-    delete_file,
-    finish_interrupted,
-    num_rows,
-    remove_set_aside,
+    is_missing_file,
+    mark_damaged,
     scan_partition,
-    step,
-    to_micros,
 )
-from .reports import ExpiryReport, PartitionExpiry, Progress, StateExpiry
+from ..rows import sort_rows
+from ..schema import TASK_STATES, TASKS
+from ..sink import new_writer_id, recover_flushes
+from ..storage import Location
+from ..timeparse import to_micros
+from .recovery import delete_file, finish_interrupted, remove_set_aside, step
+from .reports import ExpiryReport, PartitionExpiry, ProgressCallback, StateExpiry
 from .retention import DEFAULT_TARGET_FILE_BYTES
-from .rewrite import read_inputs, rows_per_group, sort_rows, write_group
+from .rewrite import read_inputs, rows_per_group, write_group
 
 
 def _expired_tasks(
@@ -63,7 +63,7 @@ def _expired_tasks(
                 schema=TASKS, columns=["uuid", "captured_at", "snapshot_id", "state"]
             )
         except (pa.ArrowException, OSError) as exc:
-            if _is_missing_file(exc):
+            if is_missing_file(exc):
                 raise
             damaged(path, mark_damaged(location, path, exc))
             continue
@@ -88,9 +88,9 @@ def _expired_tasks(
     last = rows.drop_duplicates("uuid", keep="last")
     known = set(TASK_STATES) | set(last["state"].dropna())
     _check_states(per_state, known)
-    limit_us = last["state"].map({s: d.value // 1000 for s, d in per_state.items()})
-    age_us = to_micros(now) - last["captured_at"]
-    expired_last = last[age_us > limit_us.astype("float64")]
+    # Expired: the last row is older than the retention, i.e. captured before now - retention.
+    cutoff_us = last["state"].map({s: to_micros(now - d) for s, d in per_state.items()})
+    expired_last = last[last["captured_at"] < cutoff_us.astype("float64")]
     expired = set(expired_last["uuid"])
     expired_rows = rows[rows["uuid"].isin(expired)]
     row_counts = expired_rows.groupby("uuid").size()
@@ -144,7 +144,7 @@ def expire_locked(
     per_state: Mapping[str, pd.Timedelta],
     now: pd.Timestamp,
     dry_run: bool,
-    progress: Progress | None,
+    progress: ProgressCallback | None,
     target_bytes: int = DEFAULT_TARGET_FILE_BYTES,
 ) -> ExpiryReport:
     started = time.perf_counter()
@@ -166,14 +166,14 @@ def expire_locked(
     kept: dict[str, list[Partition]] = {}
     for table in tables:
         for partition in archive.partitions(table):
-            if cutoff is not None and partition.start_us + HOUR_US <= cutoff:
+            if cutoff is not None and partition.ended_by(cutoff):
                 gone_parts.append(partition)
             else:
                 kept.setdefault(table, []).append(partition)
     total = len(gone_parts)
     done = 0
     for partition in gone_parts:
-        scan = scan_partition(location, partition, wall)  # damaged files go with the hour
+        scan = scan_partition(location, partition, wall=wall)  # damaged files go with the hour
         files = scan.visible + scan.damaged
         gone.append(
             PartitionExpiry(
@@ -181,7 +181,7 @@ def expire_locked(
                 partition.date,
                 partition.hour,
                 files=len(files),
-                rows=sum(num_rows(scan, i) for i in scan.visible),
+                rows=sum(scan.num_rows(i) for i in scan.visible),
                 bytes=sum(i.size for i in files),
             )
         )
@@ -200,10 +200,10 @@ def expire_locked(
     if task_parts:
         scans = {}
         for partition in task_parts:
-            scan = scan_partition(location, partition, wall, note)
+            scan = scan_partition(location, partition, note, wall=wall)
             if not dry_run and (scan.leftovers or scan.temps):
                 finish_interrupted(location, partition, scan)
-                scan = scan_partition(location, partition, wall, note)
+                scan = scan_partition(location, partition, note, wall=wall)
             scans[partition] = scan
         uuids, states, per_file = _expired_tasks(location, task_parts, scans, per_state, now, note)
         affected = [p for p in task_parts if any(i.path in per_file for i in scans[p].visible)]
@@ -243,7 +243,7 @@ def expire_locked(
             location.sync_parents(to_delete)
         # The rewrites' inputs are gone: drop the tombstones of fully expired files.
         for partition in affected if not dry_run else []:
-            scan = scan_partition(location, partition, wall)
+            scan = scan_partition(location, partition, wall=wall)
             for name in scan.tombstones:
                 delete_file(location, f"{partition.path}/{name}")
     return ExpiryReport(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 #: Called as ``progress(done, total)`` after each partition.
-Progress = Callable[[int, int], None]
+ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class PartitionCompaction:
 
 @dataclass(frozen=True)
 class CompactionReport:
-    """The result of :func:`archiver.cleanup.compact`.
+    """The result of `archiver.maintenance.compact`.
 
     ``files_out`` and ``bytes_out`` are estimates in a dry run.
     """
@@ -95,7 +95,7 @@ class StateExpiry:
 
 @dataclass(frozen=True)
 class ExpiryReport:
-    """The result of :func:`archiver.cleanup.expire`: what went, or in a dry run what would go."""
+    """The result of `archiver.maintenance.expire`: what went, or in a dry run what would go."""
 
     now: pd.Timestamp
     dry_run: bool = True
@@ -128,7 +128,7 @@ class ExpiryReport:
 
 @dataclass(frozen=True)
 class CleanupReport:
-    """The result of :func:`archiver.cleanup.run_retention`: expiry, then compaction."""
+    """The result of `archiver.maintenance.run_retention`: expiry, then compaction."""
 
     expiry: ExpiryReport | None
     compaction: CompactionReport | None

@@ -9,17 +9,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from ..archive import GROUP_KEY, KEEP_KEY, PARQUET, REPLACES_KEY, _is_missing_file, mark_damaged
+from ..layout import GROUP_KEY, KEEP_KEY, REPLACES_KEY
+from ..listing import PARQUET, Damaged, is_missing_file, mark_damaged
 from ..schema import SCHEMAS, with_metadata
 from ..sink import ROW_GROUP_SIZE, new_writer_id, open_writer, temp_path
 from ..storage import Location
-from .listing import Damaged, step
+from .recovery import step
 from .retention import Keep
 
 
@@ -51,7 +50,7 @@ def read_inputs(
         data = ds.FileSystemDataset(fragments, plain, PARQUET, location.fs).to_table()
         return data, schema, paths
     except (pa.ArrowException, OSError) as exc:
-        if _is_missing_file(exc):
+        if is_missing_file(exc):
             raise
     pieces, good = [], []
     for fragment in fragments:
@@ -59,39 +58,13 @@ def read_inputs(
             pieces.append(ds.FileSystemDataset([fragment], plain, PARQUET, location.fs).to_table())
             good.append(fragment.path)
         except (pa.ArrowException, OSError) as exc:
-            if _is_missing_file(exc):
+            if is_missing_file(exc):
                 raise
             reason = mark_damaged(location, fragment.path, exc)
             if damaged is not None:
                 damaged(fragment.path, reason)
     data = pa.concat_tables(pieces) if pieces else plain.empty_table()
     return data, schema, good
-
-
-def sort_rows(data: pa.Table) -> pa.Table:
-    """Rows by ``captured_at`` (then ``snapshot_id``); stable, and a no-op when in order."""
-    if data.num_rows < 2 or "captured_at" not in data.column_names:
-        return data
-    micros = data.column("captured_at").cast(pa.int64()).to_numpy()
-    if not (np.diff(micros) < 0).any():
-        return data
-    keys = [("captured_at", "ascending")]
-    if "snapshot_id" in data.column_names:
-        keys.append(("snapshot_id", "ascending"))
-    return data.take(pc.sort_indices(data, keys))
-
-
-def latest_rows(data: pa.Table, key: str) -> pa.Table:
-    """The last row (by ``captured_at``, then ``snapshot_id``) of each ``key``, in time order."""
-    if data.num_rows == 0:
-        return data
-    data = sort_rows(data)
-    keys = data.column(key)
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.cast(pa.string())
-    index = pa.table({"k": keys, "i": pa.array(np.arange(data.num_rows), pa.int64())})
-    last = index.group_by("k", use_threads=False).aggregate([("i", "max")]).column("i_max")
-    return data.take(np.sort(last.to_numpy()))
 
 
 @dataclass

@@ -11,30 +11,26 @@ lock left behind by a crashed cleanup is free: the next cleanup takes it over
 (and logs whose it was). A clean release empties the file, so a non-empty file
 found free is a stale lock.
 
-Lock files and pidfiles are opened by :func:`open_lock_file`, which never follows
-a symbolic link and refuses anything but a regular file of ours, so that a lock
-path planted by someone else can never make us truncate another file.
+The lock file is opened, locked and released with :mod:`archiver.lockfile`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import socket
-import stat
 import tempfile
 import time
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
 
-from .errors import ArchiverError, LockedError
-from .storage import Location
+from ..errors import LockedError
+from ..lockfile import open_lock_file, pid_alive, read_lock_file, try_lock, unlock, write_record
+from ..storage import Location
 
 logger = logging.getLogger("archiver.cleanup")
 
@@ -47,91 +43,6 @@ def lock_path(location: Location) -> str:
         return os.path.join(location.root, LOCK_NAME)
     digest = hashlib.sha1(location.uri.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"archiver-{digest}.lock")
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def open_lock_file(path: str, what: str = "lock file") -> int:
-    """Open ``path`` read-write (created if missing) as a lock file; returns its fd.
-
-    Refuses, with a one-line :class:`ArchiverError` naming the path, a symbolic
-    link (dangling or not), anything but a regular file (FIFO, directory,
-    device), a file with other hard links, and a file owned by neither this user,
-    root nor the owner of its directory. Nothing is written here: the caller
-    truncates only after its ``flock`` is held, and only this fd.
-    """
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags | os.O_CREAT, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ArchiverError(
-                f"{what} {path} is a symbolic link: refusing to follow it; remove it"
-            ) from None
-        if exc.errno == errno.EISDIR:
-            raise ArchiverError(f"{what} {path} is a directory, not a file") from None
-        verb = "create" if exc.errno == errno.ENOENT else "open"
-        raise ArchiverError(f"cannot {verb} {what} {path}: {exc.strerror or exc}") from None
-    try:
-        problem = _lock_file_problem(path, os.fstat(fd))
-        if problem:
-            raise ArchiverError(f"{what} {path} {problem}")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _lock_file_problem(path: str, st: os.stat_result) -> str | None:
-    """Why the opened file at ``path`` is not one to lock and write, or None."""
-    if not stat.S_ISREG(st.st_mode):
-        kind = {
-            stat.S_IFDIR: "a directory",
-            stat.S_IFIFO: "a FIFO",
-            stat.S_IFSOCK: "a socket",
-            stat.S_IFCHR: "a character device",
-            stat.S_IFBLK: "a block device",
-        }.get(stat.S_IFMT(st.st_mode), "not a regular file")
-        return f"is {kind}, not a regular file"
-    if st.st_nlink > 1:
-        return f"has {st.st_nlink} hard links: refusing to write a file shared with another path"
-    euid = os.geteuid()
-    if st.st_uid not in (euid, 0):
-        try:
-            dir_owner = os.stat(os.path.dirname(os.path.abspath(path))).st_uid
-        except OSError:
-            dir_owner = None
-        if st.st_uid != dir_owner:
-            return f"is owned by uid {st.st_uid}, not by this user (uid {euid}): remove it"
-    return None
-
-
-def read_lock_file(path: str, limit: int = 4096) -> bytes | None:
-    """The first ``limit`` bytes of the regular file ``path`` (None if not one, never blocks)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.pread(fd, limit, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def _parse_holder(data: bytes | None) -> dict[str, Any] | None:
@@ -198,13 +109,7 @@ class MaintenanceLock:
         fd = open_lock_file(self.path)
         deadline = time.monotonic() + self.timeout
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise
+            while not try_lock(fd):
                 if time.monotonic() >= deadline:
                     raise LockedError(self._locked_message())
                 time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())) or 0.001)
@@ -222,8 +127,7 @@ class MaintenanceLock:
                 "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "purpose": self.purpose,
             }
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            write_record(fd, json.dumps(record) + "\n")
         except BaseException:
             os.close(fd)
             raise
@@ -251,12 +155,9 @@ class MaintenanceLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        try:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        unlock(fd)
 
     def __enter__(self) -> MaintenanceLock:
         self.acquire()

@@ -1,0 +1,147 @@
+"""The archive's on-disk layout: paths, names, metadata keys and which files are visible.
+
+Layout: ``<archive>/<table>/date=YYYY-MM-DD/hour=H/<file>.parquet``. A file is
+visible unless its name starts with ``.`` or ``_`` (temporary and foreign files)
+or a live compacted file in the same partition lists it in its ``archiver.replaces``
+metadata (a compaction that crashed before deleting its inputs). A compacted file
+is one of a group written together (``archiver.group``); it is live once the whole
+group is present, or once none of the files it replaces is left. See
+:mod:`archiver.maintenance` for the protocol and why it never shows a row twice.
+
+Hour arithmetic lives here too: a partition spans ``[start_us, end_us)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from .schema import HOUR_US
+
+REPLACES_KEY = b"archiver.replaces"
+GROUP_KEY = b"archiver.group"
+KEEP_KEY = b"archiver.keep"
+#: In the name of every file a compaction or an expiry rewrite writes.
+COMPACT_MARK = "-compact-"
+#: Quarantined files live under ``<archive>/_quarantine/<table>/...`` (hidden: ``_``).
+QUARANTINE = "_quarantine"
+#: A file being written is ``.<name>.tmp`` (hidden) until its rename.
+TMP_PREFIX = ".part-"
+TMP_SUFFIX = ".tmp"
+#: Marks a partition directory renamed aside by expiry (``.hour=H.expired-<id>``).
+EXPIRED_MARK = ".expired-"
+#: Years a partition may have: the span of pandas' timestamps (``Timestamp.min/max``).
+MIN_YEAR, MAX_YEAR = 1678, 2261
+#: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
+LAST_HOUR = 253_402_300_800 // 3600
+_DATE = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
+_HOUR = re.compile(r"hour=(\d{1,2})")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One ``date=/hour=`` directory of a table."""
+
+    table: str
+    date: str
+    hour: int
+    path: str
+
+    @property
+    def start_us(self) -> int:
+        """Start of the partition's hour, in microseconds since the epoch (UTC)."""
+        day = datetime.strptime(self.date, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+        return int(day.timestamp()) * 10**6 + self.hour * HOUR_US
+
+    @property
+    def end_us(self) -> int:
+        """End of the partition's hour (exclusive), in microseconds since the epoch."""
+        return self.start_us + HOUR_US
+
+    def ended_by(self, micros: int) -> bool:
+        """Whether the hour is over at ``micros``: no later row can belong to it."""
+        return self.end_us <= micros
+
+    def overlaps(self, lo: int | None, hi: int | None) -> bool:
+        """Whether the hour overlaps ``[lo, hi)`` (µs; None: unbounded)."""
+        return (lo is None or self.end_us > lo) and (hi is None or self.start_us < hi)
+
+
+def partition_path(hour_bucket: int) -> str:
+    """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
+
+    ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
+    Outside 1970..9999 it raises ValueError (the rows stay buffered and are counted).
+    """
+    if not 0 <= hour_bucket < LAST_HOUR:
+        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..9999")
+    start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
+    return f"date={start:%Y-%m-%d}/hour={start.hour}"
+
+
+def is_hidden(name: str) -> bool:
+    """Names that pyarrow, DuckDB and Polars skip: temporary and foreign files."""
+    return name.startswith((".", "_"))
+
+
+def is_temp(name: str) -> bool:
+    """Whether ``name`` is one of archiver's own temporary files (``.part-*.tmp``)."""
+    return name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX)
+
+
+def parse_date(name: str) -> str | None:
+    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date."""
+    match = _DATE.fullmatch(name)
+    if match is None:
+        return None
+    year, month, day = map(int, match.groups())
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        return None
+    try:
+        date(year, month, day)
+    except ValueError:
+        return None
+    return name[5:]
+
+
+def parse_hour(name: str) -> int | None:
+    """``H`` of an ``hour=H`` folder name (0-23), None if not valid."""
+    match = _HOUR.fullmatch(name)
+    hour = None if match is None else int(match.group(1))
+    return hour if hour is not None and hour < 24 else None
+
+
+@dataclass(frozen=True)
+class CompactInfo:
+    """What a compacted file's metadata says: the files it replaces and its group."""
+
+    replaces: frozenset[str]
+    group: frozenset[str]
+    rows: int
+    keep: str = "all"
+
+
+def live_compacted(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
+    """The compacted files among ``present`` whose ``replaces`` take effect.
+
+    A group is renamed into place one file at a time, after which its inputs are
+    deleted: a group with a member missing while one of its inputs is still here
+    is a half-committed compaction (its rows are all still in the inputs), so it
+    is ignored. A member missing once every input is gone was itself compacted
+    later, and the rest of the group stays valid.
+    """
+    return {
+        name
+        for name, info in infos.items()
+        if info.group <= present or not (info.replaces & present)
+    }
+
+
+def visible_names(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
+    """Which of the ``present`` data files a reader should read (see :func:`live_compacted`)."""
+    live = live_compacted(present, infos)
+    replaced: set[str] = set()
+    for name in live:
+        replaced |= infos[name].replaces
+    return {n for n in present if n not in replaced and (n not in infos or n in live)}
