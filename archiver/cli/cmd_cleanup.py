@@ -10,7 +10,7 @@ import click
 
 from .. import maintenance
 from ..maintenance import CompactionReport, ExpiryReport, Retention
-from .output import archive_option, echo_table, is_terminal, run_library_call
+from .output import archive_option, echo_table, human_bytes, is_terminal, run_library_call
 
 wait_option = click.option(
     "--wait",
@@ -59,16 +59,6 @@ now_option = click.option(
 
 
 # -- output --------------------------------------------------------------------
-def human_bytes(n: int) -> str:
-    """``1.2 MiB``."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def human_duration(delta: Any) -> str:
     """``1d``, ``12h``, ``90m`` or ``1d 12h``."""
     seconds = int(delta.total_seconds())

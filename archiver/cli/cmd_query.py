@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from ..archive import Archive
 from ..query import describe, latest, load_table
 from ..schema import SCHEMA_VERSION
-from .output import archive_option, format_table, run_library_call
+from .output import archive_option, format_table, human_bytes, run_library_call
 
 _WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$", re.S)
 #: Longest cell shown by ``--format table`` (longer text is cut with an ellipsis).
@@ -197,14 +197,6 @@ def query_command(
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc}") from exc
     click.echo(f"Wrote {result.num_rows:,} rows to {output}", err=True)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _time(ts: pd.Timestamp | None) -> str:

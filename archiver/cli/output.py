@@ -58,6 +58,15 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo(format_table(headers, rows))
 
 
+def human_bytes(n: float) -> str:
+    """``512 B``, ``1.2 MiB``: binary units up to TiB, one decimal above bytes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def is_terminal(stream: Any = None) -> bool:
     stream = stream or sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())

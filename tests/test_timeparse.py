@@ -1,0 +1,37 @@
+"""Times and durations as users type them: the µs rounding rule and the one duration rule."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archiver.errors import ArchiverError
+from archiver.timeparse import parse_duration, to_micros
+
+NANOS = st.integers(-(2**62), 2**62)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instant=NANOS, value=st.integers(-(2**52), 2**52))
+def test_to_micros_keeps_comparisons_with_microsecond_values_exact(instant, value):
+    """For every µs value v: v >= t <=> v >= to_micros(t), and v < t <=> v < to_micros(t)."""
+    ts = pd.Timestamp(instant, unit="ns", tz="UTC")
+    micros = to_micros(ts)
+    assert (value * 1000 >= instant) == (value >= micros)
+    assert (value * 1000 < instant) == (value < micros)
+    assert to_micros(pd.Timedelta(instant, unit="ns")) == micros
+
+
+@pytest.mark.parametrize("text", ["30", "30.5", " 7 "])
+def test_a_duration_needs_a_unit(text):
+    """A bare number is refused (seconds? days?) with a one-line error naming the fix."""
+    with pytest.raises(ArchiverError, match=r"use a number and a unit, such as 30d"):
+        parse_duration(text, what="older_than")
+
+
+def test_durations_with_units_and_timedeltas():
+    """Units, ISO 8601 and timedeltas give the same Timedelta."""
+    assert parse_duration("1d12h") == parse_duration("P1DT12H") == pd.Timedelta(hours=36)
+    assert parse_duration(pd.Timedelta("90s")) == pd.Timedelta(seconds=90)
