@@ -116,19 +116,20 @@ class Archive:
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
         return sorted(n for n in names if not is_hidden(n))
 
-    def require(self, table: str | None = None) -> None:
-        """Raise NoArchiveError if the archive (or ``table`` in it) does not exist."""
+    def require(self) -> None:
+        """Raise NoArchiveError if the archive does not exist."""
         if not self.exists():
             raise NoArchiveError(
                 f"no archive at {self.uri}: record one with `archiver record --archive {self.uri}`"
             )
-        if table is not None:
-            tables = self.tables()
-            if table not in tables:
-                raise NoArchiveError(
-                    f"no table {table!r} in archive {self.uri} "
-                    f"(tables: {', '.join(tables) or 'none'})"
-                )
+
+    def require_table(self, table: str) -> None:
+        """Raise NoArchiveError if ``table`` is not in the archive."""
+        tables = self.tables()
+        if table not in tables:
+            raise NoArchiveError(
+                f"no table {table!r} in archive {self.uri} (tables: {', '.join(tables) or 'none'})"
+            )
 
     def select_tables(self, tables: str | Iterable[str] | None) -> list[str]:
         """The tables named (default: all), each checked to exist."""
@@ -151,7 +152,7 @@ class Archive:
         Hidden entries (``.``/``_``) are ignored; any other entry that is not a valid
         ``date=YYYY-MM-DD/hour=H`` folder is reported as damaged and skipped.
         """
-        self.require(table)
+        self.require_table(table)
         return walk_partitions(self.location, table, self.damaged).partitions
 
     def partition_files(self, partition: Partition) -> list[pafs.FileInfo]:

@@ -270,7 +270,8 @@ def plan(
     filters: Any = None,
 ) -> Plan:
     """Validate the arguments of a read and prune the partitions (nothing is opened)."""
-    archive.require(table)
+    archive.require()
+    archive.require_table(table)
     t0, t1 = parse_time(start), parse_time(end)
     schema = full_schema(archive, table)
     if isinstance(columns, str):
@@ -367,7 +368,26 @@ def load_table(
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
 ) -> Any:
-    """Every row of ``table`` in ``[start, end)``; see :meth:`archiver.Archive.load`."""
+    """Every row of ``table`` captured in ``[start, end)``, as a DataFrame.
+
+    Args:
+        table: ``"tasks"``, ``"workers"`` or ``"snapshots"``.
+        start, end: datetimes (naive = UTC), ISO strings, epoch seconds, or
+            durations ago such as ``"2h"``/``"7d"``. Partitions outside the range
+            are never opened; row-group statistics prune inside files.
+        columns: the columns to read (default: the table's, without the ``date``
+            and ``hour`` partition columns, which can be asked for by name).
+        filters: a pyarrow expression or ``pandas.read_parquet``'s list of tuples,
+            e.g. ``[("name", "==", "tasks.add"), ("state", "in", ["FAILURE"])]``.
+        engine: ``"pandas"`` (default), ``"arrow"`` (a ``pyarrow.Table``) or
+            ``"dask"`` (a lazy dask DataFrame, one partition per hour).
+        limit: only the first ``limit`` rows (oldest first).
+        on_bad_file: ``"warn"`` (skip a damaged file or folder with a warning naming
+            it), ``"raise"`` or a callable ``(path, reason)``; default: the archive's.
+
+    Timestamps are tz-aware UTC, ``name``/``state``/``worker`` categorical and
+    integers nullable; files written by an older schema load with missing columns null.
+    """
     archive = archive.using(on_bad_file)
     if _engine(engine) == "dask":
         return _load_dask(archive, table, start=start, end=end, columns=columns, filters=filters)
@@ -509,10 +529,16 @@ def latest(
 ) -> Any:
     """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
 
-    See :meth:`archiver.Archive.latest`.
+    The cluster as it was at ``as_of`` (inclusive; default: the newest snapshot).
+    ``start`` ignores entities not recorded since then; ``filters`` apply to the
+    latest rows, so ``state == "FAILURE"`` means "tasks whose last known state is
+    FAILURE"; ``engine`` is ``"pandas"`` or ``"arrow"``; the other arguments are as
+    :func:`load_table`'s. Rows are ordered by the time of their last version; ties
+    are broken by the rule of :mod:`archiver.rows`.
     """
     archive = archive.using(on_bad_file)
-    archive.require(table)
+    archive.require()
+    archive.require_table(table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
         raise ArchiverError('latest() returns pandas or Arrow: use engine="pandas" or "arrow"')
@@ -549,9 +575,14 @@ def history(
     engine: Engine = "pandas",
     on_bad_file: OnBadFile | None = None,
 ) -> Any:
-    """Every recorded version of one task (or worker, with ``table="workers"``), oldest first."""
+    """Every recorded version of one task, oldest first.
+
+    With ``table="workers"``, of one worker (``uuid`` is then its hostname); the
+    other arguments are as :func:`load_table`'s.
+    """
     archive = archive.using(on_bad_file)
-    archive.require(table)
+    archive.require()
+    archive.require_table(table)
     key = _entity_key(table)
     if _engine(engine) == "dask":
         raise ArchiverError('history() returns pandas or Arrow: use engine="pandas" or "arrow"')
