@@ -22,7 +22,7 @@ from .archive import Archive
 from .errors import ArchiverError
 from .layout import QUARANTINE
 from .listing import is_missing_file, mark_damaged
-from .maintenance.lock import MaintenanceLock
+from .maintenance.lock import lock_unless
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,8 @@ def check(archive: Archive, *, quarantine: bool = False, lock_timeout: float = 1
         lock_timeout: seconds to wait for another cleanup when quarantining.
     """
     archive.require()
-    if not quarantine:
-        return _check(archive, quarantine=False)
-    with MaintenanceLock(archive.location, timeout=lock_timeout, purpose="check"):
-        return _check(archive, quarantine=True)
+    with lock_unless(not quarantine, archive.location, timeout=lock_timeout, purpose="check"):
+        return _check(archive, quarantine=quarantine)
 
 
 def _check(archive: Archive, *, quarantine: bool) -> CheckReport:

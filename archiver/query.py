@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .archive import Archive, OnBadFile
-from .errors import ArchiverError
+from .errors import ArchiverError, one_line
 from .layout import Partition
 from .listing import Rescan, all_facts, is_missing_file, retrying
 from .rows import latest_positions
@@ -311,8 +311,7 @@ def _arrow_errors(table: str, filters: Any) -> Iterator[None]:
     except (pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise ArchiverError(f"cannot apply filters {filters!r} to {table}: {exc}") from exc
     except (pa.ArrowInvalid, OSError) as exc:  # e.g. a damaged file
-        text = " ".join(str(exc).split())
-        raise ArchiverError(f"cannot read {table}: {text}") from exc
+        raise ArchiverError(f"cannot read {table}: {one_line(exc)}") from exc
 
 
 def read_arrow(

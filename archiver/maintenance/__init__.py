@@ -94,7 +94,7 @@ from ..storage import Location
 from ..timeparse import parse_duration, parse_time, to_micros
 from .compaction import compact_locked
 from .expiry import expire_locked
-from .lock import MaintenanceLock
+from .lock import lock_unless
 from .reports import (
     CleanupReport,
     CompactionReport,
@@ -146,13 +146,6 @@ def _open(archive: Archive | Location | str | os.PathLike[str]) -> Archive:
     return result
 
 
-def _locked(archive: Archive, dry_run: bool, timeout: float, purpose: str):
-    """The maintenance lock a run takes; none in a dry run (it changes nothing)."""
-    if dry_run:
-        return contextlib.nullcontext()
-    return MaintenanceLock(archive.location, timeout=timeout, purpose=purpose)
-
-
 def compact(
     archive: Archive | Location | str | os.PathLike[str],
     *,
@@ -195,7 +188,10 @@ def compact(
     keep = check_keep(keep)
     target = parse_size(target_file_bytes)
     before_us = to_micros(_now(before))
-    with _io_errors("compact"), _locked(arch, dry_run, lock_timeout, "compact"):
+    with (
+        _io_errors("compact"),
+        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="compact"),
+    ):
         return compact_locked(
             arch,
             names,
@@ -248,7 +244,10 @@ def expire(
     delta = None if older_than is None else parse_duration(older_than, what="older_than")
     states = parse_per_state(per_state)
     at = _now(now)
-    with _io_errors("expire"), _locked(arch, dry_run, lock_timeout, "expire"):
+    with (
+        _io_errors("expire"),
+        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="expire"),
+    ):
         return expire_locked(
             arch,
             names,
@@ -293,7 +292,10 @@ def run_retention(
     names = arch.select_tables(policy.tables)
     at = _now(now)
     expire_dry = dry_run if expire_dry_run is None else expire_dry_run or dry_run
-    with _locked(arch, dry_run, lock_timeout, "cleanup"), _io_errors("cleanup"):
+    with (
+        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="cleanup"),
+        _io_errors("cleanup"),
+    ):
         expiry = None
         if policy.older_than is not None or policy.per_state:
             expiry = expire_locked(

@@ -24,6 +24,7 @@ import os
 import socket
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
@@ -170,3 +171,12 @@ class MaintenanceLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def lock_unless(
+    dry_run: bool, location: Location, *, timeout: float, purpose: str
+) -> AbstractContextManager[Any]:
+    """The maintenance lock a run takes, or none for a dry run (it changes nothing)."""
+    if dry_run:
+        return contextlib.nullcontext()
+    return MaintenanceLock(location, timeout=timeout, purpose=purpose)
