@@ -80,7 +80,6 @@ is done in :mod:`.recovery` (file steps, finishing interrupted runs),
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -112,8 +111,6 @@ from .retention import (
     parse_per_state,
     parse_size,
 )
-
-logger = logging.getLogger("archiver.cleanup")
 
 #: Seconds to wait for another cleanup by default (``run_retention`` does not wait).
 DEFAULT_LOCK_TIMEOUT = 10.0
