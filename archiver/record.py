@@ -277,9 +277,23 @@ class Recorder:
         timer = ReplayTimer()
         self.clock = replay_clock = ReplayClock()
 
-        def clock() -> float:  # the replayed time; the wall clock before any timestamp
-            now = timer.now
-            return time.time() if now is None else now
+        stamped = [-math.inf]  # the latest snapshot time taken from the events
+
+        def replayed() -> float:
+            """A timer beat's time while it runs (snapshots at their own beat), else the
+            replay clock (e.g. for an early snapshot: the state is full of changes); the
+            wall clock before any event time."""
+            now, latest = timer.now, replay_clock.estimate()
+            if latest is None:
+                return time.time() if now is None else now
+            return now if now is not None and (timer.running or now > latest) else latest
+
+        def clock() -> float:
+            """The snapshot time: ``replayed()``, never before an earlier snapshot's."""
+            if timer.now is None and replay_clock.estimate() is None:
+                return time.time()
+            stamped[0] = max(replayed(), stamped[0] + 1e-6)  # a later snapshot sorts later
+            return stamped[0]
 
         self.camera = camera = self._make_camera(timer, clock, None)
         if camera.maxrate is not None:  # rate-limit snapshots on the replayed clock too
@@ -292,7 +306,7 @@ class Recorder:
         if sink is not None and hasattr(sink, "clock"):
             # Buffered rows are written every ``flush_interval`` of event time too: the
             # files a live run would have written, and memory bounded the same way.
-            sink.clock = clock
+            sink.clock = replayed
         camera.install()
         state = self.state
         state_event, advance, offer = state.event, timer.advance, replay_clock.offer
@@ -301,9 +315,9 @@ class Recorder:
         # Stop, duration and progress are checked every CHECK_EVERY events at full
         # speed (cheap), before every event when sleeping between them.
         check_every = 1 if speed > 0 else CHECK_EVERY
-        max_jump = replay_clock.max_jump
+        step, seen = replay_clock.step, replay_clock.seen
         now = hi = -math.inf  # the clock, and the furthest it may move without a check
-        fast = speed == 0  # the fast path is off while sleeping and while a jump is pending
+        fast = speed == 0  # the fast path is off while sleeping between events
         due = -math.inf  # when the timer next has something to run
         wall_start = monotonic()
         count = self.events
@@ -341,13 +355,15 @@ class Recorder:
                     except Exception as exc:
                         self._event_error(event, exc)
                         continue
-                    if ts > now and state.rejected_events == rejected:
-                        now = replay_clock.now = ts
-                        hi = ts + max_jump
+                    if state.rejected_events == rejected:
+                        seen(ts)
+                        if ts > now:
+                            now = replay_clock.now = ts
+                            hi = ts + step
                 else:  # the clock may start, jump or run the timer: only for a good event
                     moved = offer(ts) if event_problem(event) is None else None
                     if moved is not None:
-                        now, hi = moved, moved + max_jump
+                        now, hi = moved, moved + step
                         if speed > 0 and not stopped:
                             self.events = count - 1
                             start = replay_clock.start
@@ -357,7 +373,6 @@ class Recorder:
                                 advance(replay_clock.start)
                             advance(moved)
                             due = timer.next_due
-                    fast = speed == 0 and replay_clock.pending is None
                     self._apply(event)
         finally:
             self.events = count
