@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
-from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS
+from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS, in_partition_range
 from .storage import Location, resolve
 
 REPLACES_KEY = b"archiver.replaces"
@@ -43,10 +43,10 @@ QUARANTINE = "_quarantine"
 #: :class:`~archiver.errors.DamagedFileError` naming it), or a callable
 #: ``handler(path, reason)`` (maintenance and ``check`` collect them so).
 OnBadFile = Literal["warn", "raise"] | Callable[[str, str], None]
-#: Years a partition may have: the span of pandas' timestamps (``Timestamp.min/max``).
-MIN_YEAR, MAX_YEAR = 1678, 2261
-_DATE = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
-_HOUR = re.compile(r"hour=(\d{1,2})")
+#: Partition folder names: ASCII digits only (``int()`` also takes other scripts' digits).
+_DATE = re.compile(r"date=([0-9]{4})-([0-9]{2})-([0-9]{2})", re.ASCII)
+_HOUR = re.compile(r"hour=([0-9]{1,2})", re.ASCII)
+_EPOCH = date(1970, 1, 1)
 #: Reads verify Parquet page checksums where the writer stored them.
 PARQUET = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True)
@@ -75,16 +75,16 @@ def is_hidden(name: str) -> bool:
 
 
 def parse_date(name: str) -> str | None:
-    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date."""
+    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date
+    in :func:`~archiver.schema.in_partition_range` (1970-01-01 .. 2261-12-31)."""
     match = _DATE.fullmatch(name)
     if match is None:
         return None
-    year, month, day = map(int, match.groups())
-    if not MIN_YEAR <= year <= MAX_YEAR:
-        return None
     try:
-        date(year, month, day)
+        day = date(*map(int, match.groups()))
     except ValueError:
+        return None
+    if not in_partition_range((day - _EPOCH).days * 24 * HOUR_US):
         return None
     return name[5:]
 
@@ -385,7 +385,7 @@ class Archive:
                 continue
             date_ = parse_date(day.base_name)
             if day.type != pafs.FileType.Directory or date_ is None:
-                layout = f"date=YYYY-MM-DD, {MIN_YEAR}-{MAX_YEAR}"
+                layout = "date=YYYY-MM-DD, 1970-2261"
                 self.damaged(day.path, _not_a_partition(day, layout))
                 continue
             for hour in self._listing(day.path):

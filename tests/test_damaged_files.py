@@ -9,6 +9,7 @@ maintenance must do everything else and report what it skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -30,9 +31,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import archiver
-from archiver.archive import QUARANTINE
+from archiver.archive import QUARANTINE, Partition, parse_date, parse_hour
 from archiver.cli import cli
 from archiver.errors import ArchiverError, DamagedArchiveWarning, DamagedFileError
+from archiver.schema import END_PARTITION_US, FIRST_PARTITION_US, HOUR_US
+from archiver.sink import partition_path
 
 from .test_cleanup import build_archive
 
@@ -199,13 +202,51 @@ def bad_hour(path: Path) -> Path:
     return bad
 
 
+def unicode_hour(path: Path) -> Path:
+    """``hour=٣`` (Arabic-Indic 3): ``int()`` reads it, the hive partitioning cannot."""
+    day = first_file(path).parent.parent
+    bad = day / "hour=\u0663"
+    bad.mkdir()
+    shutil.copy(first_file(path), bad / "part-x.parquet")
+    return bad
+
+
+def unicode_date(path: Path) -> Path:
+    digits = str.maketrans(
+        "0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"
+    )
+    bad = path / "tasks" / "date=2026-11-25".translate(digits) / "hour=3"
+    bad.mkdir(parents=True)
+    shutil.copy(first_file(path), bad / "part-x.parquet")
+    return bad.parent
+
+
+def year_2300(path: Path) -> Path:
+    """A day the sink never writes: past 2261, beyond pandas' nanosecond timestamps."""
+    bad = path / "tasks" / "date=2300-01-01" / "hour=0"
+    bad.mkdir(parents=True)
+    shutil.copy(first_file(path), bad / "part-x.parquet")
+    return bad.parent
+
+
 def file_for_folder(path: Path) -> Path:
     bad = path / "tasks" / "date=2026-11-20"
     shutil.copy(first_file(path), bad)
     return bad
 
 
-FOLDER_DAMAGE = {f.__name__: f for f in (ancient_date, impossible_date, bad_hour, file_for_folder)}
+FOLDER_DAMAGE = {
+    f.__name__: f
+    for f in (
+        ancient_date,
+        impossible_date,
+        bad_hour,
+        unicode_hour,
+        unicode_date,
+        year_2300,
+        file_for_folder,
+    )
+}
 ALL_DAMAGE = {**FILE_DAMAGE, **FOLDER_DAMAGE}
 
 
@@ -275,6 +316,23 @@ def test_a_damaged_compacted_file_replaces_nothing(path, reference):
     target.write_bytes(target.read_bytes()[:100])
     with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {target}")):
         pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(hour=st.integers(FIRST_PARTITION_US // HOUR_US, END_PARTITION_US // HOUR_US - 1))
+def test_readers_accept_every_partition_the_sink_writes(hour):
+    """One range for both: a folder the sink makes is never "not a partition folder"."""
+    day, hour_name = partition_path(hour).split("/")
+    assert (parse_date(day), parse_hour(hour_name)) == (day[5:], int(hour_name[5:]))
+    assert Partition("tasks", day[5:], int(hour_name[5:]), "").start_us == hour * HOUR_US
+
+
+def test_partitions_outside_the_range_are_written_by_no_one():
+    for hour in (FIRST_PARTITION_US // HOUR_US - 1, END_PARTITION_US // HOUR_US):
+        with pytest.raises(ValueError, match="outside the years"):
+            partition_path(hour)
+    assert parse_date("date=1969-12-31") is None and parse_date("date=2262-01-01") is None
+    assert parse_date("date=2261-12-31") == "2261-12-31"
 
 
 # -- archiver info and archiver query ---------------------------------------------------
@@ -378,7 +436,8 @@ def test_check_reports_and_quarantines(path, reference, damage):
     assert not bad.exists() and moved.exists()
     if content is not None:
         assert moved.read_bytes() == content
-    assert f'"moved_to": "{QUARANTINE}/{relative}"' in quarantined.stdout
+    moved_to = [p["moved_to"] for p in json.loads(quarantined.stdout)["problems"]]
+    assert moved_to == [f"{QUARANTINE}/{relative}"]
     # now clean: no warning, every good row, and the quarantine is not a table
     clean = invoke("check", "--archive", path)
     assert clean.exit_code == 0 and "no problems" in clean.output, clean.output
@@ -455,7 +514,9 @@ def test_a_failed_write_is_a_one_line_error_and_loses_nothing(path, reference, c
 # -- fuzzing ----------------------------------------------------------------------------
 NAME = st.one_of(
     st.text(alphabet="date=hour-0123456789x_.", min_size=1, max_size=16),
-    st.sampled_from(["date=2026-11-22", "hour=15", "hour=16", "hour=99", "hour=x", "_x", ".y"]),
+    st.sampled_from(
+        ["date=2026-11-22", "hour=15", "hour=16", "hour=99", "hour=x", "_x", ".y", "hour=\u0663"]
+    ),
     st.builds(
         "date={}-{:02d}-{:02d}".format,
         st.integers(0, 99999),

@@ -20,6 +20,7 @@ from ..archive import (
     all_facts,
     is_hidden,
     live_compacted,
+    parse_date,
     visible_names,
 )
 from ..sink import TMP_PREFIX, TMP_SUFFIX
@@ -150,7 +151,7 @@ def remove_set_aside(location: Location, table: str) -> int:
     except FileNotFoundError:
         return 0
     for day in days:
-        if day.type != pafs.FileType.Directory or not day.base_name.startswith("date="):
+        if day.type != pafs.FileType.Directory or parse_date(day.base_name) is None:
             continue
         for entry in location.fs.get_file_info(pafs.FileSelector(day.path)):
             if entry.type == pafs.FileType.Directory and EXPIRED_MARK in entry.base_name:
