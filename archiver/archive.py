@@ -218,18 +218,29 @@ def remember(location: Location, info: pafs.FileInfo, facts: FileFacts) -> None:
 
 
 def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
-    """Min and max ``captured_at`` (µs) from the row-group statistics."""
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "captured_at" not in names:
+    """Min and max ``captured_at`` (µs) from the row-group statistics, which are in the
+    file's own unit (pandas and Spark write nanoseconds)."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    arrow = meta.schema.to_arrow_schema()
+    if "captured_at" not in names or arrow.get_field_index("captured_at") < 0:
         return None, None
+    kind = arrow.field("captured_at").type
+    if not pa.types.is_timestamp(kind):
+        return None, None
+    scale = {"s": 10**6, "ms": 1000, "us": 1, "ns": 1}[kind.unit]
+    divide = 1000 if kind.unit == "ns" else 1
     col = names.index("captured_at")
     lo = hi = None
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(col).statistics
         if stats is None or not stats.has_min_max:
             continue
-        lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
-        hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+        low, high = stats.min_raw, stats.max_raw
+        if not (isinstance(low, int) and isinstance(high, int)):  # INT96: no usable order
+            continue
+        low, high = low * scale // divide, high * scale // divide
+        lo = low if lo is None else min(lo, low)
+        hi = high if hi is None else max(hi, high)
     return lo, hi
 
 
