@@ -244,6 +244,19 @@ def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
     return lo, hi
 
 
+def read_fully(fs: pafs.FileSystem, path: str) -> int:
+    """Rows of ``path``, after decoding every page (checksums verified where present);
+    raises (OSError, ArrowException, ValueError) if any part is damaged."""
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+        rows = 0
+        for i in range(parquet.num_row_groups):  # one row group at a time: bounded memory
+            rows += parquet.read_row_group(i).num_rows
+        if rows != parquet.metadata.num_rows:
+            raise ValueError(f"{rows} rows read, the footer says {parquet.metadata.num_rows}")
+        return rows
+
+
 def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
     """Remember that reading ``path`` failed with ``exc`` (later listings skip it); the reason."""
     reason = one_line(exc)
@@ -251,8 +264,9 @@ def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
         info = location.fs.get_file_info(path)
     except OSError:
         return reason
-    if info.type == pafs.FileType.File:
-        remember(location, info, FileFacts(problem=reason))
+    if info.type == pafs.FileType.File:  # (a merged file's footer still says what it merged)
+        known = _FACTS.get(_key(location, info))
+        remember(location, info, FileFacts(problem=reason, compact=known and known.compact))
     return reason
 
 
@@ -576,7 +590,7 @@ class Archive:
                 except (pa.ArrowException, OSError) as exc:
                     if _is_missing_file(exc) or not _filter_works(dataset, columns, filter):
                         raise
-                result = arch._read_each(table, paths, columns, filter)
+                result = arch._read_each(table, paths, partitions, columns, filter)
                 return result if limit is None else result.slice(0, limit)
             except (FileNotFoundError, OSError) as exc:
                 if attempt == READ_RETRIES - 1 or not _is_missing_file(exc):
@@ -586,17 +600,37 @@ class Archive:
         raise AssertionError("unreachable")
 
     def _read_each(
-        self, table: str, paths: list[str], columns: list[str] | None, filter: Any
+        self,
+        table: str,
+        paths: list[str],
+        partitions: list[Partition] | None,
+        columns: list[str] | None,
+        filter: Any,
     ) -> pa.Table:
-        """Read file by file, reporting and skipping the ones that fail."""
-        pieces = []
-        for path in paths:
-            try:
-                pieces.append(self._dataset(table, [path]).to_table(columns=columns, filter=filter))
-            except (pa.ArrowException, OSError) as exc:
-                if _is_missing_file(exc):
-                    raise
-                self.mark_bad(path, exc)
+        """Read file by file, reporting and skipping the ones that fail.
+
+        A compacted file that fails replaces nothing: the files are listed again (its
+        inputs are visible now, its group's other files not) and read instead.
+        """
+        done: dict[str, pa.Table] = {}
+        while True:
+            merged_failed = False
+            for path in paths:
+                if path in done:
+                    continue
+                try:
+                    done[path] = self._dataset(table, [path]).to_table(
+                        columns=columns, filter=filter
+                    )
+                except (pa.ArrowException, OSError) as exc:
+                    if _is_missing_file(exc):
+                        raise
+                    self.mark_bad(path, exc)  # remembered: the next listing skips it
+                    merged_failed |= COMPACT_MARK in path.rsplit("/", 1)[-1]
+            if not merged_failed:
+                break
+            paths = self.files(table, partitions)
+        pieces = [done[p] for p in paths if p in done]
         if pieces:
             return pa.concat_tables(pieces)
         return self._dataset(table, []).to_table(columns=columns, filter=filter)

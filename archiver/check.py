@@ -18,9 +18,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from .archive import QUARANTINE, Archive, _is_missing_file, is_hidden, mark_damaged
+from .archive import (
+    QUARANTINE,
+    Archive,
+    _is_missing_file,
+    is_hidden,
+    mark_damaged,
+    read_fully,
+)
 from .errors import ArchiverError, NoArchiveError
 from .lock import MaintenanceLock
 from .query import _no_archive
@@ -70,15 +76,8 @@ class CheckReport:
 
 
 def _read_fully(archive: Archive, path: str) -> int:
-    """Rows of ``path``, after decoding every page (checksums verified where present)."""
-    with archive.fs.open_input_file(path) as f:
-        parquet = pq.ParquetFile(f, page_checksum_verification=True)
-        rows = 0
-        for i in range(parquet.num_row_groups):  # one row group at a time: bounded memory
-            rows += parquet.read_row_group(i).num_rows
-        if rows != parquet.metadata.num_rows:
-            raise ValueError(f"{rows} rows read, the footer says {parquet.metadata.num_rows}")
-        return rows
+    """Rows of ``path``, after decoding every page (see :func:`archiver.archive.read_fully`)."""
+    return read_fully(archive.fs, path)
 
 
 def check(archive: Archive, *, quarantine: bool = False, lock_timeout: float = 10.0) -> CheckReport:

@@ -335,6 +335,74 @@ def test_partitions_outside_the_range_are_written_by_no_one():
     assert parse_date("date=2261-12-31") == "2261-12-31"
 
 
+def _flip_a_page_bit(target: Path) -> None:
+    """Flip one bit inside a data page of ``target``, in place: the footer still reads."""
+    meta = pq.read_metadata(target)
+    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+    col = meta.row_group(0).column(names.index("uuid"))
+    data = bytearray(target.read_bytes())
+    data[col.data_page_offset + col.total_compressed_size - 8] ^= 0x10
+    target.write_bytes(bytes(data))
+
+
+def _merged_next_to_its_inputs(path: Path) -> tuple[Path, dict[Path, bytes]]:
+    """The state after a kill -9 between a compaction's rename and its deletes, with one
+    bit of the merged tasks file flipped; the merged file and the inputs' bytes."""
+    inputs = {p: p.read_bytes() for p in parquet_files(path)}
+    archiver.Archive(path).compact()
+    for p, data in inputs.items():
+        p.write_bytes(data)
+    merged = next(p for p in parquet_files(path) if "-compact-" in p.name)
+    replaced = pq.read_metadata(merged).metadata[b"archiver.replaces"]
+    inputs = {p: d for p, d in inputs.items() if p.parent == merged.parent}
+    assert inputs and all(p.name.encode() in replaced for p in inputs)
+    _flip_a_page_bit(merged)
+    return merged, inputs
+
+
+def test_a_merged_file_with_a_damaged_page_hides_none_of_its_inputs(path, reference):
+    merged, _ = _merged_next_to_its_inputs(path)
+    with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {merged}: ")):
+        pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
+    with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {merged}: ")):
+        got = archiver.Archive(path).load("tasks", columns=["uuid"], limit=10**6)
+    assert len(got) == len(reference["tasks"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DamagedArchiveWarning)
+        latest = archiver.Archive(path).latest("tasks")
+    assert sorted(latest["uuid"]) == sorted(set(reference["tasks"]["uuid"]))
+
+
+@pytest.mark.parametrize("read_first", [False, True])
+def test_recovery_never_deletes_the_inputs_of_a_damaged_merged_file(path, reference, read_first):
+    """The next compaction verifies every page of a merged file before deleting its
+    inputs: a damaged one is removed instead, and its inputs are compacted again."""
+    merged, _ = _merged_next_to_its_inputs(path)
+    if read_first:  # a reader in this process already found the damage
+        with pytest.warns(DamagedArchiveWarning):
+            rows(archiver.Archive(path))
+    result = invoke("compact", "--archive", path)
+    assert result.exit_code == 0, result.output
+    assert_no_traceback(result)
+    assert f"Skipped {merged}: " in result.stdout
+    assert "a merged file: removed, its inputs kept" in result.stdout
+    assert not merged.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
+        assert archiver.Archive(path).check().ok
+
+
+def test_a_damaged_merged_file_whose_inputs_are_partly_gone_is_kept(path, reference):
+    merged, inputs = _merged_next_to_its_inputs(path)
+    gone = sorted(inputs)[0]
+    gone.unlink()  # killed while deleting the inputs
+    content = merged.read_bytes()
+    report = archiver.Archive(path).compact()
+    assert str(merged) in dict(report.skipped)
+    assert merged.read_bytes() == content  # the only copy of the deleted input's rows
+
+
 # -- archiver info and archiver query ---------------------------------------------------
 @pytest.mark.parametrize("damage", sorted(set(ALL_DAMAGE) - {"bit_flip"}))
 def test_info_counts_the_good_rows_and_warns(path, reference, damage):
