@@ -28,7 +28,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
-from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS
+from .schema import HOUR_US, PARTITION_SCHEMA, SCHEMAS, in_partition_range
 from .storage import Location, resolve
 
 REPLACES_KEY = b"archiver.replaces"
@@ -43,10 +43,10 @@ QUARANTINE = "_quarantine"
 #: :class:`~archiver.errors.DamagedFileError` naming it), or a callable
 #: ``handler(path, reason)`` (maintenance and ``check`` collect them so).
 OnBadFile = Literal["warn", "raise"] | Callable[[str, str], None]
-#: Years a partition may have: the span of pandas' timestamps (``Timestamp.min/max``).
-MIN_YEAR, MAX_YEAR = 1678, 2261
-_DATE = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
-_HOUR = re.compile(r"hour=(\d{1,2})")
+#: Partition folder names: ASCII digits only (``int()`` also takes other scripts' digits).
+_DATE = re.compile(r"date=([0-9]{4})-([0-9]{2})-([0-9]{2})", re.ASCII)
+_HOUR = re.compile(r"hour=([0-9]{1,2})", re.ASCII)
+_EPOCH = date(1970, 1, 1)
 #: Reads verify Parquet page checksums where the writer stored them.
 PARQUET = ds.ParquetFileFormat(
     default_fragment_scan_options=ds.ParquetFragmentScanOptions(page_checksum_verification=True)
@@ -75,16 +75,16 @@ def is_hidden(name: str) -> bool:
 
 
 def parse_date(name: str) -> str | None:
-    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date."""
+    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date
+    in :func:`~archiver.schema.in_partition_range` (1970-01-01 .. 2261-12-31)."""
     match = _DATE.fullmatch(name)
     if match is None:
         return None
-    year, month, day = map(int, match.groups())
-    if not MIN_YEAR <= year <= MAX_YEAR:
-        return None
     try:
-        date(year, month, day)
+        day = date(*map(int, match.groups()))
     except ValueError:
+        return None
+    if not in_partition_range((day - _EPOCH).days * 24 * HOUR_US):
         return None
     return name[5:]
 
@@ -218,19 +218,43 @@ def remember(location: Location, info: pafs.FileInfo, facts: FileFacts) -> None:
 
 
 def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
-    """Min and max ``captured_at`` (µs) from the row-group statistics."""
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "captured_at" not in names:
+    """Min and max ``captured_at`` (µs) from the row-group statistics, which are in the
+    file's own unit (pandas and Spark write nanoseconds)."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    arrow = meta.schema.to_arrow_schema()
+    if "captured_at" not in names or arrow.get_field_index("captured_at") < 0:
         return None, None
+    kind = arrow.field("captured_at").type
+    if not pa.types.is_timestamp(kind):
+        return None, None
+    scale = {"s": 10**6, "ms": 1000, "us": 1, "ns": 1}[kind.unit]
+    divide = 1000 if kind.unit == "ns" else 1
     col = names.index("captured_at")
     lo = hi = None
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(col).statistics
         if stats is None or not stats.has_min_max:
             continue
-        lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
-        hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+        low, high = stats.min_raw, stats.max_raw
+        if not (isinstance(low, int) and isinstance(high, int)):  # INT96: no usable order
+            continue
+        low, high = low * scale // divide, high * scale // divide
+        lo = low if lo is None else min(lo, low)
+        hi = high if hi is None else max(hi, high)
     return lo, hi
+
+
+def read_fully(fs: pafs.FileSystem, path: str) -> int:
+    """Rows of ``path``, after decoding every page (checksums verified where present);
+    raises (OSError, ArrowException, ValueError) if any part is damaged."""
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+        rows = 0
+        for i in range(parquet.num_row_groups):  # one row group at a time: bounded memory
+            rows += parquet.read_row_group(i).num_rows
+        if rows != parquet.metadata.num_rows:
+            raise ValueError(f"{rows} rows read, the footer says {parquet.metadata.num_rows}")
+        return rows
 
 
 def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
@@ -240,8 +264,9 @@ def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
         info = location.fs.get_file_info(path)
     except OSError:
         return reason
-    if info.type == pafs.FileType.File:
-        remember(location, info, FileFacts(problem=reason))
+    if info.type == pafs.FileType.File:  # (a merged file's footer still says what it merged)
+        known = _FACTS.get(_key(location, info))
+        remember(location, info, FileFacts(problem=reason, compact=known and known.compact))
     return reason
 
 
@@ -385,7 +410,7 @@ class Archive:
                 continue
             date_ = parse_date(day.base_name)
             if day.type != pafs.FileType.Directory or date_ is None:
-                layout = f"date=YYYY-MM-DD, {MIN_YEAR}-{MAX_YEAR}"
+                layout = "date=YYYY-MM-DD, 1970-2261"
                 self.damaged(day.path, _not_a_partition(day, layout))
                 continue
             for hour in self._listing(day.path):
@@ -565,7 +590,7 @@ class Archive:
                 except (pa.ArrowException, OSError) as exc:
                     if _is_missing_file(exc) or not _filter_works(dataset, columns, filter):
                         raise
-                result = arch._read_each(table, paths, columns, filter)
+                result = arch._read_each(table, paths, partitions, columns, filter)
                 return result if limit is None else result.slice(0, limit)
             except (FileNotFoundError, OSError) as exc:
                 if attempt == READ_RETRIES - 1 or not _is_missing_file(exc):
@@ -575,17 +600,37 @@ class Archive:
         raise AssertionError("unreachable")
 
     def _read_each(
-        self, table: str, paths: list[str], columns: list[str] | None, filter: Any
+        self,
+        table: str,
+        paths: list[str],
+        partitions: list[Partition] | None,
+        columns: list[str] | None,
+        filter: Any,
     ) -> pa.Table:
-        """Read file by file, reporting and skipping the ones that fail."""
-        pieces = []
-        for path in paths:
-            try:
-                pieces.append(self._dataset(table, [path]).to_table(columns=columns, filter=filter))
-            except (pa.ArrowException, OSError) as exc:
-                if _is_missing_file(exc):
-                    raise
-                self.mark_bad(path, exc)
+        """Read file by file, reporting and skipping the ones that fail.
+
+        A compacted file that fails replaces nothing: the files are listed again (its
+        inputs are visible now, its group's other files not) and read instead.
+        """
+        done: dict[str, pa.Table] = {}
+        while True:
+            merged_failed = False
+            for path in paths:
+                if path in done:
+                    continue
+                try:
+                    done[path] = self._dataset(table, [path]).to_table(
+                        columns=columns, filter=filter
+                    )
+                except (pa.ArrowException, OSError) as exc:
+                    if _is_missing_file(exc):
+                        raise
+                    self.mark_bad(path, exc)  # remembered: the next listing skips it
+                    merged_failed |= COMPACT_MARK in path.rsplit("/", 1)[-1]
+            if not merged_failed:
+                break
+            paths = self.files(table, partitions)
+        pieces = [done[p] for p in paths if p in done]
         if pieces:
             return pa.concat_tables(pieces)
         return self._dataset(table, []).to_table(columns=columns, filter=filter)

@@ -29,6 +29,7 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,8 @@ from .storage import Location
 logger = logging.getLogger("archiver.cleanup")
 
 LOCK_NAME = "_archiver.lock"
+#: Lock files and pidfiles we write are this small; a bigger one is someone else's.
+MAX_LOCK_BYTES = 4096
 
 
 def lock_path(location: Location) -> str:
@@ -62,14 +65,18 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def open_lock_file(path: str, what: str = "lock file") -> int:
+def open_lock_file(
+    path: str, what: str = "lock file", ours: Callable[[bytes], bool] | None = None
+) -> int:
     """Open ``path`` read-write (created if missing) as a lock file; returns its fd.
 
     Refuses, with a one-line :class:`ArchiverError` naming the path, a symbolic
     link (dangling or not), anything but a regular file (FIFO, directory,
-    device), a file with other hard links, and a file owned by neither this user,
-    root nor the owner of its directory. Nothing is written here: the caller
-    truncates only after its ``flock`` is held, and only this fd.
+    device), a file with other hard links, a file owned by neither this user,
+    root nor the owner of its directory, and a non-empty file whose content is
+    not what we write there (``ours(content)``, default: the lock's holder record).
+    Nothing is written here: the caller truncates only after its ``flock`` is
+    held, and only this fd.
     """
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
@@ -85,6 +92,12 @@ def open_lock_file(path: str, what: str = "lock file") -> int:
         raise ArchiverError(f"cannot {verb} {what} {path}: {exc.strerror or exc}") from None
     try:
         problem = _lock_file_problem(path, os.fstat(fd))
+        if problem is None:
+            content = os.pread(fd, MAX_LOCK_BYTES + 1, 0)
+            if content.strip() and (
+                len(content) > MAX_LOCK_BYTES or not (ours or is_holder_record)(content)
+            ):
+                problem = "holds something archiver did not write: refusing to overwrite it"
         if problem:
             raise ArchiverError(f"{what} {path} {problem}")
         os.set_blocking(fd, True)
@@ -132,6 +145,12 @@ def read_lock_file(path: str, limit: int = 4096) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def is_holder_record(data: bytes) -> bool:
+    """Whether ``data`` is a lock file's holder record (JSON with a pid)."""
+    holder = _parse_holder(data)
+    return holder is not None and "pid" in holder
 
 
 def _parse_holder(data: bytes | None) -> dict[str, Any] | None:

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .schema import HOUR_US, dictionary_columns
+from .schema import HOUR_US, dictionary_columns, in_partition_range
 from .storage import Location, resolve
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,6 @@ ROW_GROUP_SIZE = 65_536
 RECENT_FILES = 1000
 #: At most one "buffer full, dropped rows" error per this many seconds.
 DROP_LOG_INTERVAL = 60.0
-#: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
-LAST_HOUR = 253_402_300_800 // 3600
 #: Write Parquet page checksums (CRC32) in every file. Only benchmarks turn it off.
 PAGE_CHECKSUMS = True
 #: The table whose rows are renamed into place last: readers can treat it as the
@@ -70,10 +68,11 @@ def partition_path(hour_bucket: int) -> str:
     """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
 
     ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
-    Outside 1970..9999 it raises ValueError (the rows stay buffered and are counted).
+    Outside :func:`~archiver.schema.in_partition_range` (1970-01-01 .. 2262-01-01) it
+    raises ValueError (the rows stay buffered and are counted).
     """
-    if not 0 <= hour_bucket < LAST_HOUR:
-        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..9999")
+    if not in_partition_range(hour_bucket * HOUR_US):
+        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..2261")
     start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
     return f"date={start:%Y-%m-%d}/hour={start.hour}"
 

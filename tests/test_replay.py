@@ -296,6 +296,7 @@ def test_read_events_truncated_gzip(tmp_path):
 # -- the replay clock: rejected events and lone outliers never move it ----------------------
 YEAR_2100 = 4_102_444_800.0  # 2100-01-01
 YEAR_702 = -40_683_000_000.0  # 702-06-15
+YEAR_2300 = 10_413_792_000.0  # 2300-01-01
 
 
 def _day(ts: float) -> str:
@@ -562,11 +563,13 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
     assert set(Archive(tmp).latest("tasks")["uuid"]) == set(state.tasks)
 
 
-def test_partition_path_refuses_years_outside_1970_to_9999():
-    from archiver.sink import LAST_HOUR, partition_path
+def test_partition_path_refuses_years_outside_1970_to_2261():
+    from archiver.schema import END_PARTITION_US, HOUR_US
+    from archiver.sink import partition_path
 
+    last = END_PARTITION_US // HOUR_US
     assert partition_path(0) == "date=1970-01-01/hour=0"
-    assert partition_path(LAST_HOUR - 1) == "date=9999-12-31/hour=23"
-    for hour in (-1, int(YEAR_702 // 3600), LAST_HOUR):
-        with pytest.raises(ValueError, match=r"outside the years 1970\.\.9999"):
+    assert partition_path(last - 1) == "date=2261-12-31/hour=23"
+    for hour in (-1, int(YEAR_702 // 3600), last, int(YEAR_2300 // 3600)):
+        with pytest.raises(ValueError, match=r"outside the years 1970\.\.2261"):
             partition_path(hour)

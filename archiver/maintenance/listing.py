@@ -11,15 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..archive import (
     COMPACT_MARK,
     CompactInfo,
     Partition,
+    _is_missing_file,
     all_facts,
     is_hidden,
     live_compacted,
+    mark_damaged,
+    parse_date,
+    read_fully,
     visible_names,
 )
 from ..sink import TMP_PREFIX, TMP_SUFFIX
@@ -92,9 +97,13 @@ def scan_partition(
             scan.files[name] = e
     entries = list(scan.files.values())
     problems: dict[str, str] = {}
+    broken: dict[str, str] = {}  # merged files whose footer reads and a page does not
     for e, facts in zip(entries, all_facts(location, entries, partition.table)):
         if facts is None:  # vanished
             del scan.files[e.base_name]
+        elif facts.problem is not None and facts.compact is not None:
+            scan.infos[e.base_name] = facts.compact
+            broken[e.base_name] = facts.problem
         elif facts.problem is not None:
             problems[e.base_name] = facts.problem
             if COMPACT_MARK in e.base_name:  # a damaged compacted file replaces nothing
@@ -103,10 +112,24 @@ def scan_partition(
             scan.infos[e.base_name] = facts.compact
         else:
             scan.rows[e.base_name] = facts.rows
+    broken.update(_damaged_commits(location, scan, broken))
+    # A damaged merged file replaces nothing. With all its inputs there (they hold its
+    # rows) its group is garbage, deleted; else it is kept as a damaged file.
+    infos = {name: (scan.files.pop(name), scan.infos[name]) for name in broken}
+    for name, (info, compact) in infos.items():
+        if compact.replaces and compact.replaces <= set(scan.files):
+            if damaged is not None:
+                damaged(info.path, f"{broken[name]} (a merged file: removed, its inputs kept)")
+        else:
+            problems[name] = broken[name]
+            del scan.infos[name]
     present = set(scan.files)
     live = live_compacted(present, scan.infos)
     visible = visible_names(present, scan.infos)
-    scan.garbage = sorted(n for n in scan.infos if n not in live)
+    # (only a group whose inputs are all there is garbage: its rows are in them)
+    scan.garbage = sorted(
+        n for n in scan.infos if n not in live and scan.infos[n].replaces <= present
+    )
     scan.replaced = sorted(n for n in present - visible if n in live or n not in scan.infos)
     scan.tombstones = sorted(
         n for n in live & visible if scan.infos[n].rows == 0 and scan.infos[n].group == {n}
@@ -122,6 +145,25 @@ def scan_partition(
         (scan.files[n] for n in visible if n not in bad), key=lambda i: i.base_name
     )
     return scan
+
+
+def _damaged_commits(
+    location: Location, scan: PartitionScan, known: dict[str, str]
+) -> dict[str, str]:
+    """The live compacted files (not ``known`` damaged) whose inputs are still there,
+    to be deleted, that fail a full read verifying every page; and why."""
+    present = set(scan.files)
+    found: dict[str, str] = {}
+    for name in sorted(live_compacted(present, scan.infos)):
+        if name in known or not scan.infos[name].replaces & present:
+            continue
+        path = scan.files[name].path
+        try:
+            read_fully(location.fs, path)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            if not _is_missing_file(exc):
+                found[name] = mark_damaged(location, path, exc)
+    return found
 
 
 def delete_file(location: Location, path: str) -> None:
@@ -150,7 +192,7 @@ def remove_set_aside(location: Location, table: str) -> int:
     except FileNotFoundError:
         return 0
     for day in days:
-        if day.type != pafs.FileType.Directory or not day.base_name.startswith("date="):
+        if day.type != pafs.FileType.Directory or parse_date(day.base_name) is None:
             continue
         for entry in location.fs.get_file_info(pafs.FileSelector(day.path)):
             if entry.type == pafs.FileType.Directory and EXPIRED_MARK in entry.base_name:
