@@ -13,6 +13,7 @@ drawing ``matplotlib`` (``pip install 'archiver[report]'``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import io
@@ -307,20 +308,32 @@ def gather(
     states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
     states = states.set_index("state")["n"].sort_values(ascending=False, kind="stable")
 
-    pcts = ", ".join(
-        f"quantile_cont({m}, {p}) AS {m}_{_pct(p)}" for m in LATENCIES for p in percentiles
-    )
+    def quantiles(sql: str, metrics: Sequence[str]) -> str:
+        """``sql`` (``{q}``: where the aggregates go) plus the ``percentiles`` of ``metrics``
+        as columns ``<metric>_p50``...: one list quantile (one sort) per metric."""
+        qs = "[" + ", ".join(map(repr, percentiles)) + "]"
+        inner = ", ".join(f"quantile_cont({m}, {qs}) AS {m}_q" for m in metrics)
+        outer = ", ".join(
+            f"{m}_q[{i}] AS {m}_{_pct(p)}" for m in metrics for i, p in enumerate(percentiles, 1)
+        )
+        hidden = ", ".join(f"{m}_q" for m in metrics)
+        return f"SELECT * EXCLUDE ({hidden}), {outer} FROM ({sql.format(q=inner)})"
+
     counts = """count(*) AS tasks,
         count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
         count(*) FILTER (WHERE state = 'FAILURE') AS failed,
         count(*) FILTER (WHERE was_retried) AS retried,
         count(*) FILTER (WHERE state = 'REVOKED') AS revoked"""
-    by_name = q(f"SELECT grp AS name, {counts}, {pcts} FROM g GROUP BY grp").set_index("name")
+    by_name = q(
+        quantiles(f"SELECT grp AS name, {counts}, {{q}} FROM g GROUP BY grp", list(LATENCIES))
+    ).set_index("name")
     by_name = by_name.reindex(order)
     per_name = q(
-        f"""SELECT coalesce(name, '(none)') AS name, {counts},
-        {", ".join(f"quantile_cont(runtime, {p}) AS runtime_{_pct(p)}" for p in percentiles)}
-        FROM g GROUP BY 1 ORDER BY tasks DESC, name"""
+        quantiles(
+            f"SELECT coalesce(name, '(none)') AS name, {counts}, {{q}} FROM g GROUP BY 1",
+            ["runtime"],
+        )
+        + " ORDER BY tasks DESC, name"
     ).set_index("name")
 
     def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -367,9 +380,12 @@ def gather(
     )
     trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in percentiles]
     trend = q(
-        f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
-        {pcts} FROM g WHERE coalesce(finished, started, received) IS NOT NULL
-        GROUP BY 1 ORDER BY 1""",
+        quantiles(
+            f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
+            {{q}} FROM g WHERE coalesce(finished, started, received) IS NOT NULL GROUP BY 1""",
+            list(LATENCIES),
+        )
+        + " ORDER BY bucket",
         step=step,
     )
     trend.index = _ts(trend.pop("bucket"))
@@ -1133,6 +1149,57 @@ def svg(fig: Figure, prefix: str) -> str:
     return text.replace("<svg", '<svg role="img"', 1)
 
 
+def render_charts(data: ReportData, jobs: int = 2) -> list[str]:
+    """Every chart of :data:`SECTIONS` as inline SVG, drawn by ``jobs`` processes (at most 2).
+
+    Drawing is the report's slowest step and matplotlib holds the GIL, so a forked child
+    (it shares ``data`` with no copy) draws charts while this process draws the others,
+    taking them from a shared counter. Without ``fork``, or if the child fails, this
+    process draws them all.
+    """
+    import multiprocessing
+
+    charts = [chart for _, group in SECTIONS for chart in group]
+    out: dict[int, str] = {}
+
+    def draw(i: int) -> str:
+        return svg(charts[i](data), f"c{i + 1}")
+
+    if jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [draw(i) for i in range(len(charts))]
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("i", 0)
+    receiver, sender = ctx.Pipe(duplex=False)
+
+    def take() -> int:
+        with counter.get_lock():
+            counter.value += 1
+            return counter.value - 1
+
+    def child() -> None:
+        done = {}
+        try:
+            while (i := take()) < len(charts):
+                done[i] = draw(i)
+        finally:  # what it drew, even if it failed (the rest is drawn again below)
+            sender.send(done)
+
+    with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads (Arrow's pool)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        proc = ctx.Process(target=child, daemon=True)
+        proc.start()
+    sender.close()
+    try:
+        while (i := take()) < len(charts):
+            out[i] = draw(i)
+        with contextlib.suppress(EOFError):  # EOF: the child died
+            out.update(receiver.recv())
+    finally:
+        receiver.close()
+        proc.join()
+    return [out[i] if i in out else draw(i) for i in range(len(charts))]
+
+
 # -- HTML ---------------------------------------------------------------------------------
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;
@@ -1240,8 +1307,10 @@ def _exceptions_html(data: ReportData) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def render_html(data: ReportData, *, title: str | None = None) -> str:
-    """The report page: summary, charts (inline SVG), tables. No script, no external URL."""
+def render_html(data: ReportData, *, title: str | None = None, jobs: int = 2) -> str:
+    """The report page: summary, charts (inline SVG), tables. No script, no external URL.
+
+    ``jobs``: processes drawing the charts (:func:`render_charts`)."""
     title = title or "Celery cluster report"
     parts = [
         "<!DOCTYPE html>",
@@ -1255,14 +1324,11 @@ def render_html(data: ReportData, *, title: str | None = None) -> str:
         "<h2>Summary</h2>",
         _summary(data),
     ]
-    n = 0
+    drawn = iter(render_charts(data, jobs))
     for heading, charts in SECTIONS:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         for chart in charts:
-            n += 1
-            parts.append(
-                f'<figure class="chart" id="{chart.__name__}">{svg(chart(data), f"c{n}")}</figure>'
-            )
+            parts.append(f'<figure class="chart" id="{chart.__name__}">{next(drawn)}</figure>')
         if heading == "Latency":
             columns = [c for c in data.by_name.columns if c != "revoked"]
             parts.append("<h3>Per task name (seconds)</h3>" + table_html(data.by_name[columns]))
