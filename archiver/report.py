@@ -609,6 +609,7 @@ STYLE = {
     "axes.titlesize": 11,
     "axes.titleweight": "bold",
     "axes.titlelocation": "left",
+    "axes.titley": 1.0,  # a fixed place: placing it around the ticks measures all of them
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -896,12 +897,9 @@ def chart_latency(data: ReportData) -> Figure:
         positive = values.to_numpy()[values.to_numpy() > 0]
         log = len(positive) and positive.max() / positive.min() > 100
         for i, column in enumerate(columns):
-            ax.barh(
-                y + i * bar,
-                values[column].fillna(0) * factor,
-                height=bar,
-                label=column.split("_")[-1],
-            )
+            widths = values[column].fillna(0).to_numpy() * factor
+            ax.add_patch(_boxes(0, widths, y + (i - 0.5) * bar, bar, f"C{i}", pcts[i]))
+        ax.set_xlim(0, np.nanmax(values.to_numpy()) * factor * 1.05)
         if log:  # one slow name must not flatten the others' bars
             ax.set_xscale("log", nonpositive="clip")
             ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -909,7 +907,7 @@ def chart_latency(data: ReportData) -> Figure:
             ax.set_xlim(left=positive.min() * factor / 2)
         ax.set_yticks(y + bar * (len(columns) - 1) / 2)
         ax.set_yticklabels(names if ax is axes[0] else [])
-        ax.invert_yaxis()
+        ax.set_ylim(len(frame) - 0.1 - bar / 2, -0.1 - bar / 2)  # first name on top
         ax.set_xlabel(f"{unit} (log scale)" if log else unit)
         ax.grid(axis="y", visible=False)
     _shared_legend(axes)
@@ -1017,7 +1015,8 @@ def chart_workers(data: ReportData) -> Figure:
             if len(part):
                 start = mdates.date2num(_naive(part["since"]))
                 width = (part["until"] - part["since"]).dt.total_seconds().to_numpy() / 86400
-                ax.add_patch(_boxes(start, np.maximum(width, 1e-7), i - 0.3, 0.6, color))
+                # add_artist: add_patch would walk the path's segments for the data limits
+                ax.add_artist(_boxes(start, np.maximum(width, 1e-7), i - 0.3, 0.6, color))
         if shown.get(host, False):  # one path of short vertical strokes per worker
             at = mdates.date2num(_naive(beats.loc[beats["hostname"] == host, "at"]))
             xs = np.column_stack([at, at, np.full(len(at), np.nan)]).ravel()
@@ -1036,19 +1035,20 @@ def chart_workers(data: ReportData) -> Figure:
     return fig
 
 
-def _boxes(x: np.ndarray, width: np.ndarray, y: float, height: float, color: str):
-    """Rectangles ``[x, x + width] x [y, y + height]`` as one patch (one SVG path, not n)."""
+def _boxes(x: Any, width: Any, y: Any, height: float, color: str, label: str | None = None):
+    """Rectangles ``[x, x + width] x [y, y + height]`` as one patch: one SVG path, not one
+    element per bar (bars are the slowest artists to draw)."""
     from matplotlib.patches import PathPatch
     from matplotlib.path import Path as MplPath
 
-    x0, x1 = x, x + width
-    y0, y1 = np.full(len(x), y), np.full(len(x), y + height)
+    x0, width, y0 = np.broadcast_arrays(*(np.asarray(v, dtype="float64") for v in (x, width, y)))
+    x1, y1 = x0 + width, y0 + height
     vertices = np.stack([x0, y0, x1, y0, x1, y1, x0, y1, x0, y0], axis=1).reshape(-1, 2)
     codes = np.tile(
         [MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO, MplPath.CLOSEPOLY],
-        len(x),
+        len(x0),
     )
-    return PathPatch(MplPath(vertices, codes), facecolor=color, linewidth=0)
+    return PathPatch(MplPath(vertices, codes), facecolor=color, linewidth=0, label=label)
 
 
 @_styled
