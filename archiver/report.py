@@ -21,7 +21,6 @@ import os
 import re
 import sys
 import types
-import unicodedata
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -627,25 +626,27 @@ def _label(text: Any, width: int = 40) -> str:
     return " " + text if text.startswith("_") else text
 
 
-#: Average width of a character of the charts' sans-serif font, in ems (for the margins;
-#: East Asian wide characters count twice).
-CHAR_EM = 0.58
 #: Height of one legend row at 8 pt, in inches.
 LEGEND_ROW = 0.19
 
 
 def _text_width(labels: Sequence[Any], size: float = 9) -> float:
-    """About the width (inches) of the longest of ``labels`` at ``size`` points.
+    """Width (inches) of the longest of ``labels`` at ``size`` points, in the charts' font.
 
-    An estimate from the length: measuring the text needs a layout pass, which cost half
-    of the drawing time (constrained layout draws every figure twice).
+    Each chart sizes its margins from its labels with this: a layout engine measures
+    every artist, and draws every figure twice, which cost half of the drawing time.
     """
-    longest = max((_chars(str(label)) for label in labels), default=0)
-    return longest * size * CHAR_EM / 72
+    return max((_text_points(str(label), size) for label in labels), default=0) * 1.05 / 72
 
 
-def _chars(text: str) -> int:
-    return len(text) + sum(unicodedata.east_asian_width(c) in "WF" for c in text)
+@functools.lru_cache(maxsize=4096)
+def _text_points(text: str, size: float) -> float:
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")  # drawn as a box
+        return text_to_path.get_text_width_height_descent(text, FontProperties(size=size), False)[0]
 
 
 def _legend_cols(n: int, height: float) -> int:
@@ -680,10 +681,15 @@ def _figure(
     x, axes = left, []
     for i, ratio in enumerate(ratios):
         w = free * ratio / sum(ratios)
-        box = (x / width, bottom / height, w / width, (height - top - bottom) / height)
-        axes.append(fig.add_axes(box))
+        axes.append(_axes(fig, x, bottom, w, height - top - bottom))
         x += w + (gaps[i] if i < len(gaps) else 0)
     return fig, (axes[0] if len(axes) == 1 else axes)
+
+
+def _axes(fig, left: float, bottom: float, width: float, height: float):
+    """New axes in ``fig`` at this place, in inches from its lower left corner."""
+    w, h = fig.get_size_inches()
+    return fig.add_axes((left / w, bottom / h, width / w, height / h))
 
 
 def _plot_height(height: float, top: float = 0.45, bottom: float = 0.6) -> float:
@@ -946,18 +952,19 @@ def chart_latency_trend(data: ReportData) -> Figure:
 
 @_styled
 def chart_failures(data: ReportData) -> Figure:
-    """Failures per interval and task name (left), per worker (right)."""
+    """Failures per interval and task name (top), per worker (below)."""
     frame = _nonzero(data.failures)
     workers = data.failures_by_worker.head(data.top)
-    legend = _legend_width([_label(c) for c in frame.columns], _plot_height(3.2))
-    fig, (left, right) = _figure(
-        gaps=(legend + _text_width([_label(w, 24) for w in workers.index]) + 0.2,),
-        ratios=(3, 1),
-    )
-    left.set_title(f"Failures per {data.freq}, by task name")
-    _stacked(left, frame, data, "failures", f"failures / {data.freq}")
-    right.set_title("Failures per worker")
-    _hbars(right, workers, "failures", "failed tasks")
+    upper, lower = 3.2, max(1.6, 1.0 + 0.3 * len(workers))
+    fig = _plt().figure(figsize=(10.0, upper + lower))
+    legend = _legend_width([_label(c) for c in frame.columns], _plot_height(upper))
+    over_time = _axes(fig, 0.9, lower + 0.6, 10.0 - 0.9 - legend, _plot_height(upper))
+    over_time.set_title(f"Failures per {data.freq}, by task name")
+    _stacked(over_time, frame, data, "failures", f"failures / {data.freq}")
+    left = _text_width([_label(w, 28) for w in workers.index]) + 0.3
+    per_worker = _axes(fig, left, 0.55, min(5.0, 9.7 - left), lower - 0.45 - 0.55)
+    per_worker.set_title("Failures per worker")
+    _hbars(per_worker, workers, "failures", "failed tasks")
     return fig
 
 
@@ -1053,28 +1060,28 @@ def _boxes(x: Any, width: Any, y: Any, height: float, color: str, label: str | N
 
 @_styled
 def chart_worker_load(data: ReportData) -> Figure:
-    """Tasks running (or utilisation) and load average per worker over time."""
+    """Tasks running (or utilisation, top) and load average (below) per worker over time."""
     busy = data.busy.dropna(axis=1, how="all")
     loadavg = data.loadavg.dropna(axis=1, how="all")
     hosts = list(dict.fromkeys([*busy.columns, *loadavg.columns]))
     colors = dict(zip(hosts, _colors(len(hosts))))
-    fig, (left, right) = _figure(
-        right=_legend_width([_label(h) for h in hosts], _plot_height(3.2)),
-        gaps=(0.9,),
-        ratios=(1, 1),
-    )
+    panel = 2.9
+    fig = _plt().figure(figsize=(10.0, 2 * panel))
+    width = 10.0 - 0.9 - _legend_width([_label(h) for h in hosts], _plot_height(panel))
+    upper = _axes(fig, 0.9, panel + 0.6, width, _plot_height(panel))
+    lower = _axes(fig, 0.9, 0.6, width, _plot_height(panel))
     if data.utilisation:
-        left.set_title(f"Utilisation per worker (mean per {data.freq})")
+        upper.set_title(f"Utilisation per worker (mean per {data.freq})")
         busy, ylabel = busy * 100, "% of pool busy"
     else:
-        left.set_title(f"Tasks running per worker (mean per {data.freq})")
+        upper.set_title(f"Tasks running per worker (mean per {data.freq})")
         ylabel = "tasks running"
-    _lines(left, busy, data, "running tasks", ylabel, legend=False,
+    _lines(upper, busy, data, "running tasks", ylabel, legend=False,
            colors=[colors[h] for h in busy.columns])  # fmt: skip
-    right.set_title(f"Load average (1 min, mean per {data.freq})")
-    _lines(right, loadavg, data, "load averages", "load average", legend=False,
+    lower.set_title(f"Load average (1 min, mean per {data.freq})")
+    _lines(lower, loadavg, data, "load averages", "load average", legend=False,
            colors=[colors[h] for h in loadavg.columns])  # fmt: skip
-    _shared_legend([left, right])
+    _shared_legend([lower, upper])
     return fig
 
 

@@ -327,16 +327,25 @@ def test_hostile_task_names_are_text(tmp_path_factory, names):
 
 # -- a real browser -----------------------------------------------------------------------
 @pytest.mark.skipif(browser.chromium() is None, reason="chromium is not installed (make test)")
-@pytest.mark.parametrize("case", ["sample", "fifty-names"])
+@pytest.mark.parametrize("case", ["sample", "fifty-names", "long-names"])
 def test_report_in_headless_chromium(sample_archive, tmp_path, case):
+    """Drawn, sized, and laid out: no text cut off or over other text, no legend over a
+    plot (the charts' margins are estimated from their labels, not measured)."""
     if case == "sample":
         archive = sample_archive
     else:
+        long = case == "long-names"
         events = [worker_event("online", "w@h", T0)]
+        if long:
+            events.append(worker_event("online", "worker-" + "W" * 40 + "@host", T0))
         for i in range(50):
-            events += task_events(
-                f"u{i}", f"app.task_{i:02d}", "w@h", T0 + i * 0.2, fail=i % 7 == 0
+            name = (
+                ["WWW.", "任务名称", "m" * 70][i % 3] + f".{i:02d}" * 12
+                if long
+                else f"app.task_{i:02d}"
             )
+            host = "worker-" + "W" * 40 + "@host" if long and i % 2 else "w@h"
+            events += task_events(f"u{i}", name, host, T0 + i * 0.2, fail=i % 7 == 0)
         archive = make(tmp_path, events)
     out = tmp_path / "report.html"
     report.report(archive, output=out)
@@ -347,4 +356,6 @@ def test_report_in_headless_chromium(sample_archive, tmp_path, case):
     for chart in page.charts:
         assert chart["width"] > 100 and chart["height"] > 100, chart
         assert chart["drawn"] > 10, chart
+        assert chart["cut"] == [] and chart["crossed"] == [], chart
+        assert chart["covering"] == [], chart
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000
