@@ -3,8 +3,9 @@
 :func:`gather` reads only the columns the report needs (time window and name filter
 pushed down to the files through :meth:`archiver.Archive.load`) and aggregates them in
 DuckDB into a :class:`ReportData` of small frames. The ``chart_*`` functions draw one
-matplotlib figure each from it, :func:`render_html` inlines them as SVG (no JavaScript,
-no request to any host), and :func:`report` does all three. The notebook calls the same
+matplotlib figure each from it, :func:`render_charts` turns them into SVG (in two
+processes), :func:`render_html` inlines them in the page (no JavaScript, no request to
+any host), and :func:`report` does it all. The notebook calls the same
 functions, so the two never disagree.
 
 ``import archiver.report`` needs only pandas and pyarrow; gathering needs ``duckdb`` and
@@ -1204,10 +1205,15 @@ def _render_charts(data: ReportData, jobs: int) -> list[str]:
         finally:  # what it drew, even if it failed (the rest is drawn again below)
             sender.send(done)
 
-    with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads (Arrow's pool)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        proc = ctx.Process(target=child, daemon=True)
-        proc.start()
+    proc = ctx.Process(target=child, daemon=True)
+    try:
+        with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads (Arrow's)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proc.start()
+    except OSError:  # no memory or process left for a child: draw them all here
+        receiver.close()
+        sender.close()
+        return [draw(i) for i in range(len(charts))]
     sender.close()
     try:
         while (i := take()) < len(charts):
