@@ -606,6 +606,7 @@ def _plt():
 STYLE = {
     "text.parse_math": False,  # a task name with $ signs is text, not TeX
     "svg.fonttype": "none",  # text stays text: small, sharp, searchable
+    "svg.hashsalt": "archiver",  # the same data gives the same page
     "font.size": 9,
     "axes.titlesize": 11,
     "axes.titleweight": "bold",

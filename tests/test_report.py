@@ -140,6 +140,14 @@ def test_page_is_self_contained(sample_archive, tmp_path):
     assert len(ids) == len(set(ids)), "element ids repeat across the inline charts"
 
 
+def test_charts_drawn_by_two_processes_are_those_drawn_by_one(sample_archive):
+    data = report.gather(sample_archive)
+    one = report.render_charts(data, jobs=1)
+    assert report.render_charts(data, jobs=2) == one
+    assert len(one) == sum(len(charts) for _, charts in report.SECTIONS)
+    assert all(s.startswith('<svg role="img"') for s in one)
+
+
 def test_module_is_callable_as_archiver_report(sample_archive):
     code = "import archiver, sys; archiver.report; print('archiver.report' in sys.modules)"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
