@@ -722,7 +722,8 @@ def _unit(seconds: float) -> tuple[str, float]:
 def _time_axis(ax, data: ReportData) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=max(4, min(10, int(inches / 0.7))))
     ax.xaxis.set_major_locator(locator)
     formatter = mdates.ConciseDateFormatter(locator, show_offset=False)
     ax.xaxis.set_major_formatter(formatter)
