@@ -9,6 +9,10 @@ heartbeats and ``alive``, LRU limits), without importing Celery. Two additions:
 * The state remembers which tasks and workers changed since the last
   :meth:`State.take_changes`, so a camera can write only what changed. A changed
   task is held until it is taken, even if the LRU limit evicts it meanwhile.
+
+``tasks_by_time()`` (and ``tasks_by_type()``, ``tasks_by_worker()``) follow Celery's
+order: a bounded, sorted list of ``(clock, timestamp, origin, …)`` entries, one per
+task event. ``State``, ``Task`` and ``Worker`` pickle and deepcopy.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from operator import itemgetter
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -199,6 +204,12 @@ class Worker:
         for key, value in dict(fields, **kwargs).items():
             setattr(self, key, value)
 
+    def __reduce__(self) -> tuple[Callable[..., Worker], tuple[type, dict[str, Any]]]:
+        """Pickle as ``(function, args)`` like Celery, keeping every field of every event."""
+        fields = {k: getattr(self, k) for k in self._fields}
+        fields.update(self.__dict__)
+        return _depickle_worker, (type(self), fields)
+
     @property
     def heartbeat_expires(self) -> float:
         return heartbeat_expires(self.heartbeats[-1], self.freq, self.expire_window)
@@ -229,6 +240,15 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker: {self.hostname} ({self.status_string} clock:{self.clock})"
+
+
+def _depickle_worker(cls: type[Worker], fields: dict[str, Any]) -> Worker:
+    worker = cls(**{k: fields[k] for k in cls._fields if k in fields})
+    setter = object.__setattr__
+    for key, value in fields.items():
+        if key not in cls._fields:
+            setter(worker, key, value)
+    return worker
 
 
 _drift_warned: set[str | None] = set()
@@ -370,6 +390,12 @@ class Task:
         out["root"], out["parent"] = self.root_id, self.parent_id
         return out
 
+    def __reduce__(self) -> tuple[Callable[..., Task], tuple[type, dict[str, Any]]]:
+        """Pickle as ``(function, args)`` like Celery: every field, children as ids, no state."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "cluster_state"}
+        fields["children"] = [t.uuid for t in self.children]
+        return _depickle_task, (type(self), fields)
+
     @property
     def id(self) -> str | None:
         return self.uuid
@@ -408,6 +434,39 @@ class Task:
         return f"<Task: {self.name}({self.uuid}) {self.state} clock:{self.clock}>"
 
 
+def _depickle_task(cls: type[Task], fields: dict[str, Any]) -> Task:
+    return cls(**fields)
+
+
+class HeapEntry(tuple):
+    """``(clock, timestamp, origin, ref)``: one task event in :attr:`State._taskheap`.
+
+    Compared as kombu's ``timetuple`` (Celery's): by clock, then origin, when both clocks
+    are set (the timestamp is not used then); by timestamp when either clock is 0.
+    """
+
+    __slots__ = ()
+    clock = property(itemgetter(0))
+    timestamp = property(itemgetter(1))
+    origin = property(itemgetter(2))
+    ref = property(itemgetter(3))
+
+    def __lt__(self, other: tuple) -> bool:  # type: ignore[override]
+        a, b = self[0], other[0]
+        if a and b:
+            return self[2] < other[2] if a == b else a < b
+        return self[1] < other[1]
+
+    def __gt__(self, other: tuple) -> bool:  # type: ignore[override]
+        return HeapEntry.__lt__(other, self)  # type: ignore[arg-type]
+
+    def __le__(self, other: tuple) -> bool:  # type: ignore[override]
+        return not HeapEntry.__lt__(other, self)  # type: ignore[arg-type]
+
+    def __ge__(self, other: tuple) -> bool:  # type: ignore[override]
+        return not self < other
+
+
 class _Index(defaultdict):
     """name -> WeakSet of tasks; calling it yields ``(uuid, task)`` newest first."""
 
@@ -427,7 +486,8 @@ class State:
     """Records the cluster's state from Celery events. Thread-safe.
 
     Args:
-        callback: called as ``callback(state, event)`` for every accepted event.
+        callback: called as ``callback(state, event)`` for every event with a type, before
+            it is checked and applied, as Celery does (a rejected one is then counted).
         max_workers_in_memory: LRU bound on :attr:`workers`.
         max_tasks_in_memory: LRU bound on :attr:`tasks` (oldest inserted first out).
         on_node_join / on_node_leave: called with the Worker; with ``on_node_leave``
@@ -436,6 +496,8 @@ class State:
 
     Worker = Worker
     Task = Task
+    #: :attr:`_taskheap` holds at most ``max_tasks_in_memory * heap_multiplier`` entries.
+    heap_multiplier = 4
 
     def __init__(
         self,
@@ -471,6 +533,46 @@ class State:
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
         self.tasks_by_worker = _Index(self._tasks_by_worker)
+        # The task heap: sorted HeapEntry items from _heap_start on (dropped ones are None
+        # until the dead prefix is cut off in one go, so the bound costs O(1) per event).
+        self._heap: list[HeapEntry | None] = []
+        self._heap_start = 0
+
+    # -- pickling ------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the lock; weak references as the tasks they point to."""
+        d = self.__dict__.copy()
+        del d["_mutex"]
+        d["_heap"] = [(*e[:3], t) for e in self._live_heap() if (t := e[3]()) is not None]
+        d["_heap_start"] = 0
+        for index in ("tasks_by_type", "tasks_by_worker"):
+            d[index] = {key: list(tasks) for key, tasks in d[index].items()}
+        d["_children_of"] = {u: [c.uuid for c in t.children] for u, t in self._own_tasks()}
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        d = dict(d)
+        children = d.pop("_children_of", {})
+        by_type, by_worker = d.pop("tasks_by_type"), d.pop("tasks_by_worker")
+        heap = d.pop("_heap")
+        self.__dict__.update(d)
+        self._mutex = threading.Lock()
+        self.tasks_by_type = _Index(self._tasks_by_type)
+        self.tasks_by_worker = _Index(self._tasks_by_worker)
+        for index, saved in ((self.tasks_by_type, by_type), (self.tasks_by_worker, by_worker)):
+            for key, tasks in saved.items():
+                index[key].update(tasks)
+        self._heap = [tuple.__new__(HeapEntry, (*e[:3], weakref.ref(e[3]))) for e in heap]
+        tasks = self.tasks
+        for uuid, task in self._own_tasks():
+            task.cluster_state = self
+            ids = children.get(uuid)
+            if ids:
+                task.children.update(c for i in ids if (c := tasks.peek(i)) is not None)
+
+    def _own_tasks(self) -> Iterator[tuple[str, Task]]:
+        yield from self.tasks.items()
+        yield from getattr(self, "_changed_tasks", {}).items()
 
     # -- locking -------------------------------------------------------------
     def freeze_while(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -505,6 +607,8 @@ class State:
         self.tasks.clear()
         for uuid, task in keep:
             OrderedDict.__setitem__(self.tasks, uuid, task)
+        self._heap.clear()  # as Celery: unfinished tasks reappear with their next event
+        self._heap_start = 0
 
     def take_changes(self) -> tuple[list[Task], list[Worker]]:
         """Return and forget the tasks and workers changed since the last call.
@@ -532,11 +636,13 @@ class State:
         with self._mutex:
             return self._event(event)
 
-    def _reject(self, kind: str, event: Any) -> None:
+    def _reject(self, kind: str, event: Any, *, callback: bool = False) -> None:
         self.rejected_events += 1
         if kind not in self.rejected_by_kind:
             logger.warning("Skipping malformed event (%s): %s", kind, describe_event(event))
         self.rejected_by_kind[kind] += 1
+        if callback and self.event_callback:  # Celery calls it for every event with a type
+            self.event_callback(self, event)
 
     def _event(self, event: Any) -> Any:
         try:
@@ -550,11 +656,11 @@ class State:
         if group == "task":
             problem = _task_problem(event, subject)
             if problem:
-                return self._reject(problem, event)
+                return self._reject(problem, event, callback=True)
         elif group == "worker":
             problem = _worker_problem(event, subject)
             if problem:
-                return self._reject(problem, event)
+                return self._reject(problem, event, callback=True)
 
         self.event_count += 1
         if self.event_callback:
@@ -600,7 +706,7 @@ class State:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
             self.tasks_created += 1
         if subject == "sent":
-            task.client = hostname
+            task.client = origin = hostname
         else:
             workers = self.workers
             worker = workers.peek(hostname)
@@ -610,6 +716,8 @@ class State:
             if local_received:  # Celery passes these swapped: the heartbeat is the event time
                 worker.event(None, local_received, timestamp)
             self._changed_workers[hostname] = worker
+            origin = worker.id
+        self._heap_push(event["clock"], timestamp, origin, task)
         if subject == "received":
             self.task_count += 1
         task.event(subject, timestamp, local_received, event)
@@ -652,6 +760,55 @@ class State:
             )
         self.changes_dropped += drop
 
+    def _heap_push(self, clock: int, timestamp: float, origin: str, task: Task) -> None:
+        """Add one event's entry to the task heap, dropping the smallest beyond the bound."""
+        heap, start = self._heap, self._heap_start
+        bound = (self.max_tasks_in_memory or 0) * self.heap_multiplier
+        if bound and len(heap) - start >= bound:  # Celery's taskheap.pop(0), amortized
+            heap[start] = None
+            start += 1
+            if start >= 64 + (bound >> 3):
+                del heap[:start]
+                start = 0
+            self._heap_start = start
+        entry = tuple.__new__(HeapEntry, (clock, timestamp, origin, weakref.ref(task)))
+        if len(heap) > start:  # most events sort after the last one: HeapEntry.__lt__ inlined
+            last = heap[-1]
+            c = last[0]  # type: ignore[index]
+            if (
+                (c < clock or (c == clock and last[2] < origin))  # type: ignore[index]
+                if c and clock
+                else last[1] < timestamp  # type: ignore[index]
+            ):
+                heap.append(entry)
+                return
+        bisect.insort(heap, entry, start)
+
+    def _live_heap(self) -> list[HeapEntry]:
+        """A copy of the task heap's entries, oldest first (safe while events arrive)."""
+        return [e for e in self._heap[self._heap_start :] if e is not None]
+
+    @property
+    def _taskheap(self) -> list[HeapEntry]:
+        """Celery's ``_taskheap``: the sorted entries, one per task event (the list itself).
+
+        Call it while the state is frozen: the dropped prefix is cut off first.
+        """
+        if self._heap_start:
+            del self._heap[: self._heap_start]
+            self._heap_start = 0
+        return self._heap  # type: ignore[return-value]
+
+    def rebuild_taskheap(self) -> None:
+        """One entry per task in memory, from its current clock, timestamp and origin."""
+        entries = [
+            tuple.__new__(HeapEntry, (t.clock, t.timestamp, t.origin, weakref.ref(t)))
+            for t in self.tasks.values()
+        ]
+        entries.sort()
+        self._heap[:] = entries
+        self._heap_start = 0
+
     # -- lookups -------------------------------------------------------------
     def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:
         worker = self.workers.peek(hostname)
@@ -678,12 +835,24 @@ class State:
     def tasks_by_time(
         self, limit: int | None = None, reverse: bool = True
     ) -> Iterator[tuple[str, Task]]:
-        """``(uuid, task)`` ordered by (clock, timestamp), newest first by default."""
-        ordered = sorted(
-            self.tasks.values(), key=lambda t: (t.clock or 0, t.timestamp or 0.0), reverse=reverse
-        )
-        for task in ordered[:limit] if limit else ordered:
-            yield task.uuid, task
+        """``(uuid, task)`` in Celery's order, newest first by default.
+
+        As Celery: each task once, where its latest (or, with ``reverse=False``, earliest)
+        event sorts by ``(clock, timestamp, origin)``; ``limit`` counts heap entries.
+        A task no longer in :attr:`tasks` is left out.
+        """
+        entries = self._live_heap()
+        if reverse:
+            entries.reverse()
+        seen: set[str] = set()
+        peek = self.tasks.peek
+        for entry in itertools.islice(entries, 0, limit):
+            task = entry[3]()
+            if task is not None:
+                uuid = task.uuid
+                if uuid not in seen and peek(uuid) is task:
+                    seen.add(uuid)
+                    yield uuid, task
 
     tasks_by_timestamp = tasks_by_time
 
