@@ -32,7 +32,9 @@ class Polaroid:
 
     * With ``clear_after``, the state is cleared only when a snapshot was really
       taken: not when ``maxrate`` skipped the shot, and not when ``on_shutter``
-      raised. Celery clears in both cases and those events are never recorded.
+      raised. Celery clears in both cases and those events are never recorded. (A
+      state with ``freeze_while`` but no ``_clear`` is cleared when the shot was not
+      skipped; its ``freeze_while`` decides what happens when ``on_shutter`` raises.)
     * :meth:`cancel` always takes the final snapshot (bypassing ``maxrate``),
       where Celery skips it if the last capture was less than ``freq`` ago.
     """
@@ -44,6 +46,8 @@ class Polaroid:
 
     _tref: Any = None
     _ctref: Any = None
+    #: True while the final snapshot is taken: ``maxrate`` does not apply to it.
+    _forced = False
 
     def __init__(
         self,
@@ -90,10 +94,10 @@ class Polaroid:
     def shutter(self, *, force: bool = False) -> bool:
         """Send ``shutter_signal`` and run :meth:`on_shutter` if the rate limit allows.
 
-        Returns True when the snapshot was taken. ``force`` bypasses ``maxrate``.
+        Returns True when the snapshot was taken. ``force`` (or a final snapshot being
+        taken by :meth:`cancel`) bypasses ``maxrate``.
         """
-        if not force and self.maxrate is not None and not self.maxrate.can_consume():
-            self.snapshots_skipped += 1
+        if not (force or self._forced) and not self._rate_allows():
             return False
         self.logger.debug("Shutter: %s", self.state)
         self.shutter_signal.send(sender=self.state, state=self.state)
@@ -101,25 +105,49 @@ class Polaroid:
         self.snapshots_taken += 1
         return True
 
-    def capture(self, *, force: bool = False) -> bool:
-        """Freeze the state and take a snapshot; clear it afterwards if ``clear_after``."""
-        freeze = getattr(self.state, "freeze_while", None)
-        if freeze is None:
-            return self.shutter(force=force)
-        if not self.clear_after:
-            return bool(freeze(self.shutter, force=force))
-        private_clear = getattr(self.state, "_clear", None)
-        if private_clear is not None:  # clear under the same lock, only after a good shot
-            return bool(freeze(self._shutter_then_clear, private_clear, force))
-        taken = bool(freeze(self.shutter, force=force))
-        if taken:
-            self.state.clear()
-        return taken
+    def _rate_allows(self) -> bool:
+        if self.maxrate is None or self.maxrate.can_consume():
+            return True
+        self.snapshots_skipped += 1
+        return False
 
-    def _shutter_then_clear(self, clear: Any, force: bool) -> bool:
-        taken = self.shutter(force=force)
+    def capture(self, *, force: bool = False) -> bool:
+        """Freeze the state and take a snapshot; clear it afterwards if ``clear_after``.
+
+        The state is only asked for ``freeze_while(fun, clear_after=…)``, as Celery's
+        camera does; a state without ``freeze_while`` is shuttered directly.
+        """
+        forced, self._forced = self._forced, self._forced or force
+        try:
+            return self._capture()
+        finally:
+            self._forced = forced
+
+    def _capture(self) -> bool:
+        state = self.state
+        freeze = getattr(state, "freeze_while", None)
+        if not self.clear_after:
+            return bool(freeze(self.shutter, clear_after=False) if freeze else self.shutter())
+        if freeze is None:
+            taken = self.shutter()
+            if taken:
+                state.clear()
+            return taken
+        if getattr(state, "_clear", None) is not None:  # clear under the same lock, after a shot
+            return bool(freeze(self._shutter_then_clear, clear_after=False))
+        # Only freeze_while: decide on the rate first, so a skipped shot does not clear.
+        if not (self._forced or self._rate_allows()):
+            return False
+        forced, self._forced = self._forced, True
+        try:
+            return bool(freeze(self.shutter, clear_after=True))
+        finally:
+            self._forced = forced
+
+    def _shutter_then_clear(self) -> bool:
+        taken = self.shutter()
         if taken:
-            clear()
+            self.state._clear()
         return taken
 
     def cancel(self) -> None:
@@ -131,7 +159,7 @@ class Polaroid:
         self._tref = self._ctref = None
         try:
             if tref is not None:
-                self.capture(force=True)
+                self.capture(force=True)  # the state is not told: it reaches the shutter
         finally:
             if tref is not None:
                 tref.cancel()
