@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -172,3 +173,102 @@ class Polaroid:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cancel()
+
+
+class ForeignCamera:
+    """Runs a camera written for ``celery events --camera`` (a subclass of Celery's
+    ``Polaroid``, or any class taking Celery's camera arguments) under archiver's recorder.
+
+    The camera is built as Celery builds it, ``cls(state, freq=, maxrate=, cleanup_freq=,
+    timer=, app=)`` (``cleanup_freq`` only if it takes it), and keeps the given ``timer``
+    even when that is empty and so falsy (Celery's ``timer or Timer()`` would replace it).
+    Its snapshots are counted, and :meth:`cancel` takes its final snapshot past ``maxrate``
+    as archiver's cameras do.
+    """
+
+    def __init__(
+        self,
+        cls: Any,
+        state: Any,
+        *,
+        freq: float,
+        maxrate: str | float | None,
+        cleanup_freq: float,
+        timer: Any,
+        app: Any,
+    ) -> None:
+        kwargs = {"freq": freq, "maxrate": maxrate, "timer": timer, "app": app}
+        if accepts_argument(cls, "cleanup_freq"):
+            kwargs["cleanup_freq"] = cleanup_freq
+        self.camera = camera = cls(state, **kwargs)
+        if getattr(camera, "timer", None) is not timer:
+            camera.timer = timer
+        self.snapshots_taken = 0
+        on_shutter = getattr(camera, "on_shutter", None)
+        if callable(on_shutter):
+
+            def counted(state: Any) -> Any:
+                result = on_shutter(state)
+                self.snapshots_taken += 1
+                return result
+
+            camera.on_shutter = counted
+
+    @property
+    def timer(self) -> Any:
+        return self.camera.timer
+
+    @property
+    def maxrate(self) -> Any:
+        return getattr(self.camera, "maxrate", None)
+
+    @maxrate.setter
+    def maxrate(self, value: Any) -> None:
+        self.camera.maxrate = value
+
+    @property
+    def clear_after(self) -> bool:
+        return bool(getattr(self.camera, "clear_after", False))
+
+    @clear_after.setter
+    def clear_after(self, value: bool) -> None:
+        self.camera.clear_after = value
+
+    def install(self) -> None:
+        self.camera.install()
+
+    def cancel(self) -> None:
+        """The camera's own cancel (Celery's takes a final snapshot), with no ``maxrate``."""
+        maxrate = self.maxrate
+        if maxrate is not None:
+            self.camera.maxrate = None
+        try:
+            self.camera.cancel()
+        finally:
+            if maxrate is not None:
+                self.camera.maxrate = maxrate
+
+
+def accepts_argument(cls: Any, name: str) -> bool:
+    """Whether calling ``cls`` accepts the keyword ``name`` (True if it cannot be told)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def celery_camera_problem(cls: Any) -> str | None:
+    """Why ``cls`` cannot run as a ``celery events --camera`` camera, or None."""
+    if not callable(cls):
+        return "is not a class"
+    missing = [m for m in ("install", "cancel") if not callable(getattr(cls, m, None))]
+    if missing:
+        return f"has no {' or '.join(m + '()' for m in missing)} method"
+    try:
+        inspect.signature(cls).bind(None, freq=1.0, maxrate=None, timer=None, app=None)
+    except TypeError as exc:
+        return f"does not take Celery's camera arguments (state, freq, maxrate, timer, app): {exc}"
+    except ValueError:  # no signature to check (a builtin): let the call tell
+        pass
+    return None
