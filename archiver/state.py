@@ -251,6 +251,9 @@ def _depickle_worker(cls: type[Worker], fields: dict[str, Any]) -> Worker:
     return worker
 
 
+#: Entries per chunk of the task heap (a chunk is split beyond twice this).
+HEAP_CHUNK = 512
+
 _drift_warned: set[str | None] = set()
 
 
@@ -438,30 +441,44 @@ def _depickle_task(cls: type[Task], fields: dict[str, Any]) -> Task:
     return cls(**fields)
 
 
-class HeapEntry(tuple):
-    """``(clock, timestamp, origin, ref)``: one task event in :attr:`State._taskheap`.
+class _EntryFields:
+    __slots__ = ()
+    clock = property(itemgetter(0))
+    origin = property(itemgetter(1))
+    seq = property(itemgetter(2))
+    timestamp = property(itemgetter(3))
+    ref = property(itemgetter(4))
 
-    Compared as kombu's ``timetuple`` (Celery's): by clock, then origin, when both clocks
-    are set (the timestamp is not used then); by timestamp when either clock is 0.
+
+class HeapEntry(_EntryFields, tuple):
+    """``(clock, origin, seq, timestamp, ref)``: one task event in :attr:`State._taskheap`.
+
+    Stored as a plain tuple and so sorted in C: by clock, then origin, then arrival
+    (``seq``). That is the order of Celery's heap (kombu's ``timetuple``) while every
+    clock is set: it compares clocks, then origins, never timestamps, and keeps equal
+    ones in arrival order. (This class only names the fields, for ``_taskheap``.)
     """
 
     __slots__ = ()
-    clock = property(itemgetter(0))
-    timestamp = property(itemgetter(1))
-    origin = property(itemgetter(2))
-    ref = property(itemgetter(3))
+
+
+class KombuEntry(_EntryFields, tuple):
+    """A heap entry compared exactly as kombu's ``timetuple``, which orders by timestamp
+    when either clock is 0: used once a task event with clock 0 reaches the heap."""
+
+    __slots__ = ()
 
     def __lt__(self, other: tuple) -> bool:  # type: ignore[override]
         a, b = self[0], other[0]
         if a and b:
-            return self[2] < other[2] if a == b else a < b
-        return self[1] < other[1]
+            return self[1] < other[1] if a == b else a < b
+        return self[3] < other[3]
 
     def __gt__(self, other: tuple) -> bool:  # type: ignore[override]
-        return HeapEntry.__lt__(other, self)  # type: ignore[arg-type]
+        return KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
 
     def __le__(self, other: tuple) -> bool:  # type: ignore[override]
-        return not HeapEntry.__lt__(other, self)  # type: ignore[arg-type]
+        return not KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
 
     def __ge__(self, other: tuple) -> bool:  # type: ignore[override]
         return not self < other
@@ -533,18 +550,23 @@ class State:
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
         self.tasks_by_worker = _Index(self._tasks_by_worker)
-        # The task heap: sorted HeapEntry items from _heap_start on (dropped ones are None
-        # until the dead prefix is cut off in one go, so the bound costs O(1) per event).
-        self._heap: list[HeapEntry | None] = []
-        self._heap_start = 0
+        # The task heap, Celery's sorted list cut in chunks of at most 2 * HEAP_CHUNK entries
+        # (so an insert moves a chunk, not the whole list); _heap_maxes[i] >= chunk i's last
+        # entry and < every entry of chunk i + 1.
+        self._heap_chunks: list[list[Any]] = []
+        self._heap_maxes: list[Any] = []
+        self._heap_len = 0
+        self._heap_seq = 0
+        self._heap_bound: int | None = None
+        self._heap_kombu = False  # a clock-0 entry arrived: KombuEntry from then on
 
     # -- pickling ------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         """Everything but the lock; weak references as the tasks they point to."""
         d = self.__dict__.copy()
         del d["_mutex"]
-        d["_heap"] = [(*e[:3], t) for e in self._live_heap() if (t := e[3]()) is not None]
-        d["_heap_start"] = 0
+        d["_heap_chunks"] = [(*e[:4], t) for e in self._live_heap() if (t := e[4]()) is not None]
+        del d["_heap_maxes"]
         for index in ("tasks_by_type", "tasks_by_worker"):
             d[index] = {key: list(tasks) for key, tasks in d[index].items()}
         d["_children_of"] = {u: [c.uuid for c in t.children] for u, t in self._own_tasks()}
@@ -554,7 +576,7 @@ class State:
         d = dict(d)
         children = d.pop("_children_of", {})
         by_type, by_worker = d.pop("tasks_by_type"), d.pop("tasks_by_worker")
-        heap = d.pop("_heap")
+        heap = d.pop("_heap_chunks")
         self.__dict__.update(d)
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
@@ -562,7 +584,10 @@ class State:
         for index, saved in ((self.tasks_by_type, by_type), (self.tasks_by_worker, by_worker)):
             for key, tasks in saved.items():
                 index[key].update(tasks)
-        self._heap = [tuple.__new__(HeapEntry, (*e[:3], weakref.ref(e[3]))) for e in heap]
+        if self._heap_kombu:
+            self._set_heap([tuple.__new__(KombuEntry, (*e[:4], weakref.ref(e[4]))) for e in heap])
+        else:
+            self._set_heap([(*e[:4], weakref.ref(e[4])) for e in heap])
         tasks = self.tasks
         for uuid, task in self._own_tasks():
             task.cluster_state = self
@@ -607,8 +632,8 @@ class State:
         self.tasks.clear()
         for uuid, task in keep:
             OrderedDict.__setitem__(self.tasks, uuid, task)
-        self._heap.clear()  # as Celery: unfinished tasks reappear with their next event
-        self._heap_start = 0
+        self._heap_kombu = False  # as Celery: unfinished tasks reappear with their next event
+        self._set_heap([])
 
     def take_changes(self) -> tuple[list[Task], list[Worker]]:
         """Return and forget the tasks and workers changed since the last call.
@@ -762,52 +787,86 @@ class State:
 
     def _heap_push(self, clock: int, timestamp: float, origin: str, task: Task) -> None:
         """Add one event's entry to the task heap, dropping the smallest beyond the bound."""
-        heap, start = self._heap, self._heap_start
-        bound = (self.max_tasks_in_memory or 0) * self.heap_multiplier
-        if bound and len(heap) - start >= bound:  # Celery's taskheap.pop(0), amortized
-            heap[start] = None
-            start += 1
-            if start >= 64 + (bound >> 3):
-                del heap[:start]
-                start = 0
-            self._heap_start = start
-        entry = tuple.__new__(HeapEntry, (clock, timestamp, origin, weakref.ref(task)))
-        if len(heap) > start:  # most events sort after the last one: HeapEntry.__lt__ inlined
-            last = heap[-1]
-            c = last[0]  # type: ignore[index]
-            if (
-                (c < clock or (c == clock and last[2] < origin))  # type: ignore[index]
-                if c and clock
-                else last[1] < timestamp  # type: ignore[index]
-            ):
-                heap.append(entry)
-                return
-        bisect.insort(heap, entry, start)
+        chunks = self._heap_chunks
+        bound = self._heap_bound
+        if bound is None:  # fixed at the first task event, as Celery's dispatcher does
+            bound = self._heap_bound = (self.max_tasks_in_memory or 0) * self.heap_multiplier
+        if bound and self._heap_len >= bound:  # Celery's taskheap.pop(0)
+            first = chunks[0]
+            del first[0]
+            if not first and len(chunks) > 1:
+                del chunks[0], self._heap_maxes[0]
+        else:
+            self._heap_len += 1
+        self._heap_seq = seq = self._heap_seq + 1
+        if not clock or self._heap_kombu:
+            return self._kombu_push(clock, timestamp, origin, seq, task)
+        entry = (clock, origin, seq, timestamp, weakref.ref(task))  # a plain tuple: C order
+        maxes = self._heap_maxes
+        if maxes and entry < maxes[-1]:
+            i = bisect.bisect_right(maxes, entry)
+            chunk = chunks[i]
+            bisect.insort(chunk, entry)
+            if len(chunk) > 2 * HEAP_CHUNK:
+                chunks.insert(i + 1, chunk[HEAP_CHUNK:])
+                del chunk[HEAP_CHUNK:]
+                maxes.insert(i, chunk[-1])
+        elif maxes and len(chunks[-1]) < HEAP_CHUNK:  # most events sort last
+            chunks[-1].append(entry)
+            maxes[-1] = entry
+        else:
+            chunks.append([entry])
+            maxes.append(entry)
+        return None
 
-    def _live_heap(self) -> list[HeapEntry]:
+    def _kombu_push(self, clock: int, timestamp: float, origin: str, seq: int, task: Task) -> None:
+        """Celery's own insert into one sorted list, with kombu's comparison (clock 0 seen)."""
+        if not self._heap_kombu:
+            self._heap_kombu = True
+            self._set_heap(self._live_heap())
+        if not self._heap_chunks:
+            self._set_heap([])
+        heap = self._heap_chunks[0]
+        entry = tuple.__new__(KombuEntry, (clock, origin, seq, timestamp, weakref.ref(task)))
+        if not heap or KombuEntry.__lt__(heap[-1], entry):
+            heap.append(entry)
+        else:
+            bisect.insort(heap, entry)
+
+    def _set_heap(self, entries: list[Any]) -> None:
+        """Make the task heap these sorted entries (one chunk once clock 0 was seen)."""
+        size = len(entries) or 1 if self._heap_kombu else HEAP_CHUNK
+        self._heap_chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+        if self._heap_kombu and not entries:
+            self._heap_chunks = [[]]
+        self._heap_maxes = [c[-1] if c else None for c in self._heap_chunks]
+        self._heap_len = len(entries)
+
+    def _live_heap(self) -> list[Any]:
         """A copy of the task heap's entries, oldest first (safe while events arrive)."""
-        return [e for e in self._heap[self._heap_start :] if e is not None]
+        return [e for chunk in self._heap_chunks[:] for e in chunk[:]]
 
     @property
-    def _taskheap(self) -> list[HeapEntry]:
-        """Celery's ``_taskheap``: the sorted entries, one per task event (the list itself).
-
-        Call it while the state is frozen: the dropped prefix is cut off first.
-        """
-        if self._heap_start:
-            del self._heap[: self._heap_start]
-            self._heap_start = 0
-        return self._heap  # type: ignore[return-value]
+    def _taskheap(self) -> list[Any]:
+        """Celery's ``_taskheap``: the sorted entries, one per task event (a copy)."""
+        return [
+            e if type(e) is KombuEntry else tuple.__new__(HeapEntry, e) for e in self._live_heap()
+        ]
 
     def rebuild_taskheap(self) -> None:
         """One entry per task in memory, from its current clock, timestamp and origin."""
+        tasks = list(self.tasks.values())
+        self._heap_kombu = kombu = not all(t.clock for t in tasks)
+        cls, seq = (KombuEntry if kombu else HeapEntry), self._heap_seq
         entries = [
-            tuple.__new__(HeapEntry, (t.clock, t.timestamp, t.origin, weakref.ref(t)))
-            for t in self.tasks.values()
+            tuple.__new__(
+                cls, (t.clock, t.origin or "", seq + i, t.timestamp or 0.0, weakref.ref(t))
+            )
+            for i, t in enumerate(tasks, 1)
         ]
         entries.sort()
-        self._heap[:] = entries
-        self._heap_start = 0
+        self._set_heap(entries)
+        self._heap_seq = seq + len(tasks)
 
     # -- lookups -------------------------------------------------------------
     def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:
@@ -847,7 +906,7 @@ class State:
         seen: set[str] = set()
         peek = self.tasks.peek
         for entry in itertools.islice(entries, 0, limit):
-            task = entry[3]()
+            task = entry[4]()
             if task is not None:
                 uuid = task.uuid
                 if uuid not in seen and peek(uuid) is task:
