@@ -328,7 +328,9 @@ class Task:
         "root_id",
         "parent_id",
     )
-    __slots__ = ("__dict__", "__weakref__")
+    #: The seq of the heap entry that created this task object (0: not from an event), so
+    #: that entries of an evicted task of the same uuid are not taken for this one.
+    __slots__ = ("__dict__", "__weakref__", "_heap_id")
 
     def __init__(
         self,
@@ -338,6 +340,7 @@ class Task:
         **kwargs: Any,
     ) -> None:
         self.uuid = uuid
+        self._heap_id = 0
         self.cluster_state = cluster_state
         tasks = cluster_state.tasks if cluster_state is not None else {}
         self.children = weakref.WeakSet(tasks.peek(i) for i in children or () if i in tasks)
@@ -397,6 +400,7 @@ class Task:
         """Pickle as ``(function, args)`` like Celery: every field, children as ids, no state."""
         fields = {k: v for k, v in self.__dict__.items() if k != "cluster_state"}
         fields["children"] = [t.uuid for t in self.children]
+        fields["_heap_id"] = getattr(self, "_heap_id", 0)
         return _depickle_task, (type(self), fields)
 
     @property
@@ -438,7 +442,11 @@ class Task:
 
 
 def _depickle_task(cls: type[Task], fields: dict[str, Any]) -> Task:
-    return cls(**fields)
+    fields = dict(fields)
+    heap_id = fields.pop("_heap_id", 0)
+    task = cls(**fields)
+    task._heap_id = heap_id
+    return task
 
 
 class _EntryFields:
@@ -447,16 +455,19 @@ class _EntryFields:
     origin = property(itemgetter(1))
     seq = property(itemgetter(2))
     timestamp = property(itemgetter(3))
-    ref = property(itemgetter(4))
+    uuid = property(itemgetter(4))
+    task_id = property(itemgetter(5))
 
 
 class HeapEntry(_EntryFields, tuple):
-    """``(clock, origin, seq, timestamp, ref)``: one task event in :attr:`State._taskheap`.
+    """``(clock, origin, seq, timestamp, uuid, task_id)``: one task event in the task heap.
 
-    Stored as a plain tuple and so sorted in C: by clock, then origin, then arrival
-    (``seq``). That is the order of Celery's heap (kombu's ``timetuple``) while every
-    clock is set: it compares clocks, then origins, never timestamps, and keeps equal
-    ones in arrival order. (This class only names the fields, for ``_taskheap``.)
+    Stored as a plain tuple of numbers and strings: sorted in C, by clock, then origin,
+    then arrival (``seq``), which is the order of Celery's heap (kombu's ``timetuple``)
+    while every clock is set: it compares clocks, then origins, never timestamps, and
+    keeps equal ones in arrival order. Such tuples are not tracked by the garbage
+    collector (Celery's hold weak references, and are). ``task_id`` is the task object's
+    ``_heap_id``. (This class only names the fields, for ``_taskheap``.)
     """
 
     __slots__ = ()
@@ -565,8 +576,6 @@ class State:
         """Everything but the lock; weak references as the tasks they point to."""
         d = self.__dict__.copy()
         del d["_mutex"]
-        d["_heap_chunks"] = [(*e[:4], t) for e in self._live_heap() if (t := e[4]()) is not None]
-        del d["_heap_maxes"]
         for index in ("tasks_by_type", "tasks_by_worker"):
             d[index] = {key: list(tasks) for key, tasks in d[index].items()}
         d["_children_of"] = {u: [c.uuid for c in t.children] for u, t in self._own_tasks()}
@@ -576,7 +585,6 @@ class State:
         d = dict(d)
         children = d.pop("_children_of", {})
         by_type, by_worker = d.pop("tasks_by_type"), d.pop("tasks_by_worker")
-        heap = d.pop("_heap_chunks")
         self.__dict__.update(d)
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
@@ -584,10 +592,6 @@ class State:
         for index, saved in ((self.tasks_by_type, by_type), (self.tasks_by_worker, by_worker)):
             for key, tasks in saved.items():
                 index[key].update(tasks)
-        if self._heap_kombu:
-            self._set_heap([tuple.__new__(KombuEntry, (*e[:4], weakref.ref(e[4]))) for e in heap])
-        else:
-            self._set_heap([(*e[:4], weakref.ref(e[4])) for e in heap])
         tasks = self.tasks
         for uuid, task in self._own_tasks():
             task.cluster_state = self
@@ -729,6 +733,7 @@ class State:
         created = task is None
         if created:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
+            task._heap_id = self._heap_seq + 1  # the seq of its first entry, just below
             self.tasks_created += 1
         if subject == "sent":
             task.client = origin = hostname
@@ -741,7 +746,7 @@ class State:
             if local_received:  # Celery passes these swapped: the heartbeat is the event time
                 worker.event(None, local_received, timestamp)
             self._changed_workers[hostname] = worker
-            origin = worker.id
+            origin = f"{worker.hostname}.{worker.pid}"  # worker.id, as Celery's heap has it
         self._heap_push(event["clock"], timestamp, origin, task)
         if subject == "received":
             self.task_count += 1
@@ -801,7 +806,7 @@ class State:
         self._heap_seq = seq = self._heap_seq + 1
         if not clock or self._heap_kombu:
             return self._kombu_push(clock, timestamp, origin, seq, task)
-        entry = (clock, origin, seq, timestamp, weakref.ref(task))  # a plain tuple: C order
+        entry = (clock, origin, seq, timestamp, task.uuid, task._heap_id)
         maxes = self._heap_maxes
         if maxes and entry < maxes[-1]:
             i = bisect.bisect_right(maxes, entry)
@@ -827,7 +832,7 @@ class State:
         if not self._heap_chunks:
             self._set_heap([])
         heap = self._heap_chunks[0]
-        entry = tuple.__new__(KombuEntry, (clock, origin, seq, timestamp, weakref.ref(task)))
+        entry = tuple.__new__(KombuEntry, (clock, origin, seq, timestamp, task.uuid, task._heap_id))
         if not heap or KombuEntry.__lt__(heap[-1], entry):
             heap.append(entry)
         else:
@@ -857,13 +862,13 @@ class State:
         """One entry per task in memory, from its current clock, timestamp and origin."""
         tasks = list(self.tasks.values())
         self._heap_kombu = kombu = not all(t.clock for t in tasks)
-        cls, seq = (KombuEntry if kombu else HeapEntry), self._heap_seq
+        seq = self._heap_seq
         entries = [
-            tuple.__new__(
-                cls, (t.clock, t.origin or "", seq + i, t.timestamp or 0.0, weakref.ref(t))
-            )
+            (t.clock, t.origin or "", seq + i, t.timestamp or 0.0, t.uuid, t._heap_id)
             for i, t in enumerate(tasks, 1)
         ]
+        if kombu:
+            entries = [tuple.__new__(KombuEntry, e) for e in entries]
         entries.sort()
         self._set_heap(entries)
         self._heap_seq = seq + len(tasks)
@@ -906,10 +911,10 @@ class State:
         seen: set[str] = set()
         peek = self.tasks.peek
         for entry in itertools.islice(entries, 0, limit):
-            task = entry[4]()
-            if task is not None:
-                uuid = task.uuid
-                if uuid not in seen and peek(uuid) is task:
+            uuid = entry[4]
+            if uuid not in seen:
+                task = peek(uuid)
+                if task is not None and task._heap_id == entry[5]:  # not an evicted one's
                     seen.add(uuid)
                     yield uuid, task
 
