@@ -335,7 +335,7 @@ def test_custom_camera(tmp_path, small_events):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("tests.cameras:NotACamera", "is not a subclass of archiver.Polaroid"),
+        ("tests.cameras:NotACamera", "is not a camera: it has no install() or cancel() method"),
         ("tests.cameras:Missing", "cannot import camera"),
         ("no_such_module_xyz:Camera", "cannot import camera"),
         ("nodots", "cannot import camera"),

@@ -203,7 +203,7 @@ def test_load_camera_class():
 
     assert load_camera_class("archiver:ParquetCamera") is ParquetCamera
     assert load_camera_class("archiver.parquet_camera.ParquetCamera") is ParquetCamera
-    with pytest.raises(ArchiverError, match="not a subclass"):
+    with pytest.raises(ArchiverError, match="is not a camera"):
         load_camera_class("archiver:State")
 
 
