@@ -19,6 +19,7 @@ import functools
 import gc
 import html
 import io
+import logging
 import os
 import re
 import sys
@@ -39,6 +40,8 @@ from .archive import Archive
 from .errors import ArchiverError
 from .query import latest_arrow
 from .timeparse import parse_time
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -337,8 +340,21 @@ def gather(
         + " ORDER BY tasks DESC, name"
     ).set_index("name")
 
+    # Charts over time cover the window (of captured_at), give or take a step: a task
+    # time far outside it (a worker clock in the year 9999) is left out of them.
+    window_lo = None if lo is None else lo.value // 1000 - step
+    window_hi = None if hi is None else hi.value // 1000 + step
+    outside = [0]
+
+    def in_window(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or window_lo is None or window_hi is None:
+            return frame
+        keep = frame["bucket"].between(window_lo, window_hi)
+        outside[0] += int((~keep).sum())
+        return frame[keep]
+
     def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        frame = q(sql, step=step)
+        frame = in_window(q(sql, step=step))
         if frame.empty:
             out = pd.DataFrame(columns=list(columns or []), dtype="float64")
         else:
@@ -389,6 +405,7 @@ def gather(
         + " ORDER BY bucket",
         step=step,
     )
+    trend = in_window(trend)
     trend.index = _ts(trend.pop("bucket"))
     latency_trend = trend.reindex(columns=trend_cols)
     latency_trend.index.name = "interval"
@@ -443,10 +460,15 @@ def gather(
         *sorted(set(workers_seen) - set(worker_tasks.index)),
     ][:top]
 
+    clip_lo = -(2**62) if window_lo is None else window_lo
+    clip_hi = 2**62 if window_hi is None else window_hi
     busy = over_time(
-        """
-        WITH r AS (SELECT worker AS key, started AS s, finished AS e FROM g
-                   WHERE worker IS NOT NULL AND started IS NOT NULL AND finished > started),
+        f"""
+        WITH r AS (SELECT key, s, e FROM (
+                     SELECT worker AS key, greatest(started, {clip_lo}) AS s,
+                            least(finished, {clip_hi}) AS e FROM g
+                     WHERE worker IS NOT NULL AND started IS NOT NULL)
+                   WHERE e > s),
         b AS (SELECT key, s, e, unnest(generate_series(s // $step, (e - 1) // $step)) AS k
               FROM r)
         SELECT k * $step AS bucket, key,
@@ -498,6 +520,14 @@ def gather(
     for column in ("sent", "received", "started", "finished"):
         slow[column] = _ts(slow[column])
     con.close()
+    if outside[0]:
+        logger.warning(
+            "%d task times per interval lie outside the window (%s to %s) and are left out "
+            "of the charts over time (a worker's clock off?)",
+            outside[0],
+            lo,
+            hi,
+        )
     return ReportData(
         archive=archive.uri,
         start=t_start,

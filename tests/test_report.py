@@ -263,6 +263,24 @@ def test_one_task_one_worker(tmp_path):
     assert report.render_html(data).count("<svg") == 9
 
 
+def test_a_task_time_in_the_year_9999_is_left_out_of_charts_over_time(tmp_path, caplog):
+    """A worker clock in the year 9999 (accepted, archived as is): the page is still
+    written, that time is left out of the charts over time with a warning, and the task
+    still counts."""
+    events = [
+        worker_event("online", "w@h", T0),
+        *task_events("u1", "fine.task", "w@h", T0 + 1),
+        *task_events("u2", "odd.task", "w@h", T0 + 2),
+    ]
+    odd = next(e for e in events if e.get("uuid") == "u2" and e["type"] == "task-succeeded")
+    odd["timestamp"] = 253_402_300_000.0
+    data = report.gather(make(tmp_path, events))
+    assert data.states.to_dict() == {"SUCCESS": 2}
+    assert data.throughput.index.max() < pd.Timestamp("2100-01-01", tz="UTC")
+    assert "left out of the charts over time" in caplog.text
+    assert report.render_html(data).count("<svg") == 9
+
+
 def test_worker_that_went_offline_and_restarted(tmp_path):
     """Online, offline, back with a new pid, offline: as Celery's State sees it."""
     events = [
