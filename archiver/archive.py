@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
-from .layout import Partition, is_hidden
+from .layout import COMPACT_MARK, Partition, is_hidden
 from .listing import (
     PARQUET,
     is_missing_file,
@@ -249,23 +249,43 @@ class Archive:
             except (pa.ArrowException, OSError) as exc:
                 if is_missing_file(exc) or not _filter_works(dataset, columns, filter):
                     raise
-            result = arch._read_each(table, paths, columns, filter)
+            result = arch._read_each(table, paths, parts, columns, filter)
             return result if limit is None else result.slice(0, limit)
 
         return retrying(attempt)
 
     def _read_each(
-        self, table: str, paths: list[str], columns: list[str] | None, filter: Any
+        self,
+        table: str,
+        paths: list[str],
+        partitions: list[Partition] | None,
+        columns: list[str] | None,
+        filter: Any,
     ) -> pa.Table:
-        """Read file by file, reporting and skipping the ones that fail."""
-        pieces = []
-        for path in paths:
-            try:
-                pieces.append(self._dataset(table, [path]).to_table(columns=columns, filter=filter))
-            except (pa.ArrowException, OSError) as exc:
-                if is_missing_file(exc):
-                    raise
-                self.mark_bad(path, exc)
+        """Read file by file, reporting and skipping the ones that fail.
+
+        A compacted file that fails replaces nothing: the files are listed again (its
+        inputs are visible now, its group's other files not) and read instead.
+        """
+        done: dict[str, pa.Table] = {}
+        while True:
+            merged_failed = False
+            for path in paths:
+                if path in done:
+                    continue
+                try:
+                    done[path] = self._dataset(table, [path]).to_table(
+                        columns=columns, filter=filter
+                    )
+                except (pa.ArrowException, OSError) as exc:
+                    if is_missing_file(exc):
+                        raise
+                    self.mark_bad(path, exc)  # remembered: the next listing skips it
+                    merged_failed |= COMPACT_MARK in path.rsplit("/", 1)[-1]
+            if not merged_failed:
+                break
+            paths = self.files(table, partitions)
+        pieces = [done[p] for p in paths if p in done]
         if pieces:
             return pa.concat_tables(pieces)
         return self._dataset(table, []).to_table(columns=columns, filter=filter)

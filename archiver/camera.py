@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -32,7 +33,9 @@ class Polaroid:
 
     * With ``clear_after``, the state is cleared only when a snapshot was really
       taken: not when ``maxrate`` skipped the shot, and not when ``on_shutter``
-      raised. Celery clears in both cases and those events are never recorded.
+      raised. Celery clears in both cases and those events are never recorded. (A
+      state with ``freeze_while`` but no ``_clear`` is cleared when the shot was not
+      skipped; its ``freeze_while`` decides what happens when ``on_shutter`` raises.)
     * :meth:`cancel` always takes the final snapshot (bypassing ``maxrate``),
       where Celery skips it if the last capture was less than ``freq`` ago.
     """
@@ -44,6 +47,8 @@ class Polaroid:
 
     _tref: Any = None
     _ctref: Any = None
+    #: True while the final snapshot is taken: ``maxrate`` does not apply to it.
+    _forced = False
 
     def __init__(
         self,
@@ -90,10 +95,10 @@ class Polaroid:
     def shutter(self, *, force: bool = False) -> bool:
         """Send ``shutter_signal`` and run :meth:`on_shutter` if the rate limit allows.
 
-        Returns True when the snapshot was taken. ``force`` bypasses ``maxrate``.
+        Returns True when the snapshot was taken. ``force`` (or a final snapshot being
+        taken by :meth:`cancel`) bypasses ``maxrate``.
         """
-        if not force and self.maxrate is not None and not self.maxrate.can_consume():
-            self.snapshots_skipped += 1
+        if not (force or self._forced) and not self._rate_allows():
             return False
         self.logger.debug("Shutter: %s", self.state)
         self.shutter_signal.send(sender=self.state, state=self.state)
@@ -101,25 +106,49 @@ class Polaroid:
         self.snapshots_taken += 1
         return True
 
-    def capture(self, *, force: bool = False) -> bool:
-        """Freeze the state and take a snapshot; clear it afterwards if ``clear_after``."""
-        freeze = getattr(self.state, "freeze_while", None)
-        if freeze is None:
-            return self.shutter(force=force)
-        if not self.clear_after:
-            return bool(freeze(self.shutter, force=force))
-        private_clear = getattr(self.state, "_clear", None)
-        if private_clear is not None:  # clear under the same lock, only after a good shot
-            return bool(freeze(self._shutter_then_clear, private_clear, force))
-        taken = bool(freeze(self.shutter, force=force))
-        if taken:
-            self.state.clear()
-        return taken
+    def _rate_allows(self) -> bool:
+        if self.maxrate is None or self.maxrate.can_consume():
+            return True
+        self.snapshots_skipped += 1
+        return False
 
-    def _shutter_then_clear(self, clear: Any, force: bool) -> bool:
-        taken = self.shutter(force=force)
+    def capture(self, *, force: bool = False) -> bool:
+        """Freeze the state and take a snapshot; clear it afterwards if ``clear_after``.
+
+        The state is only asked for ``freeze_while(fun, clear_after=…)``, as Celery's
+        camera does; a state without ``freeze_while`` is shuttered directly.
+        """
+        forced, self._forced = self._forced, self._forced or force
+        try:
+            return self._capture()
+        finally:
+            self._forced = forced
+
+    def _capture(self) -> bool:
+        state = self.state
+        freeze = getattr(state, "freeze_while", None)
+        if not self.clear_after:
+            return bool(freeze(self.shutter, clear_after=False) if freeze else self.shutter())
+        if freeze is None:
+            taken = self.shutter()
+            if taken:
+                state.clear()
+            return taken
+        if getattr(state, "_clear", None) is not None:  # clear under the same lock, after a shot
+            return bool(freeze(self._shutter_then_clear, clear_after=False))
+        # Only freeze_while: decide on the rate first, so a skipped shot does not clear.
+        if not (self._forced or self._rate_allows()):
+            return False
+        forced, self._forced = self._forced, True
+        try:
+            return bool(freeze(self.shutter, clear_after=True))
+        finally:
+            self._forced = forced
+
+    def _shutter_then_clear(self) -> bool:
+        taken = self.shutter()
         if taken:
-            clear()
+            self.state._clear()
         return taken
 
     def cancel(self) -> None:
@@ -131,7 +160,7 @@ class Polaroid:
         self._tref = self._ctref = None
         try:
             if tref is not None:
-                self.capture(force=True)
+                self.capture(force=True)  # the state is not told: it reaches the shutter
         finally:
             if tref is not None:
                 tref.cancel()
@@ -144,3 +173,102 @@ class Polaroid:
 
     def __exit__(self, *exc_info: object) -> None:
         self.cancel()
+
+
+class ForeignCamera:
+    """Runs a camera written for ``celery events --camera`` (a subclass of Celery's
+    ``Polaroid``, or any class taking Celery's camera arguments) under archiver's recorder.
+
+    The camera is built as Celery builds it, ``cls(state, freq=, maxrate=, cleanup_freq=,
+    timer=, app=)`` (``cleanup_freq`` only if it takes it), and keeps the given ``timer``
+    even when that is empty and so falsy (Celery's ``timer or Timer()`` would replace it).
+    Its snapshots are counted, and :meth:`cancel` takes its final snapshot past ``maxrate``
+    as archiver's cameras do.
+    """
+
+    def __init__(
+        self,
+        cls: Any,
+        state: Any,
+        *,
+        freq: float,
+        maxrate: str | float | None,
+        cleanup_freq: float,
+        timer: Any,
+        app: Any,
+    ) -> None:
+        kwargs = {"freq": freq, "maxrate": maxrate, "timer": timer, "app": app}
+        if accepts_argument(cls, "cleanup_freq"):
+            kwargs["cleanup_freq"] = cleanup_freq
+        self.camera = camera = cls(state, **kwargs)
+        if getattr(camera, "timer", None) is not timer:
+            camera.timer = timer
+        self.snapshots_taken = 0
+        on_shutter = getattr(camera, "on_shutter", None)
+        if callable(on_shutter):
+
+            def counted(state: Any) -> Any:
+                result = on_shutter(state)
+                self.snapshots_taken += 1
+                return result
+
+            camera.on_shutter = counted
+
+    @property
+    def timer(self) -> Any:
+        return self.camera.timer
+
+    @property
+    def maxrate(self) -> Any:
+        return getattr(self.camera, "maxrate", None)
+
+    @maxrate.setter
+    def maxrate(self, value: Any) -> None:
+        self.camera.maxrate = value
+
+    @property
+    def clear_after(self) -> bool:
+        return bool(getattr(self.camera, "clear_after", False))
+
+    @clear_after.setter
+    def clear_after(self, value: bool) -> None:
+        self.camera.clear_after = value
+
+    def install(self) -> None:
+        self.camera.install()
+
+    def cancel(self) -> None:
+        """The camera's own cancel (Celery's takes a final snapshot), with no ``maxrate``."""
+        maxrate = self.maxrate
+        if maxrate is not None:
+            self.camera.maxrate = None
+        try:
+            self.camera.cancel()
+        finally:
+            if maxrate is not None:
+                self.camera.maxrate = maxrate
+
+
+def accepts_argument(cls: Any, name: str) -> bool:
+    """Whether calling ``cls`` accepts the keyword ``name`` (True if it cannot be told)."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def celery_camera_problem(cls: Any) -> str | None:
+    """Why ``cls`` cannot run as a ``celery events --camera`` camera, or None."""
+    if not callable(cls):
+        return "is not a class"
+    missing = [m for m in ("install", "cancel") if not callable(getattr(cls, m, None))]
+    if missing:
+        return f"has no {' or '.join(m + '()' for m in missing)} method"
+    try:
+        inspect.signature(cls).bind(None, freq=1.0, maxrate=None, timer=None, app=None)
+    except TypeError as exc:
+        return f"does not take Celery's camera arguments (state, freq, maxrate, timer, app): {exc}"
+    except ValueError:  # no signature to check (a builtin): let the call tell
+        pass
+    return None

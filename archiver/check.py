@@ -6,22 +6,23 @@ fit its table, and every folder must be a valid ``date=YYYY-MM-DD/hour=H``
 partition. With ``quarantine``, each damaged file or folder is renamed to
 ``<archive>/_quarantine/<table>/<its path in the table>``: readers never look
 under ``_`` names, and a rename on local storage is atomic, so a crash leaves the
-file either where it was or in the quarantine, never lost.
+file either where it was or in the quarantine, never lost. A symbolic link at
+``_quarantine`` or below it on the way is refused, never followed out of the archive.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .archive import Archive
 from .errors import ArchiverError
-from .layout import QUARANTINE
-from .listing import is_missing_file, mark_damaged
+from .layout import QUARANTINE, is_hidden
+from .listing import is_missing_file, mark_damaged, read_fully
 from .maintenance.lock import lock_unless
 
 
@@ -68,18 +69,6 @@ class CheckReport:
         )
 
 
-def _read_fully(archive: Archive, path: str) -> int:
-    """Rows of ``path``, after decoding every page (checksums verified where present)."""
-    with archive.fs.open_input_file(path) as f:
-        parquet = pq.ParquetFile(f, page_checksum_verification=True)
-        rows = 0
-        for i in range(parquet.num_row_groups):  # one row group at a time: bounded memory
-            rows += parquet.read_row_group(i).num_rows
-        if rows != parquet.metadata.num_rows:
-            raise ValueError(f"{rows} rows read, the footer says {parquet.metadata.num_rows}")
-        return rows
-
-
 def check(archive: Archive, *, quarantine: bool = False, lock_timeout: float = 10.0) -> CheckReport:
     """Read every file of ``archive`` fully and report each damaged file or folder.
 
@@ -101,13 +90,20 @@ def _check(archive: Archive, *, quarantine: bool) -> CheckReport:
         found.setdefault(path, reason)
 
     arch = archive.using(note)
+    if quarantine:
+        _refuse_symlinks(arch, arch.location.join(QUARANTINE))
+    for entry in arch.fs.get_file_info(pafs.FileSelector(arch.location.root)):
+        if entry.type != pafs.FileType.Directory and not is_hidden(entry.base_name):
+            note(entry.path, "a file where a table folder belongs")
     tables = arch.tables()
     files = rows = 0
     for table in tables:
         for partition in arch.partitions(table):
+            for path in _dangling_links(arch, partition.path):
+                note(path, "a symbolic link to nothing")
             for info in arch.partition_files(partition):
                 try:
-                    rows += _read_fully(arch, info.path)
+                    rows += read_fully(arch.fs, info.path)
                     files += 1
                 except (OSError, pa.ArrowException, ValueError) as exc:
                     if is_missing_file(exc):  # removed by a concurrent cleanup
@@ -120,9 +116,50 @@ def _check(archive: Archive, *, quarantine: bool) -> CheckReport:
     return CheckReport(archive.uri, len(tables), files, rows, tuple(problems))
 
 
+def _exists(archive: Archive, path: str) -> bool:
+    if archive.location.local:
+        return os.path.lexists(path)
+    return archive.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
 def _relative(archive: Archive, path: str) -> str:
     root = archive.location.root.rstrip("/") + "/"
     return path[len(root) :] if path.startswith(root) else path
+
+
+def _dangling_links(archive: Archive, folder: str) -> list[str]:
+    """Visible ``*.parquet`` symbolic links in ``folder`` that point nowhere (pyarrow
+    does not list them)."""
+    if not archive.location.local:
+        return []
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                e.path
+                for e in entries
+                if e.name.endswith(".parquet")
+                and not is_hidden(e.name)
+                and e.is_symlink()
+                and not os.path.exists(e.path)
+            )
+    except OSError:  # removed by a concurrent expiry
+        return []
+
+
+def _refuse_symlinks(archive: Archive, path: str) -> None:
+    """Raise if ``path`` or a folder between the quarantine and it is a symbolic link:
+    moving damaged files there would take them out of the archive."""
+    if not archive.location.local:
+        return
+    top = archive.location.join(QUARANTINE)
+    parts = path[len(top) :].strip("/").split("/") if path != top else []
+    current = top
+    for part in ["", *parts]:
+        current = f"{current}/{part}" if part else current
+        if os.path.islink(current):
+            raise ArchiverError(
+                f"{current} is a symbolic link: refusing to quarantine through it; remove it"
+            )
 
 
 def _quarantine(archive: Archive, path: str) -> str:
@@ -130,10 +167,11 @@ def _quarantine(archive: Archive, path: str) -> str:
     fs = archive.fs
     target = archive.location.join(QUARANTINE, _relative(archive, path))
     candidate, n = target, 0
-    while fs.get_file_info(candidate).type != pafs.FileType.NotFound:  # never overwrite
+    while _exists(archive, candidate):  # never overwrite
         n += 1
         candidate = f"{target}.{n}"
     parent = candidate.rsplit("/", 1)[0]
+    _refuse_symlinks(archive, candidate)
     try:
         fs.create_dir(parent, recursive=True)
         info = fs.get_file_info(path)

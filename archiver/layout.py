@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
-from .schema import HOUR_US
+from .schema import HOUR_US, in_partition_range
 
 REPLACES_KEY = b"archiver.replaces"
 GROUP_KEY = b"archiver.group"
@@ -31,12 +31,12 @@ TMP_PREFIX = ".part-"
 TMP_SUFFIX = ".tmp"
 #: Marks a partition directory renamed aside by expiry (``.hour=H.expired-<id>``).
 EXPIRED_MARK = ".expired-"
-#: Years a partition may have: the span of pandas' timestamps (``Timestamp.min/max``).
-MIN_YEAR, MAX_YEAR = 1678, 2261
-#: Hours since the epoch up to 10000-01-01: no partition folder is made outside 1970..9999.
-LAST_HOUR = 253_402_300_800 // 3600
-_DATE = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})")
-_HOUR = re.compile(r"hour=(\d{1,2})")
+#: How a partition folder's date range reads in messages (see schema.in_partition_range).
+DATE_LAYOUT = "date=YYYY-MM-DD, 1970-2261"
+#: Partition folder names: ASCII digits only (``int()`` also takes other scripts' digits).
+_DATE = re.compile(r"date=([0-9]{4})-([0-9]{2})-([0-9]{2})", re.ASCII)
+_HOUR = re.compile(r"hour=([0-9]{1,2})", re.ASCII)
+_EPOCH = date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,11 @@ def partition_path(hour_bucket: int) -> str:
     """``date=YYYY-MM-DD/hour=H`` of an hour since the epoch (UTC).
 
     ``hour`` is not zero-padded, so pyarrow, DuckDB and Polars all read an integer.
-    Outside 1970..9999 it raises ValueError (the rows stay buffered and are counted).
+    Outside :func:`~archiver.schema.in_partition_range` (1970-01-01 .. 2262-01-01) it
+    raises ValueError (the rows stay buffered and are counted).
     """
-    if not 0 <= hour_bucket < LAST_HOUR:
-        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..9999")
+    if not in_partition_range(hour_bucket * HOUR_US):
+        raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..2261")
     start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
     return f"date={start:%Y-%m-%d}/hour={start.hour}"
 
@@ -91,16 +92,16 @@ def is_temp(name: str) -> bool:
 
 
 def parse_date(name: str) -> str | None:
-    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date."""
+    """``YYYY-MM-DD`` of a ``date=YYYY-MM-DD`` folder name, None if not a valid date
+    in :func:`~archiver.schema.in_partition_range` (1970-01-01 .. 2261-12-31)."""
     match = _DATE.fullmatch(name)
     if match is None:
         return None
-    year, month, day = map(int, match.groups())
-    if not MIN_YEAR <= year <= MAX_YEAR:
-        return None
     try:
-        date(year, month, day)
+        day = date(*map(int, match.groups()))
     except ValueError:
+        return None
+    if not in_partition_range((day - _EPOCH).days * 24 * HOUR_US):
         return None
     return name[5:]
 

@@ -23,11 +23,10 @@ import pyarrow.parquet as pq
 from .errors import one_line
 from .layout import (
     COMPACT_MARK,
+    DATE_LAYOUT,
     EXPIRED_MARK,
     GROUP_KEY,
     KEEP_KEY,
-    MAX_YEAR,
-    MIN_YEAR,
     REPLACES_KEY,
     CompactInfo,
     Partition,
@@ -151,19 +150,43 @@ def remember(location: Location, info: pafs.FileInfo, facts: FileFacts) -> None:
 
 
 def _time_bounds(meta: pq.FileMetaData) -> tuple[int | None, int | None]:
-    """Min and max ``captured_at`` (µs) from the row-group statistics."""
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    if "captured_at" not in names:
+    """Min and max ``captured_at`` (µs) from the row-group statistics, which are in the
+    file's own unit (pandas and Spark write nanoseconds)."""
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    arrow = meta.schema.to_arrow_schema()
+    if "captured_at" not in names or arrow.get_field_index("captured_at") < 0:
         return None, None
+    kind = arrow.field("captured_at").type
+    if not pa.types.is_timestamp(kind):
+        return None, None
+    scale = {"s": 10**6, "ms": 1000, "us": 1, "ns": 1}[kind.unit]
+    divide = 1000 if kind.unit == "ns" else 1
     col = names.index("captured_at")
     lo = hi = None
     for i in range(meta.num_row_groups):
         stats = meta.row_group(i).column(col).statistics
         if stats is None or not stats.has_min_max:
             continue
-        lo = stats.min_raw if lo is None else min(lo, stats.min_raw)
-        hi = stats.max_raw if hi is None else max(hi, stats.max_raw)
+        low, high = stats.min_raw, stats.max_raw
+        if not (isinstance(low, int) and isinstance(high, int)):  # INT96: no usable order
+            continue
+        low, high = low * scale // divide, high * scale // divide
+        lo = low if lo is None else min(lo, low)
+        hi = high if hi is None else max(hi, high)
     return lo, hi
+
+
+def read_fully(fs: pafs.FileSystem, path: str) -> int:
+    """Rows of ``path``, after decoding every page (checksums verified where present);
+    raises (OSError, ArrowException, ValueError) if any part is damaged."""
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f, page_checksum_verification=True)
+        rows = 0
+        for i in range(parquet.num_row_groups):  # one row group at a time: bounded memory
+            rows += parquet.read_row_group(i).num_rows
+        if rows != parquet.metadata.num_rows:
+            raise ValueError(f"{rows} rows read, the footer says {parquet.metadata.num_rows}")
+        return rows
 
 
 def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
@@ -173,8 +196,9 @@ def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
         info = location.fs.get_file_info(path)
     except OSError:
         return reason
-    if info.type == pafs.FileType.File:
-        remember(location, info, FileFacts(problem=reason))
+    if info.type == pafs.FileType.File:  # (a merged file's footer still says what it merged)
+        known = _FACTS.get(_key(location, info))
+        remember(location, info, FileFacts(problem=reason, compact=known and known.compact))
     return reason
 
 
@@ -241,8 +265,7 @@ def walk_partitions(location: Location, table: str, damaged: Damaged | None = No
         date_ = parse_date(day.base_name)
         if day.type != pafs.FileType.Directory or date_ is None:
             if damaged is not None:
-                layout = f"date=YYYY-MM-DD, {MIN_YEAR}-{MAX_YEAR}"
-                damaged(day.path, _not_a_partition(day, layout))
+                damaged(day.path, _not_a_partition(day, DATE_LAYOUT))
             continue
         for hour in list_dir(location, day.path):
             name = hour.base_name
@@ -298,8 +321,14 @@ def scan_partition(
 ) -> PartitionScan:
     """List a partition; damaged files are reported to ``damaged`` and left out of it.
 
-    With ``wall`` (the time now, epoch seconds), archiver's temporary files older
-    than :data:`TEMP_MAX_AGE` are listed in ``temps``.
+    With ``wall`` (a maintenance run: the time now, epoch seconds), archiver's
+    temporary files older than :data:`TEMP_MAX_AGE` are listed in ``temps``, and
+    every page of a committed merge whose inputs are still here (to be deleted) is
+    verified first (:func:`_damaged_commits`).
+
+    A merged file whose footer reads but a page does not replaces nothing: with all
+    its inputs here (they hold its rows) its group is ``garbage``; else it is a
+    damaged file, kept.
     """
     scan = PartitionScan()
     entries = list_dir(location, partition.path)
@@ -317,9 +346,13 @@ def scan_partition(
             scan.files[name] = e
     entries = list(scan.files.values())
     problems: dict[str, str] = {}
+    broken: dict[str, str] = {}  # merged files whose footer reads and a page does not
     for e, facts in zip(entries, all_facts(location, entries, partition.table)):
         if facts is None:  # vanished
             del scan.files[e.base_name]
+        elif facts.problem is not None and facts.compact is not None:
+            scan.infos[e.base_name] = facts.compact
+            broken[e.base_name] = facts.problem
         elif facts.problem is not None:
             problems[e.base_name] = facts.problem
             if COMPACT_MARK in e.base_name:  # a damaged compacted file replaces nothing
@@ -328,10 +361,27 @@ def scan_partition(
             scan.infos[e.base_name] = facts.compact
         else:
             scan.rows[e.base_name] = facts.rows
+    if wall is not None:
+        broken.update(_damaged_commits(location, scan, broken))
+    # A damaged merged file replaces nothing. With all its inputs there (they hold its
+    # rows) its group is garbage (a maintenance run deletes it); else it is kept as a
+    # damaged file.
+    infos = {name: (scan.files.pop(name), scan.infos[name]) for name in broken}
+    for name, (info, compact) in infos.items():
+        if compact.replaces and compact.replaces <= set(scan.files):
+            if damaged is not None:
+                note = "removed" if wall is not None else "replaces nothing"
+                damaged(info.path, f"{broken[name]} (a merged file: {note}, its inputs kept)")
+        else:
+            problems[name] = broken[name]
+            del scan.infos[name]
     present = set(scan.files)
     live = live_compacted(present, scan.infos)
     visible = visible_names(present, scan.infos)
-    scan.garbage = sorted(n for n in scan.infos if n not in live)
+    # (only a group whose inputs are all there is garbage: its rows are in them)
+    scan.garbage = sorted(
+        n for n in scan.infos if n not in live and scan.infos[n].replaces <= present
+    )
     scan.replaced = sorted(n for n in present - visible if n in live or n not in scan.infos)
     scan.tombstones = sorted(
         n for n in live & visible if scan.infos[n].rows == 0 and scan.infos[n].group == {n}
@@ -347,3 +397,22 @@ def scan_partition(
         (scan.files[n] for n in visible if n not in bad), key=lambda i: i.base_name
     )
     return scan
+
+
+def _damaged_commits(
+    location: Location, scan: PartitionScan, known: dict[str, str]
+) -> dict[str, str]:
+    """The live compacted files (not ``known`` damaged) whose inputs are still there,
+    to be deleted, that fail a full read verifying every page; and why."""
+    present = set(scan.files)
+    found: dict[str, str] = {}
+    for name in sorted(live_compacted(present, scan.infos)):
+        if name in known or not scan.infos[name].replaces & present:
+            continue
+        path = scan.files[name].path
+        try:
+            read_fully(location.fs, path)
+        except (OSError, pa.ArrowException, ValueError) as exc:
+            if not is_missing_file(exc):
+                found[name] = mark_damaged(location, path, exc)
+    return found

@@ -12,8 +12,12 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 
 from .errors import ArchiverError
+
+#: Lock files and pidfiles we write are this small; a bigger one is someone else's.
+MAX_LOCK_BYTES = 4096
 
 
 def pid_alive(pid: int) -> bool:
@@ -29,14 +33,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def open_lock_file(path: str, what: str = "lock file") -> int:
+def open_lock_file(
+    path: str, what: str = "lock file", ours: Callable[[bytes], bool] | None = None
+) -> int:
     """Open ``path`` read-write (created if missing) as a lock file; returns its fd.
 
     Refuses, with a one-line :class:`ArchiverError` naming the path, a symbolic
     link (dangling or not), anything but a regular file (FIFO, directory,
-    device), a file with other hard links, and a file owned by neither this user,
-    root nor the owner of its directory. Nothing is written here: the caller
-    truncates only after its ``flock`` is held, and only this fd.
+    device), a file with other hard links, a file owned by neither this user,
+    root nor the owner of its directory, and a non-empty file whose content is
+    not what we write there (``ours(content)``; without ``ours``, any content:
+    the maintenance lock passes its holder record check, the pidfile its pid check).
+    Nothing is written here: the caller truncates only after its ``flock`` is
+    held, and only this fd.
     """
     flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     try:
@@ -52,6 +61,12 @@ def open_lock_file(path: str, what: str = "lock file") -> int:
         raise ArchiverError(f"cannot {verb} {what} {path}: {exc.strerror or exc}") from None
     try:
         problem = _lock_file_problem(path, os.fstat(fd))
+        if problem is None:
+            content = os.pread(fd, MAX_LOCK_BYTES + 1, 0)
+            if content.strip() and (
+                len(content) > MAX_LOCK_BYTES or ours is None or not ours(content)
+            ):
+                problem = "holds something archiver did not write: refusing to overwrite it"
         if problem:
             raise ArchiverError(f"{what} {path} {problem}")
         os.set_blocking(fd, True)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 from .errors import ArchiverError, LockedError
 from .lockfile import open_lock_file, read_lock_file, try_lock, write_record
+
+
+def is_pid(data: bytes) -> bool:
+    """Whether ``data`` is what a pidfile holds: a pid and a newline."""
+    return re.fullmatch(rb"\s*[0-9]{1,10}\s*", data) is not None
 
 
 class Pidfile:
@@ -16,9 +22,9 @@ class Pidfile:
     pidfile left by a crash or ``kill -9`` is taken over; the file is removed on a
     clean exit. The file holds the owner's pid, for ``kill $(cat path)``.
 
-    A symbolic link, FIFO, directory or another user's file at ``path`` is a
-    one-line :class:`~archiver.errors.ArchiverError` (see
-    :func:`archiver.lockfile.open_lock_file`); only our own regular file is written.
+    A symbolic link, FIFO, directory, another user's file or a file holding
+    anything but a pid at ``path`` is a one-line :class:`~archiver.errors.ArchiverError`
+    (see :func:`archiver.lockfile.open_lock_file`); only our own regular file is written.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -31,17 +37,15 @@ class Pidfile:
 
     def read_pid(self) -> int | None:
         """The pid written in the file, or None."""
-        try:
-            return int((read_lock_file(self.path, 32) or b"").split()[0])
-        except (ValueError, IndexError):
-            return None
+        data = read_lock_file(self.path, 32) or b""
+        return int(data) if is_pid(data) else None
 
     def acquire(self) -> None:
         """Take the lock and write our pid; raise LockedError if a live process holds it."""
         if self._fd is not None:
             raise ArchiverError(f"pidfile {self.path} is already held by this process")
         for _ in range(10):
-            fd = open_lock_file(self.path, "pidfile")
+            fd = open_lock_file(self.path, "pidfile", is_pid)
             try:
                 locked = try_lock(fd)
             except OSError as exc:

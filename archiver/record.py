@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .camera import Polaroid
+from .camera import ForeignCamera, Polaroid, celery_camera_problem
 from .errors import ArchiverError
 from .parquet_camera import ParquetCamera
 from .ratelimit import TokenBucket
@@ -28,6 +28,7 @@ from .sources import (
     read_events,
 )
 from .state import State, describe_event, event_problem
+from .timer import Timer
 
 logger = logging.getLogger(__name__)
 
@@ -111,17 +112,34 @@ class RecordSummary:
         )
 
 
-def load_camera_class(spec: str) -> type[Polaroid]:
-    """Import ``module:Class`` (or ``module.Class``); it must be a Polaroid subclass."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        module_name, _, attr = spec.rpartition(".")
+def load_camera_class(spec: str) -> type:
+    """Import ``module:Class`` or ``module.Class``, as Celery's ``symbol_by_name`` does.
+
+    The class must be an archiver :class:`Polaroid`, a subclass of Celery's
+    ``celery.events.snapshot.Polaroid``, or any class taking Celery's camera arguments
+    ``(state, freq=, maxrate=, cleanup_freq=, timer=, app=)`` with ``install()`` and
+    ``cancel()`` (what ``celery events --camera`` runs).
+    """
+    module_name, _, attr = spec.rpartition(":" if ":" in spec else ".")
+    if not module_name or not attr:
+        raise ArchiverError(
+            f"cannot import camera {spec!r}: give it as module:Class or module.Class"
+        )
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ArchiverError(f"cannot import camera {spec!r}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Polaroid)):
-        raise ArchiverError(f"camera {spec!r} is not a subclass of archiver.Polaroid")
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the module's own code may raise anything
+        raise ArchiverError(f"cannot import camera {spec!r}: {type(exc).__name__}: {exc}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ArchiverError(f"cannot import camera {spec!r}: {module_name} has no {attr!r}")
+    if isinstance(cls, type) and issubclass(cls, Polaroid):
+        return cls
+    problem = celery_camera_problem(cls)
+    if problem:
+        raise ArchiverError(
+            f"camera {spec!r} is not a camera: it {problem}; give an archiver.Polaroid, a "
+            "celery.events.snapshot.Polaroid subclass or a class with Celery's camera constructor"
+        )
     return cls
 
 
@@ -141,9 +159,10 @@ class Recorder:
 
     Args:
         archive: where the Parquet camera writes.
-        camera: a Polaroid subclass (default :class:`ParquetCamera`); a subclass of
+        camera: a camera class (default :class:`ParquetCamera`); a subclass of
             ParquetCamera gets the archive and ``camera_options``, any other Polaroid
-            only the Polaroid arguments (as Celery's ``--camera``).
+            only the Polaroid arguments. Any other class (a camera for ``celery events
+            --camera``) runs in a :class:`ForeignCamera`, on archiver's State.
         duration: stop after this many seconds (wall clock); ``limit``: after N events.
         progress: called as ``progress(recorder)`` regularly from the receiving thread.
 
@@ -159,7 +178,7 @@ class Recorder:
         maxrate: str | None = None,
         cleanup_freq: float = 3600.0,
         clear_after: bool = False,
-        camera: type[Polaroid] = ParquetCamera,
+        camera: type = ParquetCamera,
         max_tasks: int = 10_000,
         duration: float | None = None,
         limit: int | None = None,
@@ -180,7 +199,7 @@ class Recorder:
         self.state = State(max_tasks_in_memory=max_tasks)
         self.duration, self.limit = duration, limit
         self.progress = progress or (lambda recorder: None)
-        self.camera: Polaroid | None = None
+        self.camera: Polaroid | ForeignCamera | None = None
         self.lines = LineStats()
         self.live_stats = LiveStats()
         self.events = 0
@@ -216,10 +235,19 @@ class Recorder:
             return True
         return self.finished()
 
-    def _make_camera(self, timer: Any, clock: Callable[[], float] | None, app: Any) -> Polaroid:
+    def _make_camera(self, timer: Any, clock: Callable[[], float] | None, app: Any) -> Any:
         args = {"freq": self.freq, "maxrate": self.maxrate, "cleanup_freq": self.cleanup_freq}
+        native = isinstance(self.camera_cls, type) and issubclass(self.camera_cls, Polaroid)
         try:
-            if issubclass(self.camera_cls, ParquetCamera):
+            if not native:  # a camera for `celery events --camera`: archiver's timer, always
+                camera = ForeignCamera(
+                    self.camera_cls,
+                    self.state,
+                    timer=Timer() if timer is None else timer,
+                    app=app,
+                    **args,
+                )
+            elif issubclass(self.camera_cls, ParquetCamera):
                 extra = dict(self.camera_options)
                 if clock is not None:
                     extra["clock"] = clock
@@ -230,6 +258,10 @@ class Recorder:
                 camera = self.camera_cls(self.state, timer=timer, app=app, **args)
         except (ValueError, TypeError) as exc:
             raise ArchiverError(f"cannot create the camera: {exc}") from exc
+        except Exception as exc:  # a foreign camera's own constructor may raise anything
+            if native:
+                raise
+            raise ArchiverError(f"cannot create the camera: {type(exc).__name__}: {exc}") from exc
         if self.clear_after:
             camera.clear_after = True
         return camera
@@ -277,12 +309,26 @@ class Recorder:
         timer = ReplayTimer()
         self.clock = replay_clock = ReplayClock()
 
-        def clock() -> float:  # the replayed time; the wall clock before any timestamp
-            now = timer.now
-            return time.time() if now is None else now
+        stamped = [-math.inf]  # the latest snapshot time taken from the events
+
+        def replayed() -> float:
+            """A timer beat's time while it runs (snapshots at their own beat), else the
+            replay clock (e.g. for an early snapshot: the state is full of changes); the
+            wall clock before any event time."""
+            now, latest = timer.now, replay_clock.estimate()
+            if latest is None:
+                return time.time() if now is None else now
+            return now if now is not None and (timer.running or now > latest) else latest
+
+        def clock() -> float:
+            """The snapshot time: ``replayed()``, never before an earlier snapshot's."""
+            if timer.now is None and replay_clock.estimate() is None:
+                return time.time()
+            stamped[0] = max(replayed(), stamped[0] + 1e-6)  # a later snapshot sorts later
+            return stamped[0]
 
         self.camera = camera = self._make_camera(timer, clock, None)
-        if camera.maxrate is not None:  # rate-limit snapshots on the replayed clock too
+        if getattr(camera.maxrate, "fill_rate", None) is not None:  # on the replayed clock too
             camera.maxrate = TokenBucket(
                 camera.maxrate.fill_rate,
                 camera.maxrate.capacity,
@@ -292,7 +338,7 @@ class Recorder:
         if sink is not None and hasattr(sink, "clock"):
             # Buffered rows are written every ``flush_interval`` of event time too: the
             # files a live run would have written, and memory bounded the same way.
-            sink.clock = clock
+            sink.clock = replayed
         camera.install()
         state = self.state
         state_event, advance, offer = state.event, timer.advance, replay_clock.offer
@@ -301,9 +347,9 @@ class Recorder:
         # Stop, duration and progress are checked every CHECK_EVERY events at full
         # speed (cheap), before every event when sleeping between them.
         check_every = 1 if speed > 0 else CHECK_EVERY
-        max_jump = replay_clock.max_jump
+        step, seen = replay_clock.step, replay_clock.seen
         now = hi = -math.inf  # the clock, and the furthest it may move without a check
-        fast = speed == 0  # the fast path is off while sleeping and while a jump is pending
+        fast = speed == 0  # the fast path is off while sleeping between events
         due = -math.inf  # when the timer next has something to run
         wall_start = monotonic()
         count = self.events
@@ -341,13 +387,15 @@ class Recorder:
                     except Exception as exc:
                         self._event_error(event, exc)
                         continue
-                    if ts > now and state.rejected_events == rejected:
-                        now = replay_clock.now = ts
-                        hi = ts + max_jump
+                    if state.rejected_events == rejected:
+                        seen(ts)
+                        if ts > now:
+                            now = replay_clock.now = ts
+                            hi = ts + step
                 else:  # the clock may start, jump or run the timer: only for a good event
                     moved = offer(ts) if event_problem(event) is None else None
                     if moved is not None:
-                        now, hi = moved, moved + max_jump
+                        now, hi = moved, moved + step
                         if speed > 0 and not stopped:
                             self.events = count - 1
                             start = replay_clock.start
@@ -357,7 +405,6 @@ class Recorder:
                                 advance(replay_clock.start)
                             advance(moved)
                             due = timer.next_due
-                    fast = speed == 0 and replay_clock.pending is None
                     self._apply(event)
         finally:
             self.events = count
@@ -425,7 +472,7 @@ class Recorder:
                 self._close(camera)
         return self.summary()
 
-    def _close(self, camera: Polaroid) -> None:
+    def _close(self, camera: Any) -> None:
         """The final snapshot and flush; a failure is counted (exit 74), not raised."""
         try:
             camera.cancel()

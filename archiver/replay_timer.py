@@ -7,79 +7,107 @@ import heapq
 import itertools
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .schema import END_PARTITION_US, FIRST_PARTITION_US
 from .timer import Entry
 
 logger = logging.getLogger("archiver.replay")  # the name users configure: unchanged
 
 #: How many missed beats of one entry a single clock jump may run (see ReplayTimer).
 MAX_CATCHUP = 1000
-#: Timestamps outside [MIN_TIMESTAMP, MAX_TIMESTAMP) (1970 .. year 5138) never move the clock.
-MIN_TIMESTAMP = 0.0
-MAX_TIMESTAMP = 1e11
-#: A forward jump of more than this (seconds), and the first timestamp of a replay...
-MAX_JUMP = 86_400.0
-#: ...move the clock only once this many events in a row agree (within MAX_JUMP).
-CONFIRM = 3
+#: Timestamps outside [MIN_TIMESTAMP, MAX_TIMESTAMP) never move the clock: the partition
+#: range, so that the clock never stamps a snapshot that no folder can hold.
+MIN_TIMESTAMP = FIRST_PARTITION_US / 1e6
+MAX_TIMESTAMP = END_PARTITION_US / 1e6
+#: A step forward of at most this many seconds moves the clock at once.
+STEP = 60.0
+#: The clock's rule looks at this many of the latest accepted timestamps...
+WINDOW = 64
+#: ...and starts once it has seen this many, two thirds of them within a step of their
+#: median (or at the end of a shorter replay).
+START = 9
 
 
 class ReplayClock:
     """The rule for a replay's clock: which event timestamps move it (pure, no I/O).
 
-    Give :meth:`offer` the timestamp of each event the State accepts. The clock
-    follows the latest one, except that the first timestamp, and one more than
-    ``max_jump`` ahead of the clock, are taken only once ``confirm`` such events in
-    a row lie within ``max_jump`` of each other (an event near the clock in
-    between starts the count again). So one outlier (year 2100, or a client with a
-    bad clock) never moves the clock, while a real gap (a recording paused for
-    days) does. Timestamps before 1970 or from year 5138 never count.
+    Give :meth:`offer` (or :meth:`seen`, on the hot path) the timestamp of each
+    event the State accepts. The clock never goes back. It follows the latest
+    timestamp while each step forward is at most ``step`` (a minute); a bigger step
+    moves it only as far as the median of the latest ``window`` (64) accepted
+    timestamps. So events from one bad clock (one outlier, a burst from one task or
+    worker in 2100 or 20 hours ahead) move it at most ``step`` unless they are most
+    of the recent stream, while a real gap (a recording paused for days) is taken
+    once most of the latest events lie beyond it. The clock starts once ``start``
+    (9) timestamps are in and two thirds of them lie within ``step`` of their median,
+    at the earliest of those, so first events from year 702 or 2100 are not the
+    start. Timestamps outside the partition range (1970..2261) never count.
     """
 
-    def __init__(self, *, max_jump: float = MAX_JUMP, confirm: int = CONFIRM) -> None:
-        if confirm < 1:
-            raise ValueError(f"confirm must be >= 1, got {confirm!r}")
-        self.max_jump, self.confirm = max_jump, confirm
+    def __init__(
+        self,
+        *,
+        step: float = STEP,
+        window: int = WINDOW,
+        start: int = START,
+    ) -> None:
+        if window < 1 or not 1 <= start <= window:
+            raise ValueError(f"need 1 <= start <= window, got {start!r} and {window!r}")
+        self.step, self.min_start = step, start
         #: The clock (epoch seconds), None until started.
         self.now: float | None = None
-        #: The first timestamp of the replay's confirmed run (the clock's start).
+        #: The clock's first value (where the replay's timer starts).
         self.start: float | None = None
-        #: An unconfirmed jump: its first timestamp, its latest one, and how many agree.
-        self.pending: tuple[float, float, int] | None = None
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def seen(self, ts: float) -> None:
+        """Count an accepted timestamp that the caller already knows is a small step."""
+        self.recent.append(ts)
 
     def offer(self, ts: Any) -> float | None:
         """Take an accepted event's timestamp; returns the new clock if it moved, else None."""
         if not ((type(ts) is float or type(ts) is int) and MIN_TIMESTAMP <= ts < MAX_TIMESTAMP):
             return None  # NaN and inf never compare; bool is no timestamp
+        self.recent.append(ts)
         now = self.now
-        if now is not None and abs(ts - now) <= self.max_jump:
-            self.pending = None
+        if now is None:
+            return self._begin(quorum=True) if len(self.recent) >= self.min_start else None
+        if ts <= now + self.step:
             if ts > now:
                 self.now = ts
                 return ts
             return None
-        if now is not None and ts < now:
-            return None  # far behind the clock: never moves it
-        pending = self.pending
-        if pending is not None and abs(ts - pending[0]) <= self.max_jump:
-            first, latest, votes = pending[0], max(pending[1], ts), pending[2] + 1
-        else:
-            first, latest, votes = ts, ts, 1
-        if votes < self.confirm:
-            self.pending = (first, latest, votes)
-            return None
-        self.pending = None
-        if now is None:
-            self.start = first
-        self.now = latest
-        return latest
+        target = min(ts, self._median())  # a big step: only as far as most events agree
+        if target > now:
+            self.now = target
+            return target
+        return None
 
     def finish(self) -> float | None:
-        """The clock at the end: an unconfirmed start is taken then (a short replay)."""
-        if self.now is None and self.pending is not None:
-            self.start, self.now = self.pending[0], self.pending[1]
-            self.pending = None
+        """The clock at the end: a replay too short to start its clock starts it here."""
+        if self.now is None and self.recent:
+            self._begin()
+        return self.now
+
+    def estimate(self) -> float | None:
+        """The clock, or before it starts the median of the timestamps so far (or None)."""
+        if self.now is not None:
+            return self.now
+        return self._median() if self.recent else None
+
+    def _median(self) -> float:
+        ordered = sorted(self.recent)
+        return ordered[len(ordered) // 2]
+
+    def _begin(self, *, quorum: bool = False) -> float | None:
+        middle = self._median()
+        near = [t for t in self.recent if abs(t - middle) <= self.step] or [middle]
+        if quorum and 3 * len(near) < 2 * len(self.recent):
+            return None
+        self.start, self.now = min(near), max(near)
         return self.now
 
 
@@ -105,6 +133,8 @@ class ReplayTimer:
         self.skipped = 0
         #: Entries that raised (logged; each keeps its schedule).
         self.errors = 0
+        #: True while an entry runs (``now`` is then that entry's beat).
+        self.running = False
         self._queue: list[tuple[float, int, Entry]] = []
         self._pending: list[Entry] = []
         self._seq = itertools.count()
@@ -158,11 +188,14 @@ class ReplayTimer:
                 self.skipped += skip
                 due += skip * entry.secs
             self.now = due
+            self.running = True
             try:
                 entry()
             except Exception as exc:
                 self.errors += 1
                 logger.exception("Error in replayed timer entry %r: %r", entry, exc)
+            finally:
+                self.running = False
             if not entry.cancelled:
                 heapq.heappush(queue, (due + entry.secs, next(self._seq), entry))
         if to > self.now:

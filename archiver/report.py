@@ -3,8 +3,9 @@
 :func:`gather` reads only the columns the report needs (time window and name filter
 pushed down to the files through :meth:`archiver.Archive.load`) and aggregates them in
 DuckDB into a :class:`ReportData` of small frames. The ``chart_*`` functions draw one
-matplotlib figure each from it, :func:`render_html` inlines them as SVG (no JavaScript,
-no request to any host), and :func:`report` does all three. The notebook calls the same
+matplotlib figure each from it, :func:`render_charts` turns them into SVG (in two
+processes), :func:`render_html` inlines them in the page (no JavaScript, no request to
+any host), and :func:`report` does it all. The notebook calls the same
 functions, so the two never disagree.
 
 ``import archiver.report`` needs only pandas and pyarrow; gathering needs ``duckdb`` and
@@ -13,9 +14,12 @@ drawing ``matplotlib`` (``pip install 'archiver[report]'``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import html
 import io
+import logging
 import os
 import re
 import sys
@@ -36,6 +40,8 @@ from .api import Archive
 from .errors import ArchiverError
 from .rows import latest_rows as latest_arrow
 from .timeparse import parse_time
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -306,24 +312,49 @@ def gather(
     states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
     states = states.set_index("state")["n"].sort_values(ascending=False, kind="stable")
 
-    pcts = ", ".join(
-        f"quantile_cont({m}, {p}) AS {m}_{_pct(p)}" for m in LATENCIES for p in percentiles
-    )
+    def quantiles(sql: str, metrics: Sequence[str]) -> str:
+        """``sql`` (``{q}``: where the aggregates go) plus the ``percentiles`` of ``metrics``
+        as columns ``<metric>_p50``...: one list quantile (one sort) per metric."""
+        qs = "[" + ", ".join(map(repr, percentiles)) + "]"
+        inner = ", ".join(f"quantile_cont({m}, {qs}) AS {m}_q" for m in metrics)
+        outer = ", ".join(
+            f"{m}_q[{i}] AS {m}_{_pct(p)}" for m in metrics for i, p in enumerate(percentiles, 1)
+        )
+        hidden = ", ".join(f"{m}_q" for m in metrics)
+        return f"SELECT * EXCLUDE ({hidden}), {outer} FROM ({sql.format(q=inner)})"
+
     counts = """count(*) AS tasks,
         count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
         count(*) FILTER (WHERE state = 'FAILURE') AS failed,
         count(*) FILTER (WHERE was_retried) AS retried,
         count(*) FILTER (WHERE state = 'REVOKED') AS revoked"""
-    by_name = q(f"SELECT grp AS name, {counts}, {pcts} FROM g GROUP BY grp").set_index("name")
+    by_name = q(
+        quantiles(f"SELECT grp AS name, {counts}, {{q}} FROM g GROUP BY grp", list(LATENCIES))
+    ).set_index("name")
     by_name = by_name.reindex(order)
     per_name = q(
-        f"""SELECT coalesce(name, '(none)') AS name, {counts},
-        {", ".join(f"quantile_cont(runtime, {p}) AS runtime_{_pct(p)}" for p in percentiles)}
-        FROM g GROUP BY 1 ORDER BY tasks DESC, name"""
+        quantiles(
+            f"SELECT coalesce(name, '(none)') AS name, {counts}, {{q}} FROM g GROUP BY 1",
+            ["runtime"],
+        )
+        + " ORDER BY tasks DESC, name"
     ).set_index("name")
 
+    # Charts over time cover the window (of captured_at), give or take a step: a task
+    # time far outside it (a worker clock in the year 9999) is left out of them.
+    window_lo = None if lo is None else lo.value // 1000 - step
+    window_hi = None if hi is None else hi.value // 1000 + step
+    outside = [0]
+
+    def in_window(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty or window_lo is None or window_hi is None:
+            return frame
+        keep = frame["bucket"].between(window_lo, window_hi)
+        outside[0] += int((~keep).sum())
+        return frame[keep]
+
     def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        frame = q(sql, step=step)
+        frame = in_window(q(sql, step=step))
         if frame.empty:
             out = pd.DataFrame(columns=list(columns or []), dtype="float64")
         else:
@@ -366,11 +397,15 @@ def gather(
     )
     trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in percentiles]
     trend = q(
-        f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
-        {pcts} FROM g WHERE coalesce(finished, started, received) IS NOT NULL
-        GROUP BY 1 ORDER BY 1""",
+        quantiles(
+            f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
+            {{q}} FROM g WHERE coalesce(finished, started, received) IS NOT NULL GROUP BY 1""",
+            list(LATENCIES),
+        )
+        + " ORDER BY bucket",
         step=step,
     )
+    trend = in_window(trend)
     trend.index = _ts(trend.pop("bucket"))
     latency_trend = trend.reindex(columns=trend_cols)
     latency_trend.index.name = "interval"
@@ -425,10 +460,15 @@ def gather(
         *sorted(set(workers_seen) - set(worker_tasks.index)),
     ][:top]
 
+    clip_lo = -(2**62) if window_lo is None else window_lo
+    clip_hi = 2**62 if window_hi is None else window_hi
     busy = over_time(
-        """
-        WITH r AS (SELECT worker AS key, started AS s, finished AS e FROM g
-                   WHERE worker IS NOT NULL AND started IS NOT NULL AND finished > started),
+        f"""
+        WITH r AS (SELECT key, s, e FROM (
+                     SELECT worker AS key, greatest(started, {clip_lo}) AS s,
+                            least(finished, {clip_hi}) AS e FROM g
+                     WHERE worker IS NOT NULL AND started IS NOT NULL)
+                   WHERE e > s),
         b AS (SELECT key, s, e, unnest(generate_series(s // $step, (e - 1) // $step)) AS k
               FROM r)
         SELECT k * $step AS bucket, key,
@@ -480,6 +520,14 @@ def gather(
     for column in ("sent", "received", "started", "finished"):
         slow[column] = _ts(slow[column])
     con.close()
+    if outside[0]:
+        logger.warning(
+            "%d task times per interval lie outside the window (%s to %s) and are left out "
+            "of the charts over time (a worker's clock off?)",
+            outside[0],
+            lo,
+            hi,
+        )
     return ReportData(
         archive=archive.uri,
         start=t_start,
@@ -588,10 +636,12 @@ def _plt():
 STYLE = {
     "text.parse_math": False,  # a task name with $ signs is text, not TeX
     "svg.fonttype": "none",  # text stays text: small, sharp, searchable
+    "svg.hashsalt": "archiver",  # the same data gives the same page
     "font.size": 9,
     "axes.titlesize": 11,
     "axes.titleweight": "bold",
     "axes.titlelocation": "left",
+    "axes.titley": 1.0,  # a fixed place: placing it around the ticks measures all of them
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -609,8 +659,74 @@ def _label(text: Any, width: int = 40) -> str:
     return " " + text if text.startswith("_") else text
 
 
-def _figure(height: float = 3.2, width: float = 10.0, ncols: int = 1):
-    return _plt().subplots(1, ncols, figsize=(width, height), layout="constrained")
+#: Height of one legend row at 8 pt, in inches.
+LEGEND_ROW = 0.19
+
+
+def _text_width(labels: Sequence[Any], size: float = 9) -> float:
+    """Width (inches) of the longest of ``labels`` at ``size`` points, in the charts' font.
+
+    Each chart sizes its margins from its labels with this: a layout engine measures
+    every artist, and draws every figure twice, which cost half of the drawing time.
+    """
+    return max((_text_points(str(label), size) for label in labels), default=0) * 1.05 / 72
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_points(text: str, size: float) -> float:
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Glyph .* missing from font")  # drawn as a box
+        return text_to_path.get_text_width_height_descent(text, FontProperties(size=size), False)[0]
+
+
+def _legend_cols(n: int, height: float) -> int:
+    """Columns a legend of ``n`` entries needs beside axes ``height`` inches tall."""
+    return max(1, -(-n // max(1, int(height / LEGEND_ROW))))
+
+
+def _legend_width(labels: Sequence[Any], height: float) -> float:
+    """Room (inches) right of axes ``height`` tall for the legend :func:`_legend` puts there."""
+    if not len(labels):
+        return 0.3
+    return 0.2 + _legend_cols(len(labels), height) * (0.45 + _text_width(labels, 8))
+
+
+def _figure(
+    height: float = 3.2,
+    width: float = 10.0,
+    *,
+    left: float = 0.9,
+    right: float = 0.3,
+    top: float = 0.45,
+    bottom: float = 0.6,
+    gaps: Sequence[float] = (),
+    ratios: Sequence[float] = (1,),
+):
+    """A figure of ``len(ratios)`` axes side by side; margins and ``gaps`` in inches.
+
+    No layout engine: each chart sizes its margins from its labels (:func:`_text_width`).
+    """
+    fig = _plt().figure(figsize=(width, height))
+    free = width - left - right - sum(gaps)
+    x, axes = left, []
+    for i, ratio in enumerate(ratios):
+        w = free * ratio / sum(ratios)
+        axes.append(_axes(fig, x, bottom, w, height - top - bottom))
+        x += w + (gaps[i] if i < len(gaps) else 0)
+    return fig, (axes[0] if len(axes) == 1 else axes)
+
+
+def _axes(fig, left: float, bottom: float, width: float, height: float):
+    """New axes in ``fig`` at this place, in inches from its lower left corner."""
+    w, h = fig.get_size_inches()
+    return fig.add_axes((left / w, bottom / h, width / w, height / h))
+
+
+def _plot_height(height: float, top: float = 0.45, bottom: float = 0.6) -> float:
+    return height - top - bottom
 
 
 def _styled(chart: Callable[[ReportData], Figure]) -> Callable[[ReportData], Figure]:
@@ -636,7 +752,8 @@ def _unit(seconds: float) -> tuple[str, float]:
 def _time_axis(ax, data: ReportData) -> None:
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    inches = ax.get_position().width * ax.figure.get_figwidth()
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=max(4, min(10, int(inches / 0.7))))
     ax.xaxis.set_major_locator(locator)
     formatter = mdates.ConciseDateFormatter(locator, show_offset=False)
     ax.xaxis.set_major_formatter(formatter)
@@ -658,10 +775,29 @@ def _naive(values: Any) -> Any:
     return pd.DatetimeIndex(values).tz_convert("UTC").tz_localize(None)
 
 
-def _legend(ax, title: str | None = None) -> None:
-    handles, _ = ax.get_legend_handles_labels()
+def _legend(ax, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None) -> None:
+    """The legend right of ``ax`` (in the room :func:`_legend_width` made), never over data."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
     if handles:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title=title, borderaxespad=0)
+        height = ax.get_position().height * ax.figure.get_figheight()
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+            ncols=_legend_cols(len(handles), height),
+        )
+
+
+def _shared_legend(axes: Sequence[Any]) -> None:
+    """One legend for ``axes`` (their entries, once each), right of the last one."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    _legend(axes[-1], list(entries.values()), list(entries))
 
 
 def _empty(ax, what: str) -> None:
@@ -669,28 +805,31 @@ def _empty(ax, what: str) -> None:
     ax.set_yticks([])
 
 
-def _stacked_bars(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) -> None:
-    frame = frame.loc[:, frame.sum() > 0] if len(frame.columns) else frame
+def _nonzero(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` without its all-zero columns."""
+    return frame.loc[:, frame.fillna(0).sum() > 0] if len(frame.columns) else frame
+
+
+def _stacked(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) -> None:
+    """``frame``'s columns stacked per interval: one filled step outline per column."""
+    import matplotlib.dates as mdates
+
     if frame.empty or not len(frame.columns):
         _empty(ax, what)
     else:
-        x = _naive(frame.index)
-        width = data.step / pd.Timedelta(days=1)
+        grid = pd.date_range(frame.index[0], frame.index[-1], freq=data.step)
+        frame = frame.reindex(grid.union(frame.index), fill_value=0)
+        x = mdates.date2num(_naive(frame.index))
+        edges = np.append(x, x[-1] + data.step / pd.Timedelta(days=1))
+        ax.xaxis_date()
         bottom = np.zeros(len(frame))
-        colors = _colors(len(frame.columns))
-        for column, color in zip(frame.columns, colors):
-            values = frame[column].to_numpy(dtype="float64")
-            ax.bar(
-                x,
-                values,
-                width=width,
-                bottom=bottom,
-                align="edge",
-                label=_label(column),
-                color=color,
-                linewidth=0,
+        for column, color in zip(frame.columns, _colors(len(frame.columns))):
+            top = bottom + frame[column].fillna(0).to_numpy(dtype="float64")
+            ax.stairs(
+                top, edges, baseline=bottom, fill=True, color=color, lw=0, label=_label(column)
             )
-            bottom += values
+            bottom = top
+        ax.set_ylim(0, max(1.0, float(bottom.max())) * 1.05)
         _legend(ax)
     ax.set_ylabel(ylabel)
     _time_axis(ax, data)
@@ -702,7 +841,9 @@ def _colors(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _lines(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, **kw) -> None:
+def _lines(
+    ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, *, legend=True, **kw
+) -> None:
     frame = frame.dropna(axis=1, how="all")
     if frame.empty or not len(frame.columns):
         _empty(ax, what)
@@ -718,7 +859,8 @@ def _lines(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, **
                 marker="." if len(frame) < 3 else None,
                 **kw,
             )
-        _legend(ax)
+        if legend:
+            _legend(ax)
         ax.set_ylim(bottom=0)
     ax.set_ylabel(ylabel)
     _time_axis(ax, data)
@@ -727,27 +869,35 @@ def _lines(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, **
 @_styled
 def chart_throughput(data: ReportData) -> Figure:
     """Tasks finished per interval, per task name (top N, the rest as "other")."""
-    fig, ax = _figure()
+    frame = _nonzero(data.throughput)
+    fig, ax = _figure(right=_legend_width([_label(c) for c in frame.columns], _plot_height(3.2)))
     ax.set_title(f"Tasks finished per {data.freq}, by task name")
-    _stacked_bars(ax, data.throughput, data, "finished tasks", f"tasks / {data.freq}")
+    _stacked(ax, frame, data, "finished tasks", f"tasks / {data.freq}")
     return fig
+
+
+OUTCOME_COLORS = {
+    "succeeded": "#2ca02c",
+    "failed": "#d62728",
+    "retried": "#ff7f0e",
+    "revoked": "#7f7f7f",
+}
 
 
 @_styled
 def chart_outcomes(data: ReportData) -> Figure:
     """Succeeded, failed, retried and revoked per interval."""
-    fig, ax = _figure()
+    frame = _nonzero(data.outcomes)
+    keep = [c for c in OUTCOME_COLORS if c in frame.columns]
+    fig, ax = _figure(right=_legend_width(keep, _plot_height(3.2)))
     ax.set_title(f"Succeeded, failed, retried and revoked per {data.freq}")
-    colors = ["#2ca02c", "#d62728", "#ff7f0e", "#7f7f7f"]
-    frame = data.outcomes.loc[:, data.outcomes.sum() > 0] if len(data.outcomes) else data.outcomes
-    keep = [c for c in ("succeeded", "failed", "retried", "revoked") if c in frame.columns]
     _lines(
         ax,
         frame[keep],
         data,
         "finished tasks",
         f"tasks / {data.freq}",
-        colors=[colors[["succeeded", "failed", "retried", "revoked"].index(c)] for c in keep],
+        colors=[OUTCOME_COLORS[c] for c in keep],
         drawstyle="steps-post",
     )
     return fig
@@ -760,13 +910,23 @@ def chart_latency(data: ReportData) -> Figure:
 
     frame = data.by_name
     height = max(2.6, 0.9 + 0.32 * len(frame) * max(1, len(data.percentiles)) / 2)
-    fig, axes = _figure(height=height, ncols=3)
-    fig.suptitle("Latency percentiles per task name", x=0.01, ha="left", weight="bold")
     names = [_label(n, 28) for n in frame.index]
+    pcts = [_pct(p) for p in data.percentiles]
+    fig, axes = _figure(
+        height=height,
+        left=_text_width(names) + 0.25,
+        right=_legend_width(pcts, _plot_height(height, top=0.75)),
+        top=0.75,
+        gaps=(0.3, 0.3),
+        ratios=(1, 1, 1),
+    )
+    fig.suptitle(
+        "Latency percentiles per task name", x=0.01, y=1 - 0.1 / height, ha="left", weight="bold"
+    )
     y = np.arange(len(frame))
     bar = 0.8 / len(data.percentiles)
     for ax, (metric, title) in zip(axes, LATENCIES.items()):
-        columns = [f"{metric}_{_pct(p)}" for p in data.percentiles]
+        columns = [f"{metric}_{p}" for p in pcts]
         values = frame[columns].astype("float64") if len(frame) else pd.DataFrame()
         ax.set_title(title, fontsize=9)
         if values.empty or values.isna().all().all():
@@ -777,12 +937,9 @@ def chart_latency(data: ReportData) -> Figure:
         positive = values.to_numpy()[values.to_numpy() > 0]
         log = len(positive) and positive.max() / positive.min() > 100
         for i, column in enumerate(columns):
-            ax.barh(
-                y + i * bar,
-                values[column].fillna(0) * factor,
-                height=bar,
-                label=column.split("_")[-1],
-            )
+            widths = values[column].fillna(0).to_numpy() * factor
+            ax.add_patch(_boxes(0, widths, y + (i - 0.5) * bar, bar, f"C{i}", pcts[i]))
+        ax.set_xlim(0, np.nanmax(values.to_numpy()) * factor * 1.05)
         if log:  # one slow name must not flatten the others' bars
             ax.set_xscale("log", nonpositive="clip")
             ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -790,60 +947,69 @@ def chart_latency(data: ReportData) -> Figure:
             ax.set_xlim(left=positive.min() * factor / 2)
         ax.set_yticks(y + bar * (len(columns) - 1) / 2)
         ax.set_yticklabels(names if ax is axes[0] else [])
-        ax.invert_yaxis()
+        ax.set_ylim(len(frame) - 0.1 - bar / 2, -0.1 - bar / 2)  # first name on top
         ax.set_xlabel(f"{unit} (log scale)" if log else unit)
         ax.grid(axis="y", visible=False)
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    _shared_legend(axes)
     return fig
 
 
 @_styled
 def chart_latency_trend(data: ReportData) -> Figure:
     """Latency percentiles over time (all task names together)."""
-    fig, axes = _figure(height=3.0, ncols=3)
+    pcts = [_pct(p) for p in data.percentiles]
+    fig, axes = _figure(
+        height=3.0,
+        right=_legend_width(pcts, _plot_height(3.0, top=0.75)),
+        top=0.75,
+        gaps=(0.85, 0.85),
+        ratios=(1, 1, 1),
+    )
     fig.suptitle(
-        f"Latency percentiles per {data.freq}, all task names", x=0.01, ha="left", weight="bold"
+        f"Latency percentiles per {data.freq}, all task names",
+        x=0.01,
+        y=1 - 0.1 / 3.0,
+        ha="left",
+        weight="bold",
     )
     for ax, (metric, title) in zip(axes, LATENCIES.items()):
-        columns = [f"{metric}_{_pct(p)}" for p in data.percentiles]
+        columns = [f"{metric}_{p}" for p in pcts]
         frame = data.latency_trend.reindex(columns=columns)
         peak = float(np.nanmax(frame.to_numpy())) if frame.notna().any().any() else np.nan
         unit, factor = _unit(peak)
         frame = (frame * factor).rename(columns=lambda c: c.split("_")[-1])
         ax.set_title(title, fontsize=9)
-        _lines(ax, frame, data, "timings", unit)
-        if ax is not axes[-1] and ax.get_legend():
-            ax.get_legend().remove()
+        _lines(ax, frame, data, "timings", unit, legend=False)
+    _shared_legend(axes)
     return fig
 
 
 @_styled
 def chart_failures(data: ReportData) -> Figure:
-    """Failures per interval and task name (left), per worker (right)."""
-    fig, (left, right) = _figure(height=3.2, ncols=2, width=10)
-    left.set_title(f"Failures per {data.freq}, by task name")
-    _stacked_bars(left, data.failures, data, "failures", f"failures / {data.freq}")
-    right.set_title("Failures per worker")
-    _hbars(right, data.failures_by_worker.head(data.top), "failures", "failed tasks")
-    fig.get_layout_engine().set(wspace=0.05)
-    _widths(fig, (3, 1))
+    """Failures per interval and task name (top), per worker (below)."""
+    frame = _nonzero(data.failures)
+    workers = data.failures_by_worker.head(data.top)
+    upper, lower = 3.2, max(1.6, 1.0 + 0.3 * len(workers))
+    fig = _plt().figure(figsize=(10.0, upper + lower))
+    legend = _legend_width([_label(c) for c in frame.columns], _plot_height(upper))
+    over_time = _axes(fig, 0.9, lower + 0.6, 10.0 - 0.9 - legend, _plot_height(upper))
+    over_time.set_title(f"Failures per {data.freq}, by task name")
+    _stacked(over_time, frame, data, "failures", f"failures / {data.freq}")
+    left = _text_width([_label(w, 28) for w in workers.index]) + 0.3
+    per_worker = _axes(fig, left, 0.55, min(5.0, 9.7 - left), lower - 0.45 - 0.55)
+    per_worker.set_title("Failures per worker")
+    _hbars(per_worker, workers, "failures", "failed tasks")
     return fig
 
 
-def _widths(fig, ratios: tuple[int, ...]) -> None:
-    gs = fig.axes[0].get_subplotspec().get_gridspec()
-    gs.set_width_ratios(ratios)
-
-
-def _hbars(ax, series: pd.Series, what: str, xlabel: str) -> None:
+def _hbars(ax, series: pd.Series, what: str, xlabel: str, color: str = "#d62728") -> None:
     if series.empty:
         _empty(ax, what)
     else:
         y = np.arange(len(series))
-        ax.barh(y, series.to_numpy(dtype="float64"), color="#d62728")
+        ax.barh(y, series.to_numpy(dtype="float64"), color=color)
         ax.set_yticks(y)
-        ax.set_yticklabels([_label(v, 24) for v in series.index])
+        ax.set_yticklabels([_label(v, 28) for v in series.index])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)
     ax.set_xlabel(xlabel)
@@ -853,72 +1019,103 @@ def _hbars(ax, series: pd.Series, what: str, xlabel: str) -> None:
 def chart_workers(data: ReportData) -> Figure:
     """Each worker online (green) or offline (grey) over time, heartbeats and restarts."""
     import matplotlib.dates as mdates
+    from matplotlib.lines import Line2D
 
     hosts = data.workers_seen[: max(data.top, 12)]
-    fig, ax = _figure(height=max(1.8, 1.0 + 0.38 * len(hosts)))
+    height = max(1.8, 1.0 + 0.38 * len(hosts))
+    states = data.worker_states[data.worker_states["hostname"].isin(hosts)]
+    beats = data.heartbeats[data.heartbeats["hostname"].isin(hosts)]
+    shown = beats.groupby("hostname").size().between(1, MAX_HEARTBEAT_TICKS)
+    restarts = data.restarts[data.restarts["hostname"].isin(hosts)]
+    legend = {
+        "online": Line2D([], [], color="#2ca02c", lw=6),
+        "offline": Line2D([], [], color="#bbbbbb", lw=6),
+        "heartbeat": Line2D([], [], color="#1f5f1f", marker="|", ls="none", markersize=6),
+        "restart (new pid)": Line2D([], [], color="#9467bd", marker="^", ls="none"),
+    }
+    present = {
+        "online": states["alive"].any(),
+        "offline": (~states["alive"].astype(bool)).any(),
+        "heartbeat": shown.any(),
+        "restart (new pid)": len(restarts) > 0,
+    }
+    labels = [k for k, v in present.items() if v]
+    fig, ax = _figure(
+        height=height,
+        left=_text_width([_label(h, 28) for h in hosts]) + 0.5,
+        right=_legend_width(labels, _plot_height(height)),
+    )
     ax.set_title("Workers online and offline (ticks: heartbeats, ▲ restarts)")
     if not hosts:
         _empty(ax, "workers")
+    ax.xaxis_date()
     for i, host in enumerate(hosts):
-        runs = data.worker_states[data.worker_states["hostname"] == host]
+        runs = states[states["hostname"] == host]
         for alive, color in ((True, "#2ca02c"), (False, "#bbbbbb")):
             part = runs[runs["alive"] == alive]
             if len(part):
                 start = mdates.date2num(_naive(part["since"]))
                 width = (part["until"] - part["since"]).dt.total_seconds().to_numpy() / 86400
-                ax.broken_barh(
-                    list(zip(start, np.maximum(width, 1e-7))),
-                    (i - 0.3, 0.6),
-                    color=color,
-                    label=("online" if alive else "offline") if i == 0 else None,
-                )
-        beats = data.heartbeats.loc[data.heartbeats["hostname"] == host, "at"]
-        if 0 < len(beats) <= MAX_HEARTBEAT_TICKS:
-            ax.plot(
-                _naive(beats),
-                np.full(len(beats), i - 0.38),
-                "|",
-                color="#1f5f1f",
-                markersize=4,
-                label="heartbeat" if i == 0 else None,
-            )
-        restarts = data.restarts.loc[data.restarts["hostname"] == host, "at"]
-        if len(restarts):
-            ax.plot(
-                _naive(restarts),
-                np.full(len(restarts), i),
-                "^",
-                color="#9467bd",
-                markersize=7,
-                label="restart (new pid)",
-            )
+                # add_artist: add_patch would walk the path's segments for the data limits
+                ax.add_artist(_boxes(start, np.maximum(width, 1e-7), i - 0.3, 0.6, color))
+        if shown.get(host, False):  # one path of short vertical strokes per worker
+            at = mdates.date2num(_naive(beats.loc[beats["hostname"] == host, "at"]))
+            xs = np.column_stack([at, at, np.full(len(at), np.nan)]).ravel()
+            ys = np.tile([i - 0.44, i - 0.32, np.nan], len(at))
+            ax.plot(xs, ys, color="#1f5f1f", lw=0.8)
+        at = restarts.loc[restarts["hostname"] == host, "at"]
+        if len(at):
+            ax.plot(_naive(at), np.full(len(at), i), "^", color="#9467bd", markersize=7)
     ax.set_yticks(range(len(hosts)))
     ax.set_yticklabels([_label(h, 28) for h in hosts])
     ax.set_ylim(len(hosts) - 0.5, -0.6)
     ax.grid(axis="y", visible=False)
     ax.set_ylabel("worker")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if unique:
-        ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _legend(ax, [legend[k] for k in labels], labels)
     _time_axis(ax, data)
     return fig
 
 
+def _boxes(x: Any, width: Any, y: Any, height: float, color: str, label: str | None = None):
+    """Rectangles ``[x, x + width] x [y, y + height]`` as one patch: one SVG path, not one
+    element per bar (bars are the slowest artists to draw)."""
+    from matplotlib.patches import PathPatch
+    from matplotlib.path import Path as MplPath
+
+    x0, width, y0 = np.broadcast_arrays(*(np.asarray(v, dtype="float64") for v in (x, width, y)))
+    x1, y1 = x0 + width, y0 + height
+    vertices = np.stack([x0, y0, x1, y0, x1, y1, x0, y1, x0, y0], axis=1).reshape(-1, 2)
+    codes = np.tile(
+        [MplPath.MOVETO, MplPath.LINETO, MplPath.LINETO, MplPath.LINETO, MplPath.CLOSEPOLY],
+        len(x0),
+    )
+    return PathPatch(MplPath(vertices, codes), facecolor=color, linewidth=0, label=label)
+
+
 @_styled
 def chart_worker_load(data: ReportData) -> Figure:
-    """Tasks running (or utilisation) and load average per worker over time."""
-    fig, (left, right) = _figure(height=3.2, ncols=2)
+    """Tasks running (or utilisation, top) and load average (below) per worker over time."""
+    busy = data.busy.dropna(axis=1, how="all")
+    loadavg = data.loadavg.dropna(axis=1, how="all")
+    hosts = list(dict.fromkeys([*busy.columns, *loadavg.columns]))
+    colors = dict(zip(hosts, _colors(len(hosts))))
+    panel = 2.9
+    fig = _plt().figure(figsize=(10.0, 2 * panel))
+    width = 10.0 - 0.9 - _legend_width([_label(h) for h in hosts], _plot_height(panel))
+    upper = _axes(fig, 0.9, panel + 0.6, width, _plot_height(panel))
+    lower = _axes(fig, 0.9, 0.6, width, _plot_height(panel))
     if data.utilisation:
-        left.set_title(f"Utilisation per worker (mean per {data.freq})")
-        _lines(left, data.busy * 100, data, "running tasks", "% of pool busy")
+        upper.set_title(f"Utilisation per worker (mean per {data.freq})")
+        busy, ylabel = busy * 100, "% of pool busy"
     else:
-        left.set_title(f"Tasks running per worker (mean per {data.freq})")
-        _lines(left, data.busy, data, "running tasks", "tasks running")
-    right.set_title(f"Load average (1 min, mean per {data.freq})")
-    _lines(right, data.loadavg, data, "load averages", "load average")
-    if left.get_legend() and right.get_legend():
-        left.get_legend().remove()
+        upper.set_title(f"Tasks running per worker (mean per {data.freq})")
+        ylabel = "tasks running"
+    _lines(upper, busy, data, "running tasks", ylabel, legend=False,
+           colors=[colors[h] for h in busy.columns])  # fmt: skip
+    lower.set_title(f"Load average (1 min, mean per {data.freq})")
+    _lines(lower, loadavg, data, "load averages", "load average", legend=False,
+           colors=[colors[h] for h in loadavg.columns])  # fmt: skip
+    _shared_legend([lower, upper])
     return fig
 
 
@@ -930,18 +1127,12 @@ def chart_worker_tasks(data: ReportData) -> Figure:
         if len(data.worker_tasks)
         else (pd.Series(dtype="float64"))
     )
-    fig, ax = _figure(height=max(1.8, 0.9 + 0.3 * len(series)), width=7)
+    labels = [_label(v, 28) for v in series.index]
+    fig, ax = _figure(
+        height=max(1.8, 0.9 + 0.3 * len(series)), width=7, left=_text_width(labels) + 0.5
+    )
     ax.set_title("Tasks processed per worker")
-    if series.empty:
-        _empty(ax, "processed tasks")
-    else:
-        y = np.arange(len(series))
-        ax.barh(y, series.to_numpy(dtype="float64"), color="#1f77b4")
-        ax.set_yticks(y)
-        ax.set_yticklabels([_label(v, 28) for v in series.index])
-        ax.invert_yaxis()
-        ax.grid(axis="y", visible=False)
-    ax.set_xlabel("tasks (succeeded or failed)")
+    _hbars(ax, series, "processed tasks", "tasks (succeeded or failed)", color="#1f77b4")
     ax.set_ylabel("worker")
     return fig
 
@@ -949,9 +1140,9 @@ def chart_worker_tasks(data: ReportData) -> Figure:
 @_styled
 def chart_in_flight(data: ReportData) -> Figure:
     """Tasks in flight (pending, received, started, waiting to retry) from the snapshots."""
-    fig, ax = _figure()
+    frame = _nonzero(data.in_flight)
+    fig, ax = _figure(right=_legend_width(list(frame.columns), _plot_height(3.2)))
     ax.set_title(f"Tasks in flight (mean of the snapshots per {data.freq})")
-    frame = data.in_flight.loc[:, data.in_flight.fillna(0).sum() > 0]
     if frame.empty or not len(frame.columns):
         _empty(ax, "tasks in flight")
         ax.set_ylabel("tasks")
@@ -997,6 +1188,74 @@ def svg(fig: Figure, prefix: str) -> str:
     text = re.sub(r'(href|xlink:href)="#([^"]+)"', rf'\1="#{prefix}-\2"', text)
     text = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
     return text.replace("<svg", '<svg role="img"', 1)
+
+
+def render_charts(data: ReportData, jobs: int = 2) -> list[str]:
+    """Every chart of :data:`SECTIONS` as inline SVG, drawn by ``jobs`` processes (at most 2).
+
+    Drawing is the report's slowest step and matplotlib holds the GIL, so a forked child
+    (it shares ``data`` with no copy) draws charts while this process draws the others,
+    taking them from a shared counter. Without ``fork``, or if the child fails, this
+    process draws them all.
+    """
+    enabled = gc.isenabled()
+    # matplotlib's many short-lived objects set off collections that walk every object of
+    # the process (in the forked child, copying the pages they sit in): 15-20% of drawing.
+    gc.disable()
+    try:
+        return _render_charts(data, jobs)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _render_charts(data: ReportData, jobs: int) -> list[str]:
+    import multiprocessing
+
+    charts = [chart for _, group in SECTIONS for chart in group]
+    out: dict[int, str] = {}
+
+    def draw(i: int) -> str:
+        return svg(charts[i](data), f"c{i + 1}")
+
+    if jobs < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [draw(i) for i in range(len(charts))]
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("i", 0)
+    receiver, sender = ctx.Pipe(duplex=False)
+
+    def take() -> int:
+        with counter.get_lock():
+            counter.value += 1
+            return counter.value - 1
+
+    def child() -> None:
+        done = {}
+        try:
+            while (i := take()) < len(charts):
+                done[i] = draw(i)
+        finally:  # what it drew, even if it failed (the rest is drawn again below)
+            sender.send(done)
+
+    proc = ctx.Process(target=child, daemon=True)
+    try:
+        with warnings.catch_warnings():  # Python 3.12+ warns of fork with threads (Arrow's)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            proc.start()
+    except OSError:  # no memory or process left for a child: draw them all here
+        receiver.close()
+        sender.close()
+        return [draw(i) for i in range(len(charts))]
+    sender.close()
+    try:
+        while (i := take()) < len(charts):
+            out[i] = draw(i)
+        with contextlib.suppress(EOFError):  # EOF: the child died
+            out.update(receiver.recv())
+    finally:
+        receiver.close()
+        proc.join()
+    return [out[i] if i in out else draw(i) for i in range(len(charts))]
 
 
 # -- HTML ---------------------------------------------------------------------------------
@@ -1106,8 +1365,10 @@ def _exceptions_html(data: ReportData) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def render_html(data: ReportData, *, title: str | None = None) -> str:
-    """The report page: summary, charts (inline SVG), tables. No script, no external URL."""
+def render_html(data: ReportData, *, title: str | None = None, jobs: int = 2) -> str:
+    """The report page: summary, charts (inline SVG), tables. No script, no external URL.
+
+    ``jobs``: processes drawing the charts (:func:`render_charts`)."""
     title = title or "Celery cluster report"
     parts = [
         "<!DOCTYPE html>",
@@ -1121,14 +1382,11 @@ def render_html(data: ReportData, *, title: str | None = None) -> str:
         "<h2>Summary</h2>",
         _summary(data),
     ]
-    n = 0
+    drawn = iter(render_charts(data, jobs))
     for heading, charts in SECTIONS:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         for chart in charts:
-            n += 1
-            parts.append(
-                f'<figure class="chart" id="{chart.__name__}">{svg(chart(data), f"c{n}")}</figure>'
-            )
+            parts.append(f'<figure class="chart" id="{chart.__name__}">{next(drawn)}</figure>')
         if heading == "Latency":
             columns = [c for c in data.by_name.columns if c != "revoked"]
             parts.append("<h3>Per task name (seconds)</h3>" + table_html(data.by_name[columns]))

@@ -103,6 +103,18 @@ SCHEMAS: dict[str, pa.Schema] = {"tasks": TASKS, "workers": WORKERS, "snapshots"
 ENTITY_KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
 #: One partition's span (an hour) in microseconds, the unit of ``captured_at``.
 HOUR_US = 3_600_000_000
+#: The span partitions cover, ``[FIRST_PARTITION_US, END_PARTITION_US)`` µs since the
+#: epoch: 1970-01-01 up to 2262-01-01, inside pandas' nanosecond timestamps. The sink
+#: writes no partition outside it and readers accept every partition inside it.
+FIRST_PARTITION_US = 0
+END_PARTITION_US = 9_214_646_400 * 10**6
+
+
+def in_partition_range(us: int) -> bool:
+    """Whether the time ``us`` (µs since the epoch) may have a partition."""
+    return FIRST_PARTITION_US <= us < END_PARTITION_US
+
+
 #: Partition columns added by the hive layout ``date=YYYY-MM-DD/hour=H``.
 PARTITION_SCHEMA = pa.schema([("date", pa.string()), ("hour", pa.int32())])
 

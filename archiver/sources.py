@@ -219,10 +219,12 @@ def celery_app(broker: str | None = None, app: str | None = None) -> Any:
         if not hasattr(obj, "connection_for_read"):
             raise ArchiverError(f"{app!r} is not a Celery app")
         if broker:
-            obj.conf.broker_url = broker
+            obj.conf.broker_url = obj.conf.broker_read_url = broker
         return obj
     result = Celery("archiver", broker=broker, set_as_current=False)
     result.conf.broker_connection_retry_on_startup = False
+    if broker:  # Celery's broker_url prefers $CELERY_BROKER_URL; a given --broker wins here
+        result.conf.broker_read_url = broker
     return result
 
 

@@ -11,6 +11,10 @@ heartbeats and ``alive``, LRU limits), without importing Celery. Two additions:
   task is held until it is taken, even if the LRU limit evicts it meanwhile. When
   ``max_tasks_in_memory`` changes are held, :attr:`State.on_changes_full` is called
   (after the event, outside the lock) so that a camera takes them at once.
+
+``tasks_by_time()`` (and ``tasks_by_type()``, ``tasks_by_worker()``) follow Celery's
+order: a bounded, sorted list of ``(clock, timestamp, origin, …)`` entries, one per
+task event. ``State``, ``Task`` and ``Worker`` pickle and deepcopy.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import bisect
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from operator import itemgetter
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -210,6 +216,12 @@ class Worker:
         for key, value in dict(fields, **kwargs).items():
             setattr(self, key, value)
 
+    def __reduce__(self) -> tuple[Callable[..., Worker], tuple[type, dict[str, Any]]]:
+        """Pickle as ``(function, args)`` like Celery, keeping every field of every event."""
+        fields = {k: getattr(self, k) for k in self._fields}
+        fields.update(self.__dict__)
+        return _depickle_worker, (type(self), fields)
+
     @property
     def heartbeat_expires(self) -> float:
         return heartbeat_expires(self.heartbeats[-1], self.freq, self.expire_window)
@@ -241,6 +253,18 @@ class Worker:
     def __repr__(self) -> str:
         return f"<Worker: {self.hostname} ({self.status_string} clock:{self.clock})"
 
+
+def _depickle_worker(cls: type[Worker], fields: dict[str, Any]) -> Worker:
+    worker = cls(**{k: fields[k] for k in cls._fields if k in fields})
+    setter = object.__setattr__
+    for key, value in fields.items():
+        if key not in cls._fields:
+            setter(worker, key, value)
+    return worker
+
+
+#: Entries per chunk of the task heap (a chunk is split beyond twice this).
+HEAP_CHUNK = 512
 
 _drift_warned: set[str | None] = set()
 
@@ -316,7 +340,9 @@ class Task:
         "root_id",
         "parent_id",
     )
-    __slots__ = ("__dict__", "__weakref__")
+    #: The seq of the heap entry that created this task object (0: not from an event), so
+    #: that entries of an evicted task of the same uuid are not taken for this one.
+    __slots__ = ("__dict__", "__weakref__", "_heap_id")
 
     def __init__(
         self,
@@ -326,6 +352,7 @@ class Task:
         **kwargs: Any,
     ) -> None:
         self.uuid = uuid
+        self._heap_id = 0
         self.cluster_state = cluster_state
         tasks = cluster_state.tasks if cluster_state is not None else {}
         self.children = weakref.WeakSet(tasks.peek(i) for i in children or () if i in tasks)
@@ -381,6 +408,13 @@ class Task:
         out["root"], out["parent"] = self.root_id, self.parent_id
         return out
 
+    def __reduce__(self) -> tuple[Callable[..., Task], tuple[type, dict[str, Any]]]:
+        """Pickle as ``(function, args)`` like Celery: every field, children as ids, no state."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "cluster_state"}
+        fields["children"] = [t.uuid for t in self.children]
+        fields["_heap_id"] = getattr(self, "_heap_id", 0)
+        return _depickle_task, (type(self), fields)
+
     @property
     def id(self) -> str | None:
         return self.uuid
@@ -419,6 +453,68 @@ class Task:
         return f"<Task: {self.name}({self.uuid}) {self.state} clock:{self.clock}>"
 
 
+def _depickle_task(cls: type[Task], fields: dict[str, Any]) -> Task:
+    fields = dict(fields)
+    heap_id = fields.pop("_heap_id", 0)
+    task = cls(**fields)
+    task._heap_id = heap_id
+    return task
+
+
+class _EntryFields:
+    __slots__ = ()
+    clock = property(itemgetter(0))
+    origin = property(itemgetter(1))
+    seq = property(itemgetter(2))
+    timestamp = property(itemgetter(3))
+    uuid = property(itemgetter(4))
+    task_id = property(itemgetter(5))
+
+
+class HeapEntry(_EntryFields, tuple):
+    """``(clock, origin, seq, timestamp, uuid, task_id)``: one task event in the task heap.
+
+    Stored as a plain tuple of numbers and strings: sorted in C, by clock, then origin,
+    then arrival (``seq``), which is the order of Celery's heap (kombu's ``timetuple``)
+    while every clock is set: it compares clocks, then origins, never timestamps, and
+    keeps equal ones in arrival order. Such tuples are not tracked by the garbage
+    collector (Celery's hold weak references, and are). ``task_id`` is the task object's
+    ``_heap_id``. (This class only names the fields, for ``_taskheap``.)
+    """
+
+    __slots__ = ()
+
+
+class KombuEntry(_EntryFields, tuple):
+    """A heap entry compared exactly as kombu's ``timetuple``, which orders by timestamp
+    when either clock is 0: used once a task event with clock 0 reaches the heap."""
+
+    __slots__ = ()
+
+    def __lt__(self, other: tuple) -> bool:  # type: ignore[override]
+        a, b = self[0], other[0]
+        if a and b:
+            return self[1] < other[1] if a == b else a < b
+        try:
+            return self[3] < other[3]  # type: ignore[no-any-return]
+        except TypeError:  # a timestamp of an odd type (Celery's heap raises): as 0
+            return _as_time(self[3]) < _as_time(other[3])
+
+    def __gt__(self, other: tuple) -> bool:  # type: ignore[override]
+        return KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
+
+    def __le__(self, other: tuple) -> bool:  # type: ignore[override]
+        return not KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
+
+    def __ge__(self, other: tuple) -> bool:  # type: ignore[override]
+        return not self < other
+
+
+def _as_time(value: Any) -> float:
+    """A heap entry's timestamp for comparing: numbers as they are, anything else as 0."""
+    return value if type(value) in (int, float) else 0.0
+
+
 class _Index(defaultdict):
     """name -> WeakSet of tasks; calling it yields ``(uuid, task)`` newest first."""
 
@@ -438,7 +534,8 @@ class State:
     """Records the cluster's state from Celery events. Thread-safe.
 
     Args:
-        callback: called as ``callback(state, event)`` for every accepted event.
+        callback: called as ``callback(state, event)`` for every event with a type, before
+            it is checked and applied, as Celery does (a rejected one is then counted).
         max_workers_in_memory: LRU bound on :attr:`workers`.
         max_tasks_in_memory: LRU bound on :attr:`tasks` (oldest inserted first out).
         on_node_join / on_node_leave: called with the Worker; with ``on_node_leave``
@@ -447,6 +544,8 @@ class State:
 
     Worker = Worker
     Task = Task
+    #: :attr:`_taskheap` holds at most ``max_tasks_in_memory * heap_multiplier`` entries.
+    heap_multiplier = 4
 
     def __init__(
         self,
@@ -488,6 +587,47 @@ class State:
         self._mutex = threading.Lock()
         self.tasks_by_type = _Index(self._tasks_by_type)
         self.tasks_by_worker = _Index(self._tasks_by_worker)
+        # The task heap, Celery's sorted list cut in chunks of at most 2 * HEAP_CHUNK entries
+        # (so an insert moves a chunk, not the whole list); _heap_maxes[i] >= chunk i's last
+        # entry and < every entry of chunk i + 1.
+        self._heap_chunks: list[list[Any]] = []
+        self._heap_maxes: list[Any] = []
+        self._heap_len = 0
+        self._heap_seq = 0
+        self._heap_bound: int | None = None
+        self._heap_kombu = False  # a clock-0 entry arrived: KombuEntry from then on
+
+    # -- pickling ------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the lock; weak references as the tasks they point to."""
+        d = self.__dict__.copy()
+        del d["_mutex"]
+        for index in ("tasks_by_type", "tasks_by_worker"):
+            d[index] = {key: list(tasks) for key, tasks in d[index].items()}
+        d["_children_of"] = {u: [c.uuid for c in t.children] for u, t in self._own_tasks()}
+        return d
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        d = dict(d)
+        children = d.pop("_children_of", {})
+        by_type, by_worker = d.pop("tasks_by_type"), d.pop("tasks_by_worker")
+        self.__dict__.update(d)
+        self._mutex = threading.Lock()
+        self.tasks_by_type = _Index(self._tasks_by_type)
+        self.tasks_by_worker = _Index(self._tasks_by_worker)
+        for index, saved in ((self.tasks_by_type, by_type), (self.tasks_by_worker, by_worker)):
+            for key, tasks in saved.items():
+                index[key].update(tasks)
+        tasks = self.tasks
+        for uuid, task in self._own_tasks():
+            task.cluster_state = self
+            ids = children.get(uuid)
+            if ids:
+                task.children.update(c for i in ids if (c := tasks.peek(i)) is not None)
+
+    def _own_tasks(self) -> Iterator[tuple[str, Task]]:
+        yield from self.tasks.items()
+        yield from getattr(self, "_changed_tasks", {}).items()
 
     # -- locking -------------------------------------------------------------
     def freeze_while(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -522,6 +662,8 @@ class State:
         self.tasks.clear()
         for uuid, task in keep:
             OrderedDict.__setitem__(self.tasks, uuid, task)
+        self._heap_kombu = False  # as Celery: unfinished tasks reappear with their next event
+        self._set_heap([])
 
     def take_changes(self) -> tuple[list[Task], list[Worker]]:
         """Return and forget the tasks and workers changed since the last call.
@@ -563,11 +705,13 @@ class State:
         except Exception:  # the listener's failure must not stop event intake
             logger.exception("on_changes_full listener %r failed", listener)
 
-    def _reject(self, kind: str, event: Any) -> None:
+    def _reject(self, kind: str, event: Any, *, callback: bool = False) -> None:
         self.rejected_events += 1
         if kind not in self.rejected_by_kind:
             logger.warning("Skipping malformed event (%s): %s", kind, describe_event(event))
         self.rejected_by_kind[kind] += 1
+        if callback and self.event_callback:  # Celery calls it for every event with a type
+            self.event_callback(self, event)
 
     def _event(self, event: Any) -> Any:
         try:
@@ -581,11 +725,11 @@ class State:
         if group == "task":
             problem = _task_problem(event, subject)
             if problem:
-                return self._reject(problem, event)
+                return self._reject(problem, event, callback=True)
         elif group == "worker":
             problem = _worker_problem(event, subject)
             if problem:
-                return self._reject(problem, event)
+                return self._reject(problem, event, callback=True)
 
         self.event_count += 1
         if self.event_callback:
@@ -629,9 +773,10 @@ class State:
         created = task is None
         if created:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
+            task._heap_id = self._heap_seq + 1  # the seq of its first entry, just below
             self.tasks_created += 1
         if subject == "sent":
-            task.client = hostname
+            task.client = origin = hostname
         else:
             workers = self.workers
             worker = workers.peek(hostname)
@@ -641,6 +786,9 @@ class State:
             if local_received:  # Celery passes these swapped: the heartbeat is the event time
                 worker.event(None, local_received, timestamp)
             self._changed_workers[hostname] = worker
+            origin = f"{worker.hostname}.{worker.pid}"  # worker.id, as Celery's heap has it
+        # One string object per origin, not per heap entry: 40,000 entries stay compact.
+        self._heap_push(event["clock"], timestamp, sys.intern(origin), task)
         if subject == "received":
             self.task_count += 1
         task.event(subject, timestamp, local_received, event)
@@ -686,6 +834,95 @@ class State:
             )
         self.changes_dropped += drop
 
+    def _heap_push(self, clock: int, timestamp: float, origin: str, task: Task) -> None:
+        """Add one event's entry to the task heap, dropping the smallest beyond the bound.
+
+        A clock that is not an int (accepted, as Celery applies such an event before its
+        heap raises on it) sorts as a missing one, so that entries always compare.
+        """
+        if type(clock) is not int:
+            clock = 0
+        chunks = self._heap_chunks
+        bound = self._heap_bound
+        if bound is None:  # fixed at the first task event, as Celery's dispatcher does
+            bound = self._heap_bound = (self.max_tasks_in_memory or 0) * self.heap_multiplier
+        if bound and self._heap_len >= bound:  # Celery's taskheap.pop(0)
+            first = chunks[0]
+            del first[0]
+            if not first and len(chunks) > 1:
+                del chunks[0], self._heap_maxes[0]
+        else:
+            self._heap_len += 1
+        self._heap_seq = seq = self._heap_seq + 1
+        if not clock or self._heap_kombu:
+            return self._kombu_push(clock, timestamp, origin, seq, task)
+        entry = (clock, origin, seq, timestamp, task.uuid, task._heap_id)
+        maxes = self._heap_maxes
+        if maxes and entry < maxes[-1]:
+            i = bisect.bisect_right(maxes, entry)
+            chunk = chunks[i]
+            bisect.insort(chunk, entry)
+            if len(chunk) > 2 * HEAP_CHUNK:
+                chunks.insert(i + 1, chunk[HEAP_CHUNK:])
+                del chunk[HEAP_CHUNK:]
+                maxes.insert(i, chunk[-1])
+        elif maxes and len(chunks[-1]) < HEAP_CHUNK:  # most events sort last
+            chunks[-1].append(entry)
+            maxes[-1] = entry
+        else:
+            chunks.append([entry])
+            maxes.append(entry)
+        return None
+
+    def _kombu_push(self, clock: int, timestamp: float, origin: str, seq: int, task: Task) -> None:
+        """Celery's own insert into one sorted list, with kombu's comparison (clock 0 seen)."""
+        if not self._heap_kombu:
+            self._heap_kombu = True
+            self._set_heap(self._live_heap())
+        if not self._heap_chunks:
+            self._set_heap([])
+        heap = self._heap_chunks[0]
+        entry = tuple.__new__(KombuEntry, (clock, origin, seq, timestamp, task.uuid, task._heap_id))
+        if not heap or KombuEntry.__lt__(heap[-1], entry):
+            heap.append(entry)
+        else:
+            bisect.insort(heap, entry)
+
+    def _set_heap(self, entries: list[Any]) -> None:
+        """Make the task heap these sorted entries (one chunk once clock 0 was seen)."""
+        size = len(entries) or 1 if self._heap_kombu else HEAP_CHUNK
+        self._heap_chunks = [entries[i : i + size] for i in range(0, len(entries), size)]
+        if self._heap_kombu and not entries:
+            self._heap_chunks = [[]]
+        self._heap_maxes = [c[-1] if c else None for c in self._heap_chunks]
+        self._heap_len = len(entries)
+
+    def _live_heap(self) -> list[Any]:
+        """A copy of the task heap's entries, oldest first (safe while events arrive)."""
+        return [e for chunk in self._heap_chunks[:] for e in chunk[:]]
+
+    @property
+    def _taskheap(self) -> list[Any]:
+        """Celery's ``_taskheap``: the sorted entries, one per task event (a copy)."""
+        return [
+            e if type(e) is KombuEntry else tuple.__new__(HeapEntry, e) for e in self._live_heap()
+        ]
+
+    def rebuild_taskheap(self) -> None:
+        """One entry per task in memory, from its current clock, timestamp and origin."""
+        tasks = list(self.tasks.values())
+        self._heap_kombu = kombu = not all(t.clock for t in tasks)
+        seq = self._heap_seq
+        entries = [
+            (t.clock, t.origin or "", seq + i, t.timestamp or 0.0, t.uuid, t._heap_id)
+            for i, t in enumerate(tasks, 1)
+        ]
+        if kombu:
+            entries = [tuple.__new__(KombuEntry, e) for e in entries]
+        entries.sort()
+        self._set_heap(entries)
+        self._heap_seq = seq + len(tasks)
+
     # -- lookups -------------------------------------------------------------
     def get_or_create_worker(self, hostname: str, **kwargs: Any) -> tuple[Worker, bool]:
         worker = self.workers.peek(hostname)
@@ -712,10 +949,24 @@ class State:
     def tasks_by_time(
         self, limit: int | None = None, reverse: bool = True
     ) -> Iterator[tuple[str, Task]]:
-        """``(uuid, task)`` ordered by (clock, timestamp), newest first by default."""
-        ordered = sorted(self.tasks.values(), key=_time_key, reverse=reverse)
-        for task in ordered[:limit] if limit else ordered:
-            yield task.uuid, task
+        """``(uuid, task)`` in Celery's order, newest first by default.
+
+        As Celery: each task once, where its latest (or, with ``reverse=False``, earliest)
+        event sorts by ``(clock, timestamp, origin)``; ``limit`` counts heap entries.
+        A task no longer in :attr:`tasks` is left out.
+        """
+        entries = self._live_heap()
+        if reverse:
+            entries.reverse()
+        seen: set[str] = set()
+        peek = self.tasks.peek
+        for entry in itertools.islice(entries, 0, limit):
+            uuid = entry[4]
+            if uuid not in seen:
+                task = peek(uuid)
+                if task is not None and task._heap_id == entry[5]:  # not an evicted one's
+                    seen.add(uuid)
+                    yield uuid, task
 
     tasks_by_timestamp = tasks_by_time
 
@@ -740,15 +991,6 @@ class State:
 
     def __repr__(self) -> str:
         return f"<State: events={self.event_count} tasks={self.task_count}>"
-
-
-def _time_key(task: Task) -> tuple[int, float]:
-    """(clock, timestamp) to order tasks by; values of other types count as 0."""
-    clock, ts = task.clock, task.timestamp
-    return (
-        clock if type(clock) is int else 0,
-        ts if type(ts) is float or (type(ts) is int and abs(ts) < 1e308) else 0.0,
-    )
 
 
 def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:

@@ -23,15 +23,38 @@ FLAGS = [
     "--window-size=1280,900",
 ]
 
-#: Run in the page after load: size and drawn elements of every chart.
+#: Run in the page after load, per chart: its size, its drawn elements, its texts cut off
+#: by its edges, text over text, and legends over a plot area (matplotlib's SVG groups:
+#: ``<g id="…-axes_N">`` whose first ``<g>`` is the plot's background, ``…-legend_N``).
 MEASURE = """
-JSON.stringify([...document.querySelectorAll('figure.chart')].map(f => {
+(() => {
+const hit = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left) > 1 &&
+                      Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top) > 1;
+const groups = (svg, kind) => [...svg.querySelectorAll('g')]
+  .filter(g => new RegExp('-' + kind + '_[0-9]+$').test(g.id));
+return JSON.stringify([...document.querySelectorAll('figure.chart')].map(f => {
   const svg = f.querySelector('svg');
-  const box = svg ? svg.getBoundingClientRect() : {width: 0, height: 0};
-  const drawn = svg ? [...svg.querySelectorAll('path, rect, text, use, line, polyline')]
-    .filter(e => { const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length : 0;
-  return {id: f.id, width: box.width, height: box.height, drawn: drawn};
-}))
+  if (!svg) return {id: f.id, width: 0, height: 0, drawn: 0};
+  const box = svg.getBoundingClientRect();
+  const drawn = [...svg.querySelectorAll('path, rect, text, use, line, polyline')]
+    .filter(e => { const b = e.getBBox(); return b.width > 0 || b.height > 0; }).length;
+  const texts = [...svg.querySelectorAll('text')].filter(t => t.textContent.trim())
+    .map(t => [t.textContent, t.getBoundingClientRect()]);
+  const cut = texts.filter(([, b]) => b.left < box.left - 1 || b.right > box.right + 1 ||
+                                      b.top < box.top - 1 || b.bottom > box.bottom + 1)
+    .map(([s]) => s);
+  const crossed = [];
+  texts.forEach(([s, a], i) => texts.slice(i + 1).forEach(([t, b]) => {
+    if (hit(a, b)) crossed.push(s + ' / ' + t);
+  }));
+  const plots = groups(svg, 'axes').map(g => g.querySelector(':scope > g'))
+    .filter(Boolean).map(g => g.getBoundingClientRect());
+  const covering = groups(svg, 'legend')
+    .filter(l => plots.some(p => hit(l.getBoundingClientRect(), p))).map(l => l.id);
+  return {id: f.id, width: box.width, height: box.height, drawn: drawn,
+          cut: cut, crossed: crossed, covering: covering};
+}));
+})()
 """
 
 

@@ -366,24 +366,93 @@ class TestCapture:
         assert signal_log[0][1]["sender"] is state
 
     def test_foreign_state_without_private_clear(self, fake_timer):
-        """A state with freeze_while but no ``_clear`` is cleared with clear() after a good shot."""
-
-        class Minimal:
-            def __init__(self) -> None:
-                self.cleared = 0
-
-            def freeze_while(self, fun, *args, **kwargs):
-                assert "clear_after" not in kwargs
-                return fun(*args, **kwargs)
-
-            def clear(self):
-                self.cleared += 1
-
-        minimal = Minimal()
+        """A state with freeze_while but no ``_clear`` is cleared by its own freeze_while
+        (clear_after=True), and only for a shot the rate limit did not skip."""
+        minimal = MinimalState()
         cam = Clearing(minimal, maxrate="1/h", timer=fake_timer)
         assert cam.capture() is True
         assert cam.capture() is False
         assert minimal.cleared == 1
+        assert minimal.calls == [(cam.shutter, (), {"clear_after": True})]
+
+
+class MinimalState:
+    """All a state must offer, as in Celery: ``freeze_while(fun, *args, clear_after=False)``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.cleared = 0
+        self.frozen = False
+
+    def freeze_while(self, fun, *args, clear_after=False):
+        self.calls.append((fun, args, {"clear_after": clear_after}))
+        self.frozen = True
+        try:
+            return fun(*args)
+        finally:
+            self.frozen = False
+            if clear_after:
+                self.cleared += 1
+
+
+class TestMinimalState:
+    """Every camera method works on a state with only Celery's freeze_while."""
+
+    def test_capture_calls_freeze_while_as_celery(self, fake_timer, celery_app):
+        """capture() calls ``freeze_while(shutter, clear_after=…)``, exactly as Celery's camera."""
+        ours, theirs = MinimalState(), MinimalState()
+        cam = Recording(ours, timer=fake_timer)
+        celery_cam = CeleryPolaroid(theirs, timer=fake_timer, app=celery_app)
+        assert cam.capture() is True
+        celery_cam.capture()
+        assert [(f.__name__, a, k) for f, a, k in ours.calls] == [
+            (f.__name__, a, k) for f, a, k in theirs.calls
+        ]
+        assert cam.log == [("on_shutter", ours)] and ours.cleared == 0
+
+    def test_shutter_runs_while_frozen(self, fake_timer):
+        cam = Recording(MinimalState(), timer=fake_timer)
+        frozen = []
+        cam.on_shutter = lambda s: frozen.append(s.frozen)
+        cam.capture()
+        assert frozen == [True]
+
+    def test_install_and_cancel_take_the_final_snapshot_past_maxrate(self, fake_timer):
+        state = MinimalState()
+        cam = Recording(state, maxrate="1/h", timer=fake_timer)
+        cam.install()
+        capture, cleanup = fake_timer.entries
+        capture()
+        capture()  # skipped by maxrate
+        cleanup()
+        cam.cancel()  # the final snapshot is taken anyway
+        assert [e[0] for e in cam.log] == ["on_shutter", "on_cleanup", "on_shutter"]
+        assert cam.snapshots_taken == 2 and cam.snapshots_skipped == 1
+        assert capture.cancelled and cleanup.cancelled
+        assert all(k == {"clear_after": False} for _, _, k in state.calls)
+
+    def test_final_snapshot_with_clear_after(self, fake_timer):
+        state = MinimalState()
+        cam = Clearing(state, maxrate="1/h", timer=fake_timer)
+        cam.install()
+        assert cam.capture() is True and cam.capture() is False
+        cam.cancel()
+        assert cam.snapshots_taken == 2 and state.cleared == 2
+
+    def test_context_manager(self, fake_timer):
+        state = MinimalState()
+        with Recording(state, maxrate="1/h", timer=fake_timer) as cam:
+            assert cam.capture() is True
+        assert len(cam.log) == 2  # the final one bypasses maxrate
+        assert [e.cancelled for e in fake_timer.entries] == [True, True]
+
+    def test_force_is_never_passed_to_the_state(self, fake_timer):
+        state = MinimalState()
+        cam = Recording(state, maxrate="1/h", timer=fake_timer)
+        assert cam.capture() is True
+        assert cam.capture(force=True) is True
+        assert cam.capture() is False
+        assert {tuple(k) for _, _, k in state.calls} == {("clear_after",)}
 
 
 class TestCancel:

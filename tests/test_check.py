@@ -82,3 +82,50 @@ def test_quarantined_files_are_left_alone_by_cleanups(path):
     assert expiry.skipped == () and expiry.partitions
     assert moved.read_bytes() == content
     assert archiver.Archive(path).tables() == ["snapshots", "tasks", "workers"]
+
+
+@pytest.mark.parametrize("where", ["_quarantine", "_quarantine/tasks", "_quarantine/tasks/date"])
+def test_a_symlinked_quarantine_is_refused_never_followed(path, tmp_path, where):
+    bad = not_parquet(path)
+    content = bad.read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = path / where.replace("date", bad.parent.parent.name)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(elsewhere, target_is_directory=True)
+    result = invoke("check", "--archive", path, "--quarantine")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {link} is a symbolic link: refusing to quarantine through it; remove it\n"
+    )
+    assert bad.read_bytes() == content and list(elsewhere.iterdir()) == []
+    plain = invoke("check", "--archive", path)  # reporting moves nothing: no refusal
+    assert plain.exit_code == 1 and plain.stdout.startswith(bad.relative_to(path).as_posix())
+
+
+def test_a_file_where_a_table_belongs_is_reported(path):
+    shutil.rmtree(path / "workers")
+    (path / "workers").write_bytes(b"not a folder")
+    result = invoke("check", "--archive", path, "--json")
+    assert result.exit_code == 1
+    problems = json.loads(result.stdout)["problems"]
+    assert problems == [
+        {"path": "workers", "reason": "a file where a table folder belongs", "moved_to": None}
+    ]
+    moved = archiver.Archive(path).check(quarantine=True)
+    assert [p.moved_to for p in moved.problems] == [f"{QUARANTINE}/workers"]
+    assert (path / QUARANTINE / "workers").read_bytes() == b"not a folder"
+    assert archiver.Archive(path).check().ok
+
+
+def test_a_dangling_parquet_symlink_is_reported(path, tmp_path):
+    folder = sorted((path / "tasks").rglob("*.parquet"))[0].parent
+    link = folder / "part-gone.parquet"
+    link.symlink_to(tmp_path / "gone.parquet")
+    result = invoke("check", "--archive", path)
+    assert result.exit_code == 1
+    assert result.stdout == f"{link.relative_to(path).as_posix()}: a symbolic link to nothing\n"
+    moved = archiver.Archive(path).check(quarantine=True)
+    target = path / moved.problems[0].moved_to
+    assert target.is_symlink() and not link.is_symlink()
+    assert archiver.Archive(path).check().ok

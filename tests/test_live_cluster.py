@@ -397,7 +397,10 @@ def test_bad_messages_are_skipped_on_the_same_connection(
     summary = recorder.summary()
     assert len(published) >= 20
     assert recorder.live_stats.losses == 0 and recorder.live_stats.connects == 1
-    assert summary.broker_losses == 0 and summary.lost == 0
+    assert summary.broker_losses == 0
+    # Nothing lost but the values of accepted bad events that do not fit their column
+    # (a clock that is not an integer is stored as null, counted, as Celery accepts it).
+    assert summary.lost == sum(summary.values_nulled.values())
     assert summary.bad_messages >= len(published) // 2  # decoding failures
     assert summary.rejected > 0  # the rest decode but the State rejects them
     check_recorded(archive, sent, results)

@@ -69,6 +69,9 @@ def plant(kind: str, path: Path, target: Path) -> str:
         path.write_bytes(SECRET)
         os.chown(path, 65534, 65534)
         return "is owned by uid 65534, not by this user (uid 0): remove it"
+    if kind in ("foreign content", "big file"):  # e.g. a mistyped --pidfile notes.txt
+        path.write_bytes(SECRET if kind == "foreign content" else b"4242\n" * 2000)
+        return "holds something archiver did not write: refusing to overwrite it"
     raise AssertionError(kind)
 
 
@@ -87,6 +90,10 @@ def untouched(kind: str, path: Path, target: Path) -> None:
         assert (path / "inside").read_bytes() == SECRET
     if kind == "foreign owner":
         assert path.read_bytes() == SECRET and path.stat().st_uid == 65534
+    if kind == "foreign content":
+        assert path.read_bytes() == SECRET
+    if kind == "big file":
+        assert path.read_bytes() == b"4242\n" * 2000
 
 
 KINDS = [
@@ -95,6 +102,8 @@ KINDS = [
     "hard link",
     "fifo",
     "directory",
+    "foreign content",
+    "big file",
     pytest.param(
         "foreign owner",
         marks=pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown"),

@@ -39,9 +39,18 @@ def test_acquiring_twice_is_an_error(tmp_path):
 
 def test_a_stale_pidfile_is_taken_over(tmp_path):
     path = tmp_path / "run.pid"
-    path.write_text("4194303\ngarbage\n")
+    path.write_text("4194303\n")
     with Pidfile(path):
         assert path.read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.parametrize("content", [b"4194303\ngarbage\n", b"precious\n", b"\xff" * 10])
+def test_a_file_holding_anything_but_a_pid_is_refused(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(ArchiverError, match=f"pidfile {path} holds something archiver did not"):
+        Pidfile(path).acquire()
+    assert path.read_bytes() == content
 
 
 def test_the_lock_dies_with_the_process(tmp_path):

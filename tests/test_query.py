@@ -620,6 +620,43 @@ def test_describe_reads_only_footers(three_hours):
         assert info.schema_versions == (str(SCHEMA_VERSION),)
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "ns"])
+def test_describe_reads_statistics_in_the_files_own_unit(three_hours, tmp_path, unit):
+    """Files from pandas or Spark store ``captured_at`` in ns (or ms): ``info`` and
+    ``describe`` read their statistics in that unit, as ``load`` reads the values."""
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    path = tmp_path / "a"
+    shutil.copytree(three_hours, path)
+    for table in ("tasks", "events"):  # one of archiver's tables and a foreign one
+        source = sorted((path / "tasks").rglob("*.parquet"))[-1]
+        data = pq.read_table(source)
+        i = data.schema.get_field_index("captured_at")
+        data = data.set_column(
+            i, "captured_at", data.column(i).cast(pa.timestamp(unit, tz="UTC"), safe=False)
+        )
+        target = path / table / source.parent.relative_to(path / "tasks") / "part-foreign.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if table == "tasks":
+            source.unlink()
+        pq.write_table(data, target, version="2.6", coerce_timestamps=None)
+        assert pq.read_metadata(target).schema.to_arrow_schema().field("captured_at").type.unit in (
+            unit if unit != "s" else "ms"
+        )
+    a = archiver.Archive(path)
+    infos = {i.table: i for i in query.describe(a)}
+    for table in ("tasks", "events"):
+        frame = a.load(table, columns=["captured_at"])
+        assert infos[table].rows == len(frame) > 0
+        assert infos[table].first == frame["captured_at"].min()
+        assert infos[table].last == frame["captured_at"].max()
+    result = CliRunner().invoke(cli, ["info", "--archive", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{infos['events'].last:%Y-%m-%d %H:%M}" in result.output
+
+
 def test_time_expression_and_prune_helpers():
     parts = [
         archiver.archive.Partition("tasks", "2026-11-25", h, f"/x/hour={h}") for h in range(24)

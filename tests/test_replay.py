@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from archiver import Archive, Polaroid
 from archiver.errors import ArchiverError
 from archiver.record import Recorder, load_camera_class
-from archiver.replay_timer import MAX_JUMP, ReplayClock, ReplayTimer
+from archiver.replay_timer import STEP, WINDOW, ReplayClock, ReplayTimer
 from archiver.sources import LineStats, is_pipe, read_events
 from archiver.state import State, event_problem
 
@@ -203,7 +203,7 @@ def test_load_camera_class():
 
     assert load_camera_class("archiver:ParquetCamera") is ParquetCamera
     assert load_camera_class("archiver.parquet_camera.ParquetCamera") is ParquetCamera
-    with pytest.raises(ArchiverError, match="not a subclass"):
+    with pytest.raises(ArchiverError, match="is not a camera"):
         load_camera_class("archiver:State")
 
 
@@ -296,6 +296,7 @@ def test_read_events_truncated_gzip(tmp_path):
 # -- the replay clock: rejected events and lone outliers never move it ----------------------
 YEAR_2100 = 4_102_444_800.0  # 2100-01-01
 YEAR_702 = -40_683_000_000.0  # 702-06-15
+YEAR_2300 = 10_413_792_000.0  # 2300-01-01
 
 
 def _day(ts: float) -> str:
@@ -374,6 +375,32 @@ def test_one_outlier_event_never_moves_the_clock(
     assert got.loc["outlier-task", "state"] == "PENDING"  # ...is archived, at the clock
 
 
+@pytest.mark.parametrize("ahead", [YEAR_2100, 20 * 3600.0], ids=["2100", "20h-ahead"])
+def test_a_burst_from_one_bad_clock_never_moves_the_clock(
+    tmp_path, sample_events_module, clean, ahead
+):
+    """One task's sent/received/started/succeeded and two heartbeats in a row from a worker
+    whose clock is off (in 2100, or 20 hours ahead): archived, at the clock, which stays."""
+    events = [dict(e) for e in sample_events_module]
+    base = events[3000]["timestamp"]
+    shift = ahead if ahead > 1e9 else base + ahead
+    beat = next(e for e in events if e["type"] == "worker-heartbeat")
+    sent = next(e for e in events if e["type"] == "task-sent")
+    host = {"hostname": beat["hostname"]}
+    burst = [
+        dict(sent, uuid="bad-clock-task", timestamp=shift),
+        dict(sent, type="task-received", uuid="bad-clock-task", timestamp=shift + 0.1, **host),
+        dict(sent, type="task-started", uuid="bad-clock-task", timestamp=shift + 0.2, **host),
+        dict(sent, type="task-succeeded", uuid="bad-clock-task", timestamp=shift + 0.3, **host),
+        dict(beat, timestamp=shift + 0.4, local_received=shift + 0.4),
+        dict(beat, timestamp=shift + 2.4, local_received=shift + 2.4),
+    ]
+    summary = replay_lines(tmp_path, "archive", [*events[:3000], *burst, *events[3000:]], freq=2.0)
+    assert summary.rejected == 0 and summary.lost == 0
+    got = assert_like_clean(tmp_path / "archive", clean, events)
+    assert got.loc["bad-clock-task", "state"] == "SUCCESS"
+
+
 def test_a_real_gap_moves_the_clock(tmp_path, sample_events_module):
     events = [dict(e) for e in sample_events_module]
     half = len(events) // 2
@@ -428,14 +455,46 @@ def test_clock_rule_ignores_up_to_two_outliers(base, outliers):
 
 
 @settings(max_examples=100, deadline=None)
-@given(gap=st.floats(MAX_JUMP * 1.01, 1e9), after=st.integers(3, 10))
-def test_clock_rule_takes_a_confirmed_gap(gap, after):
+@given(gap=st.floats(STEP + 40, 1e9), old=st.integers(WINDOW, 3 * WINDOW))
+def test_clock_rule_takes_a_gap_once_most_recent_events_agree(gap, old):
+    """A real gap (the recording paused): taken once half of the latest events are past
+    it, and from then on the clock follows them; fewer never move it."""
     clock = ReplayClock()
-    for i in range(5):
-        clock.offer(1000.0 + i)
-    for i in range(after):
-        clock.offer(1000.0 + gap + i)
-    assert clock.finish() == 1000.0 + gap + after - 1
+    for i in range(old):
+        clock.offer(1000.0 + i * 0.5)
+    end = 1000.0 + (old - 1) * 0.5
+    after = [end + gap + i * 0.5 for i in range(WINDOW // 2 + 10)]
+    for ts in after[: WINDOW // 2 - 1]:
+        clock.offer(ts)
+    assert clock.now == end  # fewer than half of the window: not yet
+    for ts in after[WINDOW // 2 - 1 :]:
+        clock.offer(ts)
+    assert clock.finish() == after[-1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ahead=st.floats(STEP * 1.01, 1e9),
+    share=st.floats(0.0, 0.45),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_clock_rule_ignores_a_bad_clock_that_is_not_most_of_the_stream(ahead, share, seed):
+    """A worker whose clock is ``ahead`` seconds off, sending up to 45% of the events (at
+    first never two in a row, later in bursts of five), never moves the clock more than
+    a step past the real events: it would take most of the latest 64 events (two thirds
+    of the first 9 or more, before the clock starts)."""
+    import random
+
+    rng = random.Random(seed)
+    clock = ReplayClock()
+    real = 1_795_622_260.0
+    for i in range(2000):
+        real += 0.1
+        # at the start, at most every other event; then bursts of up to five in a row
+        slot = i % 2 == 1 if i < 2 * WINDOW else i % 10 < 5
+        bad = slot and rng.random() < share
+        clock.offer(real + ahead if bad else real)
+        assert clock.now is None or clock.now <= real + STEP
 
 
 # Integers beyond 2**53 are left out here: storing them is conversion's part (issue 9,
@@ -492,9 +551,10 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
     # nothing lost but values that do not fit their column (stored as null, counted)
     assert summary.events == len(parsed)
     assert summary.lost == sum(summary.values_nulled.values())
-    lo = min(e["timestamp"] for e in events) - MAX_JUMP  # the rule: within a day of the
-    hi = max(e["timestamp"] for e in events) + MAX_JUMP  # events around
-    assert partition_dates(tmp) <= {_day(lo), _day(lo + MAX_JUMP), _day(hi - MAX_JUMP), _day(hi)}
+    day = 86_400.0
+    lo = min(e["timestamp"] for e in events) - day  # the rule: within a day of the
+    hi = max(e["timestamp"] for e in events) + day  # events around
+    assert partition_dates(tmp) <= {_day(lo), _day(lo + day), _day(hi - day), _day(hi)}
     times = snapshot_times(tmp)
     assert lo <= times[0] and times[-1] <= hi
     state = State()
@@ -503,11 +563,13 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
     assert set(Archive(tmp).latest("tasks")["uuid"]) == set(state.tasks)
 
 
-def test_partition_path_refuses_years_outside_1970_to_9999():
-    from archiver.layout import LAST_HOUR, partition_path
+def test_partition_path_refuses_years_outside_1970_to_2261():
+    from archiver.layout import partition_path
+    from archiver.schema import END_PARTITION_US, HOUR_US
 
+    last = END_PARTITION_US // HOUR_US
     assert partition_path(0) == "date=1970-01-01/hour=0"
-    assert partition_path(LAST_HOUR - 1) == "date=9999-12-31/hour=23"
-    for hour in (-1, int(YEAR_702 // 3600), LAST_HOUR):
-        with pytest.raises(ValueError, match=r"outside the years 1970\.\.9999"):
+    assert partition_path(last - 1) == "date=2261-12-31/hour=23"
+    for hour in (-1, int(YEAR_702 // 3600), last, int(YEAR_2300 // 3600)):
+        with pytest.raises(ValueError, match=r"outside the years 1970\.\.2261"):
             partition_path(hour)

@@ -140,6 +140,14 @@ def test_page_is_self_contained(sample_archive, tmp_path):
     assert len(ids) == len(set(ids)), "element ids repeat across the inline charts"
 
 
+def test_charts_drawn_by_two_processes_are_those_drawn_by_one(sample_archive):
+    data = report.gather(sample_archive)
+    one = report.render_charts(data, jobs=1)
+    assert report.render_charts(data, jobs=2) == one
+    assert len(one) == sum(len(charts) for _, charts in report.SECTIONS)
+    assert all(s.startswith('<svg role="img"') for s in one)
+
+
 def test_module_is_callable_as_archiver_report(sample_archive):
     code = "import archiver, sys; archiver.report; print('archiver.report' in sys.modules)"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -255,6 +263,24 @@ def test_one_task_one_worker(tmp_path):
     assert report.render_html(data).count("<svg") == 9
 
 
+def test_a_task_time_in_the_year_9999_is_left_out_of_charts_over_time(tmp_path, caplog):
+    """A worker clock in the year 9999 (accepted, archived as is): the page is still
+    written, that time is left out of the charts over time with a warning, and the task
+    still counts."""
+    events = [
+        worker_event("online", "w@h", T0),
+        *task_events("u1", "fine.task", "w@h", T0 + 1),
+        *task_events("u2", "odd.task", "w@h", T0 + 2),
+    ]
+    odd = next(e for e in events if e.get("uuid") == "u2" and e["type"] == "task-succeeded")
+    odd["timestamp"] = 253_402_300_000.0
+    data = report.gather(make(tmp_path, events))
+    assert data.states.to_dict() == {"SUCCESS": 2}
+    assert data.throughput.index.max() < pd.Timestamp("2100-01-01", tz="UTC")
+    assert "left out of the charts over time" in caplog.text
+    assert report.render_html(data).count("<svg") == 9
+
+
 def test_worker_that_went_offline_and_restarted(tmp_path):
     """Online, offline, back with a new pid, offline: as Celery's State sees it."""
     events = [
@@ -327,24 +353,36 @@ def test_hostile_task_names_are_text(tmp_path_factory, names):
 
 # -- a real browser -----------------------------------------------------------------------
 @pytest.mark.skipif(browser.chromium() is None, reason="chromium is not installed (make test)")
-@pytest.mark.parametrize("case", ["sample", "fifty-names"])
+@pytest.mark.parametrize("case", ["sample", "empty", "fifty-names", "long-names"])
 def test_report_in_headless_chromium(sample_archive, tmp_path, case):
-    if case == "sample":
+    """Drawn, sized, and laid out: no text cut off or over other text, no legend over a
+    plot (the charts size their margins from their labels, with no layout engine)."""
+    window = ("2001-01-01", "2001-01-02") if case == "empty" else (None, None)
+    if case in ("sample", "empty"):
         archive = sample_archive
     else:
+        long = case == "long-names"
         events = [worker_event("online", "w@h", T0)]
+        if long:
+            events.append(worker_event("online", "worker-" + "W" * 40 + "@host", T0))
         for i in range(50):
-            events += task_events(
-                f"u{i}", f"app.task_{i:02d}", "w@h", T0 + i * 0.2, fail=i % 7 == 0
+            name = (
+                ["WWW.", "任务名称", "m" * 70][i % 3] + f".{i:02d}" * 12
+                if long
+                else f"app.task_{i:02d}"
             )
+            host = "worker-" + "W" * 40 + "@host" if long and i % 2 else "w@h"
+            events += task_events(f"u{i}", name, host, T0 + i * 0.2, fail=i % 7 == 0)
         archive = make(tmp_path, events)
     out = tmp_path / "report.html"
-    report.report(archive, output=out)
+    report.report(archive, *window, output=out)
     page = browser.open_page(out, tmp_path / "screenshot.png")
     assert page.errors == []
     assert page.requests == [out.resolve().as_uri()]
     assert len(page.charts) == sum(len(charts) for _, charts in report.SECTIONS)
     for chart in page.charts:
         assert chart["width"] > 100 and chart["height"] > 100, chart
-        assert chart["drawn"] > 10, chart
+        assert chart["drawn"] > (4 if case == "empty" else 10), chart
+        assert chart["cut"] == [] and chart["crossed"] == [], chart
+        assert chart["covering"] == [], chart
     assert (tmp_path / "screenshot.png").stat().st_size > 10_000

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archiver.state import (
+    HEAP_CHUNK,
     LRU,
     PRECEDENCE,
     READY_STATES,
@@ -421,7 +422,7 @@ class TestEvent:
         assert event != original
 
     def test_callback(self):
-        """The callback gets ``(state, event)`` for every accepted event, before it is applied."""
+        """The callback gets ``(state, event)`` for every event, before it is applied."""
         seen = []
         state = State(callback=lambda s, e: seen.append((s.event_count, e["type"])))
         feed(state, [task_event("sent"), {"type": "other-x"}])
@@ -1026,7 +1027,9 @@ class TestRejectedEvents:
         assert state.rejected_events == 1
         assert state.rejected_by_kind == {kind: 1}
         assert state_view(state) == before
-        assert len(seen) == callbacks
+        # The callback still sees it when it has a type, as Celery's would (before it raises).
+        typed = isinstance(event, dict) and type(event.get("type")) is str
+        assert len(seen) == callbacks + typed
         assert (len(state._changed_tasks), len(state._changed_workers)) == changes
 
     def test_logged_once_per_kind(self, caplog):
@@ -1227,3 +1230,246 @@ class TestNonFiniteNumbers:
         state.event(event)
         assert state.rejected_events == 1
         assert len(state.tasks) == 0 and len(state.workers) == 0
+
+
+# -- Celery's order of tasks_by_time / tasks_by_type / tasks_by_worker ----------------------------
+
+
+def listed(state, call, *args, **kwargs) -> list[str]:
+    """uuids from archiver's ``state.<call>(*args, **kwargs)``."""
+    return [u for u, _ in getattr(state, call)(*args, **kwargs)]
+
+
+def celery_listed(state, call, key=None, *, limit=None, reverse=True) -> list[str]:
+    """The same from a Celery State: its own ``tasks_by_*`` loop over its ``_taskheap``, with
+    one change: a task no longer in ``state.tasks`` counts as freed. (Celery's yields an
+    evicted Task, and then never its successor of the same uuid, until the garbage collector
+    frees it: a Task is in a reference cycle there. Its tasks_by_worker also raises on a task
+    without a worker.)"""
+    tasks = state.tasks.data
+    entries = list(reversed(state._taskheap) if reverse else state._taskheap)
+    if call == "tasks_by_time" and limit:
+        entries = entries[:limit]
+    seen, found = set(), []
+    for entry in entries:
+        task = entry.obj()
+        if task is None or tasks.get(task.uuid) is not task or task.uuid in seen:
+            continue
+        seen.add(task.uuid)
+        if call == "tasks_by_time" or key == (
+            task.name if call == "tasks_by_type" else task.worker and task.worker.hostname
+        ):
+            found.append(task.uuid)
+    return found[:limit] if limit else found
+
+
+def assert_same_order(ours, theirs) -> None:
+    for reverse in (True, False):
+        for limit in (None, 1, 7, 100):
+            kw = {"limit": limit, "reverse": reverse}
+            assert listed(ours, "tasks_by_time", **kw) == celery_listed(
+                theirs, "tasks_by_time", **kw
+            ), kw
+            for name in theirs._seen_types:  # task_types() sorts: raises on odd names
+                assert listed(ours, "tasks_by_type", name, **kw) == celery_listed(
+                    theirs, "tasks_by_type", name, **kw
+                ), (name, kw)
+            for hostname in list(theirs.workers):
+                assert listed(ours, "tasks_by_worker", hostname, **kw) == celery_listed(
+                    theirs, "tasks_by_worker", hostname, **kw
+                ), (hostname, kw)
+
+
+def assert_same_as_celerys_own(ours, theirs) -> None:
+    """Nothing evicted: Celery's own tasks_by_time and tasks_by_type, called as they are."""
+    for reverse in (True, False):
+        for limit in (None, 1, 7, 100):
+            kw = {"limit": limit, "reverse": reverse}
+            mine, celerys = (
+                listed(ours, "tasks_by_time", **kw),
+                listed(theirs, "tasks_by_time", **kw),
+            )
+            assert mine == celerys, kw
+            for name in theirs.task_types():
+                mine = listed(ours, "tasks_by_type", name, **kw)
+                assert mine == listed(theirs, "tasks_by_type", name, **kw), (name, kw)
+
+
+def heap_keys(state) -> list[tuple]:
+    """(clock, timestamp, origin) of every heap entry (kombu's timetuple names it ``id``)."""
+    if isinstance(state, State):
+        return [(e.clock, e.timestamp, e.origin) for e in state._taskheap]
+    return [(e.clock, e.timestamp, e.id) for e in state._taskheap]
+
+
+class TestCeleryOrder:
+    @pytest.mark.parametrize("fixture", ["sample_events", "small_events"])
+    def test_recordings_in_celerys_order(self, request, fixture):
+        """Every recording in data/: tasks_by_time/type/worker in exactly Celery's order."""
+        ours, theirs = both(request.getfixturevalue(fixture))
+        assert len(list(ours.tasks_by_time())) == len(ours.tasks) > 50
+        assert heap_keys(ours) == heap_keys(theirs)
+        assert_same_order(ours, theirs)
+        assert_same_as_celerys_own(ours, theirs)
+
+    def test_sample_differs_from_ordering_by_current_clock(self, sample_events):
+        """The sample is a real test: ordering by each task's current clock would differ."""
+        ours, _ = both(sample_events)
+        by_current = sorted(ours.tasks.values(), key=lambda t: (t.clock, t.timestamp), reverse=True)
+        assert [t.uuid for t in by_current] != [u for u, _ in ours.tasks_by_time()]
+
+    def test_reversed_and_doubled_recordings(self, small_events):
+        """Out-of-order and duplicated events still give Celery's order."""
+        for events in (list(reversed(small_events)), [e for x in small_events for e in (x, x)]):
+            ours, theirs = both(events)
+            assert heap_keys(ours) == heap_keys(theirs)
+            assert_same_order(ours, theirs)
+            assert_same_as_celerys_own(ours, theirs)
+
+    @pytest.mark.parametrize("max_tasks", [1, 5, 40, 300, 3000])
+    def test_heap_bound_as_celery(self, sample_events, max_tasks):
+        """The heap keeps Celery's entries (max_tasks * 4) at every step, in Celery's order."""
+        ours, theirs = (
+            State(max_tasks_in_memory=max_tasks),
+            CeleryState(max_tasks_in_memory=max_tasks),
+        )
+        bound = 4 * max_tasks
+        for i, event in enumerate(sample_events[:4000]):
+            ours.event(dict(event))
+            theirs.event(dict(event))
+            assert ours._heap_len == sum(map(len, ours._heap_chunks)) <= bound
+            assert max(map(len, ours._heap_chunks), default=0) <= 2 * HEAP_CHUNK
+            if i % 500 == 0:
+                assert heap_keys(ours) == heap_keys(theirs)
+        assert heap_keys(ours) == heap_keys(theirs)
+        assert_same_order(ours, theirs)
+
+    def test_clear_empties_the_heap_as_celery(self, small_events):
+        """After clear() only tasks with a later event are listed, as in Celery."""
+        ours, theirs = both(small_events[:500])
+        ours.clear()
+        theirs.clear()
+        feed(ours, small_events[500:520])
+        feed(theirs, small_events[500:520])
+        assert heap_keys(ours) == heap_keys(theirs)
+        assert_same_order(ours, theirs)
+
+    def test_events_with_clock_0_as_celery(self, small_events):
+        """Clock 0 makes Celery's heap compare timestamps (kombu's timetuple): the same here."""
+        events = [
+            {**e, "clock": 0} if e["type"].startswith("task-") and i % 7 == 0 else e
+            for i, e in enumerate(small_events)
+        ]
+        ours, theirs = both(events)
+        assert ours._heap_kombu
+        assert heap_keys(ours) == heap_keys(theirs)
+        assert_same_order(ours, theirs)
+        assert_same_as_celerys_own(ours, theirs)
+
+    def test_equal_keys_of_different_tasks_do_not_raise(self):
+        """Two tasks with the same clock, timestamp and origin (Celery raises a TypeError)."""
+        state = State()
+        feed(state, [task_event("received", "a"), task_event("received", "b")])
+        assert [u for u, _ in state.tasks_by_time()] == ["b", "a"]
+
+    def test_rebuild_taskheap(self, small_events):
+        """rebuild_taskheap: one entry per task, sorted. (Celery's sorts a copy of its list and
+        keeps the unsorted one, a bug: its result is not compared.)"""
+        ours, _ = both(small_events)
+        ours.rebuild_taskheap()
+        keys = [(e.clock, e.origin) for e in ours._taskheap]
+        assert keys == sorted(keys) and len(keys) == len(ours.tasks)
+        assert sorted(listed(ours, "tasks_by_time")) == sorted(ours.tasks)
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(sequence=event_sequences(max_tasks=40), max_tasks=st.sampled_from([2, 5, 10000]))
+    def test_generated_sequences_in_celerys_order(self, sequence, max_tasks):
+        """Shuffled, duplicated, partly dropped real events (malformed mixed in), small limits."""
+        ours, theirs = (
+            State(max_tasks_in_memory=max_tasks),
+            CeleryState(max_tasks_in_memory=max_tasks),
+        )
+        for event, bad in sequence:
+            if isinstance(event, dict) and type(event.get("clock", 0)) is not int:
+                continue  # Celery's heap raises on such a clock (ours sorts it as 0)
+            ours.event(event if bad else dict(event))
+            if not bad:
+                theirs.event(dict(event))
+        assert heap_keys(ours) == heap_keys(theirs)
+        assert_same_order(ours, theirs)
+
+
+# -- pickling and deepcopy ------------------------------------------------------------------------
+
+
+def roundtrip(obj, how: str):
+    import copy
+    import pickle
+
+    return copy.deepcopy(obj) if how == "deepcopy" else pickle.loads(pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+class TestPickle:
+    def test_state_midway_then_continues_as_celery(self, sample_events, how):
+        """A State copied halfway through a recording, then fed the rest, still equals Celery's
+        State fed everything: tasks, workers, counters, weak sets, links and order."""
+        half = len(sample_events) // 2
+        ours = State()
+        feed(ours, sample_events[:half])
+        ours.event({"type": "task-sent"})  # a rejected event: counted, and the count survives
+        copied = roundtrip(ours, how)
+        assert copied is not ours and copied._mutex is not ours._mutex
+        assert state_view(copied) == state_view(ours)
+        assert heap_keys(copied) == heap_keys(ours)
+        assert (copied.rejected_events, copied.rejected_by_kind) == (1, ours.rejected_by_kind)
+        assert copied.tasks_created == ours.tasks_created
+        for task in copied.tasks.values():
+            assert task.cluster_state is copied
+            if task.parent_id and task.parent_id in copied.tasks:
+                assert task.parent is copied.tasks.peek(task.parent_id)
+                assert task in task.parent.children
+        assert {t.worker.hostname for t in copied.tasks.values() if t.worker} <= set(copied.workers)
+        for task in copied.tasks.values():  # one Worker object per hostname, shared
+            if task.worker is not None:
+                assert task.worker is copied.workers.peek(task.worker.hostname)
+        feed(copied, sample_events[half:])
+        theirs = CeleryState()
+        feed(theirs, sample_events)
+        assert_same(state_view(copied), state_view(theirs))
+        assert_same_order(copied, theirs)
+        assert copied.freeze_while(lambda: 42) == 42  # the new lock works
+
+    def test_change_log_survives(self, small_events, how):
+        """Changes not yet taken are still there to take from the copy."""
+        state = State()
+        feed(state, small_events[:200])
+        expected = state.take_changes()
+        feed(state, small_events[:200])
+        copied = roundtrip(state, how)
+        tasks, workers = copied.take_changes()
+        assert sorted(t.uuid for t in tasks) == sorted(t.uuid for t in expected[0])
+        assert sorted(w.hostname for w in workers) == sorted(w.hostname for w in expected[1])
+        assert all(t is copied.tasks.peek(t.uuid) for t in tasks)
+
+    def test_worker_keeps_every_field(self, how):
+        state = State()
+        state.event(worker_event("online", custom="x"))
+        worker = state.workers.peek("w1@vm")
+        copied = roundtrip(worker, how)
+        assert worker_view(copied) == worker_view(worker)
+        assert copied.custom == "x" and copied.timestamp == worker.timestamp
+        fun, args = copied.__reduce__()
+        assert worker_view(fun(*args)) == worker_view(worker)
+
+    def test_task_alone(self, how):
+        """A Task copied alone keeps its fields; it has no state (as Celery's)."""
+        state = State()
+        feed(
+            state,
+            [task_event("received", "p", name="x"), task_event("received", "c", parent_id="p")],
+        )
+        task = state.tasks.peek("p")
+        copied = roundtrip(task, how)
+        assert task_view(copied) == task_view(task) and copied.cluster_state is None
+        assert copied == task and not copied.children

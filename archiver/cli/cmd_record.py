@@ -29,6 +29,15 @@ PROGRESS_LOG = logging.getLogger("archiver.progress")
 #: Environment variable holding the key of ``--redact-mode hash`` (if no --redact-key-file).
 REDACT_KEY_ENV = "ARCHIVER_REDACT_KEY"
 MAX_KEY_BYTES = 4096
+#: The broker when no source is given, as in Celery.
+BROKER_ENV = "CELERY_BROKER_URL"
+
+
+def broker_or_env(broker: str | None, app_name: str | None, replay: str | None) -> str | None:
+    """``--broker``, else ``$CELERY_BROKER_URL`` when neither -A nor --replay is given."""
+    if broker or app_name or replay:
+        return broker
+    return os.environ.get(BROKER_ENV) or None
 
 
 def load_redact_key(path: str | None) -> bytes:
@@ -198,7 +207,12 @@ def stop_on_signals(stop: Any):
 
 
 @click.command()
-@click.option("--broker", metavar="URL", help="Live Celery broker (redis://, amqp://).")
+@click.option(
+    "-b",
+    "--broker",
+    metavar="URL",
+    help=f"Live Celery broker (redis://, amqp://); default ${BROKER_ENV} if no other source.",
+)
 @click.option(
     "-A",
     "--app",
@@ -228,7 +242,11 @@ def stop_on_signals(stop: Any):
 )
 @click.option("--clear-after", is_flag=True, help="Clear the state after every snapshot.")
 @click.option(
-    "--camera", "camera_spec", metavar="MODULE:CLASS", help="A Polaroid subclass to use instead."
+    "-c",
+    "--camera",
+    "camera_spec",
+    metavar="MODULE:CLASS",
+    help="Camera to use instead: an archiver or Celery Polaroid (as `celery events --camera`).",
 )
 @click.option(
     "--mode",
@@ -319,6 +337,7 @@ def record(
         archiver record --replay data/celery-events-sample.jsonl --archive data/archive
         archiver record --broker redis://localhost:6379/0 --duration 55m --pidfile /run/archiver.pid
     """
+    broker = broker_or_env(broker, app_name, replay)
     sources = [s for s in (broker or app_name, replay) if s]
     if len(sources) != 1:
         raise click.UsageError("give exactly one source: --broker URL, -A APP or --replay FILE")
@@ -378,7 +397,7 @@ def record(
 
 
 @click.command()
-@click.option("--broker", metavar="URL", help="Live Celery broker.")
+@click.option("-b", "--broker", metavar="URL", help=f"Live Celery broker (default ${BROKER_ENV}).")
 @click.option(
     "-A", "--app", "app_name", metavar="MODULE:APP", help="Celery app to take the broker from."
 )
@@ -400,8 +419,9 @@ def tap(broker, app_name, out, duration, limit):
     Example:
         archiver tap --broker redis://localhost:6379/0 --out events.jsonl --duration 10m
     """
+    broker = broker_or_env(broker, app_name, None)
     if not (broker or app_name):
-        raise click.UsageError("give --broker URL or -A APP")
+        raise click.UsageError(f"give --broker URL or -A APP (or set {BROKER_ENV})")
     seconds = parse_duration(duration)
     count = 0
     stopped = []

@@ -54,6 +54,12 @@ def _parse_holder(data: bytes | None) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
+def is_holder_record(data: bytes) -> bool:
+    """Whether ``data`` is a lock file's holder record (JSON with a pid)."""
+    holder = _parse_holder(data)
+    return holder is not None and "pid" in holder
+
+
 def read_holder(path: str) -> dict[str, Any] | None:
     """The holder recorded in the lock file at ``path`` (None if empty or unreadable)."""
     return _parse_holder(read_lock_file(path))
@@ -107,7 +113,7 @@ class MaintenanceLock:
         """Take the lock, waiting up to ``timeout`` seconds; raises LockedError."""
         if self._fd is not None:
             raise RuntimeError("lock already held by this object")
-        fd = open_lock_file(self.path)
+        fd = open_lock_file(self.path, ours=is_holder_record)
         deadline = time.monotonic() + self.timeout
         try:
             while not try_lock(fd):
