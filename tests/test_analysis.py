@@ -1,13 +1,17 @@
-"""archiver.analysis: known answers on small frames, and consistency on the recorded events."""
+"""archiver.analysis: known answers on small frames, and consistency on the demo archive."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import archiver
-from archiver import analysis
+from archiver import analysis, demo
 
 from .test_query import record
 
@@ -20,7 +24,10 @@ def at(seconds: float | None) -> pd.Timestamp:
 
 def tasks_frame(rows: list[dict]) -> pd.DataFrame:
     """A tasks frame shaped like ``latest("tasks")`` (times given in seconds after T0)."""
-    times = ("captured_at", "received", "started", "succeeded", "failed", "retried", "revoked")
+    times = (
+        "captured_at", "sent", "received", "started", "succeeded", "failed", "retried",
+        "revoked", "rejected",
+    )  # fmt: skip
     out = []
     for i, row in enumerate(rows):
         row = dict(row)
@@ -43,9 +50,16 @@ def tasks_frame(rows: list[dict]) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, sample_events):
+    """The sample events replayed through a State and the camera, a snapshot per second."""
     path = tmp_path_factory.mktemp("analysis") / "archive"
     record(path, [sample_events])
     return archiver.Archive(path)
+
+
+@pytest.fixture(scope="module")
+def demo_archive(tmp_path_factory):
+    """The archive ``make demo`` records (and the notebook explores)."""
+    return archiver.Archive(demo.demo_archive(tmp_path_factory.mktemp("demo") / "archive"))
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -76,9 +90,11 @@ def small_tasks() -> pd.DataFrame:
     return tasks_frame(
         [
             # add: waits 1 s and 3 s, runs 2 s and 4 s; finishes at 3 s and 67 s
-            {"name": "add", "state": "SUCCESS", "worker": "w1", "received": 0, "started": 1,
+            {"name": "add", "state": "SUCCESS", "worker": "w1", "sent": -2, "received": 0,
+             "started": 1,
              "succeeded": 3, "runtime": 2.0, "retries": 0},
-            {"name": "add", "state": "SUCCESS", "worker": "w2", "received": 60, "started": 63,
+            {"name": "add", "state": "SUCCESS", "worker": "w2", "sent": 54, "received": 60,
+             "started": 63,
              "succeeded": 67, "runtime": 4.0, "retries": 0},
             # fail: fails after a retry
             {"name": "fail", "state": "FAILURE", "worker": "w1", "received": 10, "started": 12,
@@ -87,8 +103,8 @@ def small_tasks() -> pd.DataFrame:
              "failed": 31, "retries": 0, "exception": "KeyError('k')"},
             {"name": "fail", "state": "SUCCESS", "worker": "w2", "received": 40, "started": 41,
              "succeeded": 45, "retries": 2},
-            # still queued, and revoked
-            {"name": "add", "state": "RECEIVED", "worker": "w2", "received": 70},
+            # still queued (4 s in the broker), and revoked
+            {"name": "add", "state": "RECEIVED", "worker": "w2", "sent": 66, "received": 70},
             {"name": "slow", "state": "REVOKED", "worker": "w2", "received": 5, "revoked": 6},
         ]
     )  # fmt: skip
@@ -112,6 +128,8 @@ def test_latency_percentiles():
     got = analysis.latency(small_tasks(), percentiles=(0.5, 1.0))
     add = got.loc["add"]
     assert add["count"] == 2  # the queued one has neither wait nor runtime
+    assert add["broker_p50"] == pytest.approx(4.0)  # sent -> received: 2, 6 and 4 s
+    assert add["broker_p100"] == pytest.approx(6.0)
     assert add["wait_p50"] == pytest.approx(2.0)
     assert add["wait_p100"] == pytest.approx(3.0)
     assert add["runtime_p50"] == pytest.approx(3.0)
@@ -119,8 +137,10 @@ def test_latency_percentiles():
     fail = got.loc["fail"]  # no reported runtime: finished - started
     assert fail["runtime_p100"] == pytest.approx(8.0)
     assert fail["wait_p50"] == pytest.approx(1.0)
+    assert np.isnan(fail["broker_p50"])  # sent unknown
     assert list(got.columns) == [
-        "count", "wait_p50", "wait_p100", "runtime_p50", "runtime_p100"
+        "count", "broker_p50", "broker_p100", "wait_p50", "wait_p100", "runtime_p50",
+        "runtime_p100",
     ]  # fmt: skip
     overall = analysis.latency(small_tasks(), by=None)
     assert overall.index.tolist() == [analysis.ALL]
@@ -128,6 +148,9 @@ def test_latency_percentiles():
     waits = analysis.queue_wait(small_tasks())
     assert waits.iloc[:2].tolist() == [1.0, 3.0]
     assert np.isnan(waits.iloc[5])
+    assert analysis.broker_wait(small_tasks()).iloc[[0, 1, 5]].tolist() == [2.0, 6.0, 4.0]
+    with pytest.raises(ValueError, match=r"^latency\(\): percentiles must be fractions"):
+        analysis.latency(small_tasks(), percentiles=(50,))
 
 
 def test_failure_rates():
@@ -140,6 +163,7 @@ def test_failure_rates():
     assert (add["tasks"], add["failed"], add["failure_rate"]) == (3, 0, 0.0)
     slow = got.loc["slow"]
     assert slow["revoked"] == 1 and np.isnan(slow["failure_rate"])
+    assert got["rejected"].sum() == 0
     assert got.index[0] == "fail"  # most failures first
     total = analysis.failure_rates(small_tasks(), by=None).loc[analysis.ALL]
     assert total["tasks"] == 7 and total["failed"] == 2
@@ -171,7 +195,9 @@ def test_top_exceptions_and_slowest():
     assert by_wait["wait"].tolist() == [3.0]
     by_total = analysis.slowest(small_tasks(), 1, by="total")
     assert by_total["total"].tolist() == [10.0]
-    with pytest.raises(ValueError, match="by must be"):
+    by_broker = analysis.slowest(small_tasks(), 1, by="broker")
+    assert by_broker["broker"].tolist() == [6.0]
+    with pytest.raises(ValueError, match=r"^slowest\(\): by must be"):
         analysis.slowest(small_tasks(), by="name")
 
 
@@ -187,13 +213,18 @@ def test_worker_utilisation_integrates_busy_time():
     assert list(got.index) == [T0, T0 + pd.Timedelta("30s"), T0 + pd.Timedelta("60s")]
     # w1: [0, 30) busy 30 + 15 s -> 1.5 slots; [30, 60) 15 s -> 0.5
     assert got["w1"].tolist() == pytest.approx([1.5, 0.5, 0.0])
-    # w2 still running at the snapshot (70 s): 10 s in [30, 60), 10 s in [60, 90)
-    assert got["w2"].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3])
+    # w2 still running at the snapshot (70 s): 10 s in [30, 60); in [60, 90) the data
+    # ends at 70 s, so its 10 busy seconds are averaged over those 10 s, not 30
+    assert got["w2"].tolist() == pytest.approx([0.0, 1 / 3, 1.0])
     share = analysis.worker_utilisation(tasks, "30s", concurrency={"w1": 2, "w2": 1})
     assert share["w1"].tolist() == pytest.approx([0.75, 0.25, 0.0])
-    assert share["w2"].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3])
+    assert share["w2"].tolist() == pytest.approx([0.0, 1 / 3, 1.0])
     until = analysis.worker_utilisation(tasks, "30s", until=T0 + pd.Timedelta("55s"))
-    assert until["w2"].tolist() == pytest.approx([0.0, 1 / 6])
+    assert until["w1"].tolist() == pytest.approx([1.5, 15 / 25])  # [30, 55) covered
+    assert until["w2"].tolist() == pytest.approx([0.0, 5 / 25])
+    # one 1-hour interval: the 70 s the data covers, not 3,600 s
+    hour = analysis.worker_utilisation(tasks, "1h")
+    assert hour.iloc[0].to_dict() == pytest.approx({"w1": 60 / 70, "w2": 20 / 70})
 
 
 def test_worker_activity():
@@ -220,13 +251,16 @@ def test_worker_activity():
     load = analysis.worker_activity(workers, "1min", metric="loadavg")
     assert load.to_dict("list") == {"a": [1.0, 1.0], "b": [2.0, 2.0]}
     assert analysis.worker_activity(workers).attrs["freq"] == "5s"  # >= 2 heartbeats
-    with pytest.raises(ValueError, match="metric"):
+    with pytest.raises(ValueError, match=r"^worker_activity\(\): metric must be"):
         analysis.worker_activity(workers, metric="cpu")
 
 
 def test_missing_columns_are_named():
-    with pytest.raises(KeyError, match=r"needs the column.*state"):
+    """A frame without a needed column: a one-line ValueError naming function and columns."""
+    with pytest.raises(ValueError, match=r"^throughput\(\): the frame lacks the column\(s\) state"):
         analysis.throughput(pd.DataFrame({"uuid": ["a"]}))
+    with pytest.raises(TypeError, match=r"^latency\(\) takes a pandas DataFrame"):
+        analysis.latency([1, 2])  # type: ignore[arg-type]
 
 
 # -- on the recording ----------------------------------------------------------------------
@@ -241,7 +275,9 @@ def test_on_the_recorded_cluster(recorded):
     finished = latest["state"].isin(["SUCCESS", "FAILURE"]).sum()
     assert analysis.throughput(latest).to_numpy().sum() == finished
     assert rates["tasks"].sum() == len(latest) == 2110
-    assert rates["failed"].sum() == 280
+    # 280 task-failed events, 60 of them from tasks that raised Reject (task-rejected)
+    assert rates["failed"].sum() == 220 and rates["rejected"].sum() == 60
+    assert rates.loc["harness.rejecting", ["failed", "rejected"]].tolist() == [0, 60]
     assert rates.loc["harness.fail", "failure_rate"] == 1.0
     assert rates.loc["harness.flaky", "retry_rate"] > 0.5
     lat = analysis.latency(latest)
@@ -251,7 +287,7 @@ def test_on_the_recorded_cluster(recorded):
     assert (slowest["name"] == "harness.slow").all()
     assert slowest["runtime"].is_monotonic_decreasing
     top = analysis.top_exceptions(latest)
-    assert top["count"].sum() == 280
+    assert top["count"].sum() == 220  # the same failures as failure_rates()
 
     busy = analysis.worker_utilisation(latest)
     assert set(busy.columns) == {"w1@vm", "w2@vm"}
@@ -266,6 +302,8 @@ def test_on_the_recorded_cluster(recorded):
     assert timeline.index.is_monotonic_increasing
     assert {"success", "failure", "in_flight", "alive_workers", "events_per_s"} <= set(timeline)
     assert timeline["success"].iloc[-1] == 1680
+    counts = ["success", "failure", "in_flight", "alive_workers"]
+    assert (timeline[counts].dtypes == "int64").all()
     assert timeline["alive_workers"].max() == 2
     assert timeline["events_per_s"].iloc[1:].gt(0).any()
 
