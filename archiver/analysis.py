@@ -292,6 +292,8 @@ def throughput(
     key = _group_key(tasks.loc[mask], by)
     counts = done.groupby([done.dt.floor(freq).rename("interval"), key]).size()
     table = counts.unstack(fill_value=0) if len(counts) else pd.DataFrame(index=_empty_index())
+    if by is None and ALL not in table.columns:  # no tasks: the total is still a column
+        table[ALL] = 0
     table = table.reindex(_timeline(table.index, freq, "throughput"), fill_value=0)
     if len(table.columns):
         table = table[table.sum().sort_values(ascending=False, kind="stable").index]
@@ -443,9 +445,7 @@ def failure_rates(tasks: pd.DataFrame, *, by: str | None = "name") -> pd.DataFra
     out = frame.groupby("key", sort=False).sum().astype("int64")
     finished = out["succeeded"] + out["failed"]
     out["failure_rate"] = (out["failed"] / finished.where(finished > 0)).astype("float64")
-    out["retry_rate"] = (out["retried"] / out["tasks"].where(out["tasks"] > 0)).astype(
-        "float64"
-    )
+    out["retry_rate"] = (out["retried"] / out["tasks"].where(out["tasks"] > 0)).astype("float64")
     out.index = out.index.astype(object).rename(by or "all")
     return out.sort_values(["failed", "tasks"], ascending=False, kind="stable")
 
@@ -514,7 +514,9 @@ def slowest(tasks: pd.DataFrame, n: int = 10, *, by: str = "runtime") -> pd.Data
         "total": ("received", _finish_column(tasks)),
     }
     if by not in needs:
-        raise ValueError(f"slowest(): by must be 'runtime', 'wait', 'broker' or 'total', got {by!r}")
+        raise ValueError(
+            f"slowest(): by must be 'runtime', 'wait', 'broker' or 'total', got {by!r}"
+        )
     _need(tasks, "uuid", *needs[by], fn="slowest")
     tasks = one_row_per_task(tasks)
     present = [c for c in ("uuid", "name", "worker", "state") if c in tasks.columns]
@@ -666,8 +668,7 @@ def worker_activity(
     """
     if metric not in ("processed", "active", "alive", "loadavg"):
         raise ValueError(
-            f"worker_activity(): metric must be processed, active, alive or loadavg, "
-            f"got {metric!r}"
+            f"worker_activity(): metric must be processed, active, alive or loadavg, got {metric!r}"
         )
     _need(workers, "captured_at", "hostname", metric, fn="worker_activity", frame=WORKERS)
     freq = interval_freq(freq, fn="worker_activity")

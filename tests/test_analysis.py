@@ -346,3 +346,161 @@ def test_worker_utilisation_over_a_huge_span_is_a_one_line_error():
         analysis.worker_utilisation(far_future_frame(), "1min")
     wide = analysis.worker_utilisation(far_future_frame(), "365D")  # coarse enough: fine
     assert len(wide) <= analysis.MAX_INTERVALS
+
+
+# -- intervals -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("given", "alias"),
+    [
+        ("1m", "1min"),
+        ("1min", "1min"),
+        ("90s", "90s"),
+        ("1.5m", "90s"),
+        ("1h", "1h"),
+        ("1H", "1h"),
+        ("1D", "1D"),
+        ("1d12h", "36h"),
+        ("1w", "7D"),
+        ("250ms", "250ms"),
+        (timedelta(minutes=5), "5min"),
+    ],
+)
+def test_interval_freq_reads_durations_as_archiver_does(given, alias):
+    """An interval is a duration as archiver spells them: "1m" is one minute, not a month."""
+    assert analysis.interval_freq(given) == alias
+
+
+@pytest.mark.parametrize("bad", ["1M", "ME", "2MS", "1Y", "1Q", "1B", "60", "soon", "0s", "-1m"])
+def test_interval_freq_refuses_calendar_and_nonsense(bad):
+    """Months, years, business days, bare numbers and zero are a one-line ValueError."""
+    with pytest.raises(ValueError, match=r"^throughput\(\): invalid interval") as info:
+        analysis.throughput(small_tasks(), bad)
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 10_000), unit=st.sampled_from(["s", "m", "min", "h", "d"]))
+def test_interval_freq_is_the_duration(n, unit):
+    """Whatever the unit word, the alias is exactly the duration timeparse reads."""
+    seconds = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}[unit]
+    assert pd.Timedelta(analysis.interval_freq(f"{n}{unit}")) == pd.Timedelta(seconds=n * seconds)
+
+
+def test_throughput_per_minute_is_one_minute(demo_archive):
+    """throughput(tasks, "1m") on the demo archive: minute bins, the same as "1min"."""
+    tasks = demo_archive.latest("tasks")
+    got = analysis.throughput(tasks, "1m")
+    pd.testing.assert_frame_equal(got, analysis.throughput(tasks, "1min"))
+    assert got.attrs["freq"] == "1min"
+    assert (got.index[1:] - got.index[:-1] == pd.Timedelta("1min")).all()
+    assert got.to_numpy().sum() == tasks["state"].isin(["SUCCESS", "FAILURE"]).sum()
+
+
+# -- empty and wrong frames ------------------------------------------------------------------
+def _each_function(archive: archiver.Archive) -> list[tuple[str, pd.DataFrame, object]]:
+    tasks, workers = archive.latest("tasks"), archive.load("workers")
+    snapshots = archive.load("snapshots")
+    return [
+        ("throughput", tasks, analysis.throughput),
+        ("throughput_by_none", tasks, lambda t: analysis.throughput(t, "1m", by=None)),
+        ("latency", tasks, analysis.latency),
+        ("latency_by_none", tasks, lambda t: analysis.latency(t, by=None)),
+        ("failure_rates", tasks, analysis.failure_rates),
+        ("top_exceptions", tasks, analysis.top_exceptions),
+        ("top_exceptions_by_none", tasks, lambda t: analysis.top_exceptions(t, by=None)),
+        ("slowest", tasks, analysis.slowest),
+        ("worker_utilisation", tasks, analysis.worker_utilisation),
+        ("worker_activity", workers, analysis.worker_activity),
+        ("worker_activity_active", workers, lambda w: analysis.worker_activity(w, metric="active")),
+        ("worker_activity_alive", workers, lambda w: analysis.worker_activity(w, metric="alive")),
+        ("worker_activity_load", workers, lambda w: analysis.worker_activity(w, metric="loadavg")),
+        ("cluster_timeline", snapshots, analysis.cluster_timeline),
+    ]
+
+
+# Per interval, one column per task name or worker: none of them in an empty frame.
+COLUMNS_FROM_DATA = {"throughput", "worker_utilisation", "worker_activity"}
+
+
+def test_every_function_on_an_empty_frame_keeps_the_shape(demo_archive):
+    """Each function on the demo archive and on its empty slice: same columns, index and dtypes."""
+    for label, frame, fn in _each_function(demo_archive):
+        full, empty = fn(frame), fn(frame.iloc[:0])
+        assert len(full) > 0 and len(empty) == 0, label
+        assert empty.index.dtype == full.index.dtype, label
+        assert empty.index.name == full.index.name, label
+        assert empty.columns.name == full.columns.name, label
+        if label in COLUMNS_FROM_DATA or label.startswith("worker_activity"):
+            assert list(empty.columns) == [], label
+            assert (full.dtypes == full.dtypes.iloc[0]).all(), label  # one dtype throughout
+        else:
+            assert list(empty.columns) == list(full.columns), label
+            pd.testing.assert_series_equal(empty.dtypes, full.dtypes, obj=label)
+
+
+def test_every_function_on_the_wrong_frame_names_what_is_missing(demo_archive):
+    """A workers frame where tasks are expected (and the reverse): one line naming function
+    and columns, never an empty or nonsense result."""
+    tasks, workers = demo_archive.latest("tasks"), demo_archive.load("workers")
+    cases = [
+        (analysis.throughput, workers, "throughput", "state"),
+        (analysis.latency, workers, "latency", "sent, received, started"),
+        (analysis.failure_rates, workers, "failure_rates", "state"),
+        (analysis.top_exceptions, workers, "top_exceptions", "state, exception"),
+        (analysis.slowest, workers, "slowest", "uuid, started"),
+        (analysis.worker_utilisation, workers, "worker_utilisation", "worker, started"),
+        (analysis.queue_wait, workers, "queue_wait", "received, started"),
+        (analysis.broker_wait, workers, "broker_wait", "sent, received"),
+        (analysis.worker_activity, tasks, "worker_activity", "hostname, processed"),
+        (analysis.cluster_timeline, tasks, "cluster_timeline", "tasks_pending"),
+        (lambda t: analysis.throughput(t, by="queue"), tasks, "throughput", "queue"),
+    ]
+    for fn, frame, name, missing in cases:
+        with pytest.raises(ValueError) as info:
+            fn(frame)
+        text = str(info.value)
+        assert text.startswith(f"{name}(): the frame lacks the column"), text
+        assert missing in text and "\n" not in text, text
+
+
+def test_cluster_timeline_counts_are_integers(demo_archive):
+    """Tasks per state, in flight and alive workers are int64; only the rate is a float."""
+    timeline = analysis.cluster_timeline(demo_archive.load("snapshots"))
+    rate = timeline.pop("events_per_s")
+    assert rate.dtype == "float64"
+    assert (timeline.dtypes == "int64").all()
+    assert (timeline["in_flight"] == timeline[["received", "started", "retry"]].sum(axis=1)).all()
+
+
+# -- on the demo archive ---------------------------------------------------------------------
+def test_broker_wait_on_the_demo_archive(demo_archive):
+    """Broker wait (sent -> received) is reported beside queue wait, and dominates it here."""
+    tasks = demo_archive.latest("tasks")
+    lat = analysis.latency(tasks, (0.5,), by=None).loc[analysis.ALL]
+    waits = (tasks["received"] - tasks["sent"]).dt.total_seconds()
+    assert lat["broker_p50"] == pytest.approx(waits.median())
+    assert lat["broker_p50"] > 5 * lat["wait_p50"]
+    slow = analysis.slowest(tasks, 3, by="broker")
+    assert slow["broker"].tolist() == pytest.approx(waits.nlargest(3).tolist())
+
+
+def test_worker_utilisation_is_the_same_busy_time_at_any_interval(demo_archive):
+    """Averaged over the covered part of each interval, the busy time is the same whatever
+    the interval: one hour-long interval gives the covered-time-weighted mean of 1 s ones."""
+    tasks = demo_archive.latest("tasks")
+    fine = analysis.worker_utilisation(tasks, "1s")
+    coarse = analysis.worker_utilisation(tasks, "1h")
+    assert len(coarse) == 1
+    starts = fine.index
+    start = min(tasks[c].min() for c in ("sent", "received", "started"))
+    end = tasks["captured_at"].max()
+    covered = (
+        (np.minimum(starts + pd.Timedelta("1s"), end) - np.maximum(starts, start))
+        .total_seconds()
+        .to_numpy()
+    )
+    weighted = (fine.mul(covered, axis=0).sum() / covered.sum()).to_dict()
+    assert coarse.iloc[0].to_dict() == pytest.approx(weighted)
+    span = (end - start).total_seconds()
+    assert span < 60  # the sample covers under a minute of the hour
+    assert coarse.to_numpy().max() > 0.5  # not diluted over 3,600 s
