@@ -153,7 +153,9 @@ def interval_freq(freq: str | timedelta | None, *, fn: str = "interval_freq") ->
             if found is None:  # a fixed pandas alias that is no duration word ("1T", "2L")
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    found = pd.Timedelta(pd.tseries.frequencies.to_offset(text))
+                    offset = pd.tseries.frequencies.to_offset(text)
+                if isinstance(offset, pd.offsets.Tick):  # fixed length, unlike "1B"
+                    found = pd.Timedelta(offset)
         except (ValueError, TypeError, OverflowError):
             found = None
         if found is None:
@@ -203,12 +205,14 @@ def one_row_per_task(tasks: pd.DataFrame) -> pd.DataFrame:
 def _group_key(df: pd.DataFrame, by: str | None) -> pd.Series:
     if by is None:
         return pd.Series(ALL, index=df.index, name="all", dtype=object)
-    key = df[by].astype(object)
-    return key.where(key.notna(), "(none)")
+    key: pd.Series = df[by].astype(object)
+    named: pd.Series = key.where(key.notna(), "(none)")
+    return named
 
 
 def _seconds(delta: pd.Series) -> pd.Series:
-    return delta.dt.total_seconds().astype("float64")
+    seconds: pd.Series = delta.dt.total_seconds().astype("float64")
+    return seconds
 
 
 def _utc(series: pd.Series) -> pd.Series:
@@ -607,7 +611,8 @@ def worker_utilisation(
     else:
         cutoff = pd.concat([started, end]).max()
     if cutoff is not None and not pd.isna(cutoff):
-        end = end.fillna(cutoff).clip(upper=cutoff)
+        end = end.fillna(cutoff)
+        end = end.where(end <= cutoff, cutoff)
     ok = started.notna() & end.notna() & tasks["worker"].notna() & (end >= started)
     started, end, worker = started[ok], end[ok], tasks.loc[ok, "worker"].astype(str)
     if started.empty:
@@ -697,8 +702,12 @@ def worker_activity(
         out.iloc[0] = last.iloc[0] - first.reindex(last.columns)
         out = out.fillna(0).clip(lower=0)
     else:
-        how = {"loadavg": grouped.mean, "active": grouped.max, "alive": grouped.last}[metric]
-        out = how().unstack()
+        if metric == "loadavg":
+            out = grouped.mean().unstack()
+        elif metric == "active":
+            out = grouped.max().unstack()
+        else:
+            out = grouped.last().unstack()
         out = out.reindex(_timeline(out.index, freq, "worker_activity")).ffill()
     out = out.astype("float64")
     out.index.name = "interval"

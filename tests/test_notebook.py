@@ -20,7 +20,7 @@ MAX_BYTES = 450_000
 #: Run first in the kernel: before the inline backend shows and closes the figures (at
 #: plt.show() or at the end of a cell), note every chart whose axes lack a label or whose
 #: legend covers a plot.
-CHECK_CHARTS = '''
+CHECK_CHARTS = """
 _charts = {"seen": 0, "problems": []}
 
 def _check_charts():
@@ -34,7 +34,7 @@ def _check_charts():
         _charts["seen"] += bool(plots)
         def y_named(ax):  # a y label, or names as ticks (task names, workers)
             ticks = [t.get_text() for t in ax.get_yticklabels()]
-            names = any(t and not t.lstrip("−-").replace(".", "").isdigit() for t in ticks)
+            names = any(t and not t.lstrip("\\u2212-").replace(".", "").isdigit() for t in ticks)
             return bool(ax.get_ylabel()) or names
 
         def y_shared(ax):  # panels side by side: the left one names the shared y axis
@@ -67,7 +67,7 @@ def _checked_show(*args, **kwargs):  # charts shown (and closed) by plt.show()
 
 
 plt.show = _checked_show
-'''
+"""
 
 
 def outputs(nb) -> list:
