@@ -36,6 +36,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from datetime import timedelta
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -364,7 +365,7 @@ def latency(
         last attempt.
     """
     _need(tasks, "sent", "received", "started", by, fn="latency")
-    bad = [q for q in percentiles if not 0 <= q <= 1]
+    bad = [q for q in percentiles if not isinstance(q, Real) or not 0 <= q <= 1]
     if bad:
         raise ValueError(f"latency(): percentiles must be fractions in [0, 1], got {bad[0]!r}")
     tasks = one_row_per_task(tasks)

@@ -151,6 +151,8 @@ def test_latency_percentiles():
     assert analysis.broker_wait(small_tasks()).iloc[[0, 1, 5]].tolist() == [2.0, 6.0, 4.0]
     with pytest.raises(ValueError, match=r"^latency\(\): percentiles must be fractions"):
         analysis.latency(small_tasks(), percentiles=(50,))
+    with pytest.raises(ValueError, match=r"got 'p90'$"):
+        analysis.latency(small_tasks(), percentiles=("p90",))
 
 
 def test_failure_rates():
