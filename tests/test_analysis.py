@@ -64,6 +64,7 @@ def demo_archive(tmp_path_factory):
 
 # -- helpers -------------------------------------------------------------------------------
 def test_auto_freq():
+    """The smallest round interval giving at most 40 bins, at least `minimum` seconds."""
     times = pd.Series([T0, T0 + pd.Timedelta("26s")])
     assert analysis.auto_freq(times) == "1s"
     assert analysis.auto_freq(pd.Series([T0, T0 + pd.Timedelta("2h")])) == "5min"
@@ -73,6 +74,7 @@ def test_auto_freq():
 
 
 def test_one_row_per_task_keeps_the_last_version():
+    """A load() history becomes one row per task: the latest captured_at wins."""
     history = tasks_frame(
         [
             {"uuid": "a", "captured_at": 1, "state": "RECEIVED"},
@@ -111,6 +113,7 @@ def small_tasks() -> pd.DataFrame:
 
 
 def test_throughput_counts_finished_tasks_per_interval():
+    """Finished tasks per interval, per name, per worker or in total, no gaps."""
     got = analysis.throughput(small_tasks(), "1min")
     assert got.attrs["freq"] == "1min"
     assert list(got.index) == [T0, T0 + pd.Timedelta("1min")]
@@ -125,6 +128,7 @@ def test_throughput_counts_finished_tasks_per_interval():
 
 
 def test_latency_percentiles():
+    """Broker wait, queue wait and runtime percentiles per name, in seconds."""
     got = analysis.latency(small_tasks(), percentiles=(0.5, 1.0))
     add = got.loc["add"]
     assert add["count"] == 2  # the queued one has neither wait nor runtime
@@ -156,6 +160,7 @@ def test_latency_percentiles():
 
 
 def test_failure_rates():
+    """Counts and rates per name; a RETRY seen anywhere in the history counts."""
     got = analysis.failure_rates(small_tasks())
     fail = got.loc["fail"]
     assert (fail["tasks"], fail["succeeded"], fail["failed"], fail["retried"]) == (3, 1, 2, 2)
@@ -181,6 +186,7 @@ def test_failure_rates():
 
 
 def test_top_exceptions_and_slowest():
+    """Exceptions by type with an example; the slowest tasks by each measure."""
     top = analysis.top_exceptions(small_tasks())
     assert top[["name", "exception", "count"]].values.tolist() == [
         ["fail", "ValueError", 1],
@@ -204,6 +210,7 @@ def test_top_exceptions_and_slowest():
 
 
 def test_worker_utilisation_integrates_busy_time():
+    """Busy slots per interval, averaged over the part of it the data covers."""
     tasks = tasks_frame(
         [
             {"worker": "w1", "state": "SUCCESS", "started": 0, "succeeded": 30},
@@ -230,6 +237,7 @@ def test_worker_utilisation_integrates_busy_time():
 
 
 def test_worker_activity():
+    """Heartbeat metrics per interval and worker: processed, active, alive, loadavg."""
     workers = pd.DataFrame(
         {
             "captured_at": [at(s) for s in (0, 0, 10, 10, 70, 70)],
@@ -267,6 +275,7 @@ def test_missing_columns_are_named():
 
 # -- on the recording ----------------------------------------------------------------------
 def test_on_the_recorded_cluster(recorded):
+    """On the recorded sample: latest() and load() agree, and the counts are the known ones."""
     latest = recorded.latest("tasks")
     history = recorded.load("tasks")
     # the same answers from latest() and from the whole history
