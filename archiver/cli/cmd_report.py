@@ -36,7 +36,7 @@ def _concurrency(values: tuple[str, ...]) -> int | dict[str, int] | None:
 
 
 @click.command("report")
-@archive_option
+@archive_option()
 @click.option("--since", "start", help=f"Start of the window; {TIME_HELP}.")
 @click.option("--until", "end", help=f"End of the window (excluded); {TIME_HELP}.")
 @click.option("--name", "name", metavar="PATTERN", help="Only task names matching this glob.")
