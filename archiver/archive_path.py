@@ -56,14 +56,12 @@ def _child(uri: str, name: str) -> str:
     return f"{uri.rstrip('/')}/{name}"
 
 
-def _subfolders(location: Location, path: str) -> tuple[list[str], bool]:
-    """Visible sub-folder names of ``path``, and whether it holds partition folders."""
-    names = [
-        i.base_name
-        for i in list_dir(location, path)
-        if i.type == pafs.FileType.Directory and not is_hidden(i.base_name)
-    ]
-    return sorted(names), any(n.startswith("date=") for n in names)
+def _subfolders(location: Location, path: str) -> tuple[list[str], bool, bool]:
+    """Visible sub-folder names of ``path``, whether it holds anything visible, and
+    whether it holds partition folders."""
+    visible = [i for i in list_dir(location, path) if not is_hidden(i.base_name)]
+    names = sorted(i.base_name for i in visible if i.type == pafs.FileType.Directory)
+    return names, bool(visible), any(n.startswith("date=") for n in names)
 
 
 def classify_archive_path(location: Location) -> ArchivePath:
@@ -83,7 +81,7 @@ def classify_archive_path(location: Location) -> ArchivePath:
             uri,
             f"{uri}: that is a partition of the {table} table; the archive is {_parent(top)}",
         )
-    folders, partitioned = _subfolders(location, location.root)
+    folders, _, partitioned = _subfolders(location, location.root)
     if partitioned:
         return ArchivePath(
             PathKind.TABLE,
@@ -92,17 +90,17 @@ def classify_archive_path(location: Location) -> ArchivePath:
         )
     foreign = []
     for folder in folders[:MAX_FOLDERS]:
-        inner, is_table = _subfolders(location, location.join(folder))
+        inner, anything, is_table = _subfolders(location, location.join(folder))
         if is_table:
             return ArchivePath(PathKind.ARCHIVE, uri)
-        if inner:
+        if anything:
             foreign.append((folder, inner))
     if not foreign:  # no folders, or empty table folders: an archive with no rows yet
         return ArchivePath(PathKind.ARCHIVE, uri)
     archives = [
         _child(uri, folder)
         for folder, inner in foreign
-        if any(_subfolders(location, location.join(folder, t))[1] for t in inner[:MAX_FOLDERS])
+        if any(_subfolders(location, location.join(folder, t))[2] for t in inner[:MAX_FOLDERS])
     ]
     if archives:
         return ArchivePath(
