@@ -1,4 +1,4 @@
-"""``--archive`` (and ``$ARCHIVER_ARCHIVE``) is checked before any work, with one ``Error:`` line."""
+"""``--archive`` (or ``$ARCHIVER_ARCHIVE``) is checked before any work: one ``Error:`` line."""
 
 from __future__ import annotations
 
@@ -103,7 +103,9 @@ def test_a_folder_that_is_not_an_archive(tmp_path, monkeypatch):
     for name in ("bench", "tests"):
         (other / name).mkdir(parents=True)
         (other / name / "x.py").write_text("")
-    message = f"{other} is not an archive: none of its folders (bench, tests) holds date= partitions"
+    message = (
+        f"{other} is not an archive: none of its folders (bench, tests) holds date= partitions"
+    )
     assert_error_everywhere(other, tmp_path, message)
     monkeypatch.chdir(ROOT)
     result = invoke("info", "--archive", ".")
@@ -154,11 +156,14 @@ def test_archiver_archive_is_every_command_default(archive, tmp_path):
 
 
 def test_python_api_gets_the_same_errors(archive, tmp_path):
-    """archiver.Archive(path) readers raise the CLI's messages; a missing one is FileNotFoundError."""
+    """Archive(path) readers raise the CLI's messages; a missing archive is a FileNotFoundError."""
     table = archive / "tasks"
     with pytest.raises(NotAnArchiveError) as caught:
         archiver.Archive(table).load()
-    assert str(caught.value) == f"{table}: that is the tasks table; the archive is its parent {archive}"
+    assert (
+        str(caught.value)
+        == f"{table}: that is the tasks table; the archive is its parent {archive}"
+    )
     with pytest.raises(NotAnArchiveError, match="did you mean"):
         archiver.load(archive.parent)
     with pytest.raises(FileNotFoundError, match="no archive at"):
@@ -170,7 +175,9 @@ def test_python_api_gets_the_same_errors(archive, tmp_path):
 
 def test_keyword_typos_name_the_public_function(archive):
     """A mistyped keyword names load(), not an internal function."""
-    with pytest.raises(TypeError, match=r"^(Archive\.)?load\(\) got an unexpected keyword argument"):
+    with pytest.raises(
+        TypeError, match=r"^(Archive\.)?load\(\) got an unexpected keyword argument"
+    ):
         archiver.Archive(archive).load(star="1h")  # type: ignore[call-arg]
     with pytest.raises(TypeError, match=r"^load\(\) got an unexpected keyword argument 'star'$"):
         archiver.load(archive, star="1h")  # type: ignore[call-arg]
@@ -195,7 +202,7 @@ def test_any_folder_tree_is_classified_or_named(folders, files):
             (root.joinpath(*parts)).mkdir(parents=True, exist_ok=True)
         for parts in files:
             path = root.joinpath(*parts)
-            if not path.exists() and path.parent.is_dir() or not path.parent.exists():
+            if not path.exists():
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text("")

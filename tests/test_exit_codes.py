@@ -1,4 +1,4 @@
-"""Every command follows README's exit-code rule: 0, 1 (Error:), 2 (usage), 69 (broker), 74 (rows)."""
+"""README's exit-code rule: 0, 1 (an Error: line), 2 (usage), 69 (broker), 74 (rows lost)."""
 
 from __future__ import annotations
 
