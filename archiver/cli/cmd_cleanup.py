@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from .. import maintenance
-from ..maintenance import CompactionReport, ExpiryReport
+from ..maintenance import CompactionReport, ExpiryReport, Keep
 from .output import archive_option, echo_table, human_bytes, is_terminal, run_library_call
 
 wait_option = click.option(
@@ -241,7 +241,7 @@ def compact_command(
             archive,
             tables=tables or None,
             before=before,
-            keep=keep or "all",
+            keep=cast(Keep, keep or "all"),  # click.Choice checked it
             target_file_bytes=target_size or maintenance.DEFAULT_TARGET_FILE_BYTES,
             dry_run=dry_run,
             allow_deletes=yes,
@@ -360,7 +360,7 @@ def cleanup_command(
             retention_file,
             older_than=older_than,
             per_state=states,
-            keep=keep,  # type: ignore[arg-type]  # click.Choice checked it
+            keep=cast(Keep | None, keep),  # click.Choice checked it
             target_file_bytes=target_size,
             tables=tables,
             compact=False if no_compact else None,

@@ -57,7 +57,17 @@ def _concurrency(values: tuple[str, ...]) -> int | dict[str, int] | None:
     help="Worker pool size, for a 0-1 utilisation (repeat HOST=N per worker).",
 )
 @click.option("--title", help="The page's title.")
-def report_command(start, end, name, output, top, freq, concurrency, title, archive) -> None:
+def report_command(
+    start: str | None,
+    end: str | None,
+    name: str | None,
+    output: str,
+    top: int,
+    freq: str | None,
+    concurrency: tuple[str, ...],
+    title: str | None,
+    archive: str,
+) -> None:
     """Write a self-contained HTML report of the archive's history.
 
     \b

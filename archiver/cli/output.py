@@ -5,22 +5,24 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
+from click.decorators import FC
 
 from ..archive_path import check_archive_path
 from ..errors import ArchiverError, DamagedArchiveWarning
 from ..storage import resolve
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 DEFAULT_ARCHIVE = "./data/archive"
 #: The environment variable every command's ``--archive`` defaults to.
 ARCHIVE_ENV = "ARCHIVER_ARCHIVE"
 
 
-def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[[T], T]:
+def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[[FC], FC]:
     """``--archive`` (default ``$ARCHIVER_ARCHIVE``, else ./data/archive), checked before any work.
 
     A path that is not an archive (a file, a table, an archive's parent, another
@@ -48,7 +50,7 @@ def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[
     )
 
 
-def run_library_call(fun: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def run_library_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call into the library; a user mistake becomes a one-line ``Error:`` and exit code 1.
 
     A skipped damaged file or folder is shown as one ``Warning:`` line on stderr.
