@@ -174,6 +174,22 @@ class TestExpireCommand:
         assert real.output.splitlines()[-1].startswith("Deleted 3 hours (45 files) and 0 tasks")
         assert {len(arch.partitions(t)) for t in arch.tables()} == {1}
 
+    def test_dry_run_means_the_same_everywhere(self, arch):
+        """--dry-run (even with --yes) shows the plan of every command and changes nothing."""
+        files = listing(Path(arch.uri))
+        for args in (
+            ["expire", "--older-than", "1h", "--dry-run", "--yes"],
+            ["expire", "--older-than", "1h", "--dry-run"],
+            ["compact", "--keep", "latest", "--dry-run", "--yes"],
+            ["compact", "--dry-run"],
+            ["cleanup", "--keep", "latest", "--dry-run"],
+        ):
+            result = invoke(*args, "--archive", arch.uri)
+            assert result.exit_code == 0, (args, result.output)
+            assert result.output.splitlines()[-1].startswith("Dry run: would "), args
+            assert "--yes" not in result.output, args
+        assert listing(Path(arch.uri)) == files
+
     def test_states(self, arch):
         """--state STATE=DURATION removes the tasks whose last row is that old."""
         before = frame(arch, "tasks")
