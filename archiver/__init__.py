@@ -6,11 +6,13 @@ from .camera import Polaroid
 from .check import CheckReport
 from .convert import CeleryConverter, Converter
 from .errors import (
+    ArchiveNotFound,
     ArchiverError,
     DamagedArchiveWarning,
     DamagedFileError,
     LockedError,
     NoArchiveError,
+    NotAnArchiveError,
 )
 from .maintenance import CompactionReport, ExpiryReport, Retention
 from .parquet_camera import ParquetCamera
@@ -30,6 +32,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Archive",
+    "ArchiveNotFound",
     "ArchiverError",
     "CeleryConverter",
     "CheckReport",
@@ -40,6 +43,7 @@ __all__ = [
     "ExpiryReport",
     "LockedError",
     "NoArchiveError",
+    "NotAnArchiveError",
     "ParquetCamera",
     "Polaroid",
     "Retention",
