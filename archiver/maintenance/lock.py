@@ -2,8 +2,10 @@
 
 The lock is ``fcntl.flock`` on a small file, ``<archive>/_archiver.lock`` for a
 local archive (hidden from readers by its ``_`` prefix), or a file in the
-temporary directory named after the archive's URI for a remote one (which then
-only serializes cleanups on this host). The file holds the holder's pid, host
+temporary directory named after the archive's canonical URI for a remote one
+(:attr:`~archiver.storage.Location.key`: two spellings of one archive share it).
+That only serializes cleanups on this host: two hosts cleaning one bucket are made
+safe by the reading-side rule of :mod:`archiver.layout`. The file holds the holder's pid, host
 and start time, for the error message a second cleanup shows.
 
 The kernel releases a ``flock`` when its holder dies, even by ``kill -9``, so a
@@ -42,7 +44,9 @@ def lock_path(location: Location) -> str:
     """Where the maintenance lock of the archive at ``location`` lives."""
     if location.local:
         return os.path.join(location.root, LOCK_NAME)
-    digest = hashlib.sha1(location.uri.encode()).hexdigest()[:16]
+    # The canonical key (scheme, endpoint, bucket and path; no credentials or query),
+    # so two spellings of one archive share one lock.
+    digest = hashlib.sha1(location.key.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"archiver-{digest}.lock")
 
 
