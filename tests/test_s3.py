@@ -3,6 +3,7 @@ directory markers, storage options, masked credentials, the lock key, interrupte
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -23,6 +24,8 @@ from .test_cleanup import build_archive, frame, record, shifted
 from .test_cleanup_crash import fingerprints, run_child
 
 TABLES = ("tasks", "workers", "snapshots")
+#: The query columns compared (not snapshot_id: it holds a random recorder id).
+COLS = ("--columns", "captured_at,uuid,name,state,worker,result,exception")
 
 
 def run(*args: object):
@@ -50,6 +53,12 @@ def assert_no_markers(server, prefix: str) -> None:
     assert [k for k in keys if k.endswith("/")] == []
 
 
+def _info_counts(text: str) -> list[list[str]]:
+    """`archiver info`'s table without its byte sizes (random ids compress differently)."""
+    rows = [re.split(r"\s{2,}", line) for line in text.splitlines()[1:]]
+    return [[r[0], r[1], r[2], r[3], *r[6:]] for r in rows if len(r) >= 8]
+
+
 def chunks(tmp_path: Path, n: int = 3) -> list[Path]:
     """The sample recording cut into ``n`` files (so an hour holds several files per table)."""
     lines = SAMPLE.read_text().splitlines(keepends=True)
@@ -75,8 +84,8 @@ def test_every_command_on_s3_equals_local_disk(s3, tmp_path):
             assert result.exit_code == 0, result.output
         info = run("info", "--archive", target)
         assert info.exit_code == 0, info.output
-        out["info"] = info.output.split("\n", 1)[1]  # after the "archive: ..." line
-        query = run("query", "tasks", "--archive", target, "--format", "csv", "--latest")
+        out["info"] = _info_counts(info.output)
+        query = run("query", "tasks", "--archive", target, "--format", "csv", "--latest", *COLS)
         assert query.exit_code == 0, query.output
         out["query"] = query.output
         check = run("check", "--archive", target)
@@ -92,9 +101,13 @@ def test_every_command_on_s3_equals_local_disk(s3, tmp_path):
         loaded[name] = frames(archiver.Archive(target))
         assert len(loaded[name]["tasks"]) < len(before["tasks"])
         expire = run("expire", "--archive", target, "--older-than", "1h", "--table", "workers")
-        assert run("expire", "--archive", target, "--older-than", "1h", "--table", "workers",
-                   "--yes").exit_code == 0  # fmt: skip
-        assert archiver.Archive(target).partitions("workers") == []
+        out["expire"] = expire.output
+        expire = run(
+            "expire", "--archive", target, "--older-than", "1h", "--table", "workers", "--yes"
+        )
+        assert expire.exit_code == 0, expire.output
+        # (SeaweedFS lists the emptied folders, as a filesystem would; AWS S3 does not.)
+        assert archiver.Archive(target).load("workers").empty
     assert outputs["s3"] == outputs["local"]
     assert_same(loaded["s3"], loaded["local"])
     assert_no_markers(server, prefix)
