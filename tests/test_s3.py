@@ -3,9 +3,13 @@ directory markers, storage options, masked credentials, the lock key, interrupte
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import signal
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -328,3 +332,24 @@ def test_live_record_into_s3(s3, tmp_path):
     assert set(results) <= set(on_s3.index)
     pd.testing.assert_series_equal(on_s3.astype(str), on_disk.astype(str))
     assert_no_markers(server, prefix)
+
+
+def test_object_store_lock_excludes_another_host(s3, tmp_path, monkeypatch, caplog):
+    """Two hosts (no shared local lock) exclude each other through the lock object on S3."""
+    server, prefix = s3
+    here = resolve(server.uri(prefix))
+    with MaintenanceLock(here, purpose="compact") as first:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # "another host"
+        other = MaintenanceLock(resolve(server.uri(prefix)), purpose="expire")
+        assert other.path != first.path
+        with pytest.raises(LockedError, match="lock object") as err:
+            other.acquire()
+        assert f"pid {os.getpid()}" in str(err.value)
+    other.acquire()  # released: free again
+    other.release()
+    # A dead host's lock: its lease has ended, so it is taken over (and logged).
+    stale = {"pid": 1, "host": "gone", "expires": time.time() - 1}
+    server.s3fs().pipe(f"{server.bucket}/{prefix}/_archiver.lock", json.dumps(stale).encode())
+    with MaintenanceLock(here, purpose="compact"):
+        assert "expired object-store lock of pid 1 on host gone" in caplog.text
+    assert not server.s3fs().exists(f"{server.bucket}/{prefix}/_archiver.lock")
