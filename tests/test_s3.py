@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 import archiver
-from archiver import maintenance
+from archiver import analysis, maintenance
 from archiver.cli import cli
 from archiver.maintenance.lock import MaintenanceLock, lock_path
 from archiver.storage import redact_uri, resolve
@@ -26,6 +26,7 @@ from archiver.errors import LockedError
 from .conftest import SAMPLE, SMALL, read_events
 from .test_cleanup import build_archive, frame, record, shifted
 from .test_cleanup_crash import fingerprints, run_child
+from .test_record import reference
 
 TABLES = ("tasks", "workers", "snapshots")
 #: The query columns compared (not snapshot_id: it holds a random recorder id).
@@ -353,3 +354,51 @@ def test_object_store_lock_excludes_another_host(s3, tmp_path, monkeypatch, capl
     with MaintenanceLock(here, purpose="compact"):
         assert "expired object-store lock of pid 1 on host gone" in caplog.text
     assert not server.s3fs().exists(f"{server.bucket}/{prefix}/_archiver.lock")
+
+
+# -- two recorders into one archive (a high-availability pair) ------------------------------
+def _no_id(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows without the recorder's id, as plain objects, in a canonical order."""
+    df = df.drop(columns=[c for c in ("snapshot_id", "date", "hour") if c in df.columns])
+    df = df.astype({c: object for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)})
+    return df.sort_values(["captured_at", "uuid"], kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_two_recorders_of_one_recording(s3, sample_events, tmp_path, where):
+    """Two recorders, one recording: load has each row once per recorder; latest, history
+    and the analysis functions give what one recorder gives."""
+    server, prefix = s3
+    pair = str(tmp_path / "pair") if where == "local" else f"s3://{server.bucket}/{prefix}"
+    single = tmp_path / "single"
+    record(single, sample_events)
+    record(pair, sample_events)
+    record(pair, sample_events)
+    one, two = archiver.Archive(single), archiver.Archive(pair)
+    loaded = two.load("tasks")
+    assert loaded["snapshot_id"].str.split("-").str[0].nunique() == 2  # the recorders' ids
+    alone = _no_id(one.load("tasks"))
+    doubled = _no_id(pd.concat([alone, alone]))
+    pd.testing.assert_frame_equal(_no_id(loaded), doubled)
+    pd.testing.assert_frame_equal(_no_id(two.latest("tasks")), _no_id(one.latest("tasks")))
+    uuid = one.latest("tasks")["uuid"].iloc[-1]
+    history = _no_id(two.history(uuid))
+    pd.testing.assert_frame_equal(history, _no_id(pd.concat([one.history(uuid)] * 2)))
+    for fn in (analysis.failure_rates, analysis.latency):
+        pd.testing.assert_frame_equal(fn(loaded), fn(one.load("tasks")))
+        pd.testing.assert_frame_equal(fn(two.latest("tasks")), fn(one.latest("tasks")))
+
+
+def test_two_recorders_of_overlapping_halves(tmp_path, sample_events):
+    """Recorders that saw overlapping halves: latest has every task once, in the state
+    Celery's own State gives from all the events (the newest row of either recorder)."""
+    n = len(sample_events)
+    path = tmp_path / "pair"
+    record(path, sample_events[: 2 * n // 3])
+    record(path, sample_events[n // 3 :])
+    latest = archiver.Archive(path).latest("tasks")
+    assert latest["uuid"].is_unique
+    want = reference(sample_events)
+    assert set(latest["uuid"]) == set(want)
+    got = dict(zip(latest["uuid"], latest["state"].astype(str)))
+    assert got == {u: row[0] for u, row in want.items()}
