@@ -279,7 +279,11 @@ def s3fs_options(uri: str) -> tuple[str, dict[str, Any]]:
         options["key"] = unquote(parts.username)
     if parts.password:
         options["secret"] = unquote(parts.password)
-    for name, option in (("access_key", "key"), ("secret_key", "secret"), ("session_token", "token")):
+    for name, option in (
+        ("access_key", "key"),
+        ("secret_key", "secret"),
+        ("session_token", "token"),
+    ):
         if name in query:
             options[option] = query.pop(name)
     endpoint = query.pop("endpoint_override", None)

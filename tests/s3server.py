@@ -166,7 +166,7 @@ def _ready(server: S3Server) -> bool:
         fs = server.s3fs()
         fs.ls(server.bucket, refresh=True)
         return True
-    except Exception:  # noqa: BLE001 - not ready yet, whatever the error
+    except Exception:
         return False
 
 

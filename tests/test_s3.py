@@ -19,12 +19,12 @@ from click.testing import CliRunner
 import archiver
 from archiver import analysis, maintenance
 from archiver.cli import cli
+from archiver.errors import LockedError
 from archiver.maintenance.lock import MaintenanceLock, lock_path
 from archiver.storage import redact_uri, resolve
-from archiver.errors import LockedError
 
-from .conftest import SAMPLE, SMALL, read_events
-from .test_cleanup import build_archive, frame, record, shifted
+from .conftest import SAMPLE, SMALL
+from .test_cleanup import build_archive, frame, record
 from .test_cleanup_crash import fingerprints, run_child
 from .test_record import reference
 
@@ -123,7 +123,9 @@ def _two_recordings(path: str, events: list[dict], **options: object) -> None:
     record(path, events[:5000])  # ParquetCamera through the AWS_* environment
     clock = [events[5000]["timestamp"]]
     state = archiver.State()
-    camera = archiver.ParquetCamera(state, path, clock=lambda: clock[0], timer=_NoTimer(), **options)
+    camera = archiver.ParquetCamera(
+        state, path, clock=lambda: clock[0], timer=_NoTimer(), **options
+    )
     for event in events[5000:]:
         state.event(dict(event))
     clock[0] = events[-1]["timestamp"]
@@ -199,12 +201,18 @@ def test_credentials_are_masked_everywhere(s3, tmp_path, monkeypatch, caplog):
 @pytest.mark.parametrize(
     "uri, shown",
     [
-        ("s3://K:S@b/x?endpoint_override=h:1&scheme=http", "s3://***@b/x?endpoint_override=h:1&scheme=http"),
-        ("s3://b/x?access_key=K&secret_key=S&session_token=T", "s3://b/x?access_key=***&secret_key=***&session_token=***"),
+        (
+            "s3://K:S@b/x?endpoint_override=h:1&scheme=http",
+            "s3://***@b/x?endpoint_override=h:1&scheme=http",
+        ),
+        (
+            "s3://b/x?access_key=K&secret_key=S&session_token=T",
+            "s3://b/x?access_key=***&secret_key=***&session_token=***",
+        ),
         ("/data/archive", "/data/archive"),
         ("Error: cannot open gs://u:p@b/x now", "Error: cannot open gs://***@b/x now"),
     ],
-)  # fmt: skip
+)
 def test_redact_uri(uri, shown):
     """redact_uri masks user info and secret query parameters, nothing else."""
     assert redact_uri(uri) == shown
@@ -214,8 +222,10 @@ def test_two_spellings_of_one_archive_share_the_lock(s3):
     """The local lock key is canonical: credentials, query and slashes do not change it."""
     server, prefix = s3
     a = resolve(server.uri(prefix))
-    b = resolve(f"s3://{server.key}:{server.secret}@{server.bucket}//{prefix}/"
-                f"?scheme=http&endpoint_override={server.host_port}")  # fmt: skip
+    b = resolve(
+        f"s3://{server.key}:{server.secret}@{server.bucket}//{prefix}/"
+        f"?scheme=http&endpoint_override={server.host_port}"
+    )
     c = resolve(f"s3://{server.bucket}/{prefix}", storage_options=server.storage_options)
     assert lock_path(a) == lock_path(b) == lock_path(c)
     assert lock_path(a) != lock_path(resolve(server.uri(prefix + "x")))
@@ -259,8 +269,10 @@ def test_expiry_killed_at_each_delete_shows_no_half_hour(s3, two_hours, tmp_path
     """SIGKILL an expiry at chosen deletes: readers see the hour whole or not at all."""
     server, prefix = s3
     # A credentialed URI: the forked child needs no environment.
-    s3_uri = (f"s3://{server.key}:{server.secret}@{server.bucket}/{{}}"
-              f"?endpoint_override={server.host_port}&scheme=http")  # fmt: skip
+    s3_uri = (
+        f"s3://{server.key}:{server.secret}@{server.bucket}/{{}}"
+        f"?endpoint_override={server.host_port}&scheme=http"
+    )
     first = archiver.Archive(two_hours).partitions("tasks")[0]
     now = pd.Timestamp(first.end_us * 1000, tz="UTC") + pd.Timedelta("61m")
     kwargs = {"older_than": "1h", "now": now.isoformat(), "dry_run": False, "lock_timeout": 30}
@@ -316,9 +328,21 @@ def test_live_record_into_s3(s3, tmp_path):
         url = redis.url(0)
         disk = tmp_path / "disk"
         recorders = [
-            start_archiver(processes, redis, tmp_path, name,
-                           "record", "--broker", url, "--archive", target,
-                           "--freq", "0.5", "--duration", "15s")  # fmt: skip
+            start_archiver(
+                processes,
+                redis,
+                tmp_path,
+                name,
+                "record",
+                "--broker",
+                url,
+                "--archive",
+                target,
+                "--freq",
+                "0.5",
+                "--duration",
+                "15s",
+            )
             for name, target in (("s3", uri), ("disk", str(disk)))
         ]
         sent = send_mix(app, 60)

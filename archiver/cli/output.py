@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import ArchiverError, DamagedArchiveWarning
+from ..storage import redact_uri
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def run_library_call(fun: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fun(*args, **kwargs)
         except ArchiverError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact_uri(str(exc))) from exc
         finally:
             seen: set[str] = set()
             for w in caught:

@@ -63,7 +63,9 @@ class ObjectLease:
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         assert self.client is not None
-        result: dict[str, Any] = self.client.call_s3(method, Bucket=self.bucket, Key=self.key, **kwargs)
+        result: dict[str, Any] = self.client.call_s3(
+            method, Bucket=self.bucket, Key=self.key, **kwargs
+        )
         return result
 
     def try_acquire(self, record: dict[str, Any]) -> bool:
