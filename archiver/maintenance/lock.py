@@ -54,7 +54,7 @@ class ObjectLease:
     """
 
     def __init__(self, location: Location, lease: float = LEASE_SECONDS) -> None:
-        self.client = getattr(getattr(location.fs, "handler", None), "fs", None)
+        self.client: Any = getattr(getattr(location.fs, "handler", None), "fs", None)
         bucket, _, prefix = location.root.partition("/")
         self.bucket, self.key = bucket, f"{prefix}/{LOCK_NAME}" if prefix else LOCK_NAME
         self.lease = lease
@@ -62,7 +62,6 @@ class ObjectLease:
         self.supported = location.object_store and hasattr(self.client, "call_s3")
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        assert self.client is not None
         result: dict[str, Any] = self.client.call_s3(
             method, Bucket=self.bucket, Key=self.key, **kwargs
         )
