@@ -4,9 +4,10 @@ Builds the uncompacted archive of bench_cleanup.py (``--hours`` closed hours of
 small files), then times ``archiver.maintenance.compact`` on a fresh copy of it:
 
 * on local disk;
-* on S3 through s3fs (how archiver opens ``s3://`` since issue 11: no ``dir/``
-  marker objects);
-* on S3 through pyarrow's own S3 filesystem (how it opened ``s3://`` before: it
+* on S3 as archiver opens ``s3://`` since issue 11 (pyarrow's S3 filesystem, deletes
+  through s3fs: no ``dir/`` marker objects);
+* on S3 through s3fs alone (``filesystem=s3fs.S3FileSystem(...)``);
+* on S3 through pyarrow's S3 filesystem alone (how ``s3://`` was opened before: it
   writes a marker object for each folder a delete empties).
 
 Usage: ``python bench/bench_s3.py [--hours 4] [--repeat 3]`` (needs the dev extra:
@@ -55,10 +56,11 @@ def main(argv: list[str] | None = None) -> None:
             scheme="http",
             region="us-east-1",
         )
-        times: dict[str, list[float]] = {"local": [], "s3 (s3fs)": [], "s3 (pyarrow)": []}
+        names = ("local", "s3 archiver", "s3 s3fs-only", "s3 pyarrow-only")
+        times: dict[str, list[float]] = {name: [] for name in names}
         for run in range(args.repeat):
             for name in times:
-                prefix = f"run{run}-{name.split()[-1].strip('()')}"
+                prefix = f"run{run}-{name.split()[-1]}"
                 if name == "local":
                     target: str = str(work / prefix)
                     shutil.copytree(template, target)
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
                     s3.put(str(template), f"{server.bucket}/{prefix}", recursive=True)
                     target = f"s3://{server.bucket}/{prefix}"
                     kwargs = {"storage_options": server.storage_options}
-                    if name == "s3 (pyarrow)":
+                    if name == "s3 pyarrow-only":
                         target, kwargs = f"{server.bucket}/{prefix}", {"filesystem": native}
+                    elif name == "s3 s3fs-only":
+                        target, kwargs = f"{server.bucket}/{prefix}", {"filesystem": s3}
                 t0 = time.perf_counter()
                 report = maintenance.compact(Archive(target, **kwargs))
                 times[name].append(time.perf_counter() - t0)
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         base_time = statistics.median(times["local"])
         for name, values in times.items():
             median = statistics.median(values)
-            print(f"  {name:14s} {median:7.2f} s  ({median / base_time:.2f}x local)")
+            print(f"  {name:16s} {median:7.2f} s  ({median / base_time:.2f}x local)")
     finally:
         stop(proc)
         shutil.rmtree(work, ignore_errors=True)
