@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -372,6 +373,11 @@ def test_object_store_lock_excludes_another_host(s3, tmp_path, monkeypatch, capl
         assert f"pid {os.getpid()}" in str(err.value)
     other.acquire()  # released: free again
     other.release()
+    # A dead process of this host: taken over at once (this host's local lock is free).
+    dead = {"pid": 2**22 + 7, "host": socket.gethostname(), "expires": time.time() + 3600}
+    server.s3fs().pipe(f"{server.bucket}/{prefix}/_archiver.lock", json.dumps(dead).encode())
+    with MaintenanceLock(here, purpose="compact"):
+        assert f"pid {2**22 + 7} on host" in caplog.text
     # A dead host's lock: its lease has ended, so it is taken over (and logged).
     stale = {"pid": 1, "host": "gone", "expires": time.time() - 1}
     server.s3fs().pipe(f"{server.bucket}/{prefix}/_archiver.lock", json.dumps(stale).encode())

@@ -48,7 +48,8 @@ class ObjectLease:
     PutObject with ``If-None-Match: *`` succeeds for one process only (AWS S3, and
     SeaweedFS, honour it); the object holds the holder and the end of its lease. A
     lock whose lease has ended is deleted with ``If-Match`` its ETag (so two takers
-    cannot both delete a fresh lock) and taken. A server that refuses conditional
+    cannot both delete a fresh lock) and taken; so is the lock of a dead process of this
+    host (this host's local lock is held first). A server that refuses conditional
     requests (HTTP 501) disables it: the reading-side rule of :mod:`archiver.layout`
     keeps readers exact without it.
     """
@@ -81,7 +82,7 @@ class ObjectLease:
                 if not _precondition_failed(exc):
                     raise
             holder, etag = self.holder()
-            if holder is None or float(holder.get("expires", 0)) > time.time():
+            if holder is None or not _stale(holder):
                 return False
             logger.warning("Took over the expired object-store lock of %s", describe(holder))
             with contextlib.suppress(OSError):  # another taker was first: it wins
@@ -104,6 +105,19 @@ class ObjectLease:
             with contextlib.suppress(OSError):
                 self._call("delete_object", IfMatch=self.etag)
             self.etag = None
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """Whether a lock object's holder is gone: its lease ended, or it was a process of
+    this host that is no longer running (the caller holds this host's local lock)."""
+    try:
+        if float(holder.get("expires", 0)) <= time.time():
+            return True
+    except (TypeError, ValueError):
+        return True
+    pid = holder.get("pid")
+    here = holder.get("host") == socket.gethostname()
+    return here and isinstance(pid, int) and not pid_alive(pid)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
