@@ -396,8 +396,7 @@ def _no_id(df: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_two_recorders_of_one_recording(s3, sample_events, tmp_path, where):
-    """Two recorders, one recording: load has each row once per recorder; latest, history
-    and the analysis functions give what one recorder gives."""
+    """Two recorders of one recording: each row once per recorder; latest as one recorder."""
     server, prefix = s3
     pair = str(tmp_path / "pair") if where == "local" else f"s3://{server.bucket}/{prefix}"
     single = tmp_path / "single"
@@ -420,8 +419,7 @@ def test_two_recorders_of_one_recording(s3, sample_events, tmp_path, where):
 
 
 def test_two_recorders_of_overlapping_halves(tmp_path, sample_events):
-    """Recorders that saw overlapping halves: latest has every task once, in the state
-    Celery's own State gives from all the events (the newest row of either recorder)."""
+    """Recorders of overlapping halves: latest has each task once, in Celery's final state."""
     n = len(sample_events)
     path = tmp_path / "pair"
     record(path, sample_events[: 2 * n // 3])
