@@ -9,7 +9,7 @@ archive), so signatures, return types and documentation have one home.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import archive as _archive
@@ -25,6 +25,8 @@ class Archive(_archive.Archive):
     Args:
         path_or_uri: a local path or a URI (``file://``, ``s3://``, ``memory://``...).
         filesystem: an explicit ``pyarrow.fs.FileSystem`` (then the path is on it).
+        storage_options: options of the fsspec filesystem (e.g. s3fs's ``key``,
+            ``secret``, ``client_kwargs={"endpoint_url": ...}``), instead of ``filesystem``.
         on_bad_file: what readers do with a damaged file or folder: ``"warn"``
             (default: skip it with a warning naming it), ``"raise"``, or a callable
             ``handler(path, reason)``.
@@ -77,10 +79,12 @@ def load(
     engine: Engine = "pandas",
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
+    filesystem: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Any:
     """Load ``table`` of the archive at ``path_or_uri`` (see :func:`archiver.query.load_table`)."""
     return load_table(
-        Archive(path_or_uri),
+        Archive(path_or_uri, filesystem=filesystem, storage_options=storage_options),
         table,
         start=start,
         end=end,
