@@ -8,16 +8,19 @@ interrupted run are deleted, in which order. What a partition holds is listed by
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 import pyarrow.fs as pafs
 
-from ..errors import LockedError
+from ..errors import ArchiverError, LockedError
 from ..layout import JOURNAL, Partition, parse_partition
 from ..listing import Damaged, PartitionScan, list_dir, scan_partition, walk_partitions
 from ..storage import Location
 from .lock import MaintenanceLock
+
+logger = logging.getLogger(__name__)
 
 #: Test hook: called with a step name ("written", "renamed", "deleted") after each
 #: file step; tests set or monkeypatch ``archiver.maintenance.recovery._STEP_HOOK``.
@@ -78,12 +81,15 @@ def repair(location: Location, damaged: Damaged | None = None) -> int:
     partition listing per entry. Skipped (0) while a cleanup holds the lock on this
     host: that cleanup finishes the job itself.
     """
-    if not _journal(location):
-        return 0
     try:
+        if not _journal(location):
+            return 0
         with MaintenanceLock(location, timeout=0.0, purpose="repair"):
             return repair_locked(location, damaged)
     except LockedError:
+        return 0
+    except (OSError, ArchiverError) as exc:  # the archive may be unwritable now: writes will tell
+        logger.warning("Could not finish interrupted commits in %s: %s", location.uri, exc)
         return 0
 
 
