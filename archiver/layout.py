@@ -5,7 +5,8 @@ visible unless its name starts with ``.`` or ``_`` (temporary and foreign files)
 or a live compacted file in the same partition lists it in its ``archiver.replaces``
 metadata (a compaction that crashed before deleting its inputs). A compacted file
 is one of a group written together (``archiver.group``); it is live once the whole
-group is present, or once none of the files it replaces is left. See
+group is present, or once none of the files it replaces is left; of two live groups
+replacing a same file (racing cleanups) only one counts (:func:`overlap_winners`). See
 :mod:`archiver.maintenance` for the protocol and why it never shows a row twice.
 
 Hour arithmetic lives here too: a partition spans ``[start_us, end_us)``.
