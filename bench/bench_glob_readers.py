@@ -20,7 +20,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -34,19 +37,19 @@ import archiver  # noqa: E402
 from archiver import maintenance  # noqa: E402
 
 
-def poll_during(path: Path, fun) -> dict[str, float]:
+def poll_during(path: Path, fun: Callable[[], object]) -> dict[str, Any]:
     """Run ``fun`` while a thread polls DuckDB over the glob; what the polls saw."""
     glob = f"{path}/tasks/*/*/*.parquet"
     query = f"SELECT count(*), count(DISTINCT (uuid, snapshot_id)) FROM read_parquet('{glob}')"
     stop = threading.Event()
-    stats = {"polls": 0, "duplicates": 0, "max_excess": 0, "failed": 0}
+    stats: dict[str, Any] = {"polls": 0, "duplicates": 0, "max_excess": 0, "failed": 0}
     errors: list[str] = []
 
     def poll() -> None:
         con = duckdb.connect()
         while not stop.is_set():
             try:
-                rows, distinct = con.execute(query).fetchone()
+                rows, distinct = con.execute(query).fetchone() or (0, 0)
             except duckdb.Error as exc:
                 stats["failed"] += 1
                 errors.append(str(exc).splitlines()[0][:120])
@@ -70,7 +73,7 @@ def poll_during(path: Path, fun) -> dict[str, float]:
         thread.join()
     stats["seconds"] = seconds
     if errors:
-        stats["first_error"] = errors[0]  # type: ignore[assignment]
+        stats["first_error"] = errors[0]
     return stats
 
 
@@ -103,7 +106,7 @@ def main() -> None:
             plain.append(time.perf_counter() - t0)
             shutil.rmtree(copy)
             shutil.copytree(template, copy)
-            stats = poll_during(copy, lambda c=copy: maintenance.compact(c))
+            stats = poll_during(copy, partial(maintenance.compact, copy))
             polled.append(stats)
             print(f"run {i + 1}: compact alone {plain[-1]:.2f}s; with the poller: {stats}")
             shutil.rmtree(copy)
