@@ -43,9 +43,9 @@ def files_command(table: str, archive: str) -> None:
     """Print exactly the files archiver reads for TABLE, one per line.
 
     \b
-    Example (Polars reads exactly what `archiver query` reads):
+    Example:
         archiver files tasks > tasks.txt
-        python -c "import polars as pl; print(pl.scan_parquet(open('tasks.txt').read().split()))"
+        python -c "import polars as pl; pl.scan_parquet(open('tasks.txt').read().split())"
     """
     arch = Archive(archive)
     run_library_call(arch.require_table, table)
