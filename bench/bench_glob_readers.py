@@ -6,9 +6,11 @@ compacts a copy while a thread polls DuckDB with ``count(*)`` and
 polls, polls that saw a row twice (count > distinct), the largest excess, polls that
 failed (e.g. "No such file"), and the compaction's time with and without the poller.
 
-Usage: ``python bench/bench_glob_readers.py [--hours 24] [--copies 4] [--repeat 3]``.
+Usage: ``python bench/bench_glob_readers.py [--hours 24] [--copies 10] [--repeat 3]
+[--template DIR]``.
 To compare with another commit, copy this file into that checkout's ``bench/`` and
-run it there too (it imports archiver from the checkout it sits in).
+run it there too (it imports archiver from the checkout it sits in), on the same
+``--template``, alternating runs: the machine's load moves the times a lot.
 """
 
 from __future__ import annotations
@@ -80,17 +82,25 @@ def poll_during(path: Path, fun: Callable[[], object]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=int, default=24)
-    parser.add_argument("--copies", type=int, default=4, help="replays of the sample per hour")
+    parser.add_argument("--copies", type=int, default=10, help="replays of the sample per hour")
     parser.add_argument("--snapshots-per-file", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--template", type=Path, help="keep the built archive here, or reuse it if present"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-glob-"))
     try:
-        base = record_sample(work / "sample")
-        template = work / "template"
-        build_day(
-            template, base, hours=args.hours, copies=args.copies, per_file=args.snapshots_per_file
-        )
+        template = args.template or work / "template"
+        if not template.exists():
+            base = record_sample(work / "sample")
+            build_day(
+                template,
+                base,
+                hours=args.hours,
+                copies=args.copies,
+                per_file=args.snapshots_per_file,
+            )
         arch = archiver.Archive(template)
         rows = {t: len(arch.read(t, columns=["captured_at"])) for t in arch.tables()}
         files = {t: len(arch.files(t)) for t in arch.tables()}
