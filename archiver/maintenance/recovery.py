@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..errors import ArchiverError, LockedError
@@ -88,7 +89,7 @@ def repair(location: Location, damaged: Damaged | None = None) -> int:
             return repair_locked(location, damaged)
     except LockedError:
         return 0
-    except (OSError, ArchiverError) as exc:  # the archive may be unwritable now: writes will tell
+    except (OSError, ArchiverError, pa.ArrowException, ValueError) as exc:  # writes will tell
         logger.warning("Could not finish interrupted commits in %s: %s", location.uri, exc)
         return 0
 
