@@ -314,3 +314,16 @@ def assert_exact_rows(arch: archiver.Archive, expected) -> None:
     got = fingerprints(Path(arch.location.root))
     for table, rows in expected.items():
         assert len(got[table]) == len(rows) and (got[table] == rows).all(), table
+
+
+def test_recorder_start_finishes_a_killed_expiry(path, monkeypatch):
+    """Rows a killed expiry left on disk are gone for glob readers once a recorder starts."""
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at("deleted"))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).expire(per_state={"SUCCESS": "1h"}, dry_run=False)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    expected = load_counts(path)
+    assert expected["tasks"] < glob_counts(path)["tasks"]  # the expired rows, globbed
+    camera = archiver.ParquetCamera(archiver.State(), path, timer=FakeTimer())
+    camera.cancel()
+    assert glob_counts(path) == expected == load_counts(path)
