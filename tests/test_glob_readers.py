@@ -327,3 +327,18 @@ def test_recorder_start_finishes_a_killed_expiry(path, monkeypatch):
     camera = archiver.ParquetCamera(archiver.State(), path, timer=FakeTimer())
     camera.cancel()
     assert glob_counts(path) == expected == load_counts(path)
+
+
+def test_repair_leaves_another_hosts_young_commit(path, monkeypatch):
+    """A journaled commit of another host, younger than an hour, may still be running: kept."""
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at("renamed"))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).compact()
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    (entry,) = (path / JOURNAL).iterdir()
+    partition = entry.read_text().splitlines()[0]
+    entry.write_text(f"{partition}\nanother-host")
+    before = sorted(p.name for p in (path / partition).iterdir())
+    assert recovery.repair(archiver.Archive(path).location) == 0
+    assert sorted(p.name for p in (path / partition).iterdir()) == before
+    assert entry.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 
@@ -17,7 +18,14 @@ import pyarrow.fs as pafs
 
 from ..errors import ArchiverError, LockedError
 from ..layout import JOURNAL, Partition, parse_partition
-from ..listing import Damaged, PartitionScan, list_dir, scan_partition, walk_partitions
+from ..listing import (
+    TEMP_MAX_AGE,
+    Damaged,
+    PartitionScan,
+    list_dir,
+    scan_partition,
+    walk_partitions,
+)
 from ..storage import Location
 from .lock import MaintenanceLock
 
@@ -57,14 +65,15 @@ def open_commit(location: Location, group: str, directory: str) -> None:
     """Journal a commit of ``group`` into the partition ``directory``, before its renames.
 
     The entry lets the next archiver process that opens the archive to write find
-    a half-done commit without listing every partition (:func:`repair`).
+    a half-done commit without listing every partition (:func:`repair`). It holds
+    the partition and, on a second line, the host (whose lock tells if it is done).
     """
     entry = journal_entry(location, group)
     if location.atomic_rename:  # object stores have no folders (and get no markers)
         location.make_dirs(entry.rsplit("/", 1)[0])
     relative = directory[len(location.root) :].strip("/") if location.root else directory
     with location.fs.open_output_stream(entry) as out:
-        out.write(relative.encode())
+        out.write(f"{relative}\n{socket.gethostname()}".encode())
     location.sync(entry)
 
 
@@ -111,7 +120,14 @@ def _repair_entry(location: Location, info: pafs.FileInfo, damaged: Damaged | No
             text = f.read(4096).decode("utf-8", errors="replace")
     except FileNotFoundError:
         return 0
-    parsed = parse_partition(text)
+    lines = text.splitlines() or [""]
+    parsed = parse_partition(lines[0])
+    host = lines[1].strip() if len(lines) > 1 else socket.gethostname()
+    age = time.time() - info.mtime.timestamp() if info.mtime is not None else TEMP_MAX_AGE
+    if host != socket.gethostname() and age < TEMP_MAX_AGE:
+        # Our lock says nothing of another host's cleanup: it may still be renaming
+        # this group, so its half-renamed files are not garbage yet.
+        return 0
     if parsed is None:
         if damaged is not None:
             damaged(info.path, "not a commit journal entry (table/date=YYYY-MM-DD/hour=H)")
