@@ -9,7 +9,7 @@ import pytest
 import archiver
 from archiver import analysis
 
-from .test_query import record
+from .helpers import record_copies
 
 T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
 
@@ -44,7 +44,7 @@ def tasks_frame(rows: list[dict]) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory, sample_events):
     path = tmp_path_factory.mktemp("analysis") / "archive"
-    record(path, [sample_events])
+    record_copies(path, [sample_events])
     return archiver.Archive(path)
 
 

@@ -18,7 +18,7 @@ from archiver.ratelimit import TokenBucket, parse_rate
 from archiver.state import State
 from archiver.timer import Timer
 
-from .conftest import FakeTimer
+from .helpers import FakeTimer
 
 
 class FakeClock:

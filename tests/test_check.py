@@ -13,8 +13,7 @@ import archiver
 from archiver.layout import QUARANTINE
 from archiver.maintenance.lock import MaintenanceLock
 
-from .test_cleanup import build_archive
-from .test_damaged_files import bit_flip, invoke, not_parquet, truncated
+from .helpers import bit_flip, build_archive, invoke, not_parquet, truncated
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import archiver
 from archiver import listing, maintenance
 from archiver.maintenance import recovery
 
-from .test_cleanup import SHIFT, build_archive
+from .helpers import SHIFT, build_archive
 
 #: Seeds of the random kill delays (one per test), so a failure can be replayed.
 SEED = 20261125

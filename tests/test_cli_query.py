@@ -19,7 +19,7 @@ import archiver
 from archiver.cli import cli
 from archiver.cli.cmd_query import parse_where
 
-from .test_query import footer_rows, record, shifted
+from .helpers import footer_rows, record_copies, shifted_hours
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, sample_events) -> Path:
     path = tmp_path_factory.mktemp("cli") / "archive"
-    record(path, [shifted(sample_events, k) for k in range(2)])
+    record_copies(path, [shifted_hours(sample_events, k) for k in range(2)])
     return path
 
 

@@ -26,17 +26,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import archiver
-from archiver.cli import cli
 from archiver.errors import ArchiverError, DamagedArchiveWarning, DamagedFileError
 from archiver.layout import QUARANTINE, Partition, parse_date, parse_hour, partition_path
 from archiver.schema import END_PARTITION_US, FIRST_PARTITION_US, HOUR_US
 
-from .test_cleanup import build_archive
+from .helpers import (
+    bit_flip,
+    build_archive,
+    damaged_copy_name,
+    first_file,
+    invoke,
+    not_parquet,
+    truncated,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,42 +77,23 @@ def rows(arch: archiver.Archive, table: str = "tasks", **kwargs) -> pd.DataFrame
     return df.sort_values(["captured_at", "snapshot_id", key], kind="stable").reset_index(drop=True)
 
 
-def first_file(path: Path, table: str = "tasks") -> Path:
-    return sorted((path / table).rglob("*.parquet"))[0]
-
-
 def parquet_files(path: Path, table: str = "tasks") -> list[Path]:
     return sorted(p for p in (path / table).rglob("*.parquet") if p.is_file())
 
 
 # -- kinds of damage: each adds one damaged file next to a good one, returns its path ---
-def _copy_name(good: Path, tag: str) -> Path:
-    return good.with_name(good.name.replace(".parquet", f"-{tag}.parquet"))
-
-
-def truncated(path: Path) -> Path:
-    good = first_file(path)
-    bad = _copy_name(good, "truncated")
-    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    return bad
 
 
 def zero_bytes(path: Path) -> Path:
-    bad = _copy_name(first_file(path), "empty")
+    bad = damaged_copy_name(first_file(path), "empty")
     bad.write_bytes(b"")
-    return bad
-
-
-def not_parquet(path: Path) -> Path:
-    bad = _copy_name(first_file(path), "text")
-    bad.write_text("this is not a Parquet file\n" * 50)
     return bad
 
 
 def unreadable(path: Path) -> Path:
     """A folder named like a data file (chmod 000 does not stop root, which runs tests)."""
     good = first_file(path)
-    bad = _copy_name(good, "folder")
+    bad = damaged_copy_name(good, "folder")
     bad.mkdir()
     shutil.copy(good, bad / "inside.parquet")
     return bad
@@ -122,7 +109,7 @@ def bad_compacted(path: Path) -> Path:
 
 def _rewritten(path: Path, tag: str, change: Callable[[pa.Table], pa.Table]) -> Path:
     good = first_file(path)
-    bad = _copy_name(good, tag)
+    bad = damaged_copy_name(good, tag)
     pq.write_table(change(pq.read_table(good)), bad)
     return bad
 
@@ -147,19 +134,6 @@ def string_captured_at(path: Path) -> Path:
         return t.set_column(i, pa.field("captured_at", pa.string()), text)
 
     return _rewritten(path, "text-time", change)
-
-
-def bit_flip(path: Path) -> Path:
-    """A copy with one bit flipped inside a data page: only the page checksum tells."""
-    good = first_file(path)
-    meta = pq.read_metadata(good)
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    col = meta.row_group(0).column(names.index("uuid"))
-    data = bytearray(good.read_bytes())
-    data[col.data_page_offset + col.total_compressed_size - 8] ^= 0x10
-    bad = _copy_name(good, "bitflip")
-    bad.write_bytes(bytes(data))
-    return bad
 
 
 FILE_DAMAGE = {
@@ -247,10 +221,6 @@ FOLDER_DAMAGE = {
     )
 }
 ALL_DAMAGE = {**FILE_DAMAGE, **FOLDER_DAMAGE}
-
-
-def invoke(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def assert_no_traceback(result) -> None:

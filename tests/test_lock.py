@@ -21,7 +21,7 @@ from archiver.maintenance.lock import MaintenanceLock, lock_path, read_holder
 from archiver.pidfile import Pidfile
 from archiver.storage import resolve
 
-from .conftest import SMALL
+from .helpers import SMALL
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"root:$6$precious-password-hash:19000:0:99999:7:::\n"

@@ -21,9 +21,8 @@ from celery.events.state import State as CeleryState
 from archiver import Archive, ParquetCamera, State
 from archiver import schema as S
 from archiver.convert import redact_hash
-from tests.conftest import FakeTimer, drive
-from tests.test_sink import FlakyHandler, assert_no_hidden_files, visible_files
-from tests.test_state import celery_state as celery_oracle
+from tests.helpers import FakeTimer, FlakyHandler, assert_no_hidden_files, drive, visible_files
+from tests.helpers import celery_state as celery_oracle
 
 TABLES = ("snapshots", "tasks", "workers")
 COMPARED = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid as uuidlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,56 +18,20 @@ from archiver import query, rows, timeparse
 from archiver.errors import ArchiverError, NoArchiveError
 from archiver.schema import SCHEMA_VERSION, TASKS, with_metadata
 
-from .conftest import FakeTimer, drive
+from .helpers import footer_rows, record_copies, shifted_hours
 
 HOUR = 3600.0
 UTC = timezone.utc
 
 
 # -- building archives -------------------------------------------------------------------
-def shifted(events: list[dict], k: int) -> list[dict]:
-    """A copy of ``events`` moved ``k`` hours later, with fresh task ids."""
-    if k == 0:
-        return [dict(e) for e in events]
-    ns = uuidlib.UUID(int=k)
-
-    def new(old):
-        return None if old is None else str(uuidlib.uuid5(ns, old))
-
-    out = []
-    for event in events:
-        e = dict(event)
-        e["timestamp"] = e["timestamp"] + k * HOUR
-        if "local_received" in e:
-            e["local_received"] = e["local_received"] + k * HOUR
-        for key in ("uuid", "root_id", "parent_id"):
-            if key in e:
-                e[key] = new(e[key])
-        out.append(e)
-    return out
-
-
-def record(path: Path, copies: list[list[dict]], *, state=None):
-    """Replay each list of events through a State and the Parquet camera, snapshot per second.
-
-    A final snapshot follows each list, so the archive ends with the state after it.
-    """
-    state = state if state is not None else archiver.State()
-    clock = [copies[0][0]["timestamp"]]
-    camera = archiver.ParquetCamera(state, path, timer=FakeTimer(), clock=lambda: clock[0])
-    for events in copies:
-        clock[0] = events[0]["timestamp"]
-        drive(state, camera, events, clock=clock)
-        camera.capture()
-    camera.cancel()
-    return state
 
 
 @pytest.fixture(scope="module")
 def one_hour(tmp_path_factory, sample_events) -> Path:
     """The sample recorded once: one partition per table."""
     path = tmp_path_factory.mktemp("one") / "archive"
-    record(path, [sample_events])
+    record_copies(path, [sample_events])
     return path
 
 
@@ -76,7 +39,7 @@ def one_hour(tmp_path_factory, sample_events) -> Path:
 def three_hours(tmp_path_factory, sample_events) -> Path:
     """The sample recorded three times, an hour apart (hours 15, 16 and 17 UTC)."""
     path = tmp_path_factory.mktemp("three") / "archive"
-    record(path, [shifted(sample_events, k) for k in range(3)])
+    record_copies(path, [shifted_hours(sample_events, k) for k in range(3)])
     return path
 
 
@@ -84,10 +47,6 @@ def copy_archive(src: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "archive"
     shutil.copytree(src, dst)
     return dst
-
-
-def footer_rows(path: Path, table: str) -> int:
-    return sum(pq.read_metadata(f).num_rows for f in (path / table).rglob("*.parquet"))
 
 
 def ts(text: str) -> pd.Timestamp:

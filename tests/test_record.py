@@ -25,7 +25,7 @@ from archiver.cli import cli
 from archiver.pidfile import Pidfile
 from tests.cameras import CountingCamera
 
-from .conftest import SAMPLE, SMALL, read_events
+from .helpers import SAMPLE, SMALL, read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked")

@@ -22,7 +22,7 @@ from archiver.convert import REDACTABLE, CeleryConverter, redact_hash, redaction
 from archiver.record import Recorder
 from archiver.state import describe_event
 
-from .conftest import SMALL, read_events
+from .helpers import SMALL, read_events
 
 SECRET = "hunter2-Zq8xVw-credit-card-4111111111111111"
 ALL = ",".join(REDACTABLE)

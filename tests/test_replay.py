@@ -331,8 +331,8 @@ def clean(tmp_path_factory, sample_events_module):
 
 @pytest.fixture(scope="module")
 def sample_events_module():
-    from .conftest import SAMPLE
-    from .conftest import read_events as read
+    from .helpers import SAMPLE
+    from .helpers import read_events as read
 
     return read(SAMPLE)
 

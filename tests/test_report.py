@@ -24,8 +24,7 @@ from archiver.cli import cli
 from archiver.record import Recorder
 
 from . import browser
-from .conftest import SAMPLE, SMALL, read_events
-from .test_query import record
+from .helpers import SAMPLE, SMALL, read_events, record_copies
 
 pytest.importorskip("duckdb")
 pytest.importorskip("matplotlib")
@@ -36,14 +35,14 @@ T0 = 1_790_000_000.0
 @pytest.fixture(scope="module", params=[SAMPLE, SMALL], ids=["sample", "small"])
 def recorded(request, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("archive") / "a"
-    record(path, [read_events(request.param)])
+    record_copies(path, [read_events(request.param)])
     return path
 
 
 @pytest.fixture(scope="module")
 def sample_archive(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sample") / "a"
-    record(path, [read_events(SAMPLE)])
+    record_copies(path, [read_events(SAMPLE)])
     return path
 
 
@@ -240,7 +239,7 @@ def received(events: list[dict]) -> list[dict]:
 def make(tmp_path: Path, events: list[dict]) -> Path:
     events = received(events)
     path = tmp_path / "archive"
-    record(path, [events])
+    record_copies(path, [events])
     return path
 
 

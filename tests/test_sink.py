@@ -24,6 +24,8 @@ from archiver.layout import partition_path
 from archiver.sink import ParquetSink
 from archiver.storage import resolve
 
+from .helpers import FlakyHandler, ObjectStore, assert_no_hidden_files, visible_files
+
 SCHEMAS = CeleryConverter.schemas
 SNAP = SCHEMAS["snapshots"]
 
@@ -42,68 +44,9 @@ def snapshot_rows(times: list[float], start: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(data, schema=SNAP)
 
 
-def visible_files(root) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-    )
-
-
-def assert_no_hidden_files(root) -> None:
-    hidden = [p for p in visible_files(root) if os.path.basename(p).startswith((".", "_"))]
-    assert hidden == []
-
-
 def read_event_counts(root, table: str = "snapshots") -> list[int]:
     data = ds.dataset(os.path.join(root, table), partitioning="hive").to_table()
     return sorted(data.column("event_count").to_pylist())
-
-
-class _FailingWriter:
-    """A file object that accepts a few bytes, then fails like a full disk."""
-
-    def __init__(self, inner, after: int = 64) -> None:
-        self.inner, self.left = inner, after
-        self.closed = False
-
-    def write(self, data) -> int:
-        if len(data) > self.left:
-            self.inner.write(bytes(data[: self.left]))
-            self.left = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.left -= len(data)
-        return self.inner.write(data)
-
-    def close(self) -> None:
-        self.closed = True
-        self.inner.close()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-class FlakyHandler(pafs.FSSpecHandler):
-    """A filesystem that fails on demand: ``fail`` is None, "open", "write" or "move"."""
-
-    def __init__(self, fs=None) -> None:
-        super().__init__(fs or fsspec.filesystem("file"))
-        self.fail: str | None = None
-        self.block: threading.Event | None = None
-        self.opened = 0
-
-    def open_output_stream(self, path, metadata):
-        self.opened += 1
-        if self.block is not None:
-            self.block.wait(10)
-        if self.fail == "open":
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        if self.fail == "write":
-            return pa.PythonFile(_FailingWriter(self.fs.open(path, "wb")), mode="w")
-        return super().open_output_stream(path, metadata)
-
-    def move(self, src, dest):
-        if self.fail == "move":
-            raise OSError(errno.EIO, "Input/output error", src)
-        return super().move(src, dest)
 
 
 def flaky(tmp_path):
@@ -379,21 +322,10 @@ def test_file_uri(tmp_path):
     assert read_event_counts(tmp_path) == [0]
 
 
-class _ObjectStore(fsspec.implementations.memory.MemoryFileSystem):
-    """An in-memory filesystem that calls itself s3: moves would be copies."""
-
-    protocol = ("s3", "s3a")
-    moves = 0
-
-    def mv(self, *args, **kwargs):
-        type(self).moves += 1
-        return super().mv(*args, **kwargs)
-
-
 def test_object_stores_get_the_final_name_directly():
     """On an object store an upload appears only once complete, and a rename is a
     copy: no temporary file there."""
-    fs = _ObjectStore()
+    fs = ObjectStore()
     root = f"/archiver-s3-{uuidlib.uuid4().hex}"
     location = resolve(root, fs)
     assert not location.atomic_rename
@@ -401,7 +333,7 @@ def test_object_stores_get_the_final_name_directly():
         sink = ParquetSink(location, SCHEMAS)
         sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00")]))
         (path,) = sink.flush()
-        assert _ObjectStore.moves == 0
+        assert ObjectStore.moves == 0
         assert fs.exists(path)
     finally:
         fs.rm(root, recursive=True)
