@@ -50,6 +50,7 @@ def recorded(tmp_path_factory, sample_events):
 
 # -- helpers -------------------------------------------------------------------------------
 def test_auto_freq():
+    """Auto freq."""
     times = pd.Series([T0, T0 + pd.Timedelta("26s")])
     assert analysis.auto_freq(times) == "1s"
     assert analysis.auto_freq(pd.Series([T0, T0 + pd.Timedelta("2h")])) == "5min"
@@ -59,6 +60,7 @@ def test_auto_freq():
 
 
 def test_one_row_per_task_keeps_the_last_version():
+    """One row per task keeps the last version."""
     history = tasks_frame(
         [
             {"uuid": "a", "captured_at": 1, "state": "RECEIVED"},
@@ -95,6 +97,7 @@ def small_tasks() -> pd.DataFrame:
 
 
 def test_throughput_counts_finished_tasks_per_interval():
+    """Throughput counts finished tasks per interval."""
     got = analysis.throughput(small_tasks(), "1min")
     assert got.attrs["freq"] == "1min"
     assert list(got.index) == [T0, T0 + pd.Timedelta("1min")]
@@ -109,6 +112,7 @@ def test_throughput_counts_finished_tasks_per_interval():
 
 
 def test_latency_percentiles():
+    """Latency percentiles."""
     got = analysis.latency(small_tasks(), percentiles=(0.5, 1.0))
     add = got.loc["add"]
     assert add["count"] == 2  # the queued one has neither wait nor runtime
@@ -131,6 +135,7 @@ def test_latency_percentiles():
 
 
 def test_failure_rates():
+    """Failure rates."""
     got = analysis.failure_rates(small_tasks())
     fail = got.loc["fail"]
     assert (fail["tasks"], fail["succeeded"], fail["failed"], fail["retried"]) == (3, 1, 2, 2)
@@ -155,6 +160,7 @@ def test_failure_rates():
 
 
 def test_top_exceptions_and_slowest():
+    """Top exceptions and slowest."""
     top = analysis.top_exceptions(small_tasks())
     assert top[["name", "exception", "count"]].values.tolist() == [
         ["fail", "ValueError", 1],
@@ -176,6 +182,7 @@ def test_top_exceptions_and_slowest():
 
 
 def test_worker_utilisation_integrates_busy_time():
+    """Worker utilisation integrates busy time."""
     tasks = tasks_frame(
         [
             {"worker": "w1", "state": "SUCCESS", "started": 0, "succeeded": 30},
@@ -197,6 +204,7 @@ def test_worker_utilisation_integrates_busy_time():
 
 
 def test_worker_activity():
+    """Worker activity."""
     workers = pd.DataFrame(
         {
             "captured_at": [at(s) for s in (0, 0, 10, 10, 70, 70)],
@@ -225,12 +233,14 @@ def test_worker_activity():
 
 
 def test_missing_columns_are_named():
+    """Missing columns are named."""
     with pytest.raises(KeyError, match=r"needs the column.*state"):
         analysis.throughput(pd.DataFrame({"uuid": ["a"]}))
 
 
 # -- on the recording ----------------------------------------------------------------------
 def test_on_the_recorded_cluster(recorded):
+    """On the recorded cluster."""
     latest = recorded.latest("tasks")
     history = recorded.load("tasks")
     # the same answers from latest() and from the whole history

@@ -195,6 +195,7 @@ def test_foreign_camera_runs_on_either_state(small_events):
     ],
 )
 def test_bad_camera_is_a_one_line_error(tmp_path, sqlite_db, spec, message):
+    """Bad camera is a one line error."""
     result = CliRunner().invoke(
         cli, ["record", "--quiet", "--replay", str(SMALL), "--archive", str(tmp_path), "-c", spec]
     )
@@ -204,6 +205,7 @@ def test_bad_camera_is_a_one_line_error(tmp_path, sqlite_db, spec, message):
 
 
 def test_load_camera_class_kinds():
+    """Load camera class kinds."""
     from celery.events.snapshot import Polaroid as CeleryPolaroid
 
     from archiver import Polaroid
@@ -232,6 +234,7 @@ def test_broker_from_celery_broker_url(tmp_path, monkeypatch):
 
 
 def test_no_source_and_no_variable(monkeypatch):
+    """No source and no variable."""
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     result = CliRunner().invoke(cli, ["record"])
     assert result.exit_code == 2 and "give exactly one source" in result.stderr

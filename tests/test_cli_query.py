@@ -54,6 +54,7 @@ def csv_of(*args: str) -> pd.DataFrame:
 
 # -- where ---------------------------------------------------------------------------------
 def test_parse_where():
+    """Parse where."""
     assert parse_where(("name=tasks.add",)) == [("name", "==", "tasks.add")]
     assert parse_where(("state=FAILURE,RETRY",)) == [("state", "in", ["FAILURE", "RETRY"])]
     assert parse_where(("state != SUCCESS, FAILURE",)) == [
@@ -77,6 +78,7 @@ def test_parse_where():
 
 # -- query ---------------------------------------------------------------------------------
 def test_query_table_format(archive):
+    """Query table format."""
     out = run("query", "tasks", "--archive", archive, "--limit", "3").output.splitlines()
     assert out[0].split()[:3] == ["captured_at", "snapshot_id", "uuid"]
     assert set(out[1]) <= {"-", " "}
@@ -93,6 +95,7 @@ def test_query_table_format(archive):
 
 
 def test_query_where_matches_the_library(archive):
+    """Query where matches the library."""
     a = archiver.Archive(archive)
     full = a.load("tasks", columns=["uuid", "name", "state", "retries", "runtime", "exception"])
     state = full["state"].astype(object)
@@ -118,6 +121,7 @@ def test_query_where_matches_the_library(archive):
 
 
 def test_query_time_range_columns_limit(archive):
+    """Query time range columns limit."""
     got = csv_of(
         "query", "tasks", "--archive", archive,
         "--since", "2026-11-25T15:57:50", "--until", "2026-11-25T16:00",
@@ -139,6 +143,7 @@ def test_query_time_range_columns_limit(archive):
 
 
 def test_query_latest(archive):
+    """Query latest."""
     got = csv_of("query", "tasks", "--archive", archive, "--latest", "--columns", "uuid,state")
     assert len(got) == 2 * 2110 and got["uuid"].is_unique
     as_of = csv_of(
@@ -155,6 +160,7 @@ def test_query_latest(archive):
 
 
 def test_query_formats_and_output(archive, tmp_path):
+    """Query formats and output."""
     a = archiver.Archive(archive)
     want = a.load("workers")
     # json: a list of records, times in ISO 8601 UTC
@@ -198,6 +204,7 @@ def test_query_formats_and_output(archive, tmp_path):
 
 
 def test_query_errors_are_one_line(archive, tmp_path):
+    """Query errors are one line."""
     missing = tmp_path / "missing"
     assert "no archive at" in error_of("query", "tasks", "--archive", missing)
     assert "no table 'taskz'" in error_of("query", "taskz", "--archive", archive)
@@ -248,6 +255,7 @@ def test_errors_from_the_real_program(tmp_path):
 
 # -- info ----------------------------------------------------------------------------------
 def test_info(archive):
+    """Info."""
     out = run("info", "--archive", archive).output.splitlines()
     assert out[0].startswith(f"archive: {archive} (current schema version 1")
     header = out[1].split()
@@ -268,6 +276,7 @@ def test_info(archive):
 
 
 def test_info_errors_and_empty(tmp_path):
+    """Info errors and empty."""
     assert "no archive at" in error_of("info", "--archive", tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     result = run("info", "--archive", tmp_path / "empty")

@@ -231,6 +231,7 @@ def assert_no_traceback(result) -> None:
 # -- Archive.load -----------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_load_skips_the_damage_with_a_warning_naming_it(path, reference, damage):
+    """Load skips the damage with a warning naming it."""
     bad = ALL_DAMAGE[damage](path)
     arch = archiver.Archive(path)
     with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {bad}")):
@@ -249,6 +250,7 @@ def test_load_skips_the_damage_with_a_warning_naming_it(path, reference, damage)
 
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_load_raises_naming_the_damage_when_strict(path, damage):
+    """Load raises naming the damage when strict."""
     bad = ALL_DAMAGE[damage](path)
     with pytest.raises(DamagedFileError, match=re.escape(f"damaged {bad}: ")):
         archiver.Archive(path).load("tasks", on_bad_file="raise")
@@ -257,6 +259,7 @@ def test_load_raises_naming_the_damage_when_strict(path, damage):
 
 
 def test_bit_flips_are_caught_by_page_checksums(path, reference):
+    """Bit flips are caught by page checksums."""
     good = first_file(path)
     bad = bit_flip(path)
     # without verification the flipped copy reads back, as different values
@@ -297,6 +300,7 @@ def test_readers_accept_every_partition_the_sink_writes(hour):
 
 
 def test_partitions_outside_the_range_are_written_by_no_one():
+    """Partitions outside the range are written by no one."""
     for hour in (FIRST_PARTITION_US // HOUR_US - 1, END_PARTITION_US // HOUR_US):
         with pytest.raises(ValueError, match="outside the years"):
             partition_path(hour)
@@ -330,6 +334,7 @@ def _merged_next_to_its_inputs(path: Path) -> tuple[Path, dict[Path, bytes]]:
 
 
 def test_a_merged_file_with_a_damaged_page_hides_none_of_its_inputs(path, reference):
+    """A merged file with a damaged page hides none of its inputs."""
     merged, _ = _merged_next_to_its_inputs(path)
     with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {merged}: ")):
         pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
@@ -363,6 +368,7 @@ def test_recovery_never_deletes_the_inputs_of_a_damaged_merged_file(path, refere
 
 
 def test_a_damaged_merged_file_whose_inputs_are_partly_gone_is_kept(path, reference):
+    """A damaged merged file whose inputs are partly gone is kept."""
     merged, inputs = _merged_next_to_its_inputs(path)
     gone = sorted(inputs)[0]
     gone.unlink()  # killed while deleting the inputs
@@ -387,6 +393,7 @@ def test_info_counts_the_good_rows_and_warns(path, reference, damage):
 
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_query_skips_or_fails_strictly(path, reference, damage):
+    """Query skips or fails strictly."""
     bad = ALL_DAMAGE[damage](path)
     result = invoke("query", "tasks", "--archive", path, "--format", "csv", "--columns", "uuid")
     assert result.exit_code == 0, result.output
@@ -412,6 +419,7 @@ def _small_files_per_partition(path: Path) -> dict[Path, int]:
 
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_compact_does_the_rest_and_reports_the_damage(path, reference, damage):
+    """Compact does the rest and reports the damage."""
     bad = ALL_DAMAGE[damage](path)
     kept = bad.read_bytes() if bad.is_file() else None
     result = invoke("compact", "--archive", path)
@@ -433,6 +441,7 @@ def test_compact_does_the_rest_and_reports_the_damage(path, reference, damage):
 
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_expire_does_the_rest_and_can_drop_the_damaged_hour(path, reference, damage):
+    """Expire does the rest and can drop the damaged hour."""
     bad = ALL_DAMAGE[damage](path)
     by_state = invoke("expire", "--archive", path, "--state", "SUCCESS=1s", "--yes")
     assert by_state.exit_code == 0, by_state.output
@@ -459,6 +468,7 @@ def test_expire_does_the_rest_and_can_drop_the_damaged_hour(path, reference, dam
 # -- archiver check ---------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_check_reports_and_quarantines(path, reference, damage):
+    """Check reports and quarantines."""
     bad = ALL_DAMAGE[damage](path)
     relative = bad.relative_to(path).as_posix()
     content = bad.read_bytes() if bad.is_file() else None
@@ -488,12 +498,14 @@ def test_check_reports_and_quarantines(path, reference, damage):
 
 
 def test_check_api_reads_every_row(path):
+    """Check api reads every row."""
     report = archiver.Archive(path).check()
     assert report.ok and report.tables == 3
     assert report.rows == sum(pq.read_metadata(f).num_rows for f in path.rglob("*.parquet"))
 
 
 def test_quarantine_never_overwrites(path):
+    """Quarantine never overwrites."""
     first = not_parquet(path)
     relative = first.relative_to(path)
     archiver.Archive(path).check(quarantine=True)
@@ -507,6 +519,7 @@ def test_quarantine_never_overwrites(path):
 
 # -- one-line errors --------------------------------------------------------------------
 def test_an_out_of_range_integer_filter_is_a_one_line_error(path):
+    """An out of range integer filter is a one line error."""
     result = invoke("query", "tasks", "--archive", path, "--where", "retries>99999999999999999999")
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot compare column retries (int32)")
@@ -529,6 +542,7 @@ def _limited(max_bytes: int) -> Callable[[], None]:
     ids=["compact", "expire"],
 )
 def test_a_failed_write_is_a_one_line_error_and_loses_nothing(path, reference, command):
+    """A failed write is a one line error and loses nothing."""
     result = subprocess.run(
         [sys.executable, "-m", "archiver", *command, "--archive", str(path)],
         capture_output=True,
@@ -579,6 +593,7 @@ def damage(draw):
 )
 @given(cases=st.lists(damage(), min_size=1, max_size=3))
 def test_fuzzed_folders_and_bytes_never_hide_a_good_row(template, reference, tmp_path, cases):
+    """Fuzzed folders and bytes never hide a good row."""
     path = tmp_path / "fuzz"
     if path.exists():
         shutil.rmtree(path)

@@ -7,6 +7,7 @@ from archiver import demo
 
 
 def test_demo_archive_is_recorded_once(tmp_path, monkeypatch, small_events):
+    """Demo archive is recorded once."""
     from .helpers import SMALL
 
     target = tmp_path / "demo"

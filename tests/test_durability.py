@@ -194,6 +194,7 @@ def synced_after(calls, directory: Path, name: str) -> bool:
 def test_each_file_is_fsynced_before_its_rename_and_its_directory_after(
     tmp_path, small_events, fsyncs
 ):
+    """Each file is fsynced before its rename and its directory after."""
     path = tmp_path / "a"
     record_small_files(path, shifted(small_events, SHIFT), flush_rows=50)
     files = data_files(path)
@@ -433,6 +434,7 @@ class _FailingObjectStore(ObjectStore):
 
 
 def test_on_object_stores_snapshots_are_written_last(small_events):
+    """On object stores snapshots are written last."""
     fs = _FailingObjectStore()
     root = f"/archiver-s3-{uuidlib.uuid4().hex}"
     try:
@@ -543,6 +545,7 @@ def test_a_flush_stopped_after_its_first_rename_is_rolled_forward(tmp_path):
 
 
 def test_cleanup_finishes_a_flush_only_once_its_temporary_files_are_old(tmp_path):
+    """Cleanup finishes a flush only once its temporary files are old."""
     events = crash_events()
     moves = itertools.count(1)
 
@@ -604,9 +607,11 @@ def sigkill_recorder(tmp_path: Path, points: int | None) -> None:
 
 
 def test_recorder_sigkilled_at_file_steps_leaves_tables_in_step(tmp_path):
+    """Recorder sigkilled at file steps leaves tables in step."""
     sigkill_recorder(tmp_path, KILLS)
 
 
 @pytest.mark.slow
 def test_recorder_sigkilled_at_every_file_step_leaves_tables_in_step(tmp_path):
+    """Recorder sigkilled at every file step leaves tables in step."""
     sigkill_recorder(tmp_path, SLOW_KILLS)

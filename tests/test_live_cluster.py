@@ -85,6 +85,7 @@ def test_live_record_matches_results_and_celery_state(
     cluster_app,
     tmp_path,
 ):
+    """Live record matches results and celery state."""
     archive = tmp_path / "archive"
     tap_file = tmp_path / "tap.jsonl"
     workers = start_workers(processes, redis_server, tmp_path)
@@ -118,6 +119,7 @@ def test_broker_restart_recorder_carries_on(
     cluster_app,
     tmp_path,
 ):
+    """Broker restart recorder carries on."""
     archive = tmp_path / "archive"
     (worker,) = start_workers(processes, redis_server, tmp_path, names=("w1",))
     recorder = start_archiver(
@@ -158,6 +160,7 @@ def test_sigterm_during_live_run_keeps_every_task_seen(
     cluster_app,
     tmp_path,
 ):
+    """Sigterm during live run keeps every task seen."""
     archive = tmp_path / "archive"
     tap_file = tmp_path / "tap.jsonl"
     start_workers(processes, redis_server, tmp_path, names=("w1",))
@@ -228,6 +231,7 @@ def test_sigterm_during_live_run_keeps_every_task_seen(
 
 
 def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):
+    """Sigterm while the broker is down."""
     archive = tmp_path / "archive"
     recorder = start_archiver(
         processes, redis_server, tmp_path, "record",

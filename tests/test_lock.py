@@ -113,6 +113,7 @@ KINDS = [
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_maintenance_lock_refuses_a_trap(archive, tmp_path, kind):
+    """Maintenance lock refuses a trap."""
     location = resolve(str(archive))
     path, target = Path(lock_path(location)), tmp_path / "target"
     message = plant(kind, path, target)
@@ -126,6 +127,7 @@ def test_maintenance_lock_refuses_a_trap(archive, tmp_path, kind):
 @pytest.mark.parametrize("command", ["compact", "expire"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_cleanup_commands_refuse_a_trapped_lock_in_one_line(archive, tmp_path, kind, command):
+    """Cleanup commands refuse a trapped lock in one line."""
     path, target = archive / "_archiver.lock", tmp_path / "target"
     message = plant(kind, path, target)
     files = sorted(p for p in archive.rglob("*") if p.is_file() and p != path)
@@ -139,6 +141,7 @@ def test_cleanup_commands_refuse_a_trapped_lock_in_one_line(archive, tmp_path, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pidfile_refuses_a_trap(tmp_path, kind):
+    """Pidfile refuses a trap."""
     path, target = tmp_path / "run.pid", tmp_path / "target"
     message = plant(kind, path, target)
     with pytest.raises(ArchiverError) as exc:
@@ -164,6 +167,7 @@ def test_record_refuses_a_trapped_pidfile_in_one_line(tmp_path, kind):
 
 
 def test_read_holder_never_blocks_or_follows(tmp_path):
+    """Read holder never blocks or follows."""
     fifo, link = tmp_path / "fifo", tmp_path / "link"
     os.mkfifo(fifo)
     target = tmp_path / "target"
@@ -175,6 +179,7 @@ def test_read_holder_never_blocks_or_follows(tmp_path):
 
 
 def test_lock_fd_is_not_inherited(tmp_path):
+    """Lock fd is not inherited."""
     fd = open_lock_file(str(tmp_path / "x.lock"))
     try:
         assert not os.get_inheritable(fd)

@@ -16,6 +16,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "analysis.ipyn
 
 
 def test_notebook_is_stored_without_outputs():
+    """Notebook is stored without outputs."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -24,6 +24,7 @@ from archiver.state import State, event_problem
 
 # -- ReplayTimer ---------------------------------------------------------------------------
 def test_entries_wait_for_the_first_event_then_follow_event_time():
+    """Entries wait for the first event then follow event time."""
     timer, calls = ReplayTimer(), []
     timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
     timer.call_repeatedly(2.5, lambda: calls.append(("cleanup", timer.now)))
@@ -40,6 +41,7 @@ def test_entries_wait_for_the_first_event_then_follow_event_time():
 
 
 def test_the_clock_never_goes_back():
+    """The clock never goes back."""
     timer, calls = ReplayTimer(), []
     timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
     timer.advance(10.0)
@@ -49,6 +51,7 @@ def test_the_clock_never_goes_back():
 
 
 def test_entry_scheduled_after_the_clock_started():
+    """Entry scheduled after the clock started."""
     timer, calls = ReplayTimer(start=50.0), []
     timer.call_repeatedly(0.5, lambda: calls.append(timer.now))
     timer.advance(51.0)
@@ -56,6 +59,7 @@ def test_entry_scheduled_after_the_clock_started():
 
 
 def test_cancel_and_errors():
+    """Cancel and errors."""
     timer, calls = ReplayTimer(), []
 
     def boom():
@@ -75,6 +79,7 @@ def test_cancel_and_errors():
 
 
 def test_an_entry_can_cancel_itself():
+    """An entry can cancel itself."""
     timer, calls = ReplayTimer(), []
     holder = {}
 
@@ -89,6 +94,7 @@ def test_an_entry_can_cancel_itself():
 
 
 def test_a_jump_of_the_clock_runs_at_most_max_catchup_beats(caplog):
+    """A jump of the clock runs at most max catchup beats."""
     timer, calls = ReplayTimer(max_catchup=5), []
     timer.call_repeatedly(1.0, lambda: calls.append(timer.now))
     timer.advance(0.0)
@@ -102,6 +108,7 @@ def test_a_jump_of_the_clock_runs_at_most_max_catchup_beats(caplog):
 
 
 def test_bad_intervals():
+    """Bad intervals."""
     with pytest.raises(ValueError):
         ReplayTimer().call_repeatedly(0, lambda: None)
     with pytest.raises(ValueError):
@@ -110,6 +117,7 @@ def test_bad_intervals():
 
 # -- Recorder.replay (library API) -----------------------------------------------------------
 def test_recorder_replay_library_api(tmp_path, sample_events):
+    """Recorder replay library api."""
     recorder = Recorder(str(tmp_path), freq=2.0)
     summary = recorder.replay(sample_events)
     assert summary.events == len(sample_events) and summary.malformed == 0
@@ -121,6 +129,7 @@ def test_recorder_replay_library_api(tmp_path, sample_events):
 
 
 def test_speed_keeps_the_gaps_between_events(tmp_path, small_events):
+    """Speed keeps the gaps between events."""
     events = []
     for i, e in enumerate(small_events[:30]):
         events.append(dict(e, timestamp=1000.0 + i * 1.0))  # 29 s of event time
@@ -141,6 +150,7 @@ def test_speed_keeps_the_gaps_between_events(tmp_path, small_events):
 
 
 def test_timestamps_that_cannot_move_the_clock(tmp_path, small_events):
+    """Timestamps that cannot move the clock."""
     base = small_events[10]["timestamp"]
     events = [dict(e) for e in small_events[:50]]
     events[5]["timestamp"] = float("nan")
@@ -157,12 +167,14 @@ def test_timestamps_that_cannot_move_the_clock(tmp_path, small_events):
 
 
 def test_no_events_at_all(tmp_path):
+    """No events at all."""
     summary = Recorder(str(tmp_path)).replay([])
     assert summary.events == 0 and summary.snapshots == 1  # the final one, at wall time
     assert Archive(tmp_path).load("snapshots")["tasks_in_state"].tolist() == [0]
 
 
 def test_stop_from_another_thread(tmp_path, small_events):
+    """Stop from another thread."""
     recorder = Recorder(str(tmp_path))
 
     def slow():
@@ -178,6 +190,7 @@ def test_stop_from_another_thread(tmp_path, small_events):
 
 
 def test_limit_and_duration_validation(tmp_path):
+    """Limit and duration validation."""
     with pytest.raises(ArchiverError, match="--limit"):
         Recorder(str(tmp_path), limit=0)
     with pytest.raises(ArchiverError, match="--duration"):
@@ -187,6 +200,7 @@ def test_limit_and_duration_validation(tmp_path):
 
 
 def test_a_non_parquet_polaroid(tmp_path, small_events):
+    """A non parquet polaroid."""
     shots = []
 
     class Cam(Polaroid):
@@ -199,6 +213,7 @@ def test_a_non_parquet_polaroid(tmp_path, small_events):
 
 
 def test_load_camera_class():
+    """Load camera class."""
     from archiver import ParquetCamera
 
     assert load_camera_class("archiver:ParquetCamera") is ParquetCamera
@@ -209,6 +224,7 @@ def test_load_camera_class():
 
 # -- reading events --------------------------------------------------------------------------
 def test_read_events_from_a_pipe_sees_a_stop_without_a_new_line():
+    """Read events from a pipe sees a stop without a new line."""
     r, w = os.pipe()
     stop = threading.Event()
     stats = LineStats()
@@ -226,6 +242,7 @@ def test_read_events_from_a_pipe_sees_a_stop_without_a_new_line():
 
 
 def test_read_events_from_a_pipe_reads_what_was_sent_before_the_stop():
+    """Read events from a pipe reads what was sent before the stop."""
     r, w = os.pipe()
     stats = LineStats()
     stop = threading.Event()
@@ -243,6 +260,7 @@ def test_read_events_from_a_pipe_reads_what_was_sent_before_the_stop():
 
 
 def test_read_events_regular_file_ignores_should_stop(tmp_path):
+    """Read events regular file ignores should stop."""
     path = tmp_path / "e.jsonl"
     path.write_bytes(b'{"n": 1}\n\n  \n{"n": 2}')  # blank lines, no final newline
     stats = LineStats()
@@ -253,6 +271,7 @@ def test_read_events_regular_file_ignores_should_stop(tmp_path):
 
 
 def test_line_stats_report():
+    """Line stats report."""
     stats = LineStats()
     assert stats.report() == ""
     for n in (3, 5, 8, 13, 21, 34, 55):
@@ -261,6 +280,7 @@ def test_line_stats_report():
 
 
 def test_read_events_edge_cases(tmp_path):
+    """Read events edge cases."""
     path = tmp_path / "e.jsonl"
     path.write_bytes(
         b'\xef\xbb\xbf{"n": 1}\n'  # a UTF-8 BOM on the first line
@@ -279,6 +299,7 @@ def test_read_events_edge_cases(tmp_path):
 
 
 def test_read_events_truncated_gzip(tmp_path):
+    """Read events truncated gzip."""
     import gzip
 
     from archiver.sources import open_events_file
@@ -349,6 +370,7 @@ def assert_like_clean(archive, clean, events):
 
 
 def test_a_rejected_line_in_2100_does_not_move_the_clock(tmp_path, sample_events_module, clean):
+    """A rejected line in 2100 does not move the clock."""
     events = [dict(e) for e in sample_events_module]
     bad = {k: v for k, v in events[5000].items() if k != "type"}
     bad["timestamp"] = YEAR_2100
@@ -363,6 +385,7 @@ def test_a_rejected_line_in_2100_does_not_move_the_clock(tmp_path, sample_events
 def test_one_outlier_event_never_moves_the_clock(
     tmp_path, sample_events_module, clean, when, where
 ):
+    """One outlier event never moves the clock."""
     events = [dict(e) for e in sample_events_module]
     sent = next(e for e in events if e["type"] == "task-sent")
     outlier = dict(sent, uuid="outlier-task", timestamp=when)
@@ -402,6 +425,7 @@ def test_a_burst_from_one_bad_clock_never_moves_the_clock(
 
 
 def test_a_real_gap_moves_the_clock(tmp_path, sample_events_module):
+    """A real gap moves the clock."""
     events = [dict(e) for e in sample_events_module]
     half = len(events) // 2
     gap = 3 * 86_400.0  # the recording paused for 3 days, then many events
@@ -417,6 +441,7 @@ def test_a_real_gap_moves_the_clock(tmp_path, sample_events_module):
 
 
 def test_a_short_replay_starts_its_clock_at_the_end():
+    """A short replay starts its clock at the end."""
     clock = ReplayClock()
     assert clock.offer(1000.0) is None and clock.offer(1001.0) is None
     assert clock.finish() == 1001.0 and clock.start == 1000.0
@@ -564,6 +589,7 @@ def test_fuzzed_lines_through_read_events_and_the_replay(
 
 
 def test_partition_path_refuses_years_outside_1970_to_2261():
+    """Partition path refuses years outside 1970 to 2261."""
     from archiver.layout import partition_path
     from archiver.schema import END_PARTITION_US, HOUR_US
 

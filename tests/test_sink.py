@@ -56,6 +56,7 @@ def flaky(tmp_path):
 
 # -- layout -------------------------------------------------------------------------------
 def test_partition_path_is_utc_and_hour_is_not_zero_padded():
+    """Partition path is utc and hour is not zero padded."""
     hour = int(ts("2026-03-01T07:59:59") // 3600)
     assert partition_path(hour) == "date=2026-03-01/hour=7"
     assert partition_path(int(ts("2026-03-01T23:00:00") // 3600)) == "date=2026-03-01/hour=23"
@@ -85,6 +86,7 @@ def test_flush_splits_rows_by_utc_hour_and_sorts_each_file(tmp_path):
 
 
 def test_files_carry_schema_metadata_statistics_and_dictionaries(tmp_path):
+    """Files carry schema metadata statistics and dictionaries."""
     sink = ParquetSink(tmp_path, SCHEMAS, row_group_size=3)
     state = State()
     for i in range(7):
@@ -153,6 +155,7 @@ def test_file_names_are_unique_per_writer(tmp_path):
 
 # -- when to flush ------------------------------------------------------------------------
 def test_due_by_rows_and_by_age(tmp_path):
+    """Due by rows and by age."""
     now = [0.0]
     sink = ParquetSink(tmp_path, SCHEMAS, flush_rows=3, flush_interval=10, clock=lambda: now[0])
     assert not sink.due()
@@ -169,6 +172,7 @@ def test_due_by_rows_and_by_age(tmp_path):
 
 
 def test_invalid_settings_are_rejected(tmp_path):
+    """Invalid settings are rejected."""
     with pytest.raises(ValueError, match="flush_rows"):
         ParquetSink(tmp_path, SCHEMAS, flush_rows=10, max_buffer_rows=5)
     with pytest.raises(ValueError, match="flush_interval"):
@@ -233,6 +237,7 @@ def test_a_partial_failure_keeps_only_what_was_not_written(tmp_path):
 
 
 def test_past_the_bound_the_oldest_rows_are_dropped_and_counted(tmp_path, caplog):
+    """Past the bound the oldest rows are dropped and counted."""
     handler, location = flaky(tmp_path)
     sink = ParquetSink(location, SCHEMAS, flush_rows=2, max_buffer_rows=5)
     handler.fail = "open"
@@ -274,6 +279,7 @@ def test_append_does_not_wait_for_a_write_in_progress(tmp_path):
 
 
 def test_recent_file_list_is_bounded(tmp_path, monkeypatch):
+    """Recent file list is bounded."""
     monkeypatch.setattr("archiver.sink.RECENT_FILES", 2)
     sink = ParquetSink(tmp_path, SCHEMAS)
     for i in range(4):
@@ -285,6 +291,7 @@ def test_recent_file_list_is_bounded(tmp_path, monkeypatch):
 
 # -- other filesystems --------------------------------------------------------------------
 def test_memory_filesystem_through_fsspec():
+    """Memory filesystem through fsspec."""
     root = f"memory://archiver-test-{uuidlib.uuid4().hex}"
     location = resolve(root)
     try:
@@ -304,6 +311,7 @@ def test_memory_filesystem_through_fsspec():
 
 
 def test_fsspec_filesystem_object_is_accepted(tmp_path):
+    """Fsspec filesystem object is accepted."""
     location = resolve(str(tmp_path), fsspec.filesystem("file"))
     assert isinstance(location.fs, pafs.PyFileSystem)
     assert location.atomic_rename
@@ -314,6 +322,7 @@ def test_fsspec_filesystem_object_is_accepted(tmp_path):
 
 
 def test_file_uri(tmp_path):
+    """File uri."""
     location = resolve(tmp_path.as_uri())
     assert location.local and location.root == str(tmp_path)
     sink = ParquetSink(location, SCHEMAS)
