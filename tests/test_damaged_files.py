@@ -31,8 +31,7 @@ from hypothesis import strategies as st
 
 import archiver
 from archiver.errors import ArchiverError, DamagedArchiveWarning, DamagedFileError
-from archiver.layout import QUARANTINE, Partition, parse_date, parse_hour, partition_path
-from archiver.schema import END_PARTITION_US, FIRST_PARTITION_US, HOUR_US
+from archiver.layout import QUARANTINE
 
 from .helpers import (
     bit_flip,
@@ -288,24 +287,6 @@ def test_a_damaged_compacted_file_replaces_nothing(path, reference):
     target.write_bytes(target.read_bytes()[:100])
     with pytest.warns(DamagedArchiveWarning, match=re.escape(f"skipped {target}")):
         pd.testing.assert_frame_equal(rows(archiver.Archive(path)), reference["tasks"])
-
-
-@settings(max_examples=200, deadline=None)
-@given(hour=st.integers(FIRST_PARTITION_US // HOUR_US, END_PARTITION_US // HOUR_US - 1))
-def test_readers_accept_every_partition_the_sink_writes(hour):
-    """One range for both: a folder the sink makes is never "not a partition folder"."""
-    day, hour_name = partition_path(hour).split("/")
-    assert (parse_date(day), parse_hour(hour_name)) == (day[5:], int(hour_name[5:]))
-    assert Partition("tasks", day[5:], int(hour_name[5:]), "").start_us == hour * HOUR_US
-
-
-def test_partitions_outside_the_range_are_written_by_no_one():
-    """Partitions outside the range are written by no one."""
-    for hour in (FIRST_PARTITION_US // HOUR_US - 1, END_PARTITION_US // HOUR_US):
-        with pytest.raises(ValueError, match="outside the years"):
-            partition_path(hour)
-    assert parse_date("date=1969-12-31") is None and parse_date("date=2262-01-01") is None
-    assert parse_date("date=2261-12-31") == "2261-12-31"
 
 
 def _flip_a_page_bit(target: Path) -> None:

@@ -20,7 +20,6 @@ import pytest
 from archiver import State
 from archiver import schema as S
 from archiver.convert import CeleryConverter
-from archiver.layout import partition_path
 from archiver.sink import ParquetSink
 from archiver.storage import resolve
 
@@ -55,11 +54,6 @@ def flaky(tmp_path):
 
 
 # -- layout -------------------------------------------------------------------------------
-def test_partition_path_is_utc_and_hour_is_not_zero_padded():
-    """Partition path is utc and hour is not zero padded."""
-    hour = int(ts("2026-03-01T07:59:59") // 3600)
-    assert partition_path(hour) == "date=2026-03-01/hour=7"
-    assert partition_path(int(ts("2026-03-01T23:00:00") // 3600)) == "date=2026-03-01/hour=23"
 
 
 def test_flush_splits_rows_by_utc_hour_and_sorts_each_file(tmp_path):
