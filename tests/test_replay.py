@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from archiver import Archive, Polaroid
 from archiver.errors import ArchiverError
 from archiver.record import Recorder, load_camera_class
 from archiver.replay_timer import STEP, WINDOW, ReplayClock, ReplayTimer
-from archiver.sources import LineStats, is_pipe, read_events
+from archiver.sources import LineStats, read_events
 from archiver.state import State, event_problem
 
 
@@ -223,95 +222,6 @@ def test_load_camera_class():
 
 
 # -- reading events --------------------------------------------------------------------------
-def test_read_events_from_a_pipe_sees_a_stop_without_a_new_line():
-    """Read events from a pipe sees a stop without a new line."""
-    r, w = os.pipe()
-    stop = threading.Event()
-    stats = LineStats()
-    with os.fdopen(r, "rb") as stream, os.fdopen(w, "wb") as writer:
-        assert is_pipe(stream)
-        writer.write(b'{"type": "a"}\n{"type": "b"}\n{"type": "inco')
-        writer.flush()
-        got = []
-        threading.Timer(0.3, stop.set).start()
-        started = time.monotonic()
-        for event in read_events(stream, stats, should_stop=stop.is_set):
-            got.append(event["type"])
-        assert time.monotonic() - started < 2  # did not wait for the rest of the line
-    assert got == ["a", "b"] and stats.events == 2 and stats.malformed == 0
-
-
-def test_read_events_from_a_pipe_reads_what_was_sent_before_the_stop():
-    """Read events from a pipe reads what was sent before the stop."""
-    r, w = os.pipe()
-    stats = LineStats()
-    stop = threading.Event()
-    with os.fdopen(r, "rb") as stream, os.fdopen(w, "wb") as writer:
-        got = []
-        writer.write(b'{"n": 0}\n')
-        writer.flush()
-        for event in read_events(stream, stats, should_stop=stop.is_set):
-            got.append(event["n"])
-            if event["n"] == 0:  # the stop comes while 1000 more lines wait in the pipe
-                writer.write(b"".join(b'{"n": %d}\n' % i for i in range(1, 1001)))
-                writer.flush()
-                stop.set()
-    assert got == list(range(1001))
-
-
-def test_read_events_regular_file_ignores_should_stop(tmp_path):
-    """Read events regular file ignores should stop."""
-    path = tmp_path / "e.jsonl"
-    path.write_bytes(b'{"n": 1}\n\n  \n{"n": 2}')  # blank lines, no final newline
-    stats = LineStats()
-    with open(path, "rb") as f:
-        assert not is_pipe(f)
-        got = [e["n"] for e in read_events(f, stats, should_stop=lambda: True)]
-    assert got == [1, 2] and stats.lines == 4 and stats.malformed == 0
-
-
-def test_line_stats_report():
-    """Line stats report."""
-    stats = LineStats()
-    assert stats.report() == ""
-    for n in (3, 5, 8, 13, 21, 34, 55):
-        stats.bad(n, "why")
-    assert stats.report() == "Skipped 7 malformed lines (line 3, 5, 8, 13, 21, ...)"
-
-
-def test_read_events_edge_cases(tmp_path):
-    """Read events edge cases."""
-    path = tmp_path / "e.jsonl"
-    path.write_bytes(
-        b'\xef\xbb\xbf{"n": 1}\n'  # a UTF-8 BOM on the first line
-        b'   {"n": 2}  \r\n'  # spaces around, CRLF
-        b'{"n": 3}{"n": 4}\n'  # two objects on one line: malformed
-        b'{"n": "\xff"}\n'  # invalid UTF-8: replaced, kept
-        b"NaN\n"  # JSON-ish, not an object
-        b'{"n": 6, "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"  # too deep
-        b'{"n": 7}'
-    )
-    stats = LineStats()
-    with open(path, "rb") as f:
-        got = [e["n"] for e in read_events(f, stats)]
-    assert got == [1, 2, "\ufffd", 7]
-    assert stats.malformed_lines == [3, 5, 6] and stats.events == 4 and stats.lines == 7
-
-
-def test_read_events_truncated_gzip(tmp_path):
-    """Read events truncated gzip."""
-    import gzip
-
-    from archiver.sources import open_events_file
-
-    data = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(10_000)))
-    path = tmp_path / "cut.jsonl.gz"
-    path.write_bytes(data[: len(data) // 2])
-    stats = LineStats()
-    with open_events_file(str(path)) as f:
-        got = list(read_events(f, stats))
-    assert 0 < len(got) < 10_000 and stats.malformed == 1
-    assert stats.malformed_lines == [stats.lines + 1]
 
 
 # -- the replay clock: rejected events and lone outliers never move it ----------------------
