@@ -302,3 +302,28 @@ def wait_results(sent, timeout: float = 90) -> dict[str, str]:
 
     wait_for(all_ready, timeout, f"{len(sent)} task results", interval=0.25)
     return states
+
+
+def record_and_tap(
+    processes: Processes,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    record_args: list[str],
+    duration: str | None = None,
+) -> tuple[ArchiverProcess, ArchiverProcess, Path]:
+    """``archiver record`` and ``archiver tap`` on this test's broker, both subscribed.
+
+    Returns the recorder, the tap and the file the tap writes every event it sees to
+    (the oracle's input); ``duration`` (e.g. "20s") bounds both runs.
+    """
+    url = redis_server.url(0)
+    tap_file = tmp_path / "tap.jsonl"
+    limit = [] if duration is None else ["--duration", duration]
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record", "record", "--broker", url, *record_args, *limit
+    )
+    tap = start_archiver(
+        processes, redis_server, tmp_path, "tap", "tap", "--broker", url, "--out", str(tap_file),
+        *limit,
+    )  # fmt: skip
+    return recorder, tap, tap_file

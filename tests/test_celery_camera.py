@@ -24,8 +24,8 @@ from .helpers import SAMPLE, SMALL, read_events
 from .livecluster import (
     free_port,
     needs_redis,
+    record_and_tap,
     send_mix,
-    start_archiver,
     start_workers,
     wait_results,
 )
@@ -256,16 +256,10 @@ def test_live_celery_camera_equals_celerys_state(
     """Against a live cluster: the Celery camera's last snapshot equals Celery's State fed
     the same events (tapped alongside), for every task sent and every worker."""
     start_workers(processes, redis_server, tmp_path)
-    url = redis_server.url(0)
-    tap_file = tmp_path / "tap.jsonl"
-    recorder = start_archiver(
-        processes, redis_server, tmp_path, "record",
-        "record", "-b", url, "-c", "tests.cameras:SqliteCamera", "--freq", "0.5",
-        "--duration", "20s", "--archive", str(tmp_path / "archive"),
-    )  # fmt: skip
-    tap = start_archiver(
-        processes, redis_server, tmp_path, "tap",
-        "tap", "--broker", url, "--out", str(tap_file), "--duration", "20s",
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["-c", "tests.cameras:SqliteCamera", "--freq", "0.5", "--archive", str(tmp_path / "a")],
+        duration="20s",
     )  # fmt: skip
     sent = send_mix(cluster_app, 100)
     results = wait_results(sent)

@@ -49,8 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- building archives ------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, sample_events) -> Path:
     """Three closed hours of the sample, 15 small files per table and hour."""

@@ -152,53 +152,51 @@ FILE_DAMAGE = {
 
 
 # -- damaged folders: each holds a copy of a real file, returns the folder --------------
+def planted(path: Path, day: str, hour: str, name: str = "part-x.parquet") -> Path:
+    """A copy of a real tasks file at ``tasks/<day>/<hour>/<name>``; returns the hour folder."""
+    bad = path / "tasks" / day / hour
+    bad.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first_file(path), bad / name)
+    return bad
+
+
+def real_day(path: Path) -> str:
+    """The ``date=`` folder of a real partition of the tasks table."""
+    return first_file(path).parent.parent.name
+
+
 def ancient_date(path: Path) -> Path:
-    bad = path / "tasks" / "date=702-06-15" / "hour=3"
-    bad.mkdir(parents=True)
-    shutil.copy(first_file(path), bad / "part-07020615T030000-000000000000-000001.parquet")
-    return bad.parent
+    """A day before 1970 (year 702), with the file name the sink would give it."""
+    name = "part-07020615T030000-000000000000-000001.parquet"
+    return planted(path, "date=702-06-15", "hour=3", name).parent
 
 
 def impossible_date(path: Path) -> Path:
-    bad = path / "tasks" / "date=2026-13-45" / "hour=1"
-    bad.mkdir(parents=True)
-    shutil.copy(first_file(path), bad / "part-x.parquet")
-    return bad.parent
+    """Month 13, day 45."""
+    return planted(path, "date=2026-13-45", "hour=1").parent
 
 
 def bad_hour(path: Path) -> Path:
-    day = first_file(path).parent.parent
-    bad = day / "hour=x"
-    bad.mkdir()
-    shutil.copy(first_file(path), bad / "part-x.parquet")
-    return bad
+    """``hour=x`` next to the real hours of a real day."""
+    return planted(path, real_day(path), "hour=x")
 
 
 def unicode_hour(path: Path) -> Path:
-    """``hour=٣`` (Arabic-Indic 3): ``int()`` reads it, the hive partitioning cannot."""
-    day = first_file(path).parent.parent
-    bad = day / "hour=\u0663"
-    bad.mkdir()
-    shutil.copy(first_file(path), bad / "part-x.parquet")
-    return bad
+    """``hour=\u0663`` (Arabic-Indic 3): ``int()`` reads it, the hive partitioning cannot."""
+    return planted(path, real_day(path), "hour=\u0663")
 
 
 def unicode_date(path: Path) -> Path:
+    """The sample's day in Arabic-Indic digits."""
     digits = str.maketrans(
         "0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"
     )
-    bad = path / "tasks" / "date=2026-11-25".translate(digits) / "hour=3"
-    bad.mkdir(parents=True)
-    shutil.copy(first_file(path), bad / "part-x.parquet")
-    return bad.parent
+    return planted(path, "date=2026-11-25".translate(digits), "hour=3").parent
 
 
 def year_2300(path: Path) -> Path:
     """A day the sink never writes: past 2261, beyond pandas' nanosecond timestamps."""
-    bad = path / "tasks" / "date=2300-01-01" / "hour=0"
-    bad.mkdir(parents=True)
-    shutil.copy(first_file(path), bad / "part-x.parquet")
-    return bad.parent
+    return planted(path, "date=2300-01-01", "hour=0").parent
 
 
 def file_for_folder(path: Path) -> Path:

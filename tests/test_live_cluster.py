@@ -20,6 +20,7 @@ from archiver.state import precedence
 
 from .livecluster import (
     needs_redis,
+    record_and_tap,
     send_mix,
     start_archiver,
     start_workers,
@@ -87,17 +88,11 @@ def test_live_record_matches_results_and_celery_state(
 ):
     """Live record matches results and celery state."""
     archive = tmp_path / "archive"
-    tap_file = tmp_path / "tap.jsonl"
     workers = start_workers(processes, redis_server, tmp_path)
-    url = redis_server.url(0)
-    recorder = start_archiver(
-        processes, redis_server, tmp_path, "record",
-        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
-        "--duration", "25s", "-l", "INFO",
-    )  # fmt: skip
-    tap = start_archiver(
-        processes, redis_server, tmp_path, "tap",
-        "tap", "--broker", url, "--out", str(tap_file), "--duration", "25s",
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["--archive", str(archive), "--freq", "0.5", "-l", "INFO"],
+        duration="25s",
     )  # fmt: skip
     sent = send_mix(cluster_app, 300)
     results = wait_results(sent)
@@ -162,18 +157,12 @@ def test_sigterm_during_live_run_keeps_every_task_seen(
 ):
     """Sigterm during live run keeps every task seen."""
     archive = tmp_path / "archive"
-    tap_file = tmp_path / "tap.jsonl"
     start_workers(processes, redis_server, tmp_path, names=("w1",))
-    url = redis_server.url(0)
     # A long --flush-interval: nothing is written before the signal but the final flush.
-    recorder = start_archiver(
-        processes, redis_server, tmp_path, "record",
-        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
-        "--flush-interval", "3600",
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["--archive", str(archive), "--freq", "0.5", "--flush-interval", "3600"],
     )  # fmt: skip
-    tap = start_archiver(
-        processes, redis_server, tmp_path, "tap", "tap", "--broker", url, "--out", str(tap_file)
-    )
     first = send_mix(cluster_app, 100, prefix="a-")
     results = wait_results(first)
     time.sleep(1.0)
