@@ -50,7 +50,7 @@ def recorded(tmp_path_factory, sample_events):
 
 # -- helpers -------------------------------------------------------------------------------
 def test_auto_freq():
-    """Auto freq."""
+    """auto_freq picks a bucket that gives a readable number of points for the span."""
     times = pd.Series([T0, T0 + pd.Timedelta("26s")])
     assert analysis.auto_freq(times) == "1s"
     assert analysis.auto_freq(pd.Series([T0, T0 + pd.Timedelta("2h")])) == "5min"
@@ -112,7 +112,7 @@ def test_throughput_counts_finished_tasks_per_interval():
 
 
 def test_latency_percentiles():
-    """Latency percentiles."""
+    """Wait and runtime percentiles per task name, from started minus received and the runtime."""
     got = analysis.latency(small_tasks(), percentiles=(0.5, 1.0))
     add = got.loc["add"]
     assert add["count"] == 2  # the queued one has neither wait nor runtime
@@ -135,7 +135,7 @@ def test_latency_percentiles():
 
 
 def test_failure_rates():
-    """Failure rates."""
+    """Per task name: tasks, successes, failures, retries and their rates."""
     got = analysis.failure_rates(small_tasks())
     fail = got.loc["fail"]
     assert (fail["tasks"], fail["succeeded"], fail["failed"], fail["retried"]) == (3, 1, 2, 2)
@@ -160,7 +160,7 @@ def test_failure_rates():
 
 
 def test_top_exceptions_and_slowest():
-    """Top exceptions and slowest."""
+    """The most common exception types per task with an example, and the slowest tasks."""
     top = analysis.top_exceptions(small_tasks())
     assert top[["name", "exception", "count"]].values.tolist() == [
         ["fail", "ValueError", 1],
@@ -204,7 +204,7 @@ def test_worker_utilisation_integrates_busy_time():
 
 
 def test_worker_activity():
-    """Worker activity."""
+    """Per worker and bucket: tasks processed, active tasks, alive and load."""
     workers = pd.DataFrame(
         {
             "captured_at": [at(s) for s in (0, 0, 10, 10, 70, 70)],
@@ -233,14 +233,14 @@ def test_worker_activity():
 
 
 def test_missing_columns_are_named():
-    """Missing columns are named."""
+    """A frame without a needed column raises KeyError naming the column."""
     with pytest.raises(KeyError, match=r"needs the column.*state"):
         analysis.throughput(pd.DataFrame({"uuid": ["a"]}))
 
 
 # -- on the recording ----------------------------------------------------------------------
 def test_on_the_recorded_cluster(recorded):
-    """On the recorded cluster."""
+    """On the recorded cluster, latest() and the whole history give the same answers."""
     latest = recorded.latest("tasks")
     history = recorded.load("tasks")
     # the same answers from latest() and from the whole history

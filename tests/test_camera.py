@@ -411,7 +411,7 @@ class TestMinimalState:
         assert cam.log == [("on_shutter", ours)] and ours.cleared == 0
 
     def test_shutter_runs_while_frozen(self, fake_timer):
-        """Shutter runs while frozen."""
+        """on_shutter sees the state frozen."""
         cam = Recording(MinimalState(), timer=fake_timer)
         frozen = []
         cam.on_shutter = lambda s: frozen.append(s.frozen)
@@ -443,7 +443,7 @@ class TestMinimalState:
         assert cam.snapshots_taken == 2 and state.cleared == 2
 
     def test_context_manager(self, fake_timer):
-        """Context manager."""
+        """Leaving the with block takes a final shot past maxrate and cancels the timers."""
         state = MinimalState()
         with Recording(state, maxrate="1/h", timer=fake_timer) as cam:
             assert cam.capture() is True

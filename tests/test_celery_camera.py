@@ -205,7 +205,7 @@ def test_bad_camera_is_a_one_line_error(tmp_path, sqlite_db, spec, message):
 
 
 def test_load_camera_class_kinds():
-    """Load camera class kinds."""
+    """Cameras load by module:Class or dotted path, archiver's, Celery's or a user's."""
     from celery.events.snapshot import Polaroid as CeleryPolaroid
 
     from archiver import Polaroid

@@ -54,7 +54,7 @@ def csv_of(*args: str) -> pd.DataFrame:
 
 # -- where ---------------------------------------------------------------------------------
 def test_parse_where():
-    """Parse where."""
+    """--where parses to filters: =, != and lists, comparisons, values kept as text."""
     assert parse_where(("name=tasks.add",)) == [("name", "==", "tasks.add")]
     assert parse_where(("state=FAILURE,RETRY",)) == [("state", "in", ["FAILURE", "RETRY"])]
     assert parse_where(("state != SUCCESS, FAILURE",)) == [
@@ -78,7 +78,7 @@ def test_parse_where():
 
 # -- query ---------------------------------------------------------------------------------
 def test_query_table_format(archive):
-    """Query table format."""
+    """The table output: header, UTC times to the ms, tracebacks cut to one line."""
     out = run("query", "tasks", "--archive", archive, "--limit", "3").output.splitlines()
     assert out[0].split()[:3] == ["captured_at", "snapshot_id", "uuid"]
     assert set(out[1]) <= {"-", " "}
@@ -143,7 +143,7 @@ def test_query_time_range_columns_limit(archive):
 
 
 def test_query_latest(archive):
-    """Query latest."""
+    """--latest gives one row per task, as of --until, filtered by --where."""
     got = csv_of("query", "tasks", "--archive", archive, "--latest", "--columns", "uuid,state")
     assert len(got) == 2 * 2110 and got["uuid"].is_unique
     as_of = csv_of(
@@ -160,7 +160,7 @@ def test_query_latest(archive):
 
 
 def test_query_formats_and_output(archive, tmp_path):
-    """Query formats and output."""
+    """JSON, CSV and Parquet output hold the same rows as load(), times in UTC."""
     a = archiver.Archive(archive)
     want = a.load("workers")
     # json: a list of records, times in ISO 8601 UTC
@@ -255,7 +255,7 @@ def test_errors_from_the_real_program(tmp_path):
 
 # -- info ----------------------------------------------------------------------------------
 def test_info(archive):
-    """Info."""
+    """info lists each table's partitions, files, rows, size, time range and schema."""
     out = run("info", "--archive", archive).output.splitlines()
     assert out[0].startswith(f"archive: {archive} (current schema version 1")
     header = out[1].split()
@@ -276,7 +276,7 @@ def test_info(archive):
 
 
 def test_info_errors_and_empty(tmp_path):
-    """Info errors and empty."""
+    """info on a missing archive is an error; on an empty folder, 'no tables yet'."""
     assert "no archive at" in error_of("info", "--archive", tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     result = run("info", "--archive", tmp_path / "empty")

@@ -241,7 +241,7 @@ def test_redaction(mode):
 
 
 def test_invalid_options_are_rejected():
-    """Invalid options are rejected."""
+    """Unknown mode or redact_mode, and hashing without a key, raise ValueError naming them."""
     with pytest.raises(ValueError, match="mode"):
         CeleryConverter(mode="some")
     with pytest.raises(ValueError, match="redact_mode"):

@@ -447,7 +447,7 @@ def test_expire_does_the_rest_and_can_drop_the_damaged_hour(path, reference, dam
 # -- archiver check ---------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ALL_DAMAGE)
 def test_check_reports_and_quarantines(path, reference, damage):
-    """Check reports and quarantines."""
+    """check reports each kind of damage on one line and --quarantine moves it aside."""
     bad = ALL_DAMAGE[damage](path)
     relative = bad.relative_to(path).as_posix()
     content = bad.read_bytes() if bad.is_file() else None
@@ -484,7 +484,7 @@ def test_check_api_reads_every_row(path):
 
 
 def test_quarantine_never_overwrites(path):
-    """Quarantine never overwrites."""
+    """A second quarantined file of the same name gets a numbered name, the first is kept."""
     first = not_parquet(path)
     relative = first.relative_to(path)
     archiver.Archive(path).check(quarantine=True)

@@ -144,7 +144,7 @@ def test_cleanup_commands_refuse_a_trapped_lock_in_one_line(archive, tmp_path, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pidfile_refuses_a_trap(tmp_path, kind):
-    """Pidfile refuses a trap."""
+    """A pidfile refuses each trap in one line, writes nothing, and reads no pid from it."""
     path, target = tmp_path / "run.pid", tmp_path / "target"
     message = plant(kind, path, target)
     with pytest.raises(ArchiverError) as exc:

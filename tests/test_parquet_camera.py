@@ -409,7 +409,7 @@ def test_files_are_written_outside_the_state_lock(tmp_path, small_events):
 
 # -- storage and concurrency ----------------------------------------------------------------
 def test_memory_uri_through_fsspec(small_events):
-    """Memory uri through fsspec."""
+    """A memory:// archive through fsspec holds every row written and no hidden file."""
     uri = f"memory://archiver-camera-{uuidlib.uuid4().hex}"
     try:
         camera, _ = replay(State(), uri, small_events, flush_rows=200)

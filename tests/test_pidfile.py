@@ -73,7 +73,7 @@ def test_the_lock_dies_with_the_process(tmp_path):
 
 
 def test_missing_directory(tmp_path):
-    """Missing directory."""
+    """A pidfile in a missing directory is refused with 'cannot create pidfile'."""
     with pytest.raises(ArchiverError, match="cannot create pidfile"):
         Pidfile(tmp_path / "missing" / "run.pid").acquire()
 

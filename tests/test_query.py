@@ -131,7 +131,7 @@ def test_time_range_is_start_inclusive_end_exclusive(one_hour):
 
 
 def test_relative_and_named_times():
-    """Relative and named times."""
+    """Durations ago, 'N seconds ago' and 'now' resolve against the given now."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     assert timeparse.parse_time("2h", now=now) == ts("2026-11-25 10:00")
     assert timeparse.parse_time("7d", now=now) == ts("2026-11-18 12:00")
@@ -160,7 +160,7 @@ def test_relative_start_against_the_clock(one_hour):
 
 
 def test_ranges_across_partitions(three_hours):
-    """Ranges across partitions."""
+    """Time ranges select exactly the rows in [start, end), across partition boundaries."""
     a = archiver.Archive(three_hours)
     assert [p.hour for p in a.partitions("tasks")] == [15, 16, 17]
     full = a.load("tasks")
@@ -241,7 +241,7 @@ def test_row_group_statistics_prune_inside_a_file(one_hour, tmp_path):
 
 # -- filters and projections -------------------------------------------------------------
 def test_filters_in_both_forms(one_hour):
-    """Filters in both forms."""
+    """Tuple filters and dataset expressions select what pandas selects."""
     a = archiver.Archive(one_hour)
     cols = ["captured_at", "uuid", "name", "state", "started", "exception", "retries", "runtime"]
     full = a.load("tasks", columns=cols)
@@ -294,7 +294,7 @@ def test_filters_in_both_forms(one_hour):
 
 
 def test_filter_errors(one_hour):
-    """Filter errors."""
+    """Unknown columns, operators and uncomparable values raise one-line ArchiverErrors."""
     a = archiver.Archive(one_hour)
     with pytest.raises(ArchiverError, match=r"unknown column.*'nope'"):
         a.load("tasks", filters=[("nope", "==", 1)])
@@ -313,7 +313,7 @@ def test_filter_errors(one_hour):
 
 
 def test_projection(one_hour):
-    """Projection."""
+    """columns= selects and orders columns, even with a filter on others."""
     a = archiver.Archive(one_hour)
     got = a.load("tasks", columns=["uuid", "state"])
     assert list(got.columns) == ["uuid", "state"]
@@ -338,7 +338,7 @@ def test_limit_returns_the_first_rows(three_hours):
 
 
 def test_missing_archive_and_table(one_hour, tmp_path):
-    """Missing archive and table."""
+    """A missing archive or table raises NoArchiveError naming it, from every reader."""
     with pytest.raises(NoArchiveError, match="no archive at"):
         archiver.Archive(tmp_path / "nothing").load("tasks")
     with pytest.raises(NoArchiveError, match=r"no table 'taskz'.*snapshots, tasks, workers"):
@@ -587,7 +587,7 @@ def test_dask_engine_same_rows_same_pruning(three_hours):
 
 # -- describe ----------------------------------------------------------------------------
 def test_describe_reads_only_footers(three_hours):
-    """Describe reads only footers."""
+    """describe() counts rows, partitions and times from footers, as load() would."""
     a = archiver.Archive(three_hours)
     infos = {i.table: i for i in query.describe(a)}
     assert set(infos) == {"tasks", "workers", "snapshots"}

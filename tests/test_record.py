@@ -138,7 +138,7 @@ def test_snapshots_follow_event_time_at_speed_0(tmp_path, sample_events):
 
 
 def test_speed_keeps_the_gaps(tmp_path, small_events):
-    """Speed keeps the gaps."""
+    """--speed 50 replays the gaps between events 50 times faster."""
     events = spaced(small_events[:30], gap=1.0)  # 29 s of event time
     path = write_jsonl(tmp_path / "slow.jsonl", events)
     started = time.monotonic()
@@ -157,7 +157,7 @@ def test_speed_keeps_the_gaps(tmp_path, small_events):
 
 
 def test_stdin_and_gzip(tmp_path, small_events):
-    """Stdin and gzip."""
+    """A replay from stdin and from a .gz file archive the same rows as the plain file."""
     want = reference(small_events)
     result = record("--replay", "-", "--archive", tmp_path / "stdin", input=SMALL.read_bytes())
     assert result.exit_code == 0, result.output
@@ -209,7 +209,7 @@ def test_invalid_utf8_is_replaced_not_dropped(tmp_path, small_events):
 
 
 def test_limit(tmp_path, sample_events):
-    """Limit."""
+    """--limit 1000 records exactly the first 1,000 events."""
     result = record("--replay", SAMPLE, "--archive", tmp_path / "archive", "--limit", 1000)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Recorded 1,000 events")
@@ -268,7 +268,7 @@ def test_mode_full_writes_every_task_at_every_snapshot(tmp_path, small_events):
 
 
 def test_redact(tmp_path, small_events):
-    """Redact."""
+    """--redact hides args, kwargs and result in every row."""
     archive = tmp_path / "archive"
     result = record("--replay", SMALL, "--archive", archive, "--redact", "args,kwargs,result")
     assert result.exit_code == 0, result.output
@@ -304,7 +304,7 @@ def test_redact(tmp_path, small_events):
 
 
 def test_clear_after(tmp_path, small_events):
-    """Clear after."""
+    """--clear-after empties the state after each snapshot."""
     archive = tmp_path / "archive"
     result = record("--replay", SMALL, "--archive", archive, "--clear-after")
     assert result.exit_code == 0, result.output
@@ -328,7 +328,7 @@ def test_maxrate_applies_to_the_replayed_clock(tmp_path, sample_events):
 
 
 def test_custom_camera(tmp_path, small_events):
-    """Custom camera."""
+    """--camera runs a user's Polaroid (module:Class or dotted), which writes no Parquet."""
     CountingCamera.shots.clear()
     result = record(
         "--replay",
@@ -384,7 +384,7 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 
 
 def test_exactly_one_source(tmp_path):
-    """Exactly one source."""
+    """Neither or both of --replay and --broker is a usage error (exit 2)."""
     none = record("--archive", tmp_path)
     both = record("--replay", SMALL, "--broker", "redis://x", "--archive", tmp_path)
     for result in (none, both):
@@ -579,7 +579,7 @@ def test_sigterm_on_a_file_replay_stops_at_once(tmp_path, small_events):
 
 
 def test_python_dash_m_archiver(tmp_path):
-    """Python dash m archiver."""
+    """python -m archiver runs the CLI."""
     archive = tmp_path / "archive"
     done = subprocess.run(
         [sys.executable, "-m", "archiver", "record", "--replay", SMALL, "--archive", archive],

@@ -58,7 +58,7 @@ def test_entry_scheduled_after_the_clock_started():
 
 
 def test_cancel_and_errors():
-    """Cancel and errors."""
+    """A cancelled entry stops firing; an entry that raises does not stop the others."""
     timer, calls = ReplayTimer(), []
 
     def boom():
@@ -107,7 +107,7 @@ def test_a_jump_of_the_clock_runs_at_most_max_catchup_beats(caplog):
 
 
 def test_bad_intervals():
-    """Bad intervals."""
+    """A zero interval or max_catchup raises ValueError."""
     with pytest.raises(ValueError):
         ReplayTimer().call_repeatedly(0, lambda: None)
     with pytest.raises(ValueError):
@@ -116,7 +116,7 @@ def test_bad_intervals():
 
 # -- Recorder.replay (library API) -----------------------------------------------------------
 def test_recorder_replay_library_api(tmp_path, sample_events):
-    """Recorder replay library api."""
+    """Recorder.replay() of a list records every event, a snapshot per freq and a final one."""
     recorder = Recorder(str(tmp_path), freq=2.0)
     summary = recorder.replay(sample_events)
     assert summary.events == len(sample_events) and summary.malformed == 0
@@ -166,14 +166,14 @@ def test_timestamps_that_cannot_move_the_clock(tmp_path, small_events):
 
 
 def test_no_events_at_all(tmp_path):
-    """No events at all."""
+    """A replay of nothing takes one final, empty snapshot."""
     summary = Recorder(str(tmp_path)).replay([])
     assert summary.events == 0 and summary.snapshots == 1  # the final one, at wall time
     assert Archive(tmp_path).load("snapshots")["tasks_in_state"].tolist() == [0]
 
 
 def test_stop_from_another_thread(tmp_path, small_events):
-    """Stop from another thread."""
+    """stop() from another thread ends a replay early with what was read."""
     recorder = Recorder(str(tmp_path))
 
     def slow():
@@ -189,7 +189,7 @@ def test_stop_from_another_thread(tmp_path, small_events):
 
 
 def test_limit_and_duration_validation(tmp_path):
-    """Limit and duration validation."""
+    """A zero limit or duration is refused with an ArchiverError."""
     with pytest.raises(ArchiverError, match="--limit"):
         Recorder(str(tmp_path), limit=0)
     with pytest.raises(ArchiverError, match="--duration"):
@@ -199,7 +199,7 @@ def test_limit_and_duration_validation(tmp_path):
 
 
 def test_a_non_parquet_polaroid(tmp_path, small_events):
-    """A non parquet polaroid."""
+    """A Polaroid that writes no Parquet is run by the Recorder too."""
     shots = []
 
     class Cam(Polaroid):
@@ -212,7 +212,7 @@ def test_a_non_parquet_polaroid(tmp_path, small_events):
 
 
 def test_load_camera_class():
-    """Load camera class."""
+    """load_camera_class takes module:Class and dotted paths, and refuses a non-camera."""
     from archiver import ParquetCamera
 
     assert load_camera_class("archiver:ParquetCamera") is ParquetCamera

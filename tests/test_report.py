@@ -97,7 +97,7 @@ def test_summary_counts_events_and_workers(sample_archive):
 
 
 def test_window_and_name_filter(sample_archive):
-    """Window and name filter."""
+    """gather() counts only the window's snapshots and the task names matching the glob."""
     archive = archiver.Archive(sample_archive)
     snaps = archive.load("snapshots")
     start, end = snaps["captured_at"].iloc[5], snaps["captured_at"].iloc[15]
@@ -127,7 +127,7 @@ class _Tags(HTMLParser):
 
 
 def test_page_is_self_contained(sample_archive, tmp_path):
-    """Page is self contained."""
+    """The report page loads nothing from the network and is what was written."""
     out = tmp_path / "report.html"
     page = report.report(sample_archive, output=out)
     assert out.read_text(encoding="utf-8") == page
@@ -161,7 +161,7 @@ def test_module_is_callable_as_archiver_report(sample_archive):
 
 
 def test_cli_writes_the_report(sample_archive, tmp_path):
-    """Cli writes the report."""
+    """archiver report writes the page with --name and --concurrency."""
     out = tmp_path / "r.html"
     args = ["report", "--archive", str(sample_archive), "--output", str(out)]
     result = CliRunner().invoke(cli, [*args, "--name", "harness.*", "--concurrency", "4"])
@@ -251,7 +251,7 @@ def make(tmp_path: Path, events: list[dict]) -> Path:
 
 
 def test_empty_window(sample_archive, tmp_path):
-    """Empty window."""
+    """A window without data gives an empty report, not an error."""
     page = report.report(sample_archive, "2001-01-01", "2001-01-02", output=tmp_path / "r.html")
     data = report.gather(sample_archive, "2001-01-01", "2001-01-02")
     assert data.tasks == 0 and data.events == 0 and data.workers_seen == []
@@ -260,7 +260,7 @@ def test_empty_window(sample_archive, tmp_path):
 
 
 def test_one_task_one_worker(tmp_path):
-    """One task one worker."""
+    """One task on one worker reports its state and worker."""
     events = [worker_event("online", "w@h", T0), *task_events("u1", "only.task", "w@h", T0 + 1)]
     data = report.gather(make(tmp_path, events))
     assert data.states.to_dict() == {"SUCCESS": 1}

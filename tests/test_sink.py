@@ -166,7 +166,7 @@ def test_due_by_rows_and_by_age(tmp_path):
 
 
 def test_invalid_settings_are_rejected(tmp_path):
-    """Invalid settings are rejected."""
+    """Inconsistent flush_rows/max_buffer_rows and a zero flush_interval raise ValueError."""
     with pytest.raises(ValueError, match="flush_rows"):
         ParquetSink(tmp_path, SCHEMAS, flush_rows=10, max_buffer_rows=5)
     with pytest.raises(ValueError, match="flush_interval"):
@@ -285,7 +285,7 @@ def test_recent_file_list_is_bounded(tmp_path, monkeypatch):
 
 # -- other filesystems --------------------------------------------------------------------
 def test_memory_filesystem_through_fsspec():
-    """Memory filesystem through fsspec."""
+    """The sink writes readable files to a memory:// filesystem."""
     root = f"memory://archiver-test-{uuidlib.uuid4().hex}"
     location = resolve(root)
     try:
@@ -316,7 +316,7 @@ def test_fsspec_filesystem_object_is_accepted(tmp_path):
 
 
 def test_file_uri(tmp_path):
-    """File uri."""
+    """A file:// URI is a local archive the sink writes to."""
     location = resolve(tmp_path.as_uri())
     assert location.local and location.root == str(tmp_path)
     sink = ParquetSink(location, SCHEMAS)
