@@ -28,6 +28,10 @@ from archiver.cli import cli
 HOUR = 3600.0
 #: The sample was recorded on 2026-11-25 around 15:57 UTC; archives here start 3 days earlier.
 SHIFT = -3 * 86400.0
+#: Event times outside the partition range (1970..2261), and one far inside it.
+YEAR_2100 = 4_102_444_800.0  # 2100-01-01
+YEAR_702 = -40_683_000_000.0  # 702-06-15
+YEAR_2300 = 10_413_792_000.0  # 2300-01-01
 KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
 DATA = Path(__file__).resolve().parent.parent / "data"
 

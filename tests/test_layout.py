@@ -21,9 +21,9 @@ from archiver.layout import (
 )
 from archiver.schema import END_PARTITION_US, FIRST_PARTITION_US, HOUR_US
 
+from .helpers import YEAR_702, YEAR_2300
+
 FIRST_HOUR, END_HOUR = FIRST_PARTITION_US // HOUR_US, END_PARTITION_US // HOUR_US
-YEAR_702 = -40_683_000_000.0  # 702-06-15
-YEAR_2300 = 10_413_792_000.0  # 2300-01-01
 
 
 def ts(text: str) -> float:
