@@ -24,7 +24,7 @@ from archiver.schema import (
     with_metadata,
 )
 
-from .helpers import record_copies
+from .helpers import first_file, record_copies
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,6 @@ def recorded(tmp_path_factory, small_events) -> Path:
     path = tmp_path_factory.mktemp("schema") / "a"
     record_copies(path, [small_events])
     return path
-
-
-def first_file(root: Path, table: str) -> Path:
-    """The first data file of ``table``."""
-    return sorted((root / table).rglob("*.parquet"))[0]
 
 
 @pytest.mark.parametrize("table", sorted(SCHEMAS))
