@@ -28,7 +28,8 @@ import archiver
 from archiver import listing, maintenance
 from archiver.maintenance import recovery
 
-from .test_cleanup import SHIFT, build_archive
+from .helpers import build_archive
+from .helpers import listing as file_sizes
 
 #: Seeds of the random kill delays (one per test), so a failure can be replayed.
 SEED = 20261125
@@ -155,10 +156,14 @@ def random_compaction_kills(template: Path, tmp_path: Path, kills: int, seed: in
             done += 1
         assert runs < 4 * kills, "too few runs were killed: the delays are too long"
     # The follow-up cleanup finishes whatever the last kill interrupted.
+    before = file_sizes(path)
     report = maintenance.compact(path, **COMPACT)
     assert_exact(path, expected, "after the follow-up compaction")
     assert_clean(path)
-    assert report.partitions or report.recovered or completed
+    # The report accounts for every file the follow-up changed, and it changed some
+    # exactly when the last kill left work undone.
+    reported = bool(report.partitions or report.recovered or report.temps_removed)
+    assert reported == (file_sizes(path) != before), (report, completed)
     assert maintenance.compact(path, **COMPACT).partitions == ()
     assert_exact(path, expected, "after a second compaction")
 
@@ -257,4 +262,6 @@ def test_random_kills_during_expiry(template, tmp_path):
     maintenance.compact(path, before=now.isoformat(), lock_timeout=30)
     assert_exact(path, final, "after compacting the expired archive")
     assert_clean(path)
-    assert SHIFT < 0  # the template's hours are long closed
+    # The template's hours are long closed, so the compaction above left none open.
+    wall_us = time.time() * 1_000_000
+    assert all(p.end_us < wall_us for p in archiver.Archive(path).partitions("tasks"))
