@@ -5,15 +5,22 @@ Fixtures live in conftest.py; test modules import functions from here, never fro
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import json
+import math
+import multiprocessing
 import os
+import signal
 import threading
+import time
 import uuid as uuidlib
 from pathlib import Path
 
 import fsspec
 import fsspec.implementations.memory
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -24,6 +31,7 @@ from click.testing import CliRunner
 import archiver
 from archiver import maintenance
 from archiver.cli import cli
+from archiver.maintenance import recovery
 
 HOUR = 3600.0
 #: The sample was recorded on 2026-11-25 around 15:57 UTC; archives here start 3 days earlier.
@@ -351,3 +359,109 @@ def celery_state(**kwargs) -> CeleryState:
     does with an event is kept.
     """
     return CeleryState(taskheap=_NoHeap(), **kwargs)
+
+
+# -- the crash machinery: cleanups in real child processes, killed on purpose --------
+CTX = multiprocessing.get_context("forkserver")
+CTX.set_forkserver_preload(["archiver.maintenance", "tests.helpers"])
+
+
+def _run(path: str, operation: str, kwargs: dict, kill_at: int | None, ready) -> None:
+    """Child: run ``cleanup.<operation>``; with ``kill_at``, SIGKILL itself at that step."""
+    if kill_at is not None:
+        steps = itertools.count(1)
+
+        def hook(step: str) -> None:
+            if next(steps) == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        recovery._STEP_HOOK = hook
+    ready.set()
+    getattr(maintenance, operation)(path, **kwargs)
+
+
+def run_child(
+    path: Path,
+    operation: str,
+    kwargs: dict,
+    *,
+    delay: float | None = None,
+    kill_at: int | None = None,
+) -> tuple[int, float]:
+    """Run one cleanup in a child process, maybe SIGKILL it; (exit code, seconds it ran)."""
+    ready = CTX.Event()
+    proc = CTX.Process(target=_run, args=(str(path), operation, kwargs, kill_at, ready))
+    proc.start()
+    try:
+        assert ready.wait(60), "the child did not start"
+        started = time.perf_counter()
+        if delay is not None:
+            time.sleep(delay)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.join(120)
+        return proc.exitcode, time.perf_counter() - started
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def fingerprints(path: Path) -> dict[str, np.ndarray]:
+    """A sorted hash per visible row of each table, read through ``Archive.load``."""
+    arch = archiver.Archive(path)
+    out = {}
+    for table, key in KEYS.items():
+        df = arch.load(table, columns=["captured_at", "snapshot_id", key])
+        df[key] = df[key].astype(object)
+        out[table] = np.sort(pd.util.hash_pandas_object(df, index=False).to_numpy())
+    return out
+
+
+# -- Celery's State as the oracle of the latest task rows -----------------------------
+REF_TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked")
+REF_FIELDS = (
+    "state",
+    "name",
+    "worker",
+    "retries",
+    "result",
+    "exception",
+    "timestamp",
+    *REF_TIME_FIELDS,
+)
+
+
+def micros_or_none(value):
+    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.value // 1000
+    return round(value * 1e6)
+
+
+def reference(events, **options) -> dict[str, tuple]:
+    """Celery's own State fed ``events``: the latest state of every task."""
+    state = CeleryState(**options)
+    for event in events:
+        state.event(dict(event))
+    out = {}
+    for uuid, task in state.tasks.items():
+        row = {f: getattr(task, f) for f in REF_FIELDS}
+        row["worker"] = task.worker.hostname if task.worker is not None else None
+        out[uuid] = normalise_row(row)
+    return out
+
+
+def normalise_row(row) -> tuple:
+    values = []
+    for f in REF_FIELDS:
+        v = row[f]
+        if f == "timestamp" or f in REF_TIME_FIELDS:
+            v = micros_or_none(v)
+        elif v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            v = None
+        elif f == "retries" and v is not None:
+            v = int(v)
+        values.append(v)
+    return tuple(values)

@@ -15,9 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from celery.events.state import State as CeleryState
 from click.testing import CliRunner
 
 from archiver import Archive
@@ -25,11 +23,9 @@ from archiver.cli import cli
 from archiver.pidfile import Pidfile
 from tests.cameras import CountingCamera
 
-from .helpers import SAMPLE, SMALL, read_events
+from .helpers import SAMPLE, SMALL, normalise_row, read_events, reference
 
 ROOT = Path(__file__).resolve().parent.parent
-TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked")
-FIELDS = ("state", "name", "worker", "retries", "result", "exception", "timestamp", *TIME_FIELDS)
 
 
 def record(*args, input=None):
@@ -39,44 +35,9 @@ def record(*args, input=None):
     )
 
 
-def _micros(value):
-    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.value // 1000
-    return round(value * 1e6)
-
-
-def reference(events, **options) -> dict[str, tuple]:
-    """Celery's own State fed ``events``: the latest state of every task."""
-    state = CeleryState(**options)
-    for event in events:
-        state.event(dict(event))
-    out = {}
-    for uuid, task in state.tasks.items():
-        row = {f: getattr(task, f) for f in FIELDS}
-        row["worker"] = task.worker.hostname if task.worker is not None else None
-        out[uuid] = _normalise(row)
-    return out
-
-
-def _normalise(row) -> tuple:
-    values = []
-    for f in FIELDS:
-        v = row[f]
-        if f == "timestamp" or f in TIME_FIELDS:
-            v = _micros(v)
-        elif v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-            v = None
-        elif f == "retries" and v is not None:
-            v = int(v)
-        values.append(v)
-    return tuple(values)
-
-
 def archived(path) -> dict[str, tuple]:
     latest = Archive(path).latest("tasks")
-    return {r["uuid"]: _normalise(r) for r in latest.to_dict("records")}
+    return {r["uuid"]: normalise_row(r) for r in latest.to_dict("records")}
 
 
 def assert_same(got: dict, want: dict) -> None:
