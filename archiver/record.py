@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from .camera import ForeignCamera, Polaroid, celery_camera_problem
 from .errors import ArchiverError
+from .maintenance.retention import Retention
 from .parquet_camera import ParquetCamera
 from .ratelimit import TokenBucket
 from .replay_timer import ReplayClock, ReplayTimer
 from .sources import (
     LineStats,
     LiveStats,
+    celery_app,
     check_broker,
     consume_live,
     is_pipe,
@@ -66,6 +70,8 @@ class RecordSummary:
     values_nulled: dict[str, int] = field(default_factory=dict)
     early_snapshots: int = 0
     changes_dropped: int = 0
+    #: Which malformed lines of a replay file were skipped ("" when none).
+    malformed_report: str = ""
 
     @property
     def lost(self) -> int:
@@ -165,6 +171,7 @@ class Recorder:
             --camera``) runs in a :class:`ForeignCamera`, on archiver's State.
         duration: stop after this many seconds (wall clock); ``limit``: after N events.
         progress: called as ``progress(recorder)`` regularly from the receiving thread.
+        stop: an event that ends the run when set, as :meth:`stop` does.
 
     ``stop()`` (safe from a signal handler) ends a run cleanly: the camera takes a
     final snapshot and every buffered row is written before ``replay``/``live`` return.
@@ -183,6 +190,7 @@ class Recorder:
         duration: float | None = None,
         limit: int | None = None,
         progress: Callable[[Recorder], Any] | None = None,
+        stop: threading.Event | None = None,
         **camera_options: Any,
     ) -> None:
         if limit is not None and limit < 1:
@@ -211,7 +219,7 @@ class Recorder:
         self.clock: ReplayClock | None = None
         self.started = time.monotonic()
         self._deadline = None if duration is None else self.started + duration
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
 
     # -- control ------------------------------------------------------------
     def stop(self) -> None:
@@ -558,3 +566,178 @@ class _ReplayRun:
             if self.timer.now is None:
                 self.timer.advance(start)
             self.timer.advance(end)
+
+
+def record_events(
+    archive: str,
+    *,
+    replay: str | None = None,
+    speed: float = 0.0,
+    broker: str | None = None,
+    app: str | None = None,
+    camera: str | type | None = None,
+    freq: float = 1.0,
+    maxrate: str | None = None,
+    cleanup_freq: float = 3600.0,
+    clear_after: bool = False,
+    mode: str = "changes",
+    redact: str | Iterable[str] = (),
+    redact_mode: str = "null",
+    redact_key: bytes | str | None = None,
+    max_tasks: int = 10_000,
+    flush_interval: float = 60.0,
+    retention: str | Retention | None = None,
+    duration: float | None = None,
+    limit: int | None = None,
+    progress: Callable[[Recorder], Any] | None = None,
+    stop: threading.Event | None = None,
+) -> RecordSummary:
+    """Record into ``archive`` from a replay file (``replay``) or a live broker
+    (``broker`` URL and/or Celery ``app`` "module:app"); what ``archiver record`` runs.
+
+    ``camera`` is a camera class or its "module:Class" name (see
+    :func:`load_camera_class`); ``retention`` a :class:`Retention` or its file.
+    Setting ``stop`` ends the run cleanly (final snapshot, every row written). The
+    summary's ``malformed_report`` says which lines of a replay file were skipped.
+    """
+    if (replay is None) == (broker is None and app is None):
+        raise ArchiverError("give exactly one source: a replay file, or a broker or app")
+    camera_cls = load_camera_class(camera) if isinstance(camera, str) else camera
+    if isinstance(retention, str):
+        retention = Retention.from_file(retention)
+    recorder = Recorder(
+        archive,
+        freq=freq,
+        maxrate=maxrate,
+        cleanup_freq=cleanup_freq,
+        clear_after=clear_after,
+        camera=camera_cls or ParquetCamera,
+        max_tasks=max_tasks,
+        duration=duration,
+        limit=limit,
+        progress=progress,
+        stop=stop,
+        mode=mode,
+        redact=redact,
+        redact_mode=redact_mode,
+        redact_key=redact_key,
+        flush_interval=flush_interval,
+        retention=retention,
+    )
+    if replay is not None:
+        summary = recorder.replay_file(replay, speed=speed)
+    else:
+        summary = recorder.live(celery_app(broker, app))
+    summary.malformed_report = recorder.lines.report()
+    return summary
+
+
+@dataclass
+class TapSummary:
+    """What a tap wrote."""
+
+    events: int = 0
+    #: Times the broker was lost (and reconnected to, or not).
+    broker_losses: int = 0
+    #: Broker messages skipped because they could not be decoded.
+    bad_messages: int = 0
+
+
+def tap_events(
+    out: str | IO[str],
+    *,
+    broker: str | None = None,
+    app: str | None = None,
+    duration: float | None = None,
+    limit: int | None = None,
+    stop: threading.Event | None = None,
+) -> TapSummary:
+    """Write the raw events of a live broker to ``out`` (a path, ``-`` for stdout, or a
+    text stream) as JSON lines, until ``stop`` is set, ``duration`` seconds or ``limit``.
+
+    The broker is checked before ``out`` is opened (an unreachable broker raises
+    :class:`BrokerUnavailable` and creates no file). The file is flushed every second
+    while events arrive, so that ``tail -f`` sees them and a kill loses at most 1 s.
+    """
+    if limit is not None and limit < 1:
+        raise ArchiverError(f"limit must be a positive number of events, got {limit}")
+    if duration is not None and not duration > 0:
+        raise ArchiverError(f"duration must be positive, got {duration} s")
+    celery = celery_app(broker, app)
+    check_broker(celery)
+    with _open_tap(out) as stream:
+        return _Tap(stream, duration=duration, limit=limit, stop=stop).run(celery)
+
+
+@contextlib.contextmanager
+def _open_tap(out: str | IO[str]) -> Iterator[IO[str]]:
+    """``out`` as a text stream: a path opened for writing, ``-`` as stdout; flushed at
+    the end, and closed if opened here."""
+    if not isinstance(out, str):
+        stream = out
+    elif out == "-":
+        stream = sys.stdout
+    else:
+        try:
+            stream = open(out, "w", encoding="utf-8")  # noqa: SIM115  (closed below)
+        except OSError as exc:
+            raise ArchiverError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        if isinstance(out, str) and out != "-":
+            stream.close()
+
+
+class _Tap:
+    """The loop of :func:`tap_events`: one JSON line per event, flushed every second."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        duration: float | None,
+        limit: int | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.stop = stop or threading.Event()
+        self.started = self.last_flush = time.monotonic()
+        self.deadline = None if duration is None else self.started + duration
+        self.count = 0
+
+    def should_stop(self) -> bool:
+        """Stopped, ``limit`` events written or ``duration`` over."""
+        return (
+            self.stop.is_set()
+            or (self.limit is not None and self.count >= self.limit)
+            or (self.deadline is not None and time.monotonic() >= self.deadline)
+        )
+
+    def write(self, event: dict[str, Any]) -> None:
+        """One event as one JSON line (values JSON cannot hold as their text)."""
+        if self.limit is not None and self.count >= self.limit:
+            return
+        self.stream.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def flush_now_and_then(self) -> None:
+        """Flush once a second at most."""
+        now = time.monotonic()
+        if now - self.last_flush >= 1.0:
+            self.last_flush = now
+            self.stream.flush()
+
+    def run(self, app: Any) -> TapSummary:
+        """Consume the broker's events until :meth:`should_stop`."""
+        stats = LiveStats()
+        consume_live(
+            app,
+            self.write,
+            should_stop=self.should_stop,
+            on_idle=self.flush_now_and_then,
+            stats=stats,
+        )
+        return TapSummary(self.count, stats.losses, stats.bad_messages)

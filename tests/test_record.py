@@ -228,7 +228,18 @@ def test_duration_accepts_units_and_refuses_nonsense(tmp_path):
     ok = record("--replay", SMALL, "--archive", tmp_path / "a", "--duration", "55m")
     assert ok.exit_code == 0
     bad = record("--replay", SMALL, "--archive", tmp_path / "b", "--duration", "soon")
-    assert bad.exit_code == 2 and "is not a duration" in bad.stderr
+    assert bad.exit_code == 2 and "invalid duration 'soon'" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["record", "tap"])
+def test_a_bare_number_is_no_duration(tmp_path, command):
+    """`--duration 30` is refused as `--older-than 30` is: one line naming the units."""
+    source = ["--replay", str(SMALL)] if command == "record" else ["--broker", "redis://x"]
+    out = ["--archive" if command == "record" else "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(cli, [command, *source, *out, "--duration", "30"])
+    assert result.exit_code == 2, result.output
+    assert "invalid duration '30' for --duration: use a number and a unit" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "a").exists()
 
 
 def test_max_tasks_bounds_the_state_not_the_archive(tmp_path, sample_events):

@@ -178,11 +178,11 @@ def test_stop_from_another_thread(tmp_path, small_events):
 
 
 def test_limit_and_duration_validation(tmp_path):
-    with pytest.raises(ArchiverError, match="^limit must"):
+    with pytest.raises(ArchiverError, match=r"^limit must"):
         Recorder(str(tmp_path), limit=0)
-    with pytest.raises(ArchiverError, match="^duration must"):
+    with pytest.raises(ArchiverError, match=r"^duration must"):
         Recorder(str(tmp_path), duration=0)
-    with pytest.raises(ArchiverError, match="^speed must"):
+    with pytest.raises(ArchiverError, match=r"^speed must"):
         Recorder(str(tmp_path)).replay([], speed=-1)
 
 
