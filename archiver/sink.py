@@ -268,6 +268,20 @@ class _Part:
 
 
 @dataclass
+class _Flush:
+    """The files of one flush, and which of its hours and tables failed."""
+
+    id: str
+    parts: list[_Part] = field(default_factory=list)
+    #: Hours not to rename (a file of theirs failed).
+    failed: set[int] = field(default_factory=set)
+    #: A table could not be prepared: nothing is renamed.
+    failed_all: bool = False
+    #: Tables of which a rename failed: their later files wait for the retry.
+    broken_tables: set[str] = field(default_factory=set)
+
+
+@dataclass
 class SinkStats:
     """Counters since the sink was created."""
 
@@ -441,76 +455,89 @@ class ParquetSink:
         table's later hours wait for the retry too.
         """
         self._flushes += 1
-        flush_id = f"{self.writer_id}-{self._flushes:06d}"
-        commit = self.commit_table
-        parts: list[_Part] = []
-        failed: set[int] = set()  # hours not to rename
-        failed_all = False  # a table could not be prepared: nothing is renamed
-        for name in sorted(taken, key=lambda n: n == commit):  # the commit table last
-            try:
-                table_parts = self._split(name, taken[name], flush_id, len(parts))
-            except Exception as exc:  # not an I/O error (those are handled): keep the rows
-                self._failed(exc, f"{name} rows (could not prepare them)")
-                logger.debug("Preparing %s rows failed", name, exc_info=True)
-                kept[name] = taken[name]
-                failed_all = True
-                continue
-            broken = False
-            for part in table_parts:
-                parts.append(part)
-                if broken or failed_all or part.bucket in failed:
-                    failed.add(part.bucket)
-                    continue
-                try:
-                    part.temp, part.size = write_temp(
-                        self.location,
-                        part.directory,
-                        part.name,
-                        part.rows,
-                        compression=self.compression,
-                        compression_level=self.compression_level,
-                        row_group_size=self.row_group_size,
-                    )
-                except Exception as exc:
-                    self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
-                    broken = True
-                    failed.add(part.bucket)
-        written: list[str] = []
-        broken_tables: set[str] = set()
-        for last in (False, True):
-            done = []
-            for part in parts:
-                if (part.table == commit) != last or not part.temp:
-                    continue
-                if part.temp != part.final:  # else on an object store: in place already
-                    if failed_all or part.bucket in failed or part.table in broken_tables:
-                        failed.add(part.bucket)  # its commit rows wait with it
-                        self._discard(part)
-                        continue
-                    error = self._rename(part)
-                    if error is not None:
-                        self._failed(error, f"{part.rows.num_rows} {part.table} rows")
-                        broken_tables.add(part.table)
-                        failed.add(part.bucket)
-                        for other in parts:  # its commit rows first, then it
-                            if other.bucket == part.bucket and other.table == commit:
-                                self._discard(other)
-                        self._discard(part)
-                        continue
-                done.append(part.final)
-                written.append(part.final)
-                self.stats.files.append(part.final)
-                self.stats.files_written += 1
-                self.stats.rows_written += part.rows.num_rows
-                self.stats.bytes_written += part.size
-            try:
-                self.location.sync_parents(done)
-            except OSError as exc:  # the files are in place; their directory may not be durable
-                self._failed(exc, f"(fsync) the directories of {len(done)} files")
-        for part in parts:
+        flush = _Flush(f"{self.writer_id}-{self._flushes:06d}")
+        for name in sorted(taken, key=lambda n: n == self.commit_table):  # commit table last
+            self._write_table(flush, name, taken[name], kept)
+        written = self._rename_parts(flush, last=False) + self._rename_parts(flush, last=True)
+        for part in flush.parts:
             if not part.temp:  # not written, held back, or its rename failed
                 kept.setdefault(part.table, []).extend(part.rows.to_batches())
         return written
+
+    def _write_table(
+        self,
+        flush: _Flush,
+        name: str,
+        batches: list[pa.RecordBatch],
+        kept: dict[str, list[pa.RecordBatch]],
+    ) -> None:
+        """Write one table's temporary files, one per hour, until one fails."""
+        try:
+            table_parts = self._split(name, batches, flush.id, len(flush.parts))
+        except Exception as exc:  # not an I/O error (those are handled): keep the rows
+            self._failed(exc, f"{name} rows (could not prepare them)")
+            logger.debug("Preparing %s rows failed", name, exc_info=True)
+            kept[name] = batches
+            flush.failed_all = True
+            return
+        broken = False
+        for part in table_parts:
+            flush.parts.append(part)
+            if broken or flush.failed_all or part.bucket in flush.failed:
+                flush.failed.add(part.bucket)
+                continue
+            try:
+                part.temp, part.size = write_temp(
+                    self.location,
+                    part.directory,
+                    part.name,
+                    part.rows,
+                    compression=self.compression,
+                    compression_level=self.compression_level,
+                    row_group_size=self.row_group_size,
+                )
+            except Exception as exc:
+                self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
+                broken = True
+                flush.failed.add(part.bucket)
+
+    def _rename_parts(self, flush: _Flush, *, last: bool) -> list[str]:
+        """Rename the written files of the other tables (``last`` False) or of the commit
+        table (True) into place, except those of failed hours; the paths in place."""
+        done: list[str] = []
+        for part in flush.parts:
+            if (part.table == self.commit_table) != last or not part.temp:
+                continue
+            if part.temp != part.final and not self._rename_part(flush, part):
+                continue
+            done.append(part.final)
+            self.stats.files.append(part.final)
+            self.stats.files_written += 1
+            self.stats.rows_written += part.rows.num_rows
+            self.stats.bytes_written += part.size
+        try:
+            self.location.sync_parents(done)
+        except OSError as exc:  # the files are in place; their directory may not be durable
+            self._failed(exc, f"(fsync) the directories of {len(done)} files")
+        return done
+
+    def _rename_part(self, flush: _Flush, part: _Part) -> bool:
+        """Rename one temporary file into place, unless its hour failed; whether it is."""
+        if flush.failed_all or part.bucket in flush.failed or part.table in flush.broken_tables:
+            flush.failed.add(part.bucket)  # its commit rows wait with it
+            self._discard(part)
+            return False
+        error = self._rename(part)
+        if error is None:
+            return True
+        self._failed(error, f"{part.rows.num_rows} {part.table} rows")
+        flush.broken_tables.add(part.table)
+        flush.failed.add(part.bucket)
+        for other in flush.parts:  # its commit rows first, then it
+            if other.bucket == part.bucket and other.table == self.commit_table:
+                self._discard(other)
+        self._discard(part)
+        return False
 
     def _rename(self, part: _Part) -> Exception | None:
         """Rename ``part`` into place; the error, unless it is in place anyway (another
