@@ -205,7 +205,7 @@ def read_events(
 
 
 def celery_app(broker: str | None = None, app: str | None = None) -> Any:
-    """A Celery app from ``--broker URL`` or ``-A module:app``."""
+    """A Celery app from a broker URL or an app named "module:app"."""
     try:
         from celery import Celery
         from celery.utils.imports import symbol_by_name
