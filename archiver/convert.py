@@ -518,7 +518,7 @@ class CeleryConverter:
                 self.values_nulled[f"{table}.{column}"] += nulled
 
     def worker_batch(
-        self, workers: list[tuple[Any, bool]], captured_at: float, snapshot_id: str
+        self, workers: list[WorkerRow], captured_at: float, snapshot_id: str
     ) -> pa.RecordBatch:
         """One row per ``(worker, alive)``."""
         n = len(workers)

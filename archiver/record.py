@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .camera import ForeignCamera, Polaroid, celery_camera_problem
+from .changes import Mode
+from .convert import RedactMode
 from .errors import ArchiverError
 from .maintenance.retention import Retention
 from .parquet_camera import ParquetCamera
@@ -146,7 +148,8 @@ def load_camera_class(spec: str) -> type:
             f"camera {spec!r} is not a camera: it {problem}; give an archiver.Polaroid, a "
             "celery.events.snapshot.Polaroid subclass or a class with Celery's camera constructor"
         )
-    return cls
+    camera: type = cls  # celery_camera_problem checked that it is a class
+    return camera
 
 
 def _where(exc: BaseException) -> str:
@@ -244,26 +247,46 @@ class Recorder:
         return self.finished()
 
     def _make_camera(self, timer: Any, clock: Callable[[], float] | None, app: Any) -> Any:
-        args = {"freq": self.freq, "maxrate": self.maxrate, "cleanup_freq": self.cleanup_freq}
-        native = isinstance(self.camera_cls, type) and issubclass(self.camera_cls, Polaroid)
+        """The camera of a run, on ``timer`` (None: its own) and ``clock`` (None: the wall's)."""
+        freq, maxrate, cleanup_freq = self.freq, self.maxrate, self.cleanup_freq
+        cls: Any = self.camera_cls
+        native = isinstance(cls, type) and issubclass(cls, Polaroid)
+        camera: Any
         try:
             if not native:  # a camera for `celery events --camera`: archiver's timer, always
                 camera = ForeignCamera(
-                    self.camera_cls,
+                    cls,
                     self.state,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
                     timer=Timer() if timer is None else timer,
                     app=app,
-                    **args,
                 )
-            elif issubclass(self.camera_cls, ParquetCamera):
+            elif issubclass(cls, ParquetCamera):
+                # camera_options: the ParquetCamera's own keywords, checked by it
                 extra = dict(self.camera_options)
                 if clock is not None:
                     extra["clock"] = clock
-                camera = self.camera_cls(
-                    self.state, self.archive, timer=timer, app=app, **args, **extra
+                camera = cls(
+                    self.state,
+                    self.archive,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
+                    timer=timer,
+                    app=app,
+                    **extra,
                 )
             else:
-                camera = self.camera_cls(self.state, timer=timer, app=app, **args)
+                camera = cls(
+                    self.state,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
+                    timer=timer,
+                    app=app,
+                )
         except (ValueError, TypeError) as exc:
             raise ArchiverError(f"cannot create the camera: {exc}") from exc
         except Exception as exc:  # a foreign camera's own constructor may raise anything
@@ -580,9 +603,9 @@ def record_events(
     maxrate: str | None = None,
     cleanup_freq: float = 3600.0,
     clear_after: bool = False,
-    mode: str = "changes",
+    mode: Mode = "changes",
     redact: str | Iterable[str] = (),
-    redact_mode: str = "null",
+    redact_mode: RedactMode = "null",
     redact_key: bytes | str | None = None,
     max_tasks: int = 10_000,
     flush_interval: float = 60.0,

@@ -8,11 +8,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from ..convert import REDACTABLE, redaction_gaps
+from ..changes import Mode
+from ..convert import REDACTABLE, RedactMode, redaction_gaps
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
 from ..record import record_events, tap_events
@@ -126,7 +128,9 @@ def lost_report(summary: Any) -> str:
 
 
 @contextlib.contextmanager
-def logging_to(loglevel: str, logfile: str | None, *, progress: bool = True):
+def logging_to(
+    loglevel: str, logfile: str | None, *, progress: bool = True
+) -> Iterator[logging.Handler]:
     """Log to stderr or ``logfile`` while the command runs; undone afterwards.
 
     Progress lines (when stderr is not a terminal) are let through whatever the level.
@@ -156,7 +160,7 @@ def logging_to(loglevel: str, logfile: str | None, *, progress: bool = True):
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: Any):
+def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``stop()`` (finish cleanly); a second one exits at once."""
     received: list[int] = []
 
@@ -275,30 +279,30 @@ def stop_on_signals(stop: Any):
 @click.option("-l", "--loglevel", default="WARNING", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def record(
-    broker,
-    app_name,
-    replay,
-    speed,
-    archive,
-    freq,
-    maxrate,
-    cleanup_freq,
-    clear_after,
-    camera_spec,
-    mode,
-    redact,
-    redact_mode,
-    redact_key_file,
-    max_tasks,
-    flush_interval,
-    retention,
-    duration,
-    limit,
-    pidfile,
-    logfile,
-    loglevel,
-    quiet,
-):
+    broker: str | None,
+    app_name: str | None,
+    replay: str | None,
+    speed: float,
+    archive: str,
+    freq: float,
+    maxrate: str | None,
+    cleanup_freq: float,
+    clear_after: bool,
+    camera_spec: str | None,
+    mode: Mode,
+    redact: str,
+    redact_mode: RedactMode,
+    redact_key_file: str | None,
+    max_tasks: int,
+    flush_interval: float,
+    retention: str | None,
+    duration: str | None,
+    limit: int | None,
+    pidfile: str | None,
+    logfile: str | None,
+    loglevel: str,
+    quiet: bool,
+) -> None:
     """Record snapshots of a Celery cluster into the archive.
 
     Events come from a live broker (--broker or -A) or a JSON-lines file
@@ -379,7 +383,9 @@ def record(
 )
 @click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 10m.")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
-def tap(broker, app_name, out, duration, limit):
+def tap(
+    broker: str | None, app_name: str | None, out: str, duration: str | None, limit: int | None
+) -> None:
     """Record the raw event stream to a JSON-lines file (for replays and bug reports).
 
     The file replays with `archiver record --replay FILE`. SIGINT/SIGTERM stop
