@@ -679,7 +679,7 @@ def test_record_events_needs_exactly_one_source(tmp_path):
     from archiver.record import record_events
 
     for sources in ({}, {"replay": str(SMALL), "broker": "redis://x"}):
-        with pytest.raises(ArchiverError, match="^give exactly one source: a replay file"):
+        with pytest.raises(ArchiverError, match=r"^give exactly one source: a replay file"):
             record_events(str(tmp_path), **sources)
     assert not (tmp_path / "tasks").exists()
 
