@@ -576,7 +576,7 @@ class ParquetSink:
             micros = micros[order.to_numpy()]
         buckets = micros // HOUR_US
         edges = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
-        parts = []
+        parts: list[_Part] = []
         for lo, hi in zip([0, *edges], [*edges, len(buckets)]):
             # One chunk (and one dictionary per column) instead of one per snapshot:
             # the Parquet writer is up to 1.5x faster on it (bench/bench_camera.py).
