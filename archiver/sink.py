@@ -182,9 +182,27 @@ def recover_flushes(
     if not location.atomic_rename:  # object stores: files are written under their final name
         return 0, 0
     try:
-        entries = location.fs.get_file_info(pafs.FileSelector(location.root, recursive=True))
+        temps, placed = _unfinished_flushes(location)
     except FileNotFoundError:
         return 0, 0
+    now = time.time()
+    renamed = deleted = 0
+    for flush, infos in sorted(temps.items()):
+        if any(i.mtime is not None and now - i.mtime.timestamp() < min_age for i in infos):
+            continue  # may still be in progress
+        if flush not in placed:
+            deleted += _roll_back(location, flush, infos)
+            continue
+        done, gone = _roll_forward(location, flush, infos, commit_table)
+        renamed, deleted = renamed + done, deleted + gone
+    return renamed, deleted
+
+
+def _unfinished_flushes(
+    location: Location,
+) -> tuple[dict[str, list[pafs.FileInfo]], set[str]]:
+    """The temporary files in the archive by flush id, and the flushes with a file in place."""
+    entries = location.fs.get_file_info(pafs.FileSelector(location.root, recursive=True))
     root = location.root.rstrip("/") + "/"
     temps: dict[str, list[pafs.FileInfo]] = {}
     placed: set[str] = set()
@@ -202,51 +220,58 @@ def recover_flushes(
             match = FLUSH_FILE.match(name)
             if match:
                 placed.add(match["flush"])
-    now = time.time()
+    return temps, placed
+
+
+def _roll_back(location: Location, flush: str, infos: list[pafs.FileInfo]) -> int:
+    """Delete the temporary files of a flush that put none in place; how many."""
+    for info in infos:
+        with contextlib.suppress(FileNotFoundError):
+            location.fs.delete_file(info.path)
+    location.sync_parents(i.path for i in infos)
+    logger.warning(
+        "Removed %d temporary files of flush %s, interrupted before any was in place",
+        len(infos),
+        flush,
+    )
+    return len(infos)
+
+
+def _roll_forward(
+    location: Location, flush: str, infos: list[pafs.FileInfo], commit_table: str
+) -> tuple[int, int]:
+    """Rename the rest of a flush of which a file is in place, the commit table last; a
+    damaged file is deleted, and so are the commit files of its partition. (renamed, deleted)"""
+    root = location.root.rstrip("/") + "/"
+    # table and partition of each file: <table>/<date=...>/<hour=...>/<name>
+    where = {i.path: i.path[len(root) :].split("/", 1) for i in infos}
+    bad: set[str] = set()  # partitions in which a non-commit file is damaged
     renamed = deleted = 0
-    for flush, infos in sorted(temps.items()):
-        if any(i.mtime is not None and now - i.mtime.timestamp() < min_age for i in infos):
-            continue  # may still be in progress
-        if flush not in placed:
-            for info in infos:
+    for last in (False, True):
+        done = []
+        for info in infos:
+            table, rest = where[info.path]
+            partition = rest.rsplit("/", 1)[0]
+            if (table == commit_table) != last:
+                continue
+            if (last and partition in bad) or not _is_valid_parquet(location, info.path):
+                logger.error(
+                    "Deleted %s of flush %s: it, or a file it commits, is damaged",
+                    info.path,
+                    flush,
+                )
                 with contextlib.suppress(FileNotFoundError):
                     location.fs.delete_file(info.path)
+                bad.add(partition)
                 deleted += 1
-            location.sync_parents(i.path for i in infos)
-            logger.warning(
-                "Removed %d temporary files of flush %s, interrupted before any was in place",
-                len(infos),
-                flush,
-            )
-            continue
-        # table and partition of each file: <table>/<date=...>/<hour=...>/<name>
-        where = {i.path: i.path[len(root) :].split("/", 1) for i in infos}
-        bad: set[str] = set()  # partitions in which a non-commit file is damaged
-        for last in (False, True):
-            done = []
-            for info in infos:
-                table, rest = where[info.path]
-                partition = rest.rsplit("/", 1)[0]
-                if (table == commit_table) != last:
-                    continue
-                if (last and partition in bad) or not _is_valid_parquet(location, info.path):
-                    logger.error(
-                        "Deleted %s of flush %s: it, or a file it commits, is damaged",
-                        info.path,
-                        flush,
-                    )
-                    with contextlib.suppress(FileNotFoundError):
-                        location.fs.delete_file(info.path)
-                    bad.add(partition)
-                    deleted += 1
-                    continue
-                final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
-                with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
-                    location.rename(info.path, final, sync=False)
-                done.append(final)
-                renamed += 1
-            location.sync_parents(done)
-        logger.warning("Finished flush %s interrupted by a crash: %d files", flush, len(infos))
+                continue
+            final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
+            with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
+                location.rename(info.path, final, sync=False)
+            done.append(final)
+            renamed += 1
+        location.sync_parents(done)
+    logger.warning("Finished flush %s interrupted by a crash: %d files", flush, len(infos))
     return renamed, deleted
 
 
