@@ -17,7 +17,7 @@ from ..changes import Mode
 from ..convert import REDACTABLE, RedactMode, redaction_gaps
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
-from ..record import record_events, tap_events
+from ..record import RecordSummary, record_events, tap_events
 from ..sources import BrokerUnavailable
 from ..timeparse import parse_duration as duration_of
 from .output import DEFAULT_ARCHIVE, PROGRESS_LOG, Progress, is_terminal
@@ -108,7 +108,7 @@ def flag_wording(message: str) -> str:
     return f"{FLAGS[name]}{sep}{rest}" if name in FLAGS else message
 
 
-def lost_report(summary: Any) -> str:
+def lost_report(summary: RecordSummary) -> str:
     """One line on what may be missing from the archive after a run."""
     parts = []
     rows = summary.rows_unwritten + summary.rows_dropped
