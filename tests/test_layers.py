@@ -27,6 +27,7 @@ LAYERS = {
     "archiver.layout": PURE,
     "archiver.rows": PURE,
     "archiver.state": PURE,
+    "archiver.changes": PURE,
     "archiver.convert": PURE,
     "archiver.timer": PURE,
     "archiver.replay_timer": PURE,

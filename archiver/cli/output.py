@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from click.decorators import FC
@@ -13,6 +15,9 @@ from click.decorators import FC
 from ..archive_path import check_archive_path
 from ..errors import ArchiverError, DamagedArchiveWarning
 from ..storage import redact_uri, resolve
+
+if TYPE_CHECKING:
+    from ..record import Recorder
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -97,3 +102,40 @@ def human_bytes(n: float) -> str:
 def is_terminal(stream: Any = None) -> bool:
     stream = stream or sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
+
+
+#: Progress lines when stderr is not a terminal: logged at INFO whatever --loglevel says.
+PROGRESS_LOG = logging.getLogger("archiver.progress")
+
+
+class Progress:
+    """Live one-line status on a terminal, else one log line per minute."""
+
+    def __init__(self, enabled: bool, tty: bool) -> None:
+        self.enabled, self.tty = enabled, tty
+        self.interval = 0.5 if tty else 60.0
+        self.last = time.monotonic()
+        self.last_events = 0
+        self.shown = False
+
+    def __call__(self, recorder: Recorder) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < self.interval:
+            return
+        rate = (recorder.events - self.last_events) / (now - self.last)
+        self.last, self.last_events = now, recorder.events
+        s = recorder.summary()
+        text = (
+            f"{rate:,.0f} events/s  events {s.events:,}  tasks {s.tasks:,}  "
+            f"snapshots {s.snapshots:,}  rows {s.rows:,}  files {s.files:,}"
+        )
+        if self.tty:
+            click.echo("\r" + click.style(text, fg="cyan") + "\x1b[K", nl=False, err=True)
+            self.shown = True
+        else:
+            PROGRESS_LOG.info(text)
+
+    def done(self) -> None:
+        """End the status line, if one was shown."""
+        if self.shown:
+            click.echo(err=True)
