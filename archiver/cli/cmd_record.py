@@ -17,6 +17,7 @@ from ..changes import Mode
 from ..convert import REDACTABLE, RedactMode, redaction_gaps
 from ..errors import ArchiverError
 from ..pidfile import Pidfile
+from ..ratelimit import parse_rate
 from ..record import RecordSummary, record_events, tap_events
 from ..sources import BrokerUnavailable
 from ..storage import redact_uri
@@ -101,6 +102,16 @@ FLAGS = {
     "speed": "--speed",
     "max_tasks": "--max-tasks",
 }
+
+
+def checked_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--maxrate`` is checked while parsing, so a bad rate is a usage error (exit 2)."""
+    if value is not None:
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def flag_wording(message: str) -> str:
@@ -200,7 +211,7 @@ def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
 @click.option("--replay", metavar="FILE", help="JSON-lines events file ('-' for stdin, .gz ok).")
 @click.option(
     "--speed",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Replay speed: 0 = as fast as possible, 1 = real time.",
@@ -216,7 +227,13 @@ def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
     show_default=True,
     help="Seconds between snapshots (as `celery events -F`).",
 )
-@click.option("-r", "--maxrate", default=None, help="Most snapshots allowed, e.g. 10/m.")
+@click.option(
+    "-r",
+    "--maxrate",
+    default=None,
+    callback=checked_rate,
+    help="Most snapshots allowed, e.g. 10/m.",
+)
 @click.option(
     "--cleanup-freq",
     type=float,
