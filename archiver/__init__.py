@@ -9,6 +9,7 @@ from .errors import (
     ArchiverError,
     DamagedArchiveWarning,
     DamagedFileError,
+    EmptyResultWarning,
     LockedError,
     NoArchiveError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "Converter",
     "DamagedArchiveWarning",
     "DamagedFileError",
+    "EmptyResultWarning",
     "ExpiryReport",
     "LockedError",
     "NoArchiveError",

@@ -1,0 +1,116 @@
+"""Writing a query's batches as CSV, JSON, newline-delimited JSON or Parquet, batch by batch.
+
+Each batch is written and dropped before the next is read, so an export's memory is
+bounded by a batch (:data:`archiver.query.BATCH_ROWS` rows), not by the result. The
+writers are pyarrow's (CSV, Parquet) and pandas' (JSON, which pyarrow does not write).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePath
+from typing import BinaryIO
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import ArchiverError
+from .query import Rows, to_pandas
+
+FORMATS = ("csv", "json", "ndjson", "parquet")
+#: The format an output file's name asks for.
+SUFFIXES = {
+    ".csv": "csv",
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".parquet": "parquet",
+}
+
+
+def format_of(path: str | None) -> str | None:
+    """The export format that ``path``'s extension names (``out.jsonl`` -> ndjson), or None."""
+    if not path or path == "-":
+        return None
+    return SUFFIXES.get(PurePath(path).suffix.lower())
+
+
+def write(rows: Rows, fmt: str, sink: BinaryIO) -> int:
+    """Write ``rows`` to the binary stream ``sink`` as ``fmt``; returns the number of rows.
+
+    CSV: a header line, times in ISO 8601 with a ``Z``, lists as JSON arrays.
+    JSON: one array of records; ndjson: one record per line; both keep non-ASCII text
+    and write times in ISO 8601. Parquet: zstd with page checksums, the Arrow types kept.
+    """
+    if fmt == "csv":
+        return _write_csv(rows, sink)
+    if fmt in ("json", "ndjson"):
+        return _write_json(rows, sink, lines=fmt == "ndjson")
+    if fmt == "parquet":
+        return _write_parquet(rows, sink)
+    raise ArchiverError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def _lists_as_json(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """List columns (a worker's ``loadavg``) as JSON text: CSV has no lists.
+
+    Written by hand because pyarrow has no list-to-JSON cast; only the workers table
+    has a list column, and it is small.
+    """
+    arrays = list(batch.columns)
+    fields = list(batch.schema)
+    for i, field in enumerate(fields):
+        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+            values = [None if v is None else json.dumps(v) for v in arrays[i].to_pylist()]
+            arrays[i] = pa.array(values, pa.string())
+            fields[i] = pa.field(field.name, pa.string())
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _write_csv(rows: Rows, sink: BinaryIO) -> int:
+    schema = _lists_as_json(pa.RecordBatch.from_pylist([], schema=rows.schema)).schema
+    count = 0
+    with pacsv.CSVWriter(sink, schema) as writer:
+        for batch in rows.batches:
+            writer.write_batch(_lists_as_json(batch))
+            count += batch.num_rows
+    return count
+
+
+def _write_json(rows: Rows, sink: BinaryIO, *, lines: bool) -> int:
+    count = 0
+    if not lines:
+        sink.write(b"[")
+    for batch in rows.batches:
+        if not batch.num_rows:
+            continue
+        frame = to_pandas(pa.Table.from_batches([batch]), owned=True)
+        text = frame.to_json(
+            orient="records",
+            lines=lines,
+            date_format="iso",
+            date_unit="us",
+            force_ascii=False,
+        )
+        if not lines:  # one array over all batches: drop each batch's brackets
+            text = ("," if count else "") + text[1:-1]
+        elif not text.endswith("\n"):
+            text += "\n"
+        sink.write(text.encode("utf-8"))
+        count += batch.num_rows
+    if not lines:
+        sink.write(b"]\n")
+    return count
+
+
+def _write_parquet(rows: Rows, sink: BinaryIO) -> int:
+    count = 0
+    with pq.ParquetWriter(sink, rows.schema, compression="zstd", write_page_checksum=True) as w:
+        for batch in rows.batches:
+            w.write_batch(batch)
+            count += batch.num_rows
+    return count
+
+
+__all__ = ["FORMATS", "SUFFIXES", "format_of", "write"]
