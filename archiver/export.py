@@ -12,6 +12,7 @@ from pathlib import PurePath
 from typing import BinaryIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -39,7 +40,7 @@ def format_of(path: str | None) -> str | None:
 def write(rows: Rows, fmt: str, sink: BinaryIO) -> int:
     """Write ``rows`` to the binary stream ``sink`` as ``fmt``; returns the number of rows.
 
-    CSV: a header line, times in ISO 8601 with a ``Z``, lists as JSON arrays.
+    CSV: a header line, times in ISO 8601 (UTC, ``Z``), lists as JSON arrays.
     JSON: one array of records; ndjson: one record per line; both keep non-ASCII text
     and write times in ISO 8601. Parquet: zstd with page checksums, the Arrow types kept.
     """
@@ -52,28 +53,37 @@ def write(rows: Rows, fmt: str, sink: BinaryIO) -> int:
     raise ArchiverError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
-def _lists_as_json(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """List columns (a worker's ``loadavg``) as JSON text: CSV has no lists.
+def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with the columns CSV cannot hold as they are turned into text.
 
-    Written by hand because pyarrow has no list-to-JSON cast; only the workers table
-    has a list column, and it is small.
+    Times: ISO 8601 in UTC with a ``Z`` (``2026-11-25T15:57:41.068105Z``), made from
+    the tz-naive cast, which is ~15x faster than pyarrow's own tz-aware formatting (the
+    bulk of an export's time otherwise). Lists (a worker's ``loadavg``): JSON arrays,
+    by hand since pyarrow has no list-to-JSON cast (only the small workers table has one).
     """
     arrays = list(batch.columns)
     fields = list(batch.schema)
     for i, field in enumerate(fields):
-        if pa.types.is_list(field.type) or pa.types.is_large_list(field.type):
+        type_ = field.type
+        if pa.types.is_timestamp(type_):
+            naive = arrays[i].cast(pa.timestamp(type_.unit)).cast(pa.string())
+            iso = pc.replace_substring(naive, " ", "T", max_replacements=1)
+            arrays[i] = pc.binary_join_element_wise(iso, "Z" if type_.tz else "", "")
+        elif pa.types.is_list(type_) or pa.types.is_large_list(type_):
             values = [None if v is None else json.dumps(v) for v in arrays[i].to_pylist()]
             arrays[i] = pa.array(values, pa.string())
-            fields[i] = pa.field(field.name, pa.string())
+        else:
+            continue
+        fields[i] = pa.field(field.name, pa.string())
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _write_csv(rows: Rows, sink: BinaryIO) -> int:
-    schema = _lists_as_json(pa.RecordBatch.from_pylist([], schema=rows.schema)).schema
+    schema = _csv_ready(pa.RecordBatch.from_pylist([], schema=rows.schema)).schema
     count = 0
     with pacsv.CSVWriter(sink, schema) as writer:
         for batch in rows.batches:
-            writer.write_batch(_lists_as_json(batch))
+            writer.write_batch(_csv_ready(batch))
             count += batch.num_rows
     return count
 
