@@ -2,12 +2,14 @@
 
 Each batch is written and dropped before the next is read, so an export's memory is
 bounded by a batch (:data:`archiver.query.BATCH_ROWS` rows), not by the result. The
-writers are pyarrow's (CSV, Parquet) and pandas' (JSON, which pyarrow does not write).
+writers are pyarrow's (CSV, Parquet) and the standard library's (JSON, which pyarrow
+does not write).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import PurePath
 from typing import BinaryIO
 
@@ -17,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import ArchiverError
-from .query import Rows, to_pandas
+from .query import Rows
 
 FORMATS = ("csv", "json", "ndjson", "parquet")
 #: The format an output file's name asks for.
@@ -88,25 +90,29 @@ def _write_csv(rows: Rows, sink: BinaryIO) -> int:
     return count
 
 
+def _json_value(value: object) -> str:
+    """Times as ISO 8601 in UTC with a ``Z``, to the microsecond (json's ``default=``)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
 def _write_json(rows: Rows, sink: BinaryIO, *, lines: bool) -> int:
+    # json.dumps per row, not pandas.to_json: that rounds floats to 10-15 digits, this
+    # writes each float's shortest exact form, so values read back are the ones stored.
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_value).encode
     count = 0
     if not lines:
         sink.write(b"[")
     for batch in rows.batches:
         if not batch.num_rows:
             continue
-        frame = to_pandas(pa.Table.from_batches([batch]), owned=True)
-        text = frame.to_json(
-            orient="records",
-            lines=lines,
-            date_format="iso",
-            date_unit="us",
-            force_ascii=False,
-        )
-        if not lines:  # one array over all batches: drop each batch's brackets
-            text = ("," if count else "") + text[1:-1]
-        elif not text.endswith("\n"):
-            text += "\n"
+        records = [encode(r) for r in batch.to_pylist()]
+        text = ("\n" if lines else ",\n").join(records)
+        text = text + "\n" if lines else (",\n" if count else "") + text
         sink.write(text.encode("utf-8"))
         count += batch.num_rows
     if not lines:

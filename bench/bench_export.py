@@ -44,8 +44,9 @@ proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess
 elapsed = time.perf_counter() - t0
 if proc.returncode:
     sys.exit(proc.stderr.decode(errors="replace"))
-peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"seconds": elapsed, "peak_mb": peak}))
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+cpu = usage.ru_utime + usage.ru_stime
+print(json.dumps({"seconds": elapsed, "cpu": cpu, "peak_mb": usage.ru_maxrss / 1024}))
 """
 
 _DUCKDB = """
@@ -57,14 +58,18 @@ con.execute(sql, [files])
 """
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall time and peak RSS (MiB) of ``cmd`` run under a fresh, small wrapper."""
+def measure(cmd: list[str], env: dict[str, str], cwd: str) -> dict[str, float]:
+    """Wall time, CPU time and peak RSS (MiB) of ``cmd`` run under a fresh, small wrapper.
+
+    ``cwd`` is outside any checkout: ``python -m`` puts it first on ``sys.path``.
+    """
     out = subprocess.run(
         [sys.executable, "-c", _WRAPPER, *cmd],
         check=True,
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
     ).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -102,24 +107,26 @@ def main() -> None:
             before = dict(os.environ, PYTHONPATH=str(Path(args.baseline_src).resolve()))
             cases["archiver csv (baseline)"] = ([sys.executable, *query], before)
         for cmd, case_env in cases.values():  # warm the page cache
-            measure(cmd, case_env)
+            measure(cmd, case_env, tmp)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in cases}
         for _ in range(args.repeat):
             for name, (cmd, case_env) in cases.items():  # alternate: noise hits all alike
-                results[name].append(measure(cmd, case_env))
+                results[name].append(measure(cmd, case_env, tmp))
 
-        def seconds(name: str) -> float:
-            return statistics.median(r["seconds"] for r in results[name])
+        def seconds(name: str, key: str = "seconds") -> float:
+            return statistics.median(r[key] for r in results[name])
 
         def peak(name: str) -> float:
             return max(r["peak_mb"] for r in results[name])
 
         print()
-        header = f"{'case':28} {'median s':>9} {'peak RSS MiB':>13}"
+        header = f"{'case':28} {'median s':>9} {'CPU s':>7} {'peak RSS MiB':>13}"
         print(header)
         print("-" * len(header))
         for name in cases:
-            print(f"{name:28} {seconds(name):>9.2f} {peak(name):>13.0f}")
+            print(
+                f"{name:28} {seconds(name):>9.2f} {seconds(name, 'cpu'):>7.2f} {peak(name):>13.0f}"
+            )
         ratio = seconds("archiver csv") / seconds("duckdb COPY csv")
         print()
         met = "met" if ratio <= 1.5 else "MISSED"
@@ -134,7 +141,10 @@ def main() -> None:
                 f"baseline / now time: {seconds(base) / seconds('archiver csv'):.1f}x, "
                 f"peak RSS {peak(base):.0f} -> {mb:.0f} MiB"
             )
-        print(f"(medians of {args.repeat} alternating warm runs, each a fresh process)")
+        print(
+            f"(medians of {args.repeat} alternating warm runs, each a fresh process; "
+            "CPU = user + sys)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -112,24 +112,25 @@ def write_table(rows: Rows, out: IO[str], width: int | None) -> int:
 @contextlib.contextmanager
 def _notes() -> Iterator[None]:
     """An empty answer's explanation as a ``Note:`` line on stderr (the exit code stays 0)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EmptyResultWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EmptyResultWarning)
             yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, EmptyResultWarning):
-                    click.echo(f"Note: {w.message}", err=True)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:  # outside the block, so that warnings passed on are not recorded again
+        for w in caught:
+            if issubclass(w.category, EmptyResultWarning):
+                click.echo(f"Note: {w.message}", err=True)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _write(rows: Rows, fmt: str, output: str | None) -> int:
     """Write ``rows`` to ``output`` (stdout for None or ``-``); a partial file is removed."""
     if output in (None, "-"):
         if fmt == "table":
-            return write_table(rows, click.get_text_stream("stdout"), terminal_width())
-        stream = click.get_binary_stream("stdout")
+            return write_table(rows, sys.stdout, terminal_width())
+        stream = sys.stdout.buffer
         count = write(rows, fmt, stream)
         stream.flush()
         return count
