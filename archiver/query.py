@@ -571,9 +571,10 @@ def explain_empty(archive: Archive, p: Plan, filters: Any = None) -> str:
         if not set(wanted) & set(known):
             shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
             return f"no value {values[0]!r} in column {column} (values: {shown or 'none'})"
+    where = "" if p.start is None and p.end is None else f" in the window {window}"
     if p.user_filter is None and not filters:
-        return f"no row of {p.table} in the window {window}"
-    return f"no row of {p.table} in the window {window} matches all the filters"
+        return f"no row of {p.table}{where}"
+    return f"no row of {p.table}{where} matches all the filters"
 
 
 def warn_empty(archive: Archive, p: Plan, filters: Any = None) -> None:

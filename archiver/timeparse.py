@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from datetime import date, datetime, timezone
@@ -112,11 +113,16 @@ def _refuse_ambiguous(text: str) -> None:
     first, sep, middle, last = match.groups()
     if sep == "-" and len(first) == 4 and len(last) <= 2:
         return  # ISO 8601: YYYY-MM-DD
-    year, month, day = (first, middle, last) if len(first) == 4 else (last, middle, first)
-    if len(year) == 2:
-        year = f"20{year}"
-    example = f"{year.zfill(4)}-{month.zfill(2)}-{day.zfill(2)}"
-    raise ArchiverError(f"ambiguous date {match.group(0)!r}: use ISO 8601, e.g. {example}")
+    if len(first) == 4:
+        readings = [(first, middle, last)]
+    else:
+        year = f"20{last}" if len(last) == 2 else last
+        readings = [(year, middle, first), (year, first, middle)]  # day first, month first
+    for year, month, day in readings:
+        with contextlib.suppress(ValueError):
+            example = date(int(year), int(month), int(day)).isoformat()
+            raise ArchiverError(f"ambiguous date {match.group(0)!r}: use ISO 8601, e.g. {example}")
+    # no reading is a date: left to the parser, which says "invalid time"
 
 
 def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
