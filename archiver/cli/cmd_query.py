@@ -135,10 +135,11 @@ def _write(rows: Rows, fmt: str, output: str | None) -> int:
         stream.flush()
         return count
     try:
-        with open(output, "w" if fmt == "table" else "wb") as f:
-            if fmt == "table":
-                return write_table(rows, f, None)
-            return write(rows, fmt, f)
+        if fmt == "table":
+            with open(output, "w", encoding="utf-8") as text:
+                return write_table(rows, text, None)
+        with open(output, "wb") as binary:
+            return write(rows, fmt, binary)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(output)
