@@ -548,7 +548,8 @@ def _equalities(filters: Any, schema: pa.Schema) -> list[tuple[str, list[Any]]]:
 def explain_empty(archive: Archive, p: Plan, filters: Any = None) -> str:
     """Why the read planned by ``p`` (with ``filters``) returns no rows, in one line."""
     if p.start is not None and p.end is not None and p.start >= p.end:
-        return f"start ({_when(p.start, '')}) is after end ({_when(p.end, '')})"
+        relation = "is after" if p.start > p.end else "equals"
+        return f"start ({_when(p.start, '')}) {relation} end ({_when(p.end, '')})"
     info = retrying(lambda: _describe_table(archive, p.table))
     window = f"{_when(p.start, 'the first row')}{DASH}{_when(p.end, 'now')}"
     if info.first is None or info.last is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -93,18 +94,24 @@ def write_table(rows: Rows, out: IO[str], width: int | None) -> int:
     headers = rows.schema.names
     batches = iter(rows.batches)
     first: list[list[str]] = []
+    rest: list[pa.RecordBatch] = []  # the part of the last batch read beyond the screenful
     for batch in batches:
-        first.extend(_cells(batch))
+        need = SCREENFUL - len(first)
+        first.extend(_cells(batch.slice(0, need)))
+        if batch.num_rows > need:
+            rest.append(batch.slice(need))
         if len(first) >= SCREENFUL:
             break
     widths = [min(w, MAX_CELL) for w in natural_widths(headers, first)]
     widths = fit_widths(widths, width)
     out.write("\n".join(table_lines(headers, first, widths)) + "\n")
+    out.flush()
     count = len(first)
-    for batch in batches:
-        lines = table_lines(headers, _cells(batch), widths)[2:]
-        out.write("\n".join(lines) + "\n")
-        count += batch.num_rows
+    for batch in itertools.chain(rest, batches):
+        if batch.num_rows:
+            lines = table_lines(headers, _cells(batch), widths)[2:]
+            out.write("\n".join(lines) + "\n")
+            count += batch.num_rows
     out.write(f"{count:,} row{'' if count == 1 else 's'}\n")
     return count
 
