@@ -9,7 +9,7 @@ does not write).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
 from pathlib import PurePath
 from typing import BinaryIO
 
@@ -55,13 +55,14 @@ def write(rows: Rows, fmt: str, sink: BinaryIO) -> int:
     raise ArchiverError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
-def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
+def _csv_ready(batch: pa.RecordBatch, *, lists: bool = True) -> pa.RecordBatch:
     """``batch`` with the columns CSV cannot hold as they are turned into text.
 
     Times: ISO 8601 in UTC with a ``Z`` (``2026-11-25T15:57:41.068105Z``), made from
     the tz-naive cast, which is ~15x faster than pyarrow's own tz-aware formatting (the
-    bulk of an export's time otherwise). Lists (a worker's ``loadavg``): JSON arrays,
-    by hand since pyarrow has no list-to-JSON cast (only the small workers table has one).
+    bulk of an export's time otherwise). Lists (a worker's ``loadavg``; with ``lists``):
+    JSON arrays, by hand since pyarrow has no list-to-JSON cast (only the small workers
+    table has one).
     """
     arrays = list(batch.columns)
     fields = list(batch.schema)
@@ -71,7 +72,7 @@ def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
             naive = arrays[i].cast(pa.timestamp(type_.unit)).cast(pa.string())
             iso = pc.replace_substring(naive, " ", "T", max_replacements=1)
             arrays[i] = pc.binary_join_element_wise(iso, "Z" if type_.tz else "", "")
-        elif pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        elif lists and (pa.types.is_list(type_) or pa.types.is_large_list(type_)):
             values = [None if v is None else json.dumps(v) for v in arrays[i].to_pylist()]
             arrays[i] = pa.array(values, pa.string())
         else:
@@ -90,27 +91,27 @@ def _write_csv(rows: Rows, sink: BinaryIO) -> int:
     return count
 
 
-def _json_value(value: object) -> str:
-    """Times as ISO 8601 in UTC with a ``Z``, to the microsecond (json's ``default=``)."""
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+#: Rows turned into Python objects at a time by the JSON writers.
+JSON_ROWS = 8192
+
+
+def _slices(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for offset in range(0, batch.num_rows, size):
+            yield batch.slice(offset, size)
 
 
 def _write_json(rows: Rows, sink: BinaryIO, *, lines: bool) -> int:
     # json.dumps per row, not pandas.to_json: that rounds floats to 10-15 digits, this
     # writes each float's shortest exact form, so values read back are the ones stored.
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_json_value).encode
+    # Times are turned into text by Arrow first (as for CSV), which is faster than
+    # formatting Python datetimes; slices of JSON_ROWS bound the Python objects alive.
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     count = 0
     if not lines:
         sink.write(b"[")
-    for batch in rows.batches:
-        if not batch.num_rows:
-            continue
-        records = [encode(r) for r in batch.to_pylist()]
+    for batch in _slices(rows.batches, JSON_ROWS):
+        records = [encode(r) for r in _csv_ready(batch, lists=False).to_pylist()]
         text = ("\n" if lines else ",\n").join(records)
         text = text + "\n" if lines else (",\n" if count else "") + text
         sink.write(text.encode("utf-8"))
