@@ -48,6 +48,7 @@ LAYERS = {
     "archiver.archive": READ,
     # 4. operations: query, check, cleanup, recording
     "archiver.query": OPERATIONS,
+    "archiver.export": OPERATIONS,
     "archiver.check": OPERATIONS,
     "archiver.maintenance": OPERATIONS,
     "archiver.maintenance.lock": OPERATIONS,
