@@ -9,7 +9,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import click
@@ -236,26 +236,34 @@ def query_command(
         archiver query workers --latest --until 2026-11-25T15:58 --columns hostname,alive
         archiver query tasks --where "runtime>=0.25" --output slow.parquet
     """
-    fmt = fmt or format_of(output) or "table"
-    if fmt == "parquet" and output in (None, "-"):
-        raise click.ClickException("--format parquet needs --output FILE")
     if limit is not None and tail is not None:
         raise click.ClickException(
             "--limit (the oldest rows) and --tail (the newest) exclude each other"
         )
     store = Archive(archive, on_bad_file="raise" if strict else "warn")
-    cols = _columns(columns, table, fmt)
-
-    def run() -> int:
-        rows = scan(
+    cols = _columns(columns, table, fmt or format_of(output) or "table")
+    write_rows(
+        lambda: scan(
             store, table, start=since, end=until, columns=cols, filters=list(where),
             latest_rows=only_latest, limit=limit, tail=tail,
-        )  # fmt: skip
-        return _write(rows, fmt, output)
+        ),
+        fmt,
+        output,
+    )  # fmt: skip
 
+
+def write_rows(answer: Callable[[], Rows], fmt: str | None, output: str | None) -> None:
+    """Write the (lazy) rows ``answer()`` gives in ``fmt`` (default: from ``output``'s
+    extension, else table).
+
+    Empty answers are explained on stderr; a closed pipe stops quietly.
+    """
+    fmt = fmt or format_of(output) or "table"
+    if fmt == "parquet" and output in (None, "-"):
+        raise click.ClickException("--format parquet needs --output FILE")
     try:
         with _notes():
-            count = run_library_call(run)
+            count = run_library_call(lambda: _write(answer(), fmt, output))
     except BrokenPipeError:
         _quiet_broken_pipe()
         return
