@@ -248,8 +248,9 @@ class Archive:
         """
         self.require()
         for attempt in range(1, READ_RETRIES + 1):
-            con = self.duckdb()
+            con = None
             try:
+                con = self.duckdb()  # lists and opens the files: a cleanup may delete one
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
             except Exception as exc:  # duckdb.Error has no common OSError base
@@ -258,7 +259,8 @@ class Archive:
                     continue
                 raise ArchiverError(f"SQL failed: {one_line(exc)}") from exc
             finally:
-                con.close()
+                if con is not None:
+                    con.close()
         raise AssertionError("unreachable")
 
     # -- reading ------------------------------------------------------------

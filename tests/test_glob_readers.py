@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 import shutil
 import subprocess
@@ -18,7 +20,6 @@ from click.testing import CliRunner
 
 import archiver
 from archiver.cli import cli
-from archiver.cli.cmd_files import run_sql
 from archiver.layout import JOURNAL
 from archiver.maintenance import recovery
 from archiver.maintenance.compaction import compact_locked
@@ -144,9 +145,7 @@ def exact_counts(path: Path) -> dict[str, tuple[int, int]]:
     arch = archiver.Archive(path)
     out = {}
     for table, key in KEYS.items():
-        result = run_sql(
-            arch, f"SELECT count(*), count(DISTINCT ({key}, snapshot_id)) FROM {table}"
-        )
+        result = arch.sql(f"SELECT count(*), count(DISTINCT ({key}, snapshot_id)) FROM {table}")
         out[table] = tuple(result.to_pylist()[0].values())
     return out
 
@@ -204,7 +203,8 @@ def test_cli_files_and_sql(path):
         cli, ["sql", "SELECT count(*) AS n FROM tasks", "--archive", str(path), "--format", "csv"]
     )
     assert result.exit_code == 0
-    assert result.output == f"n\n{len(archiver.Archive(path).load('tasks'))}\n"
+    rows = list(csv.reader(io.StringIO(result.output)))
+    assert rows == [["n"], [str(len(archiver.Archive(path).load("tasks")))]]
     bad = runner.invoke(cli, ["sql", "SELECT nope FROM tasks", "--archive", str(path)])
     assert bad.exit_code == 1 and bad.output.startswith("Error: SQL failed: ")
     assert "Traceback" not in bad.output
