@@ -13,7 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -105,7 +105,7 @@ class Archive:
         return self.location.fs
 
     def exists(self) -> bool:
-        return self.fs.get_file_info(self.location.root).type == pafs.FileType.Directory
+        return bool(self.fs.get_file_info(self.location.root).type == pafs.FileType.Directory)
 
     # -- listing ------------------------------------------------------------
     def tables(self) -> list[str]:
@@ -297,7 +297,7 @@ class Archive:
 
 def _check_on_bad_file(value: Any) -> OnBadFile:
     if value in ("warn", "raise") or callable(value):
-        return value
+        return cast(OnBadFile, value)
     raise ArchiverError(f"invalid on_bad_file {value!r}: use 'warn', 'raise' or a callable")
 
 
