@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import pandas as pd
+import pyarrow as pa
 
 from . import archive as _archive
 from .archive import OnBadFile
 from .check import check
 from .maintenance import compact, expire
 from .query import Engine, history, latest, load_table
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 
 class Archive(_archive.Archive):
@@ -38,6 +44,67 @@ class Archive(_archive.Archive):
     expire = expire
 
 
+# ``engine`` decides the type of the result, as for :func:`archiver.query.load_table`.
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["dask"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> dd.DataFrame: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Engine,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
+
+
 def load(
     path_or_uri: str | os.PathLike[str],
     table: str = "tasks",
@@ -49,7 +116,7 @@ def load(
     engine: Engine = "pandas",
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Load ``table`` of the archive at ``path_or_uri`` (see :func:`archiver.query.load_table`)."""
     return load_table(
         Archive(path_or_uri),

@@ -260,7 +260,7 @@ class Archive:
         paths: list[str],
         partitions: list[Partition] | None,
         columns: list[str] | None,
-        filter: Any,
+        filter: ds.Expression | None,
     ) -> pa.Table:
         """Read file by file, reporting and skipping the ones that fail.
 
@@ -301,7 +301,9 @@ def _check_on_bad_file(value: Any) -> OnBadFile:
     raise ArchiverError(f"invalid on_bad_file {value!r}: use 'warn', 'raise' or a callable")
 
 
-def _filter_works(dataset: ds.Dataset, columns: list[str] | None, filter: Any) -> bool:
+def _filter_works(
+    dataset: ds.Dataset, columns: list[str] | None, filter: ds.Expression | None
+) -> bool:
     """Whether ``columns``/``filter`` apply to the schema (else the error is the caller's)."""
     try:
         dataset.schema.empty_table().filter(filter if filter is not None else ds.scalar(True))

@@ -219,26 +219,30 @@ class ForeignCamera:
 
     def __init__(
         self,
-        cls: Any,
-        state: Any,
+        cls: Callable[..., Any],
+        state: SnapshotState,
         *,
         freq: float,
         maxrate: str | float | None,
         cleanup_freq: float,
-        timer: Any,
+        timer: CameraTimer,
         app: Any,
     ) -> None:
-        kwargs = {"freq": freq, "maxrate": maxrate, "timer": timer, "app": app}
         if accepts_argument(cls, "cleanup_freq"):
-            kwargs["cleanup_freq"] = cleanup_freq
-        self.camera = camera = cls(state, **kwargs)
+            camera = cls(
+                state, freq=freq, maxrate=maxrate, cleanup_freq=cleanup_freq, timer=timer, app=app
+            )
+        else:
+            camera = cls(state, freq=freq, maxrate=maxrate, timer=timer, app=app)
+        #: The foreign camera: an object of a class archiver does not know.
+        self.camera: Any = camera
         if getattr(camera, "timer", None) is not timer:
             camera.timer = timer
         self.snapshots_taken = 0
         on_shutter = getattr(camera, "on_shutter", None)
         if callable(on_shutter):
 
-            def counted(state: Any) -> Any:
+            def counted(state: SnapshotState) -> Any:
                 result = on_shutter(state)
                 self.snapshots_taken += 1
                 return result
@@ -246,8 +250,9 @@ class ForeignCamera:
             camera.on_shutter = counted
 
     @property
-    def timer(self) -> Any:
-        return self.camera.timer
+    def timer(self) -> CameraTimer:
+        timer: CameraTimer = self.camera.timer
+        return timer
 
     @property
     def maxrate(self) -> Any:

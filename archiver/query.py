@@ -21,7 +21,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,9 @@ from .listing import Rescan, all_facts, is_missing_file, retrying
 from .rows import latest_positions
 from .schema import ENTITY_KEYS, PARTITION_SCHEMA
 from .timeparse import parse_time, to_micros
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 Engine = Literal["pandas", "arrow", "dask"]
 ENGINES = ("pandas", "arrow", "dask")
@@ -355,6 +358,67 @@ def _engine(engine: str) -> str:
     return engine
 
 
+# ``engine`` decides the type of the result.
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["dask"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> dd.DataFrame: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Engine,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
+
+
 def load_table(
     archive: Archive,
     table: str = "tasks",
@@ -366,7 +430,7 @@ def load_table(
     engine: Engine = "pandas",
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Every row of ``table`` captured in ``[start, end)``, as a DataFrame.
 
     Args:
@@ -514,6 +578,52 @@ def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
     return _in_time_order(k, positions, _gather(archive, k, positions, p.columns))
 
 
+# ``engine`` decides the type of the result.
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Engine,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table: ...
+
+
 def latest(
     archive: Archive,
     table: str = "tasks",
@@ -525,7 +635,7 @@ def latest(
     engine: Engine = "pandas",
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table:
     """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
 
     The cluster as it was at ``as_of`` (inclusive; default: the newest snapshot).
@@ -563,6 +673,49 @@ def latest(
     return result if engine == "arrow" else to_pandas(result, owned=True)
 
 
+# ``engine`` decides the type of the result.
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Literal["pandas"] = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Literal["arrow"],
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Engine,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table: ...
+
+
 def history(
     archive: Archive,
     uuid: str,
@@ -573,7 +726,7 @@ def history(
     columns: Sequence[str] | None = None,
     engine: Engine = "pandas",
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table:
     """Every recorded version of one task, oldest first.
 
     With ``table="workers"``, of one worker (``uuid`` is then its hostname); the

@@ -1441,16 +1441,31 @@ def report(
     *,
     output: str | os.PathLike[str] | None = None,
     title: str | None = None,
-    **kwargs: Any,
+    name: str | None = None,
+    top: int = 8,
+    percentiles: Sequence[float] = (0.5, 0.9, 0.99),
+    freq: str | None = None,
+    slowest: int = 10,
+    concurrency: int | dict[str, int] | None = None,
 ) -> str:
     """The HTML report of ``[start, end)``; written to ``output`` too when given.
 
-    Takes :func:`gather`'s keyword arguments (``name``, ``top``, ``percentiles``,
-    ``freq``, ``slowest``, ``concurrency``). Also callable as ``archiver.report(...)``.
+    The other arguments are :func:`gather`'s. Also callable as ``archiver.report(...)``.
     """
     if output is not None and not os.path.isdir(os.path.dirname(os.fspath(output)) or "."):
         raise ArchiverError(f"cannot write the report to {output}: no such directory")
-    page = render_html(gather(archive, start, end, **kwargs), title=title)
+    data = gather(
+        archive,
+        start,
+        end,
+        name=name,
+        top=top,
+        percentiles=percentiles,
+        freq=freq,
+        slowest=slowest,
+        concurrency=concurrency,
+    )
+    page = render_html(data, title=title)
     if output is not None:
         tmp = f"{os.fspath(output)}.tmp"
         try:

@@ -30,12 +30,13 @@ import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, overload
 
 logger = logging.getLogger(__name__)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_T = TypeVar("_T")
 
 PENDING, RECEIVED, STARTED, SUCCESS = "PENDING", "RECEIVED", "STARTED", "SUCCESS"
 FAILURE, REVOKED, REJECTED, RETRY = "FAILURE", "REVOKED", "REJECTED", "RETRY"
@@ -134,7 +135,11 @@ class LRU(OrderedDict[_K, _V]):
     def get(self, key: _K, default: Any = None) -> Any:
         return OrderedDict.get(self, key, default)
 
-    def peek(self, key: _K, default: Any = None) -> Any:
+    @overload
+    def peek(self, key: _K) -> _V | None: ...
+    @overload
+    def peek(self, key: _K, default: _V | _T) -> _V | _T: ...
+    def peek(self, key: _K, default: object = None) -> object:
         """Read without reordering."""
         return OrderedDict.get(self, key, default)
 
@@ -285,12 +290,34 @@ def _warn_drift(hostname: str | None, drift: int) -> None:
 class Task:
     """A task as seen through its events."""
 
-    name = received = sent = started = succeeded = failed = retried = None
-    revoked = rejected = args = kwargs = eta = expires = retries = None
-    worker = result = exception = timestamp = runtime = traceback = None
-    exchange = routing_key = root_id = parent_id = client = None
-    state = PENDING
-    clock = 0
+    # Fields merged from events, whose values are not checked: any type (hence Any).
+    name: Any = None
+    received: Any = None
+    sent: Any = None
+    started: Any = None
+    succeeded: Any = None
+    failed: Any = None
+    retried: Any = None
+    revoked: Any = None
+    rejected: Any = None
+    args: Any = None
+    kwargs: Any = None
+    eta: Any = None
+    expires: Any = None
+    retries: Any = None
+    result: Any = None
+    exception: Any = None
+    timestamp: Any = None
+    runtime: Any = None
+    traceback: Any = None
+    exchange: Any = None
+    routing_key: Any = None
+    root_id: Any = None
+    parent_id: Any = None
+    client: Any = None
+    worker: Worker | None = None
+    state: str = PENDING
+    clock: int = 0
 
     _fields = (
         "uuid",
@@ -359,7 +386,7 @@ class Task:
         self.cluster_state = cluster_state
         tasks = cluster_state.tasks if cluster_state is not None else None
         self.children: weakref.WeakSet[Task] = weakref.WeakSet(
-            () if tasks is None else (tasks.peek(i) for i in children or () if i in tasks)
+            () if tasks is None else (t for i in children or () if (t := tasks.peek(i)) is not None)
         )
         if kwargs:
             self.__dict__.update(kwargs)
@@ -785,7 +812,7 @@ class State:
         tasks = self.tasks
         task = tasks.peek(uuid)
         created = task is None
-        if created:
+        if task is None:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
             task._heap_id = self._heap_seq + 1  # the seq of its first entry, just below
             self.tasks_created += 1
