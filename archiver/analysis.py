@@ -127,17 +127,19 @@ def _group_key(df: pd.DataFrame, by: str | None) -> pd.Series:
 
 
 def _seconds(delta: pd.Series) -> pd.Series:
-    return delta.dt.total_seconds().astype("float64")
+    seconds: pd.Series = delta.dt.total_seconds().astype("float64")
+    return seconds
 
 
 def _utc(series: pd.Series) -> pd.Series:
-    return pd.to_datetime(series, utc=True)
+    utc: pd.Series = pd.to_datetime(series, utc=True)
+    return utc
 
 
 def _intervals(first: pd.Timestamp, last: pd.Timestamp, freq: str) -> int:
     """How many intervals of ``freq`` from ``first`` to ``last`` (0 for calendar offsets)."""
     try:
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
+        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))  # type: ignore[arg-type]
     except (ValueError, TypeError):  # a month or a year: not a fixed length
         return 0
     return int((last - first) // step) + 1 if step > pd.Timedelta(0) else 0
@@ -401,7 +403,8 @@ def _busy_integral(starts: np.ndarray, ends: np.ndarray, edges: np.ndarray) -> n
         points = np.sort(points)
         cum = np.concatenate([[0.0], np.cumsum(points)])
         k = np.searchsorted(points, t, side="left")
-        return k * t - cum[k]
+        area: np.ndarray = k * t - cum[k]
+        return area
 
     total = integral(starts, edges) - integral(ends, edges)
     return np.diff(total)
@@ -442,6 +445,7 @@ def worker_utilisation(
     if "runtime" in tasks.columns:
         by_runtime = started + pd.to_timedelta(tasks["runtime"].astype("float64"), unit="s")
         end = end.where(end.notna(), by_runtime)
+    cutoff: Any  # a Timestamp, or NaT (the max of nothing)
     if until is not None:
         from .timeparse import parse_time
 

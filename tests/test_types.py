@@ -102,6 +102,6 @@ def test_the_camera_takes_a_state_by_its_protocol(mypy_says: dict[str, list[str]
 def test_state_annotations_name_its_classes(mypy_says: dict[str, list[str]]) -> None:
     """``State.Worker``/``State.Task`` do not hide the classes from the state's annotations."""
     assert revealed(mypy_says["state_take"]) == (
-        "tuple[builtins.list[archiver.state.Task], builtins.list[archiver.state.Worker]]"
+        "tuple[list[archiver.state.Task], list[archiver.state.Worker]]"
     )
-    assert revealed(mypy_says["state_worker"]) == "Any"  # peek(key, default): any default
+    assert revealed(mypy_says["state_worker"]) == "archiver.state.Worker | None"
