@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test lint format bench clean redis chromium
+.PHONY: demo test lint format bench clean redis chromium notebook
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,15 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/archiver info --archive data/archive
 	@echo; echo "Tasks whose last state is FAILURE (first 5):"
 	$(VENV)/bin/archiver query tasks --archive data/archive --latest --where state=FAILURE --columns uuid,name,worker,exception --limit 5
+
+# Jupyter on the analysis notebook, in the project's .venv, on the demo archive.
+$(VENV)/.installed-notebook: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[notebook]'
+	touch $@
+
+notebook: $(VENV)/.installed-notebook
+	@[ -d data/archive/tasks ] || $(MAKE) demo
+	$(VENV)/bin/jupyter lab notebooks/analysis.ipynb
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get install -y -q redis-server || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }; }
