@@ -395,7 +395,10 @@ class ParquetSink:
             now = self.clock()
             if now < self._retry_at:
                 return False
-            return self._rows >= self.flush_rows or now - self._oldest >= self.flush_interval
+            oldest = self._oldest  # set while rows are buffered
+            return self._rows >= self.flush_rows or (
+                oldest is not None and now - oldest >= self.flush_interval
+            )
 
     def flush(self) -> list[str]:
         """Write every buffered row; returns the paths written. Never raises on I/O errors."""
@@ -549,7 +552,7 @@ class ParquetSink:
             micros = micros[order.to_numpy()]
         buckets = micros // HOUR_US
         edges = (np.flatnonzero(np.diff(buckets)) + 1).tolist()
-        parts = []
+        parts: list[_Part] = []
         for lo, hi in zip([0, *edges], [*edges, len(buckets)]):
             # One chunk (and one dictionary per column) instead of one per snapshot:
             # the Parquet writer is up to 1.5x faster on it (bench/bench_camera.py).
