@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -188,10 +188,10 @@ def _float_list(value: Any) -> list[float] | None:
     if not isinstance(value, (list, tuple)):
         return None
     try:
-        floats = [None if type(x) is bool else float(x) for x in value]
+        floats: list[Any] = [None if type(x) is bool else float(x) for x in value]
     except (TypeError, ValueError, OverflowError):
         return None
-    return None if None in floats else cast("list[float]", floats)
+    return None if None in floats else floats
 
 
 def _alive(worker: Any, now: float) -> bool | None:
