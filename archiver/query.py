@@ -299,10 +299,13 @@ def plan(
     return Plan(table, schema, parts, wanted, expr, t0, t1, user, filter_columns)
 
 
-def _fragment_table(archive: Archive, fragment: ds.ParquetFileFragment, **kwargs: Any) -> pa.Table:
-    """``fragment.to_table(**kwargs)``; a damaged file is reported and the read planned again."""
+def _fragment_table(
+    archive: Archive, fragment: ds.ParquetFileFragment, *, schema: pa.Schema, columns: list[str]
+) -> pa.Table:
+    """``columns`` of ``fragment``; a damaged file is reported and the read planned again."""
     try:
-        return fragment.to_table(**kwargs)  # no filter: an error here is the file's
+        # no filter: an error here is the file's
+        return fragment.to_table(schema=schema, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         if is_missing_file(exc):
             raise
