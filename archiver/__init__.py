@@ -8,11 +8,13 @@ from .camera import Polaroid
 from .check import CheckReport
 from .convert import CeleryConverter, Converter
 from .errors import (
+    ArchiveNotFound,
     ArchiverError,
     DamagedArchiveWarning,
     DamagedFileError,
     LockedError,
     NoArchiveError,
+    NotAnArchiveError,
 )
 from .maintenance import CompactionReport, ExpiryReport, Retention
 from .parquet_camera import ParquetCamera
@@ -32,6 +34,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Archive",
+    "ArchiveNotFound",
     "ArchiverError",
     "CeleryConverter",
     "CheckReport",
@@ -42,6 +45,7 @@ __all__ = [
     "ExpiryReport",
     "LockedError",
     "NoArchiveError",
+    "NotAnArchiveError",
     "ParquetCamera",
     "Polaroid",
     "Retention",

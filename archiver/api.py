@@ -18,7 +18,7 @@ import pyarrow as pa
 from . import archive as _archive
 from .archive import OnBadFile
 from .check import check
-from .maintenance import compact, expire
+from .maintenance import cleanup, compact, expire
 from .query import Engine, history, latest, load_table
 
 if TYPE_CHECKING:
@@ -36,12 +36,40 @@ class Archive(_archive.Archive):
             ``handler(path, reason)``.
     """
 
-    load = load_table
+    def load(
+        self,
+        table: str = "tasks",
+        *,
+        start: Any = None,
+        end: Any = None,
+        columns: Sequence[str] | None = None,
+        filters: Any = None,
+        engine: Engine = "pandas",
+        limit: int | None = None,
+        on_bad_file: OnBadFile | None = None,
+    ) -> Any:
+        """Load ``table`` (see :func:`archiver.query.load_table`).
+
+        Written out, not ``load = load_table``: a mistyped keyword then names ``load()``.
+        """
+        return load_table(
+            self,
+            table,
+            start=start,
+            end=end,
+            columns=columns,
+            filters=filters,
+            engine=engine,
+            limit=limit,
+            on_bad_file=on_bad_file,
+        )
+
     latest = latest
     history = history
     check = check
     compact = compact
     expire = expire
+    cleanup = cleanup
 
 
 # ``engine`` decides the type of the result, as for :func:`archiver.query.load_table`.

@@ -20,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .archive_path import check_archive_path
 from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
 from .layout import COMPACT_MARK, Partition, is_hidden
 from .listing import (
@@ -62,6 +63,7 @@ class Archive:
         self.location = resolve(path_or_uri, filesystem)
         self.uri = self.location.uri
         self.on_bad_file = _check_on_bad_file(on_bad_file)
+        self._checked = False
 
     @classmethod
     def at(cls, location: Location) -> Archive:
@@ -116,12 +118,17 @@ class Archive:
         names = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
         return sorted(n for n in names if not is_hidden(n))
 
-    def require(self) -> None:
-        """Raise NoArchiveError if the archive does not exist."""
-        if not self.exists():
-            raise NoArchiveError(
-                f"no archive at {self.uri}: record one with `archiver record --archive {self.uri}`"
-            )
+    def require(self, *, write: bool = False) -> None:
+        """Raise unless the path is an archive (``write``: that can be written).
+
+        :class:`~archiver.errors.ArchiveNotFound` (also a ``FileNotFoundError``) if
+        nothing is there, :class:`~archiver.errors.NotAnArchiveError` naming the mistake
+        for a file, a table, a partition, an archive's parent, another folder or (with
+        ``write``) a place that cannot be written; see :mod:`archiver.archive_path`.
+        """
+        if write or not self._checked:
+            check_archive_path(self.location, write=write)
+            self._checked = True  # an archive stays one: checked once per handle
 
     def require_table(self, table: str) -> None:
         """Raise NoArchiveError if ``table`` is not in the archive."""

@@ -78,7 +78,7 @@ def check(archive: Archive, *, quarantine: bool = False, lock_timeout: float = 1
             the maintenance lock, so no compaction or expiry runs meanwhile).
         lock_timeout: seconds to wait for another cleanup when quarantining.
     """
-    archive.require()
+    archive.require(write=quarantine)
     with lock_unless(not quarantine, archive.location, timeout=lock_timeout, purpose="check"):
         return _check(archive, quarantine=quarantine)
 

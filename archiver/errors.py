@@ -9,6 +9,14 @@ class NoArchiveError(ArchiverError):
     """The archive or table does not exist."""
 
 
+class ArchiveNotFound(NoArchiveError, FileNotFoundError):
+    """Nothing is at the archive's path (also a :class:`FileNotFoundError`)."""
+
+
+class NotAnArchiveError(ArchiverError):
+    """The archive's path is a file, a table, an archive's parent or cannot be written."""
+
+
 class LockedError(ArchiverError):
     """Another process holds the archive's maintenance lock."""
 

@@ -87,10 +87,19 @@ class TestCompactCommand:
         """--table, --keep latest and --before pick what is compacted and how."""
         before = frame(arch, "tasks")
         cut = hour_start(arch, 1).isoformat()
-        result = invoke(
+        args = [
             "compact", "--archive", arch.uri, "--table", "tasks", "--keep", "latest",
             "--before", cut, "--target-size", "64MiB",
-        )  # fmt: skip
+        ]  # fmt: skip
+        files = listing(Path(arch.uri))
+        plan = invoke(*args)  # --keep latest deletes rows: only the plan without --yes
+        assert plan.exit_code == 0, plan.output
+        assert plan.output.splitlines()[-2:] == [
+            "Dry run: would compact 1 hours, 15 files into at most 1 (4070 rows, 806.8 KiB).",
+            "Nothing was changed: pass --yes to apply.",
+        ]
+        assert listing(Path(arch.uri)) == files
+        result = invoke(*args, "--yes")
         assert result.exit_code == 0, result.output
         assert "Compacted 1 hours: 15 -> 1 files" in result.output
         counts = visible_counts(arch)
@@ -129,10 +138,7 @@ class TestCompactCommand:
             "invalid size 'big': use bytes or a unit, such as 128MiB",
         )
         missing = tmp_path / "missing"
-        assert_error(
-            invoke("compact", "--archive", missing),
-            f"no archive at {missing}: record one with `archiver record --archive {missing}`",
-        )
+        assert_error(invoke("compact", "--archive", missing), f"no archive at {missing}")
 
     def test_locked(self, arch):
         """While another cleanup holds the lock, compact fails at once with --wait 0."""
@@ -158,14 +164,31 @@ class TestExpireCommand:
         files = listing(Path(arch.uri))
         dry = invoke("expire", "--archive", arch.uri, "--older-than", "90m", "--now", now)
         assert dry.exit_code == 0, dry.output
-        last = dry.output.splitlines()[-1]
-        assert last.startswith("Dry run: would delete 3 hours (45 files) and 0 tasks, ")
-        assert last.endswith(" rows. Pass --yes to delete.")
+        plan, last = dry.output.splitlines()[-2:]
+        assert plan.startswith("Dry run: would delete 3 hours (45 files) and 0 tasks, ")
+        assert plan.endswith(" rows.")
+        assert last == "Nothing was changed: pass --yes to apply."
         assert listing(Path(arch.uri)) == files
         real = invoke("expire", "--archive", arch.uri, "--older-than", "90m", "--now", now, "--yes")
         assert real.exit_code == 0, real.output
         assert real.output.splitlines()[-1].startswith("Deleted 3 hours (45 files) and 0 tasks")
         assert {len(arch.partitions(t)) for t in arch.tables()} == {1}
+
+    def test_dry_run_means_the_same_everywhere(self, arch):
+        """--dry-run (even with --yes) shows the plan of every command and changes nothing."""
+        files = listing(Path(arch.uri))
+        for args in (
+            ["expire", "--older-than", "1h", "--dry-run", "--yes"],
+            ["expire", "--older-than", "1h", "--dry-run"],
+            ["compact", "--keep", "latest", "--dry-run", "--yes"],
+            ["compact", "--dry-run"],
+            ["cleanup", "--keep", "latest", "--dry-run"],
+        ):
+            result = invoke(*args, "--archive", arch.uri)
+            assert result.exit_code == 0, (args, result.output)
+            assert result.output.splitlines()[-1].startswith("Dry run: would "), args
+            assert "--yes" not in result.output, args
+        assert listing(Path(arch.uri)) == files
 
     def test_states(self, arch):
         """--state STATE=DURATION removes the tasks whose last row is that old."""
@@ -198,9 +221,10 @@ class TestExpireCommand:
             "unknown task state 'DONE': states are FAILURE, PENDING, RECEIVED, REJECTED, "
             "RETRY, REVOKED, STARTED, SUCCESS",
         )
-        assert_error(
-            invoke("expire", "--archive", arch.uri),
-            "nothing to expire: give --older-than DURATION and/or --state STATE=DURATION",
+        nothing = invoke("expire", "--archive", arch.uri)  # a usage error: exit code 2
+        assert nothing.exit_code == 2, nothing.output
+        assert nothing.output.splitlines()[-1] == (
+            "Error: nothing to expire: give --older-than DURATION and/or --state STATE=DURATION"
         )
         assert_error(
             invoke("expire", "--archive", arch.uri, "--older-than", "1d", "--table", "x"),
@@ -225,16 +249,27 @@ class TestCleanupCommand:
         assert set(frame(arch, "tasks")["uuid"]) == set(before["uuid"]) - expected
         assert set(visible_counts(arch).values()) == {1}
 
-    def test_toml_retention_without_yes_only_compacts(self, arch, tmp_path):
-        """Without --yes expiry is a dry run; compaction still runs. Options override the file."""
-        before = all_frames(arch)
+    def test_toml_retention_without_yes_changes_nothing(self, arch, tmp_path):
+        """Without --yes a retention that deletes rows is only a plan. Options override the file."""
+        files = listing(Path(arch.uri))
         retention = tmp_path / "retention.toml"
         retention.write_text('older_than = "1d"\nkeep = "latest"\n')
         result = invoke("cleanup", "--archive", arch.uri, "--retention", retention, "--keep", "all")
         assert result.exit_code == 0, result.output
-        assert "Pass --yes to delete." in result.output
-        assert "Compacted 6 hours: 90 -> 6 files" in result.output
+        assert "\nDry run: would delete 6 hours (90 files) and 0 tasks, " in result.output
+        assert "Dry run: would compact 6 hours, 90 files into at most 6" in result.output
+        assert result.output.splitlines()[-1] == "Nothing was changed: pass --yes to apply."
+        assert listing(Path(arch.uri)) == files
+
+    def test_lossless_cleanup_applies_without_yes(self, arch):
+        """A cleanup that deletes no rows (compaction only) applies directly, before --before."""
+        before = all_frames(arch)
+        cut = hour_start(arch, 1).isoformat()
+        result = invoke("cleanup", "--archive", arch.uri, "--before", cut)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[-1].startswith("Compacted 3 hours: 45 -> 3 files")
         assert_same_rows(before, arch)
+        assert sorted(visible_counts(arch).values()) == [1, 1, 1, 15, 15, 15]
 
     def test_dry_run(self, arch):
         """cleanup --dry-run changes nothing."""
@@ -244,6 +279,7 @@ class TestCleanupCommand:
         )
         assert result.exit_code == 0, result.output
         assert "Dry run: would compact 6 hours" in result.output
+        assert "--yes" not in result.output  # --dry-run --yes: a dry run, no hint to pass --yes
         assert listing(Path(arch.uri)) == files
 
     def test_bad_retention_files(self, arch, tmp_path):

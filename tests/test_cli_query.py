@@ -240,10 +240,7 @@ def test_errors_from_the_real_program(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == [
-        f"Error: no archive at {tmp_path / 'x'}: record one with "
-        f"`archiver record --archive {tmp_path / 'x'}`"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"Error: no archive at {tmp_path / 'x'}"]
 
 
 # -- info ----------------------------------------------------------------------------------

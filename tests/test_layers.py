@@ -40,6 +40,7 @@ LAYERS = {
     "archiver.lockfile": IO,
     "archiver.pidfile": IO,
     "archiver.listing": IO,
+    "archiver.archive_path": IO,
     "archiver.sink": IO,
     "archiver.sources": IO,
     # 3. the read handle

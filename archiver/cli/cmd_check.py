@@ -13,7 +13,7 @@ from .output import archive_option, run_library_call
 
 
 @click.command("check")
-@archive_option
+@archive_option()
 @click.option(
     "--quarantine",
     is_flag=True,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 
 from .. import maintenance
-from ..maintenance import CompactionReport, ExpiryReport, Retention
+from ..maintenance import CompactionReport, ExpiryReport, Keep
 from .output import archive_option, echo_table, human_bytes, is_terminal, run_library_call
 
 wait_option = click.option(
@@ -56,6 +56,16 @@ now_option = click.option(
     metavar="TIME",
     help="Measure ages from this time (ISO) instead of the current time.",
 )
+before_option = click.option(
+    "--before",
+    metavar="TIME",
+    help="Only compact hours that ended by then: an ISO time or a duration ago (2h).  "
+    "[default: now]",
+)
+yes_option = click.option("--yes", is_flag=True, help="Really delete rows (else: show the plan).")
+dry_run_option = click.option("--dry-run", is_flag=True, help="Change nothing; show the plan.")
+#: The last line of a run that would have deleted rows without --yes.
+NOT_APPLIED = "Nothing was changed: pass --yes to apply."
 
 
 # -- output --------------------------------------------------------------------
@@ -142,9 +152,26 @@ def echo_expiry(report: ExpiryReport) -> None:
         f"{report.rows} rows"
     )
     if report.dry_run:
-        click.echo(f"Dry run: would delete {what}. Pass --yes to delete.")
+        click.echo(f"Dry run: would delete {what}.")
     else:
         click.echo(f"Deleted {what} in {report.seconds:.2f}s.")
+
+
+def echo_outcome(changes: bool, *, dry_run: bool, yes: bool) -> None:
+    """The last line of a run that needed --yes for the ``changes`` it planned.
+
+    A run asked to be dry (``--dry-run``, with or without ``--yes``) already said so.
+    """
+    if changes and not dry_run and not yes:
+        click.echo(NOT_APPLIED)
+
+
+def _expiry_changes(report: ExpiryReport | None) -> bool:
+    return report is not None and bool(report.partitions or report.states)
+
+
+def _compaction_changes(report: CompactionReport | None) -> bool:
+    return report is not None and bool(report.partitions)
 
 
 @contextmanager
@@ -176,47 +203,15 @@ def progress_bar(label: str) -> Iterator[maintenance.ProgressCallback | None]:
         close()
 
 
-def _retention(
-    retention_file: str | None,
-    *,
-    older_than: str | None,
-    states: tuple[str, ...],
-    keep: str | None,
-    target_size: str | None,
-    tables: tuple[str, ...],
-    no_compact: bool,
-) -> Retention:
-    base: dict[str, Any] = {}
-    if retention_file:
-        policy = Retention.from_file(retention_file)
-        base = {name: getattr(policy, name) for name in Retention.FIELDS}
-    if older_than is not None:
-        base["older_than"] = older_than
-    if states:
-        base["per_state"] = maintenance.parse_per_state(states)
-    if keep is not None:
-        base["keep"] = keep
-    if target_size is not None:
-        base["target_file_bytes"] = target_size
-    if tables:
-        base["tables"] = tables
-    if no_compact:
-        base["compact"] = False
-    return Retention.from_mapping(base)
-
-
 # -- commands --------------------------------------------------------------------
 @click.command("compact")
-@archive_option
+@archive_option(write=True)
 @table_option
-@click.option(
-    "--before",
-    metavar="TIME",
-    help="Only hours that ended by then: an ISO time or a duration ago (2h).  [default: now]",
-)
+@before_option
 @keep_option
 @target_option
-@click.option("--dry-run", is_flag=True, help="Only show what would be merged.")
+@yes_option
+@dry_run_option
 @wait_option
 def compact_command(
     archive: str,
@@ -224,18 +219,21 @@ def compact_command(
     before: str | None,
     keep: str | None,
     target_size: str | None,
+    yes: bool,
     dry_run: bool,
     wait: float,
 ) -> None:
     """Merge the small files of each closed hour into few big ones.
 
-    Safe while a camera records and others read; an interrupted run loses nothing
-    and the next one finishes it. A second run does nothing.
+    Lossless by default, so it applies at once. With --keep latest it deletes
+    rows: then it only shows the plan unless --yes. Safe while a camera records
+    and others read; an interrupted run loses nothing and the next one finishes
+    it. A second run does nothing.
 
     \b
     Example:
         archiver compact --archive data/archive
-        archiver compact --archive data/archive --table tasks --keep latest --before 1d
+        archiver compact --archive data/archive --table tasks --keep latest --before 1d --yes
     """
     with progress_bar("Compacting") as progress:
         report = run_library_call(
@@ -243,22 +241,25 @@ def compact_command(
             archive,
             tables=tables or None,
             before=before,
-            keep=keep or "all",
+            keep=cast(Keep, keep or "all"),  # click.Choice checked it
             target_file_bytes=target_size or maintenance.DEFAULT_TARGET_FILE_BYTES,
             dry_run=dry_run,
+            allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
         )
     echo_compaction(report)
+    echo_outcome(report.dry_run and _compaction_changes(report), dry_run=dry_run, yes=yes)
 
 
 @click.command("expire")
-@archive_option
+@archive_option(write=True)
 @older_option
 @state_option
 @table_option
 @now_option
-@click.option("--yes", is_flag=True, help="Really delete (default: only show what would go).")
+@yes_option
+@dry_run_option
 @wait_option
 def expire_command(
     archive: str,
@@ -267,9 +268,10 @@ def expire_command(
     tables: tuple[str, ...],
     now: str | None,
     yes: bool,
+    dry_run: bool,
     wait: float,
 ) -> None:
-    """Delete old hours and finished tasks; shows what would go unless --yes.
+    """Delete old hours and finished tasks; only shows the plan unless --yes.
 
     A task goes, with all its rows, when its last row is older than the
     retention of its state.
@@ -280,7 +282,7 @@ def expire_command(
         archiver expire --archive data/archive --state SUCCESS=1d --state FAILURE=7d --yes
     """
     if older_than is None and not states:
-        raise click.ClickException(
+        raise click.UsageError(
             "nothing to expire: give --older-than DURATION and/or --state STATE=DURATION"
         )
     with progress_bar("Expiring") as progress:
@@ -291,15 +293,16 @@ def expire_command(
             per_state=states,
             tables=tables or None,
             now=now,
-            dry_run=not yes,
+            dry_run=dry_run or not yes,
             lock_timeout=wait,
             progress=progress,
         )
     echo_expiry(report)
+    echo_outcome(_expiry_changes(report), dry_run=dry_run, yes=yes)
 
 
 @click.command("cleanup")
-@archive_option
+@archive_option(write=True)
 @click.option(
     "--retention",
     "retention_file",
@@ -313,8 +316,9 @@ def expire_command(
 @table_option
 @click.option("--no-compact", is_flag=True, help="Expire only.")
 @now_option
-@click.option("--yes", is_flag=True, help="Really expire (compaction runs either way).")
-@click.option("--dry-run", is_flag=True, help="Change nothing; show what would be done.")
+@before_option
+@yes_option
+@dry_run_option
 @wait_option
 def cleanup_command(
     archive: str,
@@ -326,14 +330,16 @@ def cleanup_command(
     tables: tuple[str, ...],
     no_compact: bool,
     now: str | None,
+    before: str | None,
     yes: bool,
     dry_run: bool,
     wait: float,
 ) -> None:
     """Expire, then compact, as a retention file or the options say.
 
-    Compaction always runs (it deletes no rows); expiry deletes only with --yes.
-    A retention file holds the same settings, e.g. in TOML:
+    If that deletes rows (an expiry, or --keep latest), nothing changes unless
+    --yes: it only shows the plan. Otherwise (a lossless compaction) it applies
+    at once. A retention file holds the same settings, e.g. in TOML:
 
     \b
         older_than = "30d"
@@ -347,24 +353,21 @@ def cleanup_command(
     Example:
         archiver cleanup --archive data/archive --retention retention.toml --yes
     """
-    policy = run_library_call(
-        _retention,
-        retention_file,
-        older_than=older_than,
-        states=states,
-        keep=keep,
-        target_size=target_size,
-        tables=tables,
-        no_compact=no_compact,
-    )
     with progress_bar("Cleaning up") as progress:
         report = run_library_call(
-            maintenance.run_retention,
+            maintenance.cleanup,
             archive,
-            policy,
+            retention_file,
+            older_than=older_than,
+            per_state=states,
+            keep=cast(Keep | None, keep),  # click.Choice checked it
+            target_file_bytes=target_size,
+            tables=tables,
+            compact=False if no_compact else None,
             now=now,
+            before=before,
             dry_run=dry_run,
-            expire_dry_run=not yes,
+            allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
         )
@@ -374,6 +377,8 @@ def cleanup_command(
         click.echo()
     if report.compaction is not None:
         echo_compaction(report.compaction)
+    changes = _expiry_changes(report.expiry) or _compaction_changes(report.compaction)
+    echo_outcome(report.dry_run and changes, dry_run=dry_run, yes=yes)
 
 
 COMMANDS = [compact_command, expire_command, cleanup_command]

@@ -92,7 +92,7 @@ def render(table: pa.Table, fmt: str) -> str:
 
 @click.command("query")
 @click.argument("table")
-@archive_option
+@archive_option()
 @click.option("--since", metavar="TIME", help="Rows captured at or after TIME (ISO, or 2h/7d ago).")
 @click.option("--until", metavar="TIME", help="Rows captured before TIME (with --latest: as of).")
 @click.option(
@@ -204,7 +204,7 @@ def _time(ts: pd.Timestamp | None) -> str:
 
 
 @click.command("info")
-@archive_option
+@archive_option()
 def info_command(archive: str) -> None:
     """Tables, partitions, files, rows, bytes on disk, time span and schema versions.
 

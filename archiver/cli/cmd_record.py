@@ -20,7 +20,7 @@ from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
 from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live
 from ..timeparse import duration_or_none
-from .output import DEFAULT_ARCHIVE, is_terminal
+from .output import archive_option, is_terminal
 
 EX_UNAVAILABLE = 69
 EX_IOERR = 74  # rows could not be written (sysexits.h)
@@ -228,9 +228,16 @@ def stop_on_signals(stop: Any):
     show_default=True,
     help="Replay speed: 0 = as fast as possible, 1 = real time.",
 )
-@click.option("--archive", default=DEFAULT_ARCHIVE, show_default=True, help="Archive path or URI.")
+@archive_option(write=True, must_exist=False)
 @click.option(
-    "-F", "--freq", type=float, default=1.0, show_default=True, help="Seconds between snapshots."
+    "-F",
+    "--frequency",
+    "--freq",
+    "freq",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds between snapshots (as `celery events -F`).",
 )
 @click.option("-r", "--maxrate", default=None, help="Most snapshots allowed, e.g. 10/m.")
 @click.option(

@@ -36,7 +36,7 @@ def _concurrency(values: tuple[str, ...]) -> int | dict[str, int] | None:
 
 
 @click.command("report")
-@archive_option
+@archive_option()
 @click.option("--since", "start", help=f"Start of the window; {TIME_HELP}.")
 @click.option("--until", "end", help=f"End of the window (excluded); {TIME_HELP}.")
 @click.option("--name", "name", metavar="PATTERN", help="Only task names matching this glob.")
@@ -57,7 +57,17 @@ def _concurrency(values: tuple[str, ...]) -> int | dict[str, int] | None:
     help="Worker pool size, for a 0-1 utilisation (repeat HOST=N per worker).",
 )
 @click.option("--title", help="The page's title.")
-def report_command(start, end, name, output, top, freq, concurrency, title, archive) -> None:
+def report_command(
+    start: str | None,
+    end: str | None,
+    name: str | None,
+    output: str,
+    top: int,
+    freq: str | None,
+    concurrency: tuple[str, ...],
+    title: str | None,
+    archive: str,
+) -> None:
     """Write a self-contained HTML report of the archive's history.
 
     \b

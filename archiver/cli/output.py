@@ -5,25 +5,52 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import click
+from click.decorators import FC
 
+from ..archive_path import check_archive_path
 from ..errors import ArchiverError, DamagedArchiveWarning
+from ..storage import resolve
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 DEFAULT_ARCHIVE = "./data/archive"
-
-archive_option = click.option(
-    "--archive",
-    default=DEFAULT_ARCHIVE,
-    show_default=True,
-    help="Archive path or URI (file://, s3://, gs://, memory://).",
-)
+#: The environment variable every command's ``--archive`` defaults to.
+ARCHIVE_ENV = "ARCHIVER_ARCHIVE"
 
 
-def run_library_call(fun: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[[FC], FC]:
+    """``--archive`` (default ``$ARCHIVER_ARCHIVE``, else ./data/archive), checked before any work.
+
+    A path that is not an archive (a file, a table, an archive's parent, another
+    folder), a missing one when ``must_exist``, or with ``write`` a place that cannot
+    be written is one ``Error:`` line and exit code 1.
+    """
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> str:
+        if ctx.resilient_parsing:
+            return value
+        run_library_call(
+            lambda: check_archive_path(resolve(value), write=write, must_exist=must_exist)
+        )
+        return value
+
+    return click.option(
+        "--archive",
+        envvar=ARCHIVE_ENV,
+        show_envvar=True,
+        default=DEFAULT_ARCHIVE,
+        show_default=True,
+        metavar="PATH|URI",
+        callback=check,
+        help="Archive path or URI (file://, s3://, gs://, memory://).",
+    )
+
+
+def run_library_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Call into the library; a user mistake becomes a one-line ``Error:`` and exit code 1.
 
     A skipped damaged file or folder is shown as one ``Warning:`` line on stderr.

@@ -117,14 +117,16 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 
 
 @contextlib.contextmanager
-def _io_errors(what: str) -> Iterator[None]:
-    """A failed write or delete (a full disk, a read-only folder) as a one-line error."""
-    try:
-        yield
-    except ArchiverError:
-        raise
-    except OSError as exc:
-        raise ArchiverError(f"{what} stopped: {one_line(exc)}") from exc
+def _maintaining(arch: Archive, what: str, *, dry_run: bool, lock_timeout: float) -> Iterator[None]:
+    """The archive's lock (not taken by a dry run), and a failed write or delete (a
+    full disk, a read-only folder) as one line naming ``what`` stopped."""
+    with lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose=what):
+        try:
+            yield
+        except ArchiverError:
+            raise
+        except OSError as exc:
+            raise ArchiverError(f"{what} stopped: {one_line(exc)}") from exc
 
 
 def _now(now: Any = None) -> pd.Timestamp:
@@ -133,14 +135,15 @@ def _now(now: Any = None) -> pd.Timestamp:
     return wall if ts is None else ts  # (parse_time gives None only for None)
 
 
-def _open(archive: Archive | Location | str | os.PathLike[str]) -> Archive:
+def _open(archive: Archive | Location | str | os.PathLike[str], *, write: bool) -> Archive:
+    """The archive, checked to be one (and, to change it, writable)."""
     if isinstance(archive, Archive):
         result = archive
     elif isinstance(archive, Location):
         result = Archive.at(archive)
     else:
         result = Archive(archive)
-    result.require()
+    result.require(write=write)
     return result
 
 
@@ -152,6 +155,7 @@ def compact(
     target_file_bytes: int | str = DEFAULT_TARGET_FILE_BYTES,
     keep: Keep = "all",
     dry_run: bool = False,
+    allow_deletes: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
 ) -> CompactionReport:
@@ -169,8 +173,10 @@ def compact(
         target_file_bytes: size of the merged files (an int or ``"128MiB"``); files
             of at least 3/4 of it are left alone.
         keep: ``"latest"`` also keeps only the last row of each task (uuid) and
-            worker (hostname) per partition.
+            worker (hostname) per partition (this deletes rows).
         dry_run: only report what would be merged (``files_out`` is a bound).
+        allow_deletes: if False, a run that would delete rows (``keep="latest"``)
+            is a dry run.
         lock_timeout: seconds to wait for another cleanup before raising
             :class:`~archiver.errors.LockedError`.
         progress: called as ``progress(done, total)`` after each closed partition.
@@ -181,15 +187,13 @@ def compact(
     Example:
         >>> archiver.Archive("data/archive").compact(before="1h")  # doctest: +SKIP
     """
-    arch = _open(archive)
-    names = arch.select_tables(tables)
     keep = check_keep(keep)
+    dry_run = dry_run or (keep == "latest" and not allow_deletes)
+    arch = _open(archive, write=not dry_run)
+    names = arch.select_tables(tables)
     target = parse_size(target_file_bytes)
     before_us = to_micros(_now(before))
-    with (
-        _io_errors("compact"),
-        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="compact"),
-    ):
+    with _maintaining(arch, "compact", dry_run=dry_run, lock_timeout=lock_timeout):
         return compact_locked(
             arch,
             names,
@@ -237,15 +241,12 @@ def expire(
         >>> report = archiver.Archive("data/archive").expire(older_than="30d")  # doctest: +SKIP
         >>> report.partitions  # what would go  # doctest: +SKIP
     """
-    arch = _open(archive)
+    arch = _open(archive, write=not dry_run)
     names = arch.select_tables(tables)
     delta = None if older_than is None else parse_duration(older_than, what="older_than")
     states = parse_per_state(per_state)
     at = _now(now)
-    with (
-        _io_errors("expire"),
-        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="expire"),
-    ):
+    with _maintaining(arch, "expire", dry_run=dry_run, lock_timeout=lock_timeout):
         return expire_locked(
             arch,
             names,
@@ -263,6 +264,7 @@ def run_retention(
     retention: Retention | Mapping[str, Any] | str | os.PathLike[str],
     *,
     now: Any = None,
+    before: Any = None,
     dry_run: bool = False,
     expire_dry_run: bool | None = None,
     lock_timeout: float = 0.0,
@@ -271,14 +273,15 @@ def run_retention(
     """Expire, then compact, as ``retention`` says, under one lock.
 
     Used by :meth:`archiver.ParquetCamera.on_cleanup` (which logs the report) and
-    ``archiver cleanup``. By default it does not wait for another cleanup: it
+    :func:`cleanup`. By default it does not wait for another cleanup: it
     raises :class:`~archiver.errors.LockedError` and the next period tries again.
 
     Args:
         archive: an :class:`~archiver.Archive`, a :class:`~archiver.storage.Location`,
             a path or a URI.
         retention: a :class:`Retention`, a mapping of its fields, or a retention file.
-        now: the time ages are measured from, and the end of the closed hours.
+        now: the time ages are measured from (default: now).
+        before: compact only the hours that ended by then (default: ``now``).
         dry_run: report only, change nothing.
         expire_dry_run: report expiry only (default: ``dry_run``).
         lock_timeout: seconds to wait for another cleanup.
@@ -286,14 +289,12 @@ def run_retention(
     """
     started = time.perf_counter()
     policy = Retention.coerce(retention)
-    arch = _open(archive)
+    arch = _open(archive, write=not dry_run)
     names = arch.select_tables(policy.tables)
     at = _now(now)
+    before_us = to_micros(at if before is None else _now(before))
     expire_dry = dry_run if expire_dry_run is None else expire_dry_run or dry_run
-    with (
-        lock_unless(dry_run, arch.location, timeout=lock_timeout, purpose="cleanup"),
-        _io_errors("cleanup"),
-    ):
+    with _maintaining(arch, "cleanup", dry_run=dry_run, lock_timeout=lock_timeout):
         expiry = None
         if policy.older_than is not None or policy.per_state:
             expiry = expire_locked(
@@ -311,13 +312,74 @@ def run_retention(
             compaction = compact_locked(
                 arch,
                 names,
-                before_us=to_micros(at),
+                before_us=before_us,
                 target_bytes=policy.target_file_bytes,
                 keep=policy.keep,
                 dry_run=dry_run,
                 progress=progress,
             )
-    return CleanupReport(expiry, compaction, seconds=time.perf_counter() - started)
+    return CleanupReport(
+        expiry,
+        compaction,
+        seconds=time.perf_counter() - started,
+        dry_run=dry_run,
+        deletes_rows=policy.deletes_rows,
+    )
+
+
+def cleanup(
+    archive: Archive | Location | str | os.PathLike[str],
+    retention: Retention | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    older_than: Any = None,
+    per_state: Mapping[str, Any] | Iterable[str] | None = None,
+    keep: Keep | None = None,
+    target_file_bytes: int | str | None = None,
+    tables: str | Iterable[str] | None = None,
+    compact: bool | None = None,
+    now: Any = None,
+    before: Any = None,
+    dry_run: bool = False,
+    allow_deletes: bool = True,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    progress: ProgressCallback | None = None,
+) -> CleanupReport:
+    """Expire, then compact, as ``retention`` says with the other arguments overriding it.
+
+    Args:
+        archive: an :class:`~archiver.Archive`, a path or a URI.
+        retention: a :class:`Retention`, a mapping of its fields, or a retention file
+            (JSON or TOML); default: no expiry, compaction keeping every row.
+        older_than, per_state, keep, target_file_bytes, tables, compact: override
+            the retention's setting of that name when given.
+        now: the time ages are measured from (default: now).
+        before: compact only the hours that ended by then (default: ``now``).
+        dry_run: report only, change nothing.
+        allow_deletes: if False, a run that would delete rows (expiry, or
+            ``keep="latest"``) is a dry run; a lossless compaction still applies.
+        lock_timeout: seconds to wait for another cleanup.
+        progress: called as ``progress(done, total)`` after each partition.
+
+    Returns:
+        A :class:`CleanupReport`; its ``dry_run`` says whether anything was changed.
+    """
+    policy = Retention.coerce(retention or {}).override(
+        older_than=older_than,
+        per_state=per_state,
+        keep=keep,
+        target_file_bytes=target_file_bytes,
+        tables=tables,
+        compact=compact,
+    )
+    return run_retention(
+        archive,
+        policy,
+        now=now,
+        before=before,
+        dry_run=dry_run or (policy.deletes_rows and not allow_deletes),
+        lock_timeout=lock_timeout,
+        progress=progress,
+    )
 
 
 __all__ = [
@@ -332,6 +394,7 @@ __all__ = [
     "ProgressCallback",
     "Retention",
     "StateExpiry",
+    "cleanup",
     "compact",
     "expire",
     "parse_duration",

@@ -133,6 +133,9 @@ class CleanupReport:
     expiry: ExpiryReport | None
     compaction: CompactionReport | None
     seconds: float = 0.0
+    #: Whether nothing was changed, and whether the retention deletes rows.
+    dry_run: bool = False
+    deletes_rows: bool = False
 
     def __str__(self) -> str:
         parts = [str(r) for r in (self.expiry, self.compaction) if r is not None]

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pandas as pd
@@ -142,6 +142,32 @@ class Retention:
         if not isinstance(data, dict):
             raise ArchiverError(f"{text_path} must hold a table of settings")
         return cls.from_mapping(data)
+
+    @property
+    def deletes_rows(self) -> bool:
+        """Whether running it deletes rows (expiry, or keeping only the latest rows)."""
+        return self.older_than is not None or bool(self.per_state) or self.keep == "latest"
+
+    def override(
+        self,
+        *,
+        older_than: Any = None,
+        per_state: Mapping[str, Any] | Iterable[str] | None = None,
+        keep: Keep | None = None,
+        target_file_bytes: int | str | None = None,
+        tables: str | Iterable[str] | None = None,
+        compact: bool | None = None,
+    ) -> Retention:
+        """This retention with each setting given (not None, not empty) replaced."""
+        given: dict[str, Any] = {
+            "older_than": older_than,
+            "per_state": per_state or None,
+            "keep": keep,
+            "target_file_bytes": target_file_bytes,
+            "tables": (tables,) if isinstance(tables, str) else tables or None,
+            "compact": compact,
+        }
+        return replace(self, **{k: v for k, v in given.items() if v is not None})
 
     @classmethod
     def coerce(cls, value: Retention | Mapping[str, Any] | str | os.PathLike[str]) -> Retention:
