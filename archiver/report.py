@@ -161,7 +161,7 @@ def name_filter(pattern: str | None) -> ds.Expression | None:
     if pattern is None:
         return None
     if "[" in pattern:
-        raise ArchiverError(f"--name {pattern!r}: use * and ? (no [...] classes)")
+        raise ArchiverError(f"task name pattern {pattern!r}: use * and ? (no [...] classes)")
     return pc.match_like(ds.field("name").cast(pa.string()), glob_to_like(pattern))
 
 
@@ -228,7 +228,7 @@ def gather(
     archive = archive if isinstance(archive, Archive) else Archive(archive)
     t_start, t_end = parse_time(start), parse_time(end)
     if t_start is not None and t_end is not None and t_end <= t_start:
-        raise ArchiverError(f"empty window: --until {t_end} is not after --since {t_start}")
+        raise ArchiverError(f"empty window: the end {t_end} is not after the start {t_start}")
     if "tasks" not in archive.tables() and "snapshots" not in archive.tables():
         archive.partitions("tasks")  # the one-line "no table" error
     percentiles = tuple(float(q) for q in percentiles)
