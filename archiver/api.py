@@ -36,6 +36,63 @@ class Archive(_archive.Archive):
             ``handler(path, reason)``.
     """
 
+    # ``engine`` decides the type of the result.
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["pandas"] = ...,
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pd.DataFrame: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["arrow"],
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pa.Table: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["dask"],
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> dd.DataFrame: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Engine,
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
+
     def load(
         self,
         table: str = "tasks",
@@ -47,7 +104,7 @@ class Archive(_archive.Archive):
         engine: Engine = "pandas",
         limit: int | None = None,
         on_bad_file: OnBadFile | None = None,
-    ) -> Any:
+    ) -> pd.DataFrame | pa.Table | dd.DataFrame:
         """Load ``table`` (see :func:`archiver.query.load_table`).
 
         Written out, not ``load = load_table``: a mistyped keyword then names ``load()``.
