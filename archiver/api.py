@@ -9,7 +9,7 @@ archive), so signatures, return types and documentation have one home.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pandas as pd
@@ -31,6 +31,8 @@ class Archive(_archive.Archive):
     Args:
         path_or_uri: a local path or a URI (``file://``, ``s3://``, ``memory://``...).
         filesystem: an explicit ``pyarrow.fs.FileSystem`` (then the path is on it).
+        storage_options: options of the fsspec filesystem (e.g. s3fs's ``key``,
+            ``secret``, ``client_kwargs={"endpoint_url": ...}``), instead of ``filesystem``.
         on_bad_file: what readers do with a damaged file or folder: ``"warn"``
             (default: skip it with a warning naming it), ``"raise"``, or a callable
             ``handler(path, reason)``.
@@ -142,6 +144,8 @@ def load(
     engine: Literal["pandas"] = ...,
     limit: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
 ) -> pd.DataFrame: ...
 
 
@@ -157,6 +161,8 @@ def load(
     engine: Literal["arrow"],
     limit: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
 ) -> pa.Table: ...
 
 
@@ -172,6 +178,8 @@ def load(
     engine: Literal["dask"],
     limit: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
 ) -> dd.DataFrame: ...
 
 
@@ -187,6 +195,8 @@ def load(
     engine: Engine,
     limit: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
 ) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
 
 
@@ -201,10 +211,12 @@ def load(
     engine: Engine = "pandas",
     limit: int | None = None,
     on_bad_file: OnBadFile | None = None,
+    filesystem: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Load ``table`` of the archive at ``path_or_uri`` (see :func:`archiver.query.load_table`)."""
     return load_table(
-        Archive(path_or_uri),
+        Archive(path_or_uri, filesystem=filesystem, storage_options=storage_options),
         table,
         start=start,
         end=end,

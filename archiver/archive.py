@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
 
@@ -48,6 +48,8 @@ class Archive:
     Args:
         path_or_uri: a local path or a URI (``file://``, ``s3://``, ``memory://``...).
         filesystem: an explicit ``pyarrow.fs.FileSystem`` (then the path is on it).
+        storage_options: options of the fsspec filesystem (e.g. s3fs's ``key``,
+            ``secret``, ``client_kwargs={"endpoint_url": ...}``), instead of ``filesystem``.
         on_bad_file: what readers do with a damaged file or folder (see :data:`OnBadFile`):
             ``"warn"`` (default: skip it with a warning naming it), ``"raise"``, or a
             callable ``handler(path, reason)``.
@@ -58,9 +60,10 @@ class Archive:
         path_or_uri: str | os.PathLike[str],
         *,
         filesystem: pafs.FileSystem | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         on_bad_file: OnBadFile = "warn",
     ) -> None:
-        self.location = resolve(path_or_uri, filesystem)
+        self.location = resolve(path_or_uri, filesystem, storage_options)
         self.uri = self.location.uri
         self.on_bad_file = _check_on_bad_file(on_bad_file)
         self._checked = False

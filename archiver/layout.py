@@ -31,6 +31,10 @@ TMP_PREFIX = ".part-"
 TMP_SUFFIX = ".tmp"
 #: Marks a partition directory renamed aside by expiry (``.hour=H.expired-<id>``).
 EXPIRED_MARK = ".expired-"
+#: On object stores (no rename) expiry first writes ``date=D/_expiring.hour=H``, then
+#: deletes the hour's files, then the marker: an hour with its marker is hidden from
+#: archiver's readers, so an expiry interrupted at any delete shows no half hour.
+EXPIRING_PREFIX = "_expiring."
 #: How a partition folder's date range reads in messages (see schema.in_partition_range).
 DATE_LAYOUT = "date=YYYY-MM-DD, 1970-2261"
 #: Partition folder names: ASCII digits only (``int()`` also takes other scripts' digits).
@@ -84,6 +88,16 @@ def partition_path(hour_bucket: int) -> str:
 def is_hidden(name: str) -> bool:
     """Names that pyarrow, DuckDB and Polars skip: temporary and foreign files."""
     return name.startswith((".", "_"))
+
+
+def expiring_marker(hour_name: str) -> str:
+    """The name of the expiry marker of the hour folder ``hour_name`` (in its day folder)."""
+    return f"{EXPIRING_PREFIX}{hour_name}"
+
+
+def expiring_hour(name: str) -> str | None:
+    """The hour folder an expiry marker named ``name`` hides, None if not a marker."""
+    return name[len(EXPIRING_PREFIX) :] if name.startswith(EXPIRING_PREFIX) else None
 
 
 def is_temp(name: str) -> bool:

@@ -30,6 +30,7 @@ from .layout import (
     REPLACES_KEY,
     CompactInfo,
     Partition,
+    expiring_hour,
     is_hidden,
     is_temp,
     live_compacted,
@@ -252,6 +253,9 @@ class TableWalk:
 
     partitions: list[Partition] = field(default_factory=list)
     set_aside: list[str] = field(default_factory=list)
+    #: Hours an interrupted expiry on an object store left with their marker (hidden):
+    #: (the hour folder's path, the marker's path).
+    expiring: list[tuple[str, str]] = field(default_factory=list)
 
 
 def walk_partitions(location: Location, table: str, damaged: Damaged | None = None) -> TableWalk:
@@ -270,8 +274,15 @@ def walk_partitions(location: Location, table: str, damaged: Damaged | None = No
             if damaged is not None:
                 damaged(day.path, _not_a_partition(day, DATE_LAYOUT))
             continue
-        for hour in list_dir(location, day.path):
+        hours = list_dir(location, day.path)
+        # Hours being expired are hidden, their folder gone or not (layout.EXPIRING_PREFIX).
+        markers = {expiring_hour(h.base_name): h.path for h in hours}
+        markers.pop(None, None)
+        walk.expiring.extend((f"{day.path}/{n}", m) for n, m in markers.items() if n)
+        for hour in hours:
             name = hour.base_name
+            if name in markers:
+                continue
             if is_hidden(name):
                 if hour.type == pafs.FileType.Directory and EXPIRED_MARK in name:
                     walk.set_aside.append(hour.path)

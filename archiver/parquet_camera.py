@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
@@ -42,6 +42,8 @@ class ParquetCamera(Polaroid):
             rows to keep in memory while writes fail.
         compression, row_group_size: Parquet settings of every file.
         filesystem: a pyarrow or fsspec filesystem (then ``archive`` is a path on it).
+        storage_options: options of the fsspec filesystem (e.g. s3fs's ``key``,
+            ``secret``, ``client_kwargs={"endpoint_url": ...}``), instead of ``filesystem``.
         clock: returns the snapshot time (epoch seconds); replays pass their own.
         retention: a :class:`archiver.maintenance.Retention` applied by ``on_cleanup``.
 
@@ -71,6 +73,7 @@ class ParquetCamera(Polaroid):
         compression: str = "zstd",
         row_group_size: int = ROW_GROUP_SIZE,
         filesystem: pafs.FileSystem | Any = None,
+        storage_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         retention: Retention | None = None,
     ) -> None:
@@ -91,7 +94,7 @@ class ParquetCamera(Polaroid):
                 "pass them to your converter instead"
             )
         self.converter = converter
-        self.location = resolve(archive, filesystem)
+        self.location = resolve(archive, filesystem, storage_options)
         self.archive = self.location.uri
         self.camera_id = new_writer_id()
         self.sink = ParquetSink(

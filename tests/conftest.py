@@ -80,3 +80,19 @@ def small_events() -> list[dict]:
 @pytest.fixture
 def fake_timer() -> FakeTimer:
     return FakeTimer()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the session; fails if it cannot start."""
+    from tests.s3server import session_server
+
+    yield from session_server(tmp_path_factory.mktemp("s3server"))
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """The S3 server with a fresh prefix, and the ``AWS_*`` environment pointing at it."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server, s3_server.new_prefix()

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from ..archive import Archive
 from ..query import describe, latest, load_table
 from ..schema import SCHEMA_VERSION
+from ..storage import redact_uri
 from .output import archive_option, format_table, human_bytes, run_library_call
 
 _WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$", re.S)
@@ -243,8 +244,9 @@ def info_command(archive: str) -> None:
     )
     damaged = sum(i.damaged for i in infos)
     if damaged:
+        shown = redact_uri(archive)
         click.echo(
-            f"{damaged} damaged files or folders skipped: see `archiver check --archive {archive}`"
+            f"{damaged} damaged files or folders skipped: see `archiver check --archive {shown}`"
         )
 
 

@@ -19,6 +19,7 @@ from ..maintenance import Retention
 from ..pidfile import Pidfile
 from ..record import Recorder, load_camera_class
 from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live
+from ..storage import redact_uri
 from ..timeparse import duration_or_none
 from .output import archive_option, is_terminal
 
@@ -108,7 +109,7 @@ def lost_report(summary: Any) -> str:
     rows = summary.rows_unwritten + summary.rows_dropped
     if rows:
         archive, error = summary.archive, summary.last_error
-        parts.append(f"{rows:,} rows could not be written to {archive}: {error}")
+        parts.append(redact_uri(f"{rows:,} rows could not be written to {archive}: {error}"))
     if summary.event_errors:
         parts.append(f"{summary.event_errors:,} events failed in the state (see the log)")
     if summary.snapshot_errors:

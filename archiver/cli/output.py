@@ -12,7 +12,7 @@ from click.decorators import FC
 
 from ..archive_path import check_archive_path
 from ..errors import ArchiverError, DamagedArchiveWarning
-from ..storage import resolve
+from ..storage import redact_uri, resolve
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -60,7 +60,7 @@ def run_library_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> 
         try:
             return fun(*args, **kwargs)
         except ArchiverError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(redact_uri(str(exc))) from exc
         finally:
             seen: set[str] = set()
             for w in caught:

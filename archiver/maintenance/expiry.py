@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from ..archive import Archive
 from ..errors import ArchiverError
-from ..layout import EXPIRED_MARK, Partition
+from ..layout import EXPIRED_MARK, Partition, expiring_marker
 from ..listing import (
     PARQUET,
     TEMP_MAX_AGE,
@@ -31,7 +31,7 @@ from ..schema import TASK_STATES, TASKS
 from ..sink import new_writer_id, recover_flushes
 from ..storage import Location
 from ..timeparse import to_micros
-from .recovery import delete_file, finish_interrupted, remove_set_aside, step
+from .recovery import delete_file, finish_expiring, finish_interrupted, remove_set_aside, step
 from .reports import ExpiryReport, PartitionExpiry, ProgressCallback, StateExpiry
 from .retention import DEFAULT_TARGET_FILE_BYTES
 from .rewrite import read_inputs, rows_per_group, write_group
@@ -119,60 +119,72 @@ def _check_states(per_state: Mapping[str, Any], known: set[str]) -> None:
 
 
 def _expire_partition_dir(location: Location, partition: Partition) -> None:
-    """Drop a partition: rename it aside (invisible at once), then delete it."""
-    fs = location.fs
+    """Drop a partition so that no reader sees part of it.
+
+    Where rename is atomic, rename it aside (invisible at once), then delete it. On
+    an object store, write its expiry marker first (readers then hide the hour, see
+    :data:`archiver.layout.EXPIRING_PREFIX`), delete its files one by one, then the
+    marker: an interrupted run leaves a hidden hour that the next run finishes.
+    """
     path = partition.path
-    if location.atomic_rename:
-        parent, name = path.rsplit("/", 1)
-        aside = f"{parent}/.{name}{EXPIRED_MARK}{new_writer_id()}"
-        location.rename(path, aside)
-        path = aside
-    fs.delete_dir(path)
+    day, name = path.rsplit("/", 1)
+    if not location.atomic_rename:
+        marker = f"{day}/{expiring_marker(name)}"
+        with location.fs.open_output_stream(marker) as out:
+            out.write(b"")
+        step("marked")
+        finish_expiring(location, path, marker)
+        return
+    aside = f"{day}/.{name}{EXPIRED_MARK}{new_writer_id()}"
+    location.rename(path, aside)
+    location.fs.delete_dir(aside)
     step("deleted")
-    day = path.rsplit("/", 1)[0]
     if location.local:
         with contextlib.suppress(OSError):
             os.rmdir(day)  # only if empty: a recorder may be writing there
-    location.sync_parents([path, day])
+    location.sync_parents([aside, day])
 
 
-def expire_locked(
-    archive: Archive,
-    tables: list[str],
-    *,
-    older_than: pd.Timedelta | None,
-    per_state: Mapping[str, pd.Timedelta],
-    now: pd.Timestamp,
-    dry_run: bool,
-    progress: ProgressCallback | None,
-    target_bytes: int = DEFAULT_TARGET_FILE_BYTES,
-) -> ExpiryReport:
-    started = time.perf_counter()
-    location = archive.location
-    wall = time.time()
-    skipped: dict[str, str] = {}
+class _Progress:
+    """Counts the steps of a run for the caller's progress callback."""
 
-    def note(path: str, reason: str) -> None:
-        skipped.setdefault(path, reason)
+    def __init__(self, callback: ProgressCallback | None, total: int) -> None:
+        self.callback, self.total, self.done = callback, total, 0
 
-    archive = archive.using(note)
-    if not dry_run:
-        recover_flushes(location, min_age=TEMP_MAX_AGE)  # a recorder's, interrupted by a crash
-        for table in tables:
-            remove_set_aside(location, table)
-    cutoff = None if older_than is None else to_micros(now - older_than)
-    gone: list[PartitionExpiry] = []
-    gone_parts: list[Partition] = []
+    def advance(self) -> None:
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _finish_interrupted_runs(location: Location, tables: list[str]) -> None:
+    """Finish what crashed recorders and expiries left: flushes, hours being dropped."""
+    recover_flushes(location, min_age=TEMP_MAX_AGE)  # a recorder's, interrupted by a crash
+    for table in tables:
+        remove_set_aside(location, table)
+
+
+def _split_by_age(
+    archive: Archive, tables: list[str], cutoff: int | None
+) -> tuple[list[Partition], dict[str, list[Partition]]]:
+    """The partitions ended by ``cutoff`` (to drop), and the others per table."""
+    gone: list[Partition] = []
     kept: dict[str, list[Partition]] = {}
     for table in tables:
         for partition in archive.partitions(table):
             if cutoff is not None and partition.ended_by(cutoff):
-                gone_parts.append(partition)
+                gone.append(partition)
             else:
                 kept.setdefault(table, []).append(partition)
-    total = len(gone_parts)
-    done = 0
-    for partition in gone_parts:
+    return gone, kept
+
+
+def _drop_partitions(
+    location: Location, partitions: list[Partition], wall: float, dry_run: bool, progress: _Progress
+) -> list[PartitionExpiry]:
+    """Drop whole hours (or, for a dry run, only report them)."""
+    gone = []
+    for partition in partitions:
         scan = scan_partition(location, partition, wall=wall)  # damaged files go with the hour
         files = scan.visible + scan.damaged
         gone.append(
@@ -187,65 +199,151 @@ def expire_locked(
         )
         if not dry_run:
             _expire_partition_dir(location, partition)
-        done += 1
-        if progress is not None:
-            progress(done, total)
+        progress.advance()
+    return gone
 
+
+def _scan_tasks(
+    location: Location, partitions: list[Partition], note: Damaged, wall: float, dry_run: bool
+) -> dict[Partition, PartitionScan]:
+    """Scan the kept task hours, finishing interrupted runs first (unless a dry run)."""
+    scans = {}
+    for partition in partitions:
+        scan = scan_partition(location, partition, note, wall=wall)
+        if not dry_run and (scan.leftovers or scan.temps):
+            finish_interrupted(location, partition, scan)
+            scan = scan_partition(location, partition, note, wall=wall)
+        scans[partition] = scan
+    return scans
+
+
+def _rewrite_without(
+    location: Location,
+    partition: Partition,
+    scan: PartitionScan,
+    uuids: set[str],
+    per_file: dict[str, int],
+    note: Damaged,
+    target_bytes: int,
+) -> list[str]:
+    """Rewrite the files of ``partition`` holding expired tasks without them.
+
+    Returns the inputs replaced (to delete once every rewrite is committed).
+    """
+    files = [i for i in scan.visible if i.path in per_file]
+    data, schema, good = read_inputs(location, "tasks", [i.path for i in files], note)
+    files = [i for i in files if i.path in set(good)]
+    if not files:
+        return []
+    keep_mask = pc.invert(pc.is_in(data.column("uuid"), pa.array(sorted(uuids))))
+    data = sort_rows(data.filter(keep_mask))
+    infos = [scan.infos.get(i.base_name) for i in files]
+    latest = all(i is not None and i.keep == "latest" for i in infos)
+    bytes_in = sum(i.size for i in files)
+    write_group(
+        location,
+        partition.path,
+        data,
+        schema,
+        replaces=[i.base_name for i in files],
+        keep="latest" if latest else "all",
+        target_bytes=target_bytes,
+        slice_rows=rows_per_group(target_bytes, bytes_in, len(data)),
+    )
+    return [i.path for i in files]
+
+
+def _expire_by_state(
+    location: Location,
+    partitions: list[Partition],
+    per_state: Mapping[str, pd.Timedelta],
+    now: pd.Timestamp,
+    *,
+    wall: float,
+    dry_run: bool,
+    note: Damaged,
+    progress: _Progress,
+    target_bytes: int,
+) -> tuple[set[str], list[StateExpiry], int]:
+    """Drop the tasks whose last row is older than their state's retention.
+
+    Returns the expired uuids, the per-state counts and how many hours were rewritten.
+    """
+    if not partitions:
+        _check_states(per_state, set(TASK_STATES))
+        return set(), [], 0
+    scans = _scan_tasks(location, partitions, note, wall, dry_run)
+    uuids, states, per_file = _expired_tasks(location, partitions, scans, per_state, now, note)
+    affected = [p for p in partitions if any(i.path in per_file for i in scans[p].visible)]
+    progress.total += len(affected)
+    if dry_run:
+        return uuids, states, 0
+    rewritten = 0
+    to_delete: list[str] = []
+    try:
+        # Oldest first: a task's last row, which decides its state, goes last.
+        for partition in affected:
+            replaced = _rewrite_without(
+                location, partition, scans[partition], uuids, per_file, note, target_bytes
+            )
+            if replaced:
+                to_delete.extend(replaced)
+                rewritten += 1
+                progress.advance()
+    finally:
+        for path in to_delete:
+            delete_file(location, path)
+        location.sync_parents(to_delete)
+    # The rewrites' inputs are gone: drop the tombstones of fully expired files.
+    for partition in affected:
+        scan = scan_partition(location, partition, wall=wall)
+        for name in scan.tombstones:
+            delete_file(location, f"{partition.path}/{name}")
+    return uuids, states, rewritten
+
+
+def expire_locked(
+    archive: Archive,
+    tables: list[str],
+    *,
+    older_than: pd.Timedelta | None,
+    per_state: Mapping[str, pd.Timedelta],
+    now: pd.Timestamp,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    target_bytes: int = DEFAULT_TARGET_FILE_BYTES,
+) -> ExpiryReport:
+    """Expire old hours of ``tables`` and tasks by state (the caller holds the lock)."""
+    started = time.perf_counter()
+    location = archive.location
+    wall = time.time()
+    skipped: dict[str, str] = {}
+
+    def note(path: str, reason: str) -> None:
+        skipped.setdefault(path, reason)
+
+    archive = archive.using(note)
+    if not dry_run:
+        _finish_interrupted_runs(location, tables)
+    cutoff = None if older_than is None else to_micros(now - older_than)
+    gone_parts, kept = _split_by_age(archive, tables, cutoff)
+    counter = _Progress(progress, len(gone_parts))
+    gone = _drop_partitions(location, gone_parts, wall, dry_run, counter)
     uuids: set[str] = set()
     states: list[StateExpiry] = []
     rewritten = 0
-    task_parts = kept.get("tasks", []) if per_state else []
-    if per_state and not task_parts:
-        _check_states(per_state, set(TASK_STATES))
-    if task_parts:
-        scans = {}
-        for partition in task_parts:
-            scan = scan_partition(location, partition, note, wall=wall)
-            if not dry_run and (scan.leftovers or scan.temps):
-                finish_interrupted(location, partition, scan)
-                scan = scan_partition(location, partition, note, wall=wall)
-            scans[partition] = scan
-        uuids, states, per_file = _expired_tasks(location, task_parts, scans, per_state, now, note)
-        affected = [p for p in task_parts if any(i.path in per_file for i in scans[p].visible)]
-        total += len(affected)
-        to_delete: list[str] = []
-        try:
-            # Oldest first: a task's last row, which decides its state, goes last.
-            for partition in affected if not dry_run else []:
-                files = [i for i in scans[partition].visible if i.path in per_file]
-                data, schema, good = read_inputs(location, "tasks", [i.path for i in files], note)
-                files = [i for i in files if i.path in set(good)]
-                if not files:
-                    continue
-                keep_mask = pc.invert(pc.is_in(data.column("uuid"), pa.array(sorted(uuids))))
-                data = sort_rows(data.filter(keep_mask))
-                infos = [scans[partition].infos.get(i.base_name) for i in files]
-                latest = all(i is not None and i.keep == "latest" for i in infos)
-                bytes_in = sum(i.size for i in files)
-                write_group(
-                    location,
-                    partition.path,
-                    data,
-                    schema,
-                    replaces=[i.base_name for i in files],
-                    keep="latest" if latest else "all",
-                    target_bytes=target_bytes,
-                    slice_rows=rows_per_group(target_bytes, bytes_in, len(data)),
-                )
-                to_delete.extend(i.path for i in files)
-                rewritten += 1
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-        finally:
-            for path in to_delete:
-                delete_file(location, path)
-            location.sync_parents(to_delete)
-        # The rewrites' inputs are gone: drop the tombstones of fully expired files.
-        for partition in affected if not dry_run else []:
-            scan = scan_partition(location, partition, wall=wall)
-            for name in scan.tombstones:
-                delete_file(location, f"{partition.path}/{name}")
+    if per_state:
+        uuids, states, rewritten = _expire_by_state(
+            location,
+            kept.get("tasks", []),
+            per_state,
+            now,
+            wall=wall,
+            dry_run=dry_run,
+            note=note,
+            progress=counter,
+            target_bytes=target_bytes,
+        )
     return ExpiryReport(
         now=now,
         dry_run=dry_run,

@@ -2,8 +2,10 @@
 
 The lock is ``fcntl.flock`` on a small file, ``<archive>/_archiver.lock`` for a
 local archive (hidden from readers by its ``_`` prefix), or a file in the
-temporary directory named after the archive's URI for a remote one (which then
-only serializes cleanups on this host). The file holds the holder's pid, host
+temporary directory named after the archive's canonical URI for a remote one
+(:attr:`~archiver.storage.Location.key`: two spellings of one archive share it).
+That only serializes cleanups on this host: two hosts cleaning one bucket are made
+safe by the reading-side rule of :mod:`archiver.layout`. The file holds the holder's pid, host
 and start time, for the error message a second cleanup shows.
 
 The kernel releases a ``flock`` when its holder dies, even by ``kill -9``, so a
@@ -36,13 +38,105 @@ from ..storage import Location
 logger = logging.getLogger("archiver.cleanup")
 
 LOCK_NAME = "_archiver.lock"
+#: How long an object-store lock holds without its holder: a dead host's lock ends then.
+LEASE_SECONDS = 3600.0
+
+
+class ObjectLease:
+    """A lock object ``<archive>/_archiver.lock`` on S3, created only if absent.
+
+    PutObject with ``If-None-Match: *`` succeeds for one process only (AWS S3, and
+    SeaweedFS, honour it); the object holds the holder and the end of its lease. A
+    lock whose lease has ended is deleted with ``If-Match`` its ETag (so two takers
+    cannot both delete a fresh lock) and taken; so is the lock of a dead process of this
+    host (this host's local lock is held first). A server that refuses conditional
+    requests (HTTP 501) disables it: the reading-side rule of :mod:`archiver.layout`
+    keeps readers exact without it.
+    """
+
+    def __init__(self, location: Location, lease: float = LEASE_SECONDS) -> None:
+        self.client: Any = getattr(getattr(location.fs, "handler", None), "fs", None)
+        bucket, _, prefix = location.root.partition("/")
+        self.bucket, self.key = bucket, f"{prefix}/{LOCK_NAME}" if prefix else LOCK_NAME
+        self.lease = lease
+        self.etag: str | None = None
+        self.supported = location.object_store and hasattr(self.client, "call_s3")
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.call_s3(
+            method, Bucket=self.bucket, Key=self.key, **kwargs
+        )
+        return result
+
+    def try_acquire(self, record: dict[str, Any]) -> bool:
+        """Create the lock object; False if another holder's lease is running."""
+        body = json.dumps({**record, "expires": time.time() + self.lease}).encode()
+        for _ in range(2):
+            try:
+                self.etag = self._call("put_object", Body=body, IfNoneMatch="*").get("ETag")
+                return True
+            except OSError as exc:
+                if _not_supported(exc):
+                    self.supported = False
+                    return True
+                if not _precondition_failed(exc):
+                    raise
+            holder, etag = self.holder()
+            if holder is None or not _stale(holder):
+                return False
+            logger.warning("Took over the expired object-store lock of %s", describe(holder))
+            with contextlib.suppress(OSError):  # another taker was first: it wins
+                self._call("delete_object", IfMatch=etag)
+        return False
+
+    def holder(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The current lock object's holder record and ETag (None if absent)."""
+        path = f"{self.bucket}/{self.key}"
+        try:  # the ETag first: if the object changes after, a delete with it fails
+            etag = self._call("head_object").get("ETag")
+            data = self.client.cat_file(path)
+        except OSError:  # FileNotFoundError too
+            return None, None
+        return _parse_holder(data), etag
+
+    def release(self) -> None:
+        """Delete our lock object (only if it is still ours)."""
+        if self.etag is not None:
+            with contextlib.suppress(OSError):
+                self._call("delete_object", IfMatch=self.etag)
+            self.etag = None
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """Whether a lock object's holder is gone: its lease ended, or it was a process of
+    this host that is no longer running (the caller holds this host's local lock)."""
+    try:
+        if float(holder.get("expires", 0)) <= time.time():
+            return True
+    except (TypeError, ValueError):
+        return True
+    pid = holder.get("pid")
+    here = holder.get("host") == socket.gethostname()
+    return here and isinstance(pid, int) and not pid_alive(pid)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__!r}"
+    return "PreconditionFailed" in text or "pre-condition" in text or "412" in text
+
+
+def _not_supported(exc: BaseException) -> bool:
+    text = f"{exc} {exc.__cause__!r}"
+    return "NotImplemented" in text or "501" in text
 
 
 def lock_path(location: Location) -> str:
     """Where the maintenance lock of the archive at ``location`` lives."""
     if location.local:
         return os.path.join(location.root, LOCK_NAME)
-    digest = hashlib.sha1(location.uri.encode()).hexdigest()[:16]
+    # The canonical key (scheme, endpoint, bucket and path; no credentials or query),
+    # so two spellings of one archive share one lock.
+    digest = hashlib.sha1(location.key.encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"archiver-{digest}.lock")
 
 
@@ -101,6 +195,7 @@ class MaintenanceLock:
         self.poll = poll
         self.purpose = purpose
         self._fd: int | None = None
+        self._lease = ObjectLease(location) if location.object_store else None
 
     def __repr__(self) -> str:
         return f"MaintenanceLock({self.path!r}, held={self.held})"
@@ -135,10 +230,26 @@ class MaintenanceLock:
                 "purpose": self.purpose,
             }
             write_record(fd, json.dumps(record) + "\n")
+            self._take_lease(record, deadline)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+
+    def _take_lease(self, record: dict[str, Any], deadline: float) -> None:
+        """On an object store, take the lock object too (other hosts share that one)."""
+        lease = self._lease
+        if lease is None or not lease.supported:
+            return
+        while not lease.try_acquire(record):
+            if time.monotonic() >= deadline:
+                holder, _ = lease.holder()
+                raise LockedError(
+                    f"archive {self.location.uri} is locked by another cleanup "
+                    f"({describe(holder)}; lock object {LOCK_NAME}); wait for it to finish "
+                    "or give a longer wait"
+                )
+            time.sleep(min(self.poll, max(0.0, deadline - time.monotonic())) or 0.001)
 
     def _locked_message(self) -> str:
         holder = read_holder(self.path)
@@ -162,6 +273,8 @@ class MaintenanceLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        if self._lease is not None:
+            self._lease.release()
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         unlock(fd)

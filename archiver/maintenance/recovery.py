@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+import pyarrow.fs as pafs
+
 from ..layout import Partition
 from ..listing import PartitionScan, walk_partitions
 from ..storage import Location
@@ -43,8 +45,22 @@ def finish_interrupted(
 
 
 def remove_set_aside(location: Location, table: str) -> int:
-    """Delete partition directories renamed aside by an interrupted expiry."""
-    paths = walk_partitions(location, table).set_aside
-    for path in paths:
+    """Finish interrupted expiries: hours renamed aside, or marked (object stores)."""
+    walk = walk_partitions(location, table)
+    for path in walk.set_aside:
         location.fs.delete_dir(path)
-    return len(paths)
+    for path, marker in walk.expiring:
+        finish_expiring(location, path, marker)
+    return len(walk.set_aside) + len(walk.expiring)
+
+
+def finish_expiring(location: Location, path: str, marker: str) -> None:
+    """Delete an hour marked as being expired, file by file, then its marker.
+
+    One delete per file (object stores have no directory to delete), each a step.
+    """
+    selector = pafs.FileSelector(path, recursive=True, allow_not_found=True)
+    for info in location.fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            delete_file(location, info.path)
+    delete_file(location, marker)
