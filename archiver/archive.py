@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, cast
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -176,7 +177,26 @@ class Archive:
         *,
         on_bad_file: OnBadFile | None = None,
     ) -> list[str]:
-        """Paths of the table's readable visible data files, oldest partition first."""
+        """URIs of exactly the files archiver reads for ``table``, oldest partition first.
+
+        Local archives give absolute paths; others ``scheme://bucket/key`` (credentials
+        and endpoint options are not in them: give the engine its own). Hand the list to
+        DuckDB, Polars, Spark or Dask instead of a glob to read exactly what
+        :meth:`load` reads (see :meth:`duckdb`).
+        """
+        paths = self._paths(table, partitions, on_bad_file)
+        if self.location.local:
+            return paths
+        scheme = urlparse(self.uri).scheme or "file"
+        return [f"{scheme}://{p.lstrip('/')}" for p in paths]
+
+    def _paths(
+        self,
+        table: str,
+        partitions: list[Partition] | None = None,
+        on_bad_file: OnBadFile | None = None,
+    ) -> list[str]:
+        """Paths (on :attr:`fs`) of the table's readable visible data files."""
         arch = self.using(on_bad_file)
         parts = arch.partitions(table) if partitions is None else partitions
         if len(parts) < 2:
@@ -184,12 +204,39 @@ class Archive:
         with ThreadPoolExecutor(max_workers=8) as pool:  # footers are read in parallel
             return [i.path for files in pool.map(arch.partition_files, parts) for i in files]
 
+    def duckdb(self, connection: Any = None) -> Any:
+        """A DuckDB connection with one view per table over exactly :meth:`files`.
+
+        Each view has the table's columns plus ``date`` (DATE) and ``hour`` (INTEGER).
+        The views are a snapshot of the file list: call again after a cleanup (a file
+        it deleted then fails with "No such file"). Needs the ``report`` extra.
+
+        Args:
+            connection: a ``duckdb.DuckDBPyConnection`` to add the views to (default: a
+                new in-memory one).
+        """
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise ArchiverError("DuckDB is not installed: pip install 'archiver[report]'") from exc
+        con = duckdb.connect() if connection is None else connection
+        for table in self.tables():
+            # A pyarrow dataset over the exact list: any filesystem pyarrow reads (S3
+            # with the archive's own credentials), checksums verified, filters pushed down.
+            con.register(f"_archiver_{table}", self.dataset(table))
+            con.execute(
+                f'CREATE OR REPLACE VIEW "{table}" AS SELECT * REPLACE '
+                f'(CAST("date" AS DATE) AS "date", CAST("hour" AS INTEGER) AS "hour") '
+                f'FROM "_archiver_{table}"'
+            )
+        return con
+
     # -- reading ------------------------------------------------------------
     def schema(self, table: str) -> pa.Schema:
         """The table's schema (archiver's own for its tables, else the newest file's)."""
         if table in SCHEMAS:
             return SCHEMAS[table]
-        for path in reversed(self.files(table)):
+        for path in reversed(self._paths(table)):
             try:
                 with self.fs.open_input_file(path) as f:
                     return pq.read_schema(f).remove_metadata()
@@ -211,7 +258,7 @@ class Archive:
         Reading it verifies Parquet page checksums.
         """
         arch = self.using(on_bad_file)
-        return arch._dataset(table, arch.files(table, partitions))
+        return arch._dataset(table, arch._paths(table, partitions))
 
     def _dataset(self, table: str, paths: list[str]) -> ds.Dataset:
         schema = self.schema(table)
@@ -250,7 +297,7 @@ class Archive:
             if tries and parts is not None:  # listed again: some may have gone
                 parts = arch._refresh(table, parts)
             tries += 1
-            paths = arch.files(table, parts)
+            paths = arch._paths(table, parts)
             dataset = arch._dataset(table, paths)
             try:
                 if limit is not None:
@@ -294,7 +341,7 @@ class Archive:
                     merged_failed |= COMPACT_MARK in path.rsplit("/", 1)[-1]
             if not merged_failed:
                 break
-            paths = self.files(table, partitions)
+            paths = self._paths(table, partitions)
         pieces = [done[p] for p in paths if p in done]
         if pieces:
             return pa.concat_tables(pieces)

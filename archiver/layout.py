@@ -5,7 +5,8 @@ visible unless its name starts with ``.`` or ``_`` (temporary and foreign files)
 or a live compacted file in the same partition lists it in its ``archiver.replaces``
 metadata (a compaction that crashed before deleting its inputs). A compacted file
 is one of a group written together (``archiver.group``); it is live once the whole
-group is present, or once none of the files it replaces is left. See
+group is present, or once none of the files it replaces is left; of two live groups
+replacing a same file (racing cleanups) only one counts (:func:`overlap_winners`). See
 :mod:`archiver.maintenance` for the protocol and why it never shows a row twice.
 
 Hour arithmetic lives here too: a partition spans ``[start_us, end_us)``.
@@ -29,6 +30,9 @@ QUARANTINE = "_quarantine"
 #: A file being written is ``.<name>.tmp`` (hidden) until its rename.
 TMP_PREFIX = ".part-"
 TMP_SUFFIX = ".tmp"
+#: Commit journal: ``<archive>/_commits/<group>`` names the partition (``table/date=/hour=``)
+#: of a commit from before its first rename until its inputs are deleted.
+JOURNAL = "_commits"
 #: Marks a partition directory renamed aside by expiry (``.hour=H.expired-<id>``).
 EXPIRED_MARK = ".expired-"
 #: On object stores (no rename) expiry first writes ``date=D/_expiring.hour=H``, then
@@ -83,6 +87,15 @@ def partition_path(hour_bucket: int) -> str:
         raise ValueError(f"captured_at hour {hour_bucket} is outside the years 1970..2261")
     start = datetime.fromtimestamp(hour_bucket * 3600, tz=timezone.utc)
     return f"date={start:%Y-%m-%d}/hour={start.hour}"
+
+
+def parse_partition(relative: str) -> tuple[str, str, int] | None:
+    """``(table, date, hour)`` of ``table/date=YYYY-MM-DD/hour=H``, None if not one."""
+    parts = relative.strip().split("/")
+    if len(parts) != 3 or not parts[0] or is_hidden(parts[0]):
+        return None
+    day, hour = parse_date(parts[1]), parse_hour(parts[2])
+    return None if day is None or hour is None else (parts[0], day, hour)
 
 
 def is_hidden(name: str) -> bool:
@@ -145,12 +158,38 @@ def live_compacted(present: set[str], infos: dict[str, CompactInfo]) -> set[str]
     is a half-committed compaction (its rows are all still in the inputs), so it
     is ignored. A member missing once every input is gone was itself compacted
     later, and the rest of the group stays valid.
+
+    Two groups that replace a same file were committed by two cleanups racing
+    without a common lock (two hosts on one bucket): only the first group by its
+    sorted names counts (:func:`overlap_winners`), so the rows show once.
     """
-    return {
+    complete = {
         name
         for name, info in infos.items()
         if info.group <= present or not (info.replaces & present)
     }
+    return overlap_winners(complete, present, infos)
+
+
+def overlap_winners(names: set[str], present: set[str], infos: dict[str, CompactInfo]) -> set[str]:
+    """``names`` minus the groups whose ``replaces`` overlap an earlier group's.
+
+    Whole groups come first, then by their sorted member names: the same order on
+    every host and every listing, so a winner needs no lock. A later compaction only
+    ever replaces visible files, so groups never overlap unless they raced.
+    """
+    groups: dict[tuple[bool, tuple[str, ...]], frozenset[str]] = {}
+    for name in names:
+        info = infos[name]
+        key = (not info.group <= present, tuple(sorted(info.group)))
+        groups[key] = groups.get(key, frozenset()) | info.replaces
+    taken: frozenset[str] = frozenset()
+    winners: set[tuple[str, ...]] = set()
+    for key in sorted(groups):
+        if not groups[key] & taken:
+            taken |= groups[key]
+            winners.add(key[1])
+    return {n for n in names if tuple(sorted(infos[n].group)) in winners}
 
 
 def visible_names(present: set[str], infos: dict[str, CompactInfo]) -> set[str]:

@@ -392,9 +392,13 @@ def scan_partition(
     present = set(scan.files)
     live = live_compacted(present, scan.infos)
     visible = visible_names(present, scan.infos)
-    # (only a group whose inputs are all there is garbage: its rows are in them)
+    # Garbage: a group whose inputs are all there (its rows are in them), or one that
+    # lost a race to a live group replacing the same files (its rows are in that one).
+    covered = frozenset().union(*(scan.infos[n].replaces for n in live))
     scan.garbage = sorted(
-        n for n in scan.infos if n not in live and scan.infos[n].replaces <= present
+        n
+        for n in scan.infos
+        if n not in live and (scan.infos[n].replaces <= present or scan.infos[n].replaces & covered)
     )
     scan.replaced = sorted(n for n in present - visible if n in live or n not in scan.infos)
     scan.tombstones = sorted(

@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 from .camera import CameraTimer, Polaroid, SnapshotState
 from .convert import STAGE_ROWS, CeleryConverter, Converter, Mode, RedactMode
 from .errors import LockedError, NoArchiveError
+from .maintenance.recovery import repair
 from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id
 from .storage import resolve
 
@@ -107,6 +108,7 @@ class ParquetCamera(Polaroid):
             max_buffer_rows=max_buffer_rows,
             writer_id=self.camera_id,
         )
+        repair(self.location)  # a commit a crashed cleanup left half-done (one listing)
         self.clock = clock
         self.retention = retention
         self._snapshot_seq = 0

@@ -360,8 +360,8 @@ class TestCompact:
             arch.compact()
         monkeypatch.setattr(recovery, "_STEP_HOOK", None)
         assert_same_rows(before, arch)
-        report = arch.compact()
-        assert report.recovered > 0 and report.partitions == ()
+        report = arch.compact()  # finishes the first group, then merges the hours not done yet
+        assert report.recovered > 0 and arch.compact().partitions == ()
         assert_same_rows(before, arch)
         assert all("-compact-" in p for p in listing(Path(arch.uri)))
 

@@ -66,6 +66,7 @@ LAYERS = {
     "archiver.cli": INTERFACES,
     "archiver.cli.output": INTERFACES,
     "archiver.cli.cmd_check": INTERFACES,
+    "archiver.cli.cmd_files": INTERFACES,
     "archiver.cli.cmd_cleanup": INTERFACES,
     "archiver.cli.cmd_query": INTERFACES,
     "archiver.cli.cmd_record": INTERFACES,

@@ -13,8 +13,9 @@ partition it changes:
    (``.part-...-compact-<group>-NNN.parquet.tmp``). Each new file records in its
    Parquet metadata ``archiver.replaces``, the inputs' names, and
    ``archiver.group``, the names of all the files written together;
-3. renames the new files into place, one by one;
-4. once every partition is done, deletes the inputs.
+3. renames the new files into place, one by one (journaled in ``<archive>/_commits``
+   from before the first rename until step 4 is done);
+4. deletes that partition's inputs at once, before the next partition.
 
 Readers and maintenance runs alike (:func:`archiver.listing.scan_partition`, with the
 rules of :mod:`archiver.layout`) decide what is visible from a directory listing alone:
@@ -40,7 +41,12 @@ left alone.
 
 A reader that listed the files just before step 4 may find an input gone;
 :meth:`archiver.Archive.read` then lists again and rereads, and gets the new
-files. Deleting all inputs at the end keeps that window short.
+files. Deleting each partition's inputs right after its commit keeps the time a
+glob reader can see a row twice to one partition's swap; a recorder starting
+finishes a journaled commit a crash left half-done
+(:func:`~archiver.maintenance.recovery.repair`). Two groups replacing a same file
+(two cleanups racing without a common lock) count once: see
+:func:`archiver.layout.overlap_winners`.
 
 Compaction only touches *closed* partitions: hours that ended before ``before``
 (default: now). Files near the target size are left alone, so a second run does

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -16,7 +17,13 @@ from ..rows import latest_rows, sort_rows
 from ..schema import ENTITY_KEYS
 from ..sink import recover_flushes
 from ..storage import Location
-from .recovery import delete_file, finish_interrupted, remove_set_aside
+from .recovery import (
+    close_commit,
+    delete_inputs,
+    finish_interrupted,
+    remove_set_aside,
+    repair_locked,
+)
 from .reports import CompactionReport, PartitionCompaction, ProgressCallback
 from .retention import Keep
 from .rewrite import read_inputs, rows_per_group, write_group
@@ -43,12 +50,13 @@ def _compact_partition(
     keep: Keep,
     target_bytes: int,
     damaged: Damaged,
-) -> tuple[PartitionCompaction | None, list[str]]:
-    """Merge ``files``; the ones that turn out damaged are left alone (and reported)."""
+) -> PartitionCompaction | None:
+    """Merge ``files`` and delete them at once (the ones that turn out damaged are left
+    alone, and reported): a glob reader sees this group twice only for its own swap."""
     data, schema, good = read_inputs(location, partition.table, [i.path for i in files], damaged)
     files = [i for i in files if i.path in set(good)]
     if not files:
-        return None, []
+        return None
     rows_in = data.num_rows
     if keep == "latest" and partition.table in ENTITY_KEYS:
         data = latest_rows(data, ENTITY_KEYS[partition.table])
@@ -65,7 +73,9 @@ def _compact_partition(
         target_bytes=target_bytes,
         slice_rows=rows_per_group(target_bytes, bytes_in, rows_in),
     )
-    report = PartitionCompaction(
+    delete_inputs(location, [i.path for i in files])
+    close_commit(location, outs[0].group)
+    return PartitionCompaction(
         partition.table,
         partition.date,
         partition.hour,
@@ -76,7 +86,73 @@ def _compact_partition(
         bytes_in=bytes_in,
         bytes_out=sum(o.size for o in outs),
     )
-    return report, [i.path for i in files]
+
+
+def _estimate(
+    scan: PartitionScan, partition: Partition, files: list[pafs.FileInfo], target_bytes: int
+) -> PartitionCompaction:
+    """What merging ``files`` would do (a dry run; ``files_out`` is a bound)."""
+    rows = sum(scan.num_rows(i) for i in files)
+    size = sum(i.size for i in files)
+    estimate = max(1, math.ceil(size / target_bytes))
+    return PartitionCompaction(
+        partition.table, partition.date, partition.hour, len(files), estimate,
+        rows, rows, size, size,
+    )  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """One compaction run: its settings and what it did so far."""
+
+    location: Location
+    keep: Keep
+    target_bytes: int
+    dry_run: bool
+    wall: float = field(default_factory=time.time)
+    recovered: int = 0
+    temps: int = 0
+    results: list[PartitionCompaction] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def note(self, path: str, reason: str) -> None:
+        self.skipped.setdefault(path, reason)
+
+    def finish_earlier_runs(self, tables: list[str]) -> None:
+        """Finish what crashed runs and recorders left half-done (journaled commits,
+        flushes an hour old or more, hours renamed aside by an expiry)."""
+        self.recovered += repair_locked(self.location, self.note)
+        self.recovered += sum(recover_flushes(self.location, min_age=TEMP_MAX_AGE))
+        for table in tables:
+            self.recovered += remove_set_aside(self.location, table)
+
+    def scan(self, partition: Partition) -> PartitionScan:
+        """List ``partition``, first finishing an interrupted commit found there."""
+        scan = scan_partition(self.location, partition, self.note, wall=self.wall)
+        if not self.dry_run and (scan.leftovers or scan.temps):
+            r, t = finish_interrupted(self.location, partition, scan)
+            self.recovered, self.temps = self.recovered + r, self.temps + t
+            # Plan on what is left, not on the old list.
+            scan = scan_partition(self.location, partition, self.note, wall=self.wall)
+        return scan
+
+    def compact(self, partition: Partition, scan: PartitionScan) -> None:
+        """Merge the partition's small files (or estimate it, in a dry run)."""
+        files = _plan(scan, self.keep, self.target_bytes)
+        if not files:
+            return
+        if self.dry_run:
+            self.results.append(_estimate(scan, partition, files, self.target_bytes))
+            return
+        try:
+            result = _compact_partition(
+                self.location, partition, files, self.keep, self.target_bytes, self.note
+            )
+        except (pa.ArrowException, ValueError) as exc:  # never blocks the others
+            self.note(partition.path, f"not compacted: {one_line(exc)}")
+            result = None
+        if result is not None:
+            self.results.append(result)
 
 
 def compact_locked(
@@ -89,72 +165,28 @@ def compact_locked(
     dry_run: bool,
     progress: ProgressCallback | None,
 ) -> CompactionReport:
+    """Compact the closed partitions of ``tables`` (the caller holds the lock)."""
     started = time.perf_counter()
-    location = archive.location
-    wall = time.time()
-    recovered = temps = 0
-    results: list[PartitionCompaction] = []
-    to_delete: list[str] = []
-    skipped: dict[str, str] = {}
-
-    def note(path: str, reason: str) -> None:
-        skipped.setdefault(path, reason)
-
-    archive = archive.using(note)
+    run = _Run(archive.location, keep, target_bytes, dry_run)
+    archive = archive.using(run.note)
     work = [(t, p) for t in tables for p in archive.partitions(t)]
-    closed = [(t, p) for t, p in work if p.ended_by(before_us)]
+    closed = sum(1 for _, p in work if p.ended_by(before_us))
+    if not dry_run:
+        run.finish_earlier_runs(tables)
     done = 0
-    try:
-        if not dry_run:  # a recorder's flush a crash interrupted, an hour ago or more
-            recovered += sum(recover_flushes(location, min_age=TEMP_MAX_AGE))
-        for table in tables:
-            if not dry_run:
-                recovered += remove_set_aside(location, table)
-        for table, partition in work:
-            scan = scan_partition(location, partition, note, wall=wall)
-            if not dry_run and (scan.leftovers or scan.temps):
-                r, t = finish_interrupted(location, partition, scan)
-                recovered, temps = recovered + r, temps + t
-                # Plan on what is left, not on the old list.
-                scan = scan_partition(location, partition, note, wall=wall)
-            if not partition.ended_by(before_us):
-                continue
-            files = _plan(scan, keep, target_bytes)
-            if files and dry_run:
-                rows = sum(scan.num_rows(i) for i in files)
-                size = sum(i.size for i in files)
-                estimate = max(1, math.ceil(size / target_bytes))
-                results.append(
-                    PartitionCompaction(
-                        table, partition.date, partition.hour, len(files), estimate,
-                        rows, rows, size, size,
-                    )
-                )  # fmt: skip
-            elif files:
-                try:
-                    result, inputs = _compact_partition(
-                        location, partition, files, keep, target_bytes, note
-                    )
-                except (pa.ArrowException, ValueError) as exc:  # never blocks the others
-                    note(partition.path, f"not compacted: {one_line(exc)}")
-                    result, inputs = None, []
-                if result is not None:
-                    results.append(result)
-                to_delete.extend(inputs)
-            done += 1
-            if progress is not None:
-                progress(done, len(closed))
-    finally:
-        # Inputs go last and together: readers see at most one short window in
-        # which a file they listed disappears (they then list again).
-        for path in to_delete:
-            delete_file(location, path)
-        location.sync_parents(to_delete)
+    for _table, partition in work:
+        scan = run.scan(partition)
+        if not partition.ended_by(before_us):
+            continue
+        run.compact(partition, scan)
+        done += 1
+        if progress is not None:
+            progress(done, closed)
     return CompactionReport(
-        tuple(results),
+        tuple(run.results),
         seconds=time.perf_counter() - started,
         dry_run=dry_run,
-        recovered=recovered,
-        temps_removed=temps,
-        skipped=tuple(sorted(skipped.items())),
+        recovered=run.recovered,
+        temps_removed=run.temps,
+        skipped=tuple(sorted(run.skipped.items())),
     )

@@ -8,13 +8,28 @@ interrupted run are deleted, in which order. What a partition holds is listed by
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..layout import Partition
-from ..listing import PartitionScan, walk_partitions
+from ..errors import ArchiverError, LockedError
+from ..layout import JOURNAL, Partition, parse_partition
+from ..listing import (
+    TEMP_MAX_AGE,
+    Damaged,
+    PartitionScan,
+    list_dir,
+    scan_partition,
+    walk_partitions,
+)
 from ..storage import Location
+from .lock import MaintenanceLock
+
+logger = logging.getLogger(__name__)
 
 #: Test hook: called with a step name ("written", "renamed", "deleted") after each
 #: file step; tests set or monkeypatch ``archiver.maintenance.recovery._STEP_HOOK``.
@@ -31,6 +46,102 @@ def delete_file(location: Location, path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         location.fs.delete_file(path)
     step("deleted")
+
+
+def delete_inputs(location: Location, paths: Iterable[str]) -> None:
+    """Delete a committed group's inputs, right after its commit (one group's swap)."""
+    done = list(paths)
+    for path in done:
+        delete_file(location, path)
+    location.sync_parents(done)
+
+
+# -- the commit journal --------------------------------------------------------------
+def journal_entry(location: Location, group: str) -> str:
+    return location.join(JOURNAL, group)
+
+
+def open_commit(location: Location, group: str, directory: str) -> None:
+    """Journal a commit of ``group`` into the partition ``directory``, before its renames.
+
+    The entry lets the next archiver process that opens the archive to write find
+    a half-done commit without listing every partition (:func:`repair`). It holds
+    the partition and, on a second line, the host (whose lock tells if it is done).
+    """
+    entry = journal_entry(location, group)
+    if location.atomic_rename:  # object stores have no folders (and get no markers)
+        location.make_dirs(entry.rsplit("/", 1)[0])
+    relative = directory[len(location.root) :].strip("/") if location.root else directory
+    with location.fs.open_output_stream(entry) as out:
+        out.write(f"{relative}\n{socket.gethostname()}".encode())
+    location.sync(entry)
+
+
+def close_commit(location: Location, group: str) -> None:
+    """Drop the journal entry of ``group``: its inputs are gone."""
+    with contextlib.suppress(FileNotFoundError):
+        location.fs.delete_file(journal_entry(location, group))
+
+
+def repair(location: Location, damaged: Damaged | None = None) -> int:
+    """Finish the commits the journal lists as half-done; the number of files deleted.
+
+    Run by every process that opens the archive to write (a recorder starting, a
+    cleanup). Costs one listing of the journal when nothing is pending, then one
+    partition listing per entry. Skipped (0) while a cleanup holds the lock on this
+    host: that cleanup finishes the job itself.
+    """
+    try:
+        if not _journal(location):
+            return 0
+        with MaintenanceLock(location, timeout=0.0, purpose="repair"):
+            return repair_locked(location, damaged)
+    except LockedError:
+        return 0
+    except (OSError, ArchiverError, pa.ArrowException, ValueError) as exc:  # writes will tell
+        logger.warning("Could not finish interrupted commits in %s: %s", location.uri, exc)
+        return 0
+
+
+def repair_locked(location: Location, damaged: Damaged | None = None) -> int:
+    """:func:`repair`, for a caller that holds the lock."""
+    return sum(_repair_entry(location, info, damaged) for info in _journal(location))
+
+
+def _journal(location: Location) -> list[pafs.FileInfo]:
+    entries = list_dir(location, location.join(JOURNAL))
+    return [i for i in entries if i.type == pafs.FileType.File]
+
+
+def _repair_entry(location: Location, info: pafs.FileInfo, damaged: Damaged | None) -> int:
+    """Finish the commit of one journal entry, then drop the entry."""
+    try:
+        with location.fs.open_input_stream(info.path) as f:
+            text = f.read(4096).decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return 0
+    lines = text.splitlines() or [""]
+    parsed = parse_partition(lines[0])
+    host = lines[1].strip() if len(lines) > 1 else socket.gethostname()
+    age = time.time() - info.mtime.timestamp() if info.mtime is not None else TEMP_MAX_AGE
+    if host != socket.gethostname() and age < TEMP_MAX_AGE:
+        # Our lock says nothing of another host's cleanup: it may still be renaming
+        # this group, so its half-renamed files are not garbage yet.
+        return 0
+    if parsed is None:
+        if damaged is not None:
+            damaged(info.path, "not a commit journal entry (table/date=YYYY-MM-DD/hour=H)")
+        return 0
+    table, day, hour = parsed
+    partition = Partition(table, day, hour, location.join(table, f"date={day}", f"hour={hour}"))
+    scan = scan_partition(location, partition, damaged, wall=time.time())
+    removed = len(scan.leftovers)
+    for name in scan.leftovers:
+        delete_file(location, f"{partition.path}/{name}")
+    location.sync_parents(f"{partition.path}/{n}" for n in scan.leftovers)
+    with contextlib.suppress(FileNotFoundError):
+        location.fs.delete_file(info.path)
+    return removed
 
 
 def finish_interrupted(

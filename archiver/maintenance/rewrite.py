@@ -18,7 +18,7 @@ from ..listing import PARQUET, Damaged, is_missing_file, mark_damaged
 from ..schema import SCHEMAS, with_metadata
 from ..sink import ROW_GROUP_SIZE, new_writer_id, open_writer, temp_path
 from ..storage import Location
-from .recovery import step
+from .recovery import open_commit, step
 from .retention import Keep
 
 
@@ -74,6 +74,7 @@ class Output:
     target: str
     stream: Any
     writer: pq.ParquetWriter
+    group: str
     rows: int = 0
     size: int = 0
 
@@ -91,8 +92,10 @@ def write_group(
 ) -> list[Output]:
     """Write ``data`` as a group of files of about ``target_bytes``, renamed into place last.
 
-    Every file records the group and the files it replaces. Returns the outputs
-    once all are in place (the commit); on error, removes what it wrote.
+    Every file records the group and the files it replaces; the commit is journaled
+    (:func:`~.recovery.open_commit`) before the first rename, and the caller closes
+    it once the inputs are deleted. Returns the outputs once all are in place (the
+    commit); on error, removes what it wrote.
     """
     fs = location.fs
     gid = new_writer_id()
@@ -107,7 +110,7 @@ def write_group(
         target = temp_path(location, directory, name)
         stream = fs.open_output_stream(target)
         writer = open_writer(stream, schema)  # checksums; the camera's dictionary columns
-        out = Output(name, final, target, stream, writer)
+        out = Output(name, final, target, stream, writer, gid)
         outs.append(out)
         return out
 
@@ -138,6 +141,7 @@ def write_group(
             out.stream.close()
             location.sync(out.target)
             step("written")
+        open_commit(location, gid, directory)
         for out in outs:
             if out.target != out.final:
                 location.rename(out.target, out.final, sync=False)

@@ -1,0 +1,344 @@
+"""What other engines see: glob readers during and after cleanups, exact access, racing cleanups."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from click.testing import CliRunner
+
+import archiver
+from archiver.cli import cli
+from archiver.cli.cmd_files import run_sql
+from archiver.layout import JOURNAL
+from archiver.maintenance import recovery
+from archiver.maintenance.compaction import compact_locked
+
+from .conftest import FakeTimer
+from .test_cleanup import build_archive
+from .test_cleanup_crash import KEYS, fingerprints, run_child
+
+TABLES = ("tasks", "workers", "snapshots")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory, sample_events) -> Path:
+    """Two closed hours of the sample, 15 small files per table and hour."""
+    return build_archive(tmp_path_factory.mktemp("glob") / "a", sample_events, hours=2)
+
+
+@pytest.fixture
+def path(template, tmp_path) -> Path:
+    """A fresh copy of the template archive."""
+    shutil.copytree(template, tmp_path / "a")
+    return tmp_path / "a"
+
+
+def glob_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """(rows, distinct rows) of each table as DuckDB sees it through a glob of the folders."""
+    out = {}
+    with duckdb.connect() as con:
+        for table, key in KEYS.items():
+            glob = f"{path}/{table}/*/*/*.parquet"
+            out[table] = con.execute(
+                f"SELECT count(*), count(DISTINCT ({key}, snapshot_id)) FROM read_parquet('{glob}')"
+            ).fetchone()
+    return out
+
+
+def load_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """(rows, rows) of each table as ``Archive.load`` reads it."""
+    arch = archiver.Archive(path)
+    return {t: (len(arch.load(t)),) * 2 for t in TABLES}
+
+
+def interrupt_at(step_name: str, nth: int = 1):
+    """A step hook raising KeyboardInterrupt at the ``nth`` step called ``step_name``."""
+    seen = [0]
+
+    def hook(name: str) -> None:
+        if name == step_name:
+            seen[0] += 1
+            if seen[0] == nth:
+                raise KeyboardInterrupt
+
+    return hook
+
+
+# -- glob readers ------------------------------------------------------------------
+def test_glob_reader_sees_each_row_once_between_groups(path, monkeypatch):
+    """When a group starts, every earlier group's inputs are gone: a glob sees each row once."""
+    expected = load_counts(path)
+    seen = []
+
+    def hook(name: str) -> None:
+        if name == "written":  # a group is being written: the previous one is done
+            seen.append(glob_counts(path))
+
+    monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
+    archiver.Archive(path).compact(target_file_bytes="128KiB")
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    assert len(seen) >= 6 and all(counts == expected for counts in seen)
+    assert glob_counts(path) == expected
+
+
+@pytest.mark.parametrize("step_name", ["renamed", "deleted"])
+def test_recorder_start_repairs_a_half_done_commit(path, monkeypatch, step_name):
+    """A commit interrupted before its inputs are gone is finished by the next recorder start."""
+    expected = load_counts(path)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at(step_name))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).compact()
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    assert load_counts(path) == expected
+    assert glob_counts(path) != expected  # the committed group and its inputs, both globbed
+    assert list((path / JOURNAL).iterdir())
+    camera = archiver.ParquetCamera(archiver.State(), path, timer=FakeTimer())
+    camera.cancel()
+    assert glob_counts(path) == expected == load_counts(path)
+    assert not list((path / JOURNAL).iterdir())
+
+
+def test_repair_is_one_listing_when_nothing_is_pending(path):
+    """With no journal entry, repair deletes nothing and leaves every file as it is."""
+    before = sorted(p for p in path.rglob("*"))
+    assert recovery.repair(archiver.Archive(path).location) == 0
+    assert sorted(p for p in path.rglob("*")) == before
+
+
+def test_repair_reports_a_foreign_journal_entry(path):
+    """A journal entry that names no partition is reported and left alone, never a traceback."""
+    (path / JOURNAL).mkdir()
+    (path / JOURNAL / "junk").write_bytes(b"../../etc\x00")
+    found = []
+    location = archiver.Archive(path).location
+    assert recovery.repair(location, lambda p, why: found.append((p, why))) == 0
+    assert found and "not a commit journal entry" in found[0][1]
+    assert (path / JOURNAL / "junk").exists()
+
+
+def test_pandas_reads_the_raw_folder_with_typed_partitions(path):
+    """The README's one line gives pandas ``date`` as dates and ``hour`` as an integer."""
+    df = pd.read_parquet(
+        path / "tasks",
+        partitioning=ds.partitioning(
+            pa.schema([("date", pa.date32()), ("hour", pa.int32())]), flavor="hive"
+        ),
+    )
+    assert df["hour"].dtype == "int32"
+    assert len(df[df["hour"] >= 10]) + len(df[df["hour"] < 10]) == len(df)
+    assert len(df) == len(archiver.Archive(path).load("tasks"))
+
+
+# -- exact access --------------------------------------------------------------------
+def exact_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """(rows, distinct rows) of each table through ``archiver sql``'s views."""
+    arch = archiver.Archive(path)
+    out = {}
+    for table, key in KEYS.items():
+        result = run_sql(
+            arch, f"SELECT count(*), count(DISTINCT ({key}, snapshot_id)) FROM {table}"
+        )
+        out[table] = tuple(result.to_pylist()[0].values())
+    return out
+
+
+def test_files_and_views_read_exactly_what_load_reads(path, monkeypatch):
+    """After a commit left half-done, files() and the DuckDB views skip the replaced inputs."""
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at("deleted"))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).compact()
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    arch = archiver.Archive(path)
+    for table in TABLES:
+        files = arch.files(table)
+        assert all(Path(f).is_file() for f in files)
+        with duckdb.connect() as con:
+            rows = con.execute(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()[0]
+        assert rows == len(arch.load(table))
+    assert exact_counts(path) == load_counts(path)
+
+
+def test_duckdb_views_have_typed_hive_columns(path):
+    """Each view has ``date`` as DATE and ``hour`` as INTEGER, and the rows of ``load``."""
+    arch = archiver.Archive(path)
+    con = arch.duckdb()
+    types = con.execute("SELECT DISTINCT typeof(date), typeof(hour) FROM tasks").fetchall()
+    assert types == [("DATE", "INTEGER")]
+    df = con.execute("SELECT * FROM tasks ORDER BY captured_at, snapshot_id, uuid").df()
+    ref = arch.load("tasks").sort_values(["captured_at", "snapshot_id", "uuid"])
+    assert list(df["uuid"]) == list(ref["uuid"].astype(str))
+    assert set(df["hour"]) == {p.hour for p in arch.partitions("tasks")}
+    mine = duckdb.connect()
+    assert arch.duckdb(mine) is mine and mine.execute("SELECT count(*) FROM workers").fetchone()
+
+
+def test_duckdb_missing_is_one_line_naming_the_extra(path):
+    """Without DuckDB, Archive.duckdb() and `archiver sql` name the extra to install."""
+    code = (
+        "import sys; sys.modules['duckdb'] = None\n"
+        "from click.testing import CliRunner\n"
+        "from archiver.cli import cli\n"
+        f"r = CliRunner().invoke(cli, ['sql', 'SELECT 1', '--archive', {str(path)!r}])\n"
+        "print(r.exit_code, r.output)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("1 Error: DuckDB is not installed: pip install 'archiver[report]'")
+
+
+def test_cli_files_and_sql(path):
+    """`archiver files` prints files() one per line; `archiver sql` prints the query's result."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["files", "tasks", "--archive", str(path)])
+    assert result.exit_code == 0
+    assert result.output.splitlines() == archiver.Archive(path).files("tasks")
+    result = runner.invoke(
+        cli, ["sql", "SELECT count(*) AS n FROM tasks", "--archive", str(path), "--format", "csv"]
+    )
+    assert result.exit_code == 0
+    assert result.output == f"n\n{len(archiver.Archive(path).load('tasks'))}\n"
+    bad = runner.invoke(cli, ["sql", "SELECT nope FROM tasks", "--archive", str(path)])
+    assert bad.exit_code == 1 and bad.output.startswith("Error: SQL failed: ")
+    assert "Traceback" not in bad.output
+    missing = runner.invoke(cli, ["files", "nope", "--archive", str(path)])
+    assert missing.exit_code == 1 and missing.output.startswith("Error: no table 'nope'")
+
+
+def test_sql_equals_load_while_cleanups_are_killed(path):
+    """Queries through the exact views match load() while compactions run and are killed."""
+    expected = load_counts(path)
+    fingerprint = fingerprints(path)
+    rng = random.Random(20261130)
+    stop = threading.Event()
+    polls: list[dict[str, tuple[int, int]]] = []
+    errors: list[BaseException] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                polls.append(exact_counts(path))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        for _ in range(6):
+            code, _ = run_child(
+                path, "compact", {"target_file_bytes": "128KiB"}, delay=rng.uniform(0, 0.6)
+            )
+            assert code in (0, -9)
+        run_child(path, "compact", {"target_file_bytes": "128KiB"})
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors
+    assert polls and all(p == expected for p in polls)
+    got = fingerprints(path)
+    assert all((got[t] == fingerprint[t]).all() for t in KEYS)
+    assert exact_counts(path) == expected == glob_counts(path)
+
+
+# -- two cleanups without a common lock --------------------------------------------
+@pytest.fixture(params=["local"])
+def racing_archive(request, path) -> archiver.Archive:
+    """The archive two cleanups race on (an S3 URI fixture can be added to ``params``)."""
+    return archiver.Archive(path)
+
+
+@pytest.mark.parametrize(("pause_step", "nth"), [("written", 1), ("renamed", 1), ("deleted", 1)])
+def test_two_cleanups_without_a_common_lock(racing_archive, pause_step, nth):
+    """A cleanup paused mid-commit while another does all the work: readers see each row once,
+    and a later cleanup removes the losing copy."""
+    arch = racing_archive
+    expected = fingerprints(Path(arch.location.root))
+    paused, resume = threading.Event(), threading.Event()
+    main = threading.current_thread()
+    hook = interrupt_at(pause_step, nth)
+    errors: list[BaseException] = []
+
+    def step(name: str) -> None:  # only the first cleanup (thread A) pauses
+        if threading.current_thread() is main:
+            return
+        try:
+            hook(name)
+        except KeyboardInterrupt:
+            paused.set()
+            assert resume.wait(120)
+
+    def run(tables: list[str]) -> None:
+        try:
+            # compact_locked: the lock is what these two cleanups do not share
+            compact_locked(
+                arch, tables, before_us=2**62, target_bytes=128 * 1024, keep="all",
+                dry_run=False, progress=None,
+            )  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    recovery._STEP_HOOK = step
+    try:
+        a = threading.Thread(target=run, args=(["tasks"],))
+        a.start()
+        assert paused.wait(120)
+        assert_exact_rows(arch, expected)
+        run(list(TABLES))
+        assert_exact_rows(arch, expected)
+        resume.set()
+        a.join()
+    finally:
+        recovery._STEP_HOOK = None
+        resume.set()
+    assert not errors, errors
+    assert_exact_rows(arch, expected)
+    compact_locked(
+        arch, list(TABLES), before_us=2**62, target_bytes=128 * 1024, keep="all",
+        dry_run=False, progress=None,
+    )  # fmt: skip
+    assert_exact_rows(arch, expected)
+    root = Path(arch.location.root)
+    assert glob_counts(root) == load_counts(root)
+
+
+def assert_exact_rows(arch: archiver.Archive, expected) -> None:
+    got = fingerprints(Path(arch.location.root))
+    for table, rows in expected.items():
+        assert len(got[table]) == len(rows) and (got[table] == rows).all(), table
+
+
+def test_recorder_start_finishes_a_killed_expiry(path, monkeypatch):
+    """Rows a killed expiry left on disk are gone for glob readers once a recorder starts."""
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at("deleted"))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).expire(per_state={"SUCCESS": "1h"}, dry_run=False)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    expected = load_counts(path)
+    assert expected["tasks"] < glob_counts(path)["tasks"]  # the expired rows, globbed
+    camera = archiver.ParquetCamera(archiver.State(), path, timer=FakeTimer())
+    camera.cancel()
+    assert glob_counts(path) == expected == load_counts(path)
+
+
+def test_repair_leaves_another_hosts_young_commit(path, monkeypatch):
+    """A journaled commit of another host, younger than an hour, may still be running: kept."""
+    monkeypatch.setattr(recovery, "_STEP_HOOK", interrupt_at("renamed"))
+    with pytest.raises(KeyboardInterrupt):
+        archiver.Archive(path).compact()
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    (entry,) = (path / JOURNAL).iterdir()
+    partition = entry.read_text().splitlines()[0]
+    entry.write_text(f"{partition}\nanother-host")
+    before = sorted(p.name for p in (path / partition).iterdir())
+    assert recovery.repair(archiver.Archive(path).location) == 0
+    assert sorted(p.name for p in (path / partition).iterdir()) == before
+    assert entry.exists()
