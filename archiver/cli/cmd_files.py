@@ -38,7 +38,7 @@ def run_sql(archive: Archive, query: str) -> pa.Table:
 
 @click.command("files")
 @click.argument("table")
-@archive_option
+@archive_option()
 def files_command(table: str, archive: str) -> None:
     """Print exactly the files archiver reads for TABLE, one per line.
 
@@ -55,7 +55,7 @@ def files_command(table: str, archive: str) -> None:
 
 @click.command("sql")
 @click.argument("query")
-@archive_option
+@archive_option()
 @click.option(
     "--format",
     "fmt",
