@@ -1,68 +1,17 @@
-"""Shared fixtures: the recorded Celery events, a fake timer, a replay driver."""
+"""Shared fixtures: the recorded Celery events, a fake timer, Celery's State as an oracle,
+and the live cluster's processes (plain helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.events import state as celery_state_module
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-SAMPLE = DATA / "celery-events-sample.jsonl"
-SMALL = DATA / "celery-events-small.jsonl"
-
-
-def read_events(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-class FakeEntry:
-    """A timer entry that records whether it was cancelled and can be fired by hand."""
-
-    def __init__(self, secs: float, fun, args, kwargs) -> None:
-        self.secs, self.fun, self.args, self.kwargs = secs, fun, args, kwargs
-        self.cancelled = False
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        return self.fun(*self.args, **self.kwargs)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class FakeTimer:
-    """Celery-compatible timer that never runs anything by itself."""
-
-    def __init__(self) -> None:
-        self.entries: list[FakeEntry] = []
-
-    def call_repeatedly(self, secs, fun, *args, **kwargs):
-        entry = FakeEntry(secs, fun, args, kwargs)
-        self.entries.append(entry)
-        return entry
-
-
-def drive(state, camera, events, *, freq: float = 1.0, clock: list[float] | None = None) -> int:
-    """Feed ``events`` to ``state``, capturing every ``freq`` seconds of event time.
-
-    ``clock`` is a one-element list the camera's clock reads (``lambda: clock[0]``);
-    returns the number of captures taken.
-    """
-    captures = 0
-    now = clock if clock is not None else [events[0]["timestamp"]]
-    next_shot = now[0] + freq
-    for event in events:
-        while event["timestamp"] >= next_shot:
-            now[0] = next_shot
-            camera.capture()
-            captures += 1
-            next_shot += freq
-        state.event(dict(event))
-    now[0] = next_shot
-    return captures
+from .helpers import SAMPLE, SMALL, FakeTimer, read_events
+from .livecluster import REDIS_SERVER, Processes, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +28,7 @@ def small_events() -> list[dict]:
 
 @pytest.fixture
 def fake_timer() -> FakeTimer:
+    """A Celery-compatible timer that fires only by hand."""
     return FakeTimer()
 
 
@@ -96,3 +46,40 @@ def s3(s3_server, monkeypatch):
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     return s3_server, s3_server.new_prefix()
+
+
+@pytest.fixture(scope="module")
+def celery_drift_warning_off() -> Iterator[None]:
+    """Celery formats its clock-drift warning with ``datetime.fromtimestamp``, which raises
+    for times beyond year 9999: a log line, not state semantics. Off for the oracle."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(celery_state_module, "_warn_drift", lambda *args: None)
+        yield
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """The processes this test starts, each stopped by its process group id at the end."""
+    registry = Processes()
+    yield registry
+    registry.stop_all()
+
+
+@pytest.fixture
+def redis_server(processes: Processes, tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free loopback port."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not on PATH (install it: `make redis`)")
+    server = RedisServer(processes, tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster_app(redis_server: RedisServer) -> Iterator[Any]:
+    """A client app of tests.cluster_app bound to this test's redis (results in db 1)."""
+    from .cluster_app import create_app
+
+    app = create_app(redis_server.url(0), redis_server.url(1))
+    yield app
+    app.close()

@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -224,17 +226,104 @@ class ArchiverProcess:
         return self.wait(timeout)
 
 
-@pytest.fixture
-def processes():
-    registry = Processes()
-    yield registry
-    registry.stop_all()
+def start_workers(
+    processes: Processes, redis_server: RedisServer, tmp_path: Path, names=("w1", "w2")
+) -> list[Worker]:
+    """Start a Celery worker per name on ``redis_server`` and wait until each is ready."""
+    workers = [Worker(processes, redis_server.url(0), n, tmp_path).start() for n in names]
+    for w in workers:
+        w.wait_ready()
+    return workers
 
 
-@pytest.fixture
-def redis_server(processes, tmp_path):
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not on PATH (install it: `make redis`)")
-    server = RedisServer(processes, tmp_path).start()
-    yield server
-    server.stop()
+def start_archiver(
+    processes: Processes, redis_server: RedisServer, tmp_path: Path, name: str, *args: str
+) -> ArchiverProcess:
+    """An archiver subprocess; returns once its event receiver has subscribed."""
+    before = redis_server.pattern_subscribers()
+    proc = ArchiverProcess(processes, list(args), tmp_path, name)
+
+    def subscribed() -> bool:
+        if proc.proc.poll() is not None:
+            pytest.fail(f"archiver {name} exited ({proc.proc.returncode}):\n{proc.stderr}")
+        return bool(redis_server.pattern_subscribers() - before)
+
+    wait_for(subscribed, 30, f"archiver {name} to subscribe to the events")
+    time.sleep(0.3)  # the wakeup broadcast, workers' first heartbeats
+    return proc
+
+
+def send_mix(app, n: int = 300, prefix: str = "") -> dict[str, tuple[str, object]]:
+    """Send ``n`` tasks: ~60% succeed, 15% fail, 15% retry then succeed, 10% revoked.
+
+    Returns ``{task_id: (expected_state, AsyncResult)}``.
+    """
+    sent: dict[str, tuple[str, object]] = {}
+    past = datetime.now(timezone.utc) - timedelta(minutes=5)
+    revoke_now = []
+    for i in range(n):
+        kind = i % 20
+        if kind < 12:
+            r = app.send_task("cluster.add", (i, 1))
+            sent[r.id] = ("SUCCESS", r)
+        elif kind < 15:
+            r = app.send_task("cluster.fail", (f"{prefix}boom {i}",))
+            sent[r.id] = ("FAILURE", r)
+        elif kind < 18:
+            r = app.send_task("cluster.flaky", (1 + i % 2,))
+            sent[r.id] = ("SUCCESS", r)
+        elif kind == 18:  # expired before a worker gets it: revoked on receipt
+            r = app.send_task("cluster.add", (i, 2), expires=past)
+            sent[r.id] = ("REVOKED", r)
+        else:  # revoked by id before it is sent
+            task_id = f"{prefix}revoked-{uuid.uuid4()}"
+            revoke_now.append(task_id)
+            sent[task_id] = ("REVOKED", None)
+    if revoke_now:
+        app.control.revoke(revoke_now)
+        time.sleep(0.5)  # the broadcast reaches the workers before the tasks do
+        for task_id in revoke_now:
+            r = app.send_task("cluster.add", (0, 0), task_id=task_id)
+            sent[task_id] = ("REVOKED", r)
+    return sent
+
+
+def wait_results(sent, timeout: float = 90) -> dict[str, str]:
+    """Wait until every result is ready; returns ``{task_id: state}``."""
+    states: dict[str, str] = {}
+
+    def all_ready() -> bool:
+        for task_id, (_, result) in sent.items():
+            if task_id not in states:
+                state = result.state
+                if state in ("SUCCESS", "FAILURE", "REVOKED"):
+                    states[task_id] = state
+        return len(states) == len(sent)
+
+    wait_for(all_ready, timeout, f"{len(sent)} task results", interval=0.25)
+    return states
+
+
+def record_and_tap(
+    processes: Processes,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    record_args: list[str],
+    duration: str | None = None,
+) -> tuple[ArchiverProcess, ArchiverProcess, Path]:
+    """``archiver record`` and ``archiver tap`` on this test's broker, both subscribed.
+
+    Returns the recorder, the tap and the file the tap writes every event it sees to
+    (the oracle's input); ``duration`` (e.g. "20s") bounds both runs.
+    """
+    url = redis_server.url(0)
+    tap_file = tmp_path / "tap.jsonl"
+    limit = [] if duration is None else ["--duration", duration]
+    recorder = start_archiver(
+        processes, redis_server, tmp_path, "record", "record", "--broker", url, *record_args, *limit
+    )
+    tap = start_archiver(
+        processes, redis_server, tmp_path, "tap", "tap", "--broker", url, "--out", str(tap_file),
+        *limit,
+    )  # fmt: skip
+    return recorder, tap, tap_file

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import archiver
 from archiver import analysis, demo
 
-from .test_query import record
+from .helpers import record_copies
 
 T0 = pd.Timestamp("2026-01-01 00:00", tz="UTC")
 
@@ -52,7 +52,7 @@ def tasks_frame(rows: list[dict]) -> pd.DataFrame:
 def recorded(tmp_path_factory, sample_events):
     """The sample events replayed through a State and the camera, a snapshot per second."""
     path = tmp_path_factory.mktemp("analysis") / "archive"
-    record(path, [sample_events])
+    record_copies(path, [sample_events])
     return archiver.Archive(path)
 
 

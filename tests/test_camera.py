@@ -18,7 +18,7 @@ from archiver.ratelimit import TokenBucket, parse_rate
 from archiver.state import State
 from archiver.timer import Timer
 
-from .conftest import FakeTimer
+from .helpers import FakeTimer
 
 
 class FakeClock:
@@ -411,6 +411,7 @@ class TestMinimalState:
         assert cam.log == [("on_shutter", ours)] and ours.cleared == 0
 
     def test_shutter_runs_while_frozen(self, fake_timer):
+        """on_shutter sees the state frozen."""
         cam = Recording(MinimalState(), timer=fake_timer)
         frozen = []
         cam.on_shutter = lambda s: frozen.append(s.frozen)
@@ -418,6 +419,7 @@ class TestMinimalState:
         assert frozen == [True]
 
     def test_install_and_cancel_take_the_final_snapshot_past_maxrate(self, fake_timer):
+        """Install and cancel take the final snapshot past maxrate."""
         state = MinimalState()
         cam = Recording(state, maxrate="1/h", timer=fake_timer)
         cam.install()
@@ -432,6 +434,7 @@ class TestMinimalState:
         assert all(k == {"clear_after": False} for _, _, k in state.calls)
 
     def test_final_snapshot_with_clear_after(self, fake_timer):
+        """Final snapshot with clear after."""
         state = MinimalState()
         cam = Clearing(state, maxrate="1/h", timer=fake_timer)
         cam.install()
@@ -440,6 +443,7 @@ class TestMinimalState:
         assert cam.snapshots_taken == 2 and state.cleared == 2
 
     def test_context_manager(self, fake_timer):
+        """Leaving the with block takes a final shot past maxrate and cancels the timers."""
         state = MinimalState()
         with Recording(state, maxrate="1/h", timer=fake_timer) as cam:
             assert cam.capture() is True
@@ -447,6 +451,7 @@ class TestMinimalState:
         assert [e.cancelled for e in fake_timer.entries] == [True, True]
 
     def test_force_is_never_passed_to_the_state(self, fake_timer):
+        """Force is never passed to the state."""
         state = MinimalState()
         cam = Recording(state, maxrate="1/h", timer=fake_timer)
         assert cam.capture() is True

@@ -20,10 +20,15 @@ from archiver.record import Recorder, load_camera_class
 from archiver.state import State
 from tests.cameras import SQLITE_ENV, TASK_COLUMNS, PlainCamera, SqliteCamera, _plain
 
-from .conftest import SAMPLE, SMALL, read_events
-from .livecluster import free_port, needs_redis
-from .livecluster import processes as processes
-from .livecluster import redis_server as redis_server
+from .helpers import SAMPLE, SMALL, read_events
+from .livecluster import (
+    free_port,
+    needs_redis,
+    record_and_tap,
+    send_mix,
+    start_workers,
+    wait_results,
+)
 
 
 @pytest.fixture
@@ -190,6 +195,7 @@ def test_foreign_camera_runs_on_either_state(small_events):
     ],
 )
 def test_bad_camera_is_a_one_line_error(tmp_path, sqlite_db, spec, message):
+    """Bad camera is a one line error."""
     result = CliRunner().invoke(
         cli, ["record", "--quiet", "--replay", str(SMALL), "--archive", str(tmp_path), "-c", spec]
     )
@@ -199,6 +205,7 @@ def test_bad_camera_is_a_one_line_error(tmp_path, sqlite_db, spec, message):
 
 
 def test_load_camera_class_kinds():
+    """Cameras load by module:Class or dotted path, archiver's, Celery's or a user's."""
     from celery.events.snapshot import Polaroid as CeleryPolaroid
 
     from archiver import Polaroid
@@ -227,6 +234,7 @@ def test_broker_from_celery_broker_url(tmp_path, monkeypatch):
 
 
 def test_no_source_and_no_variable(monkeypatch):
+    """No source and no variable."""
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     result = CliRunner().invoke(cli, ["record"])
     assert result.exit_code == 2 and "give exactly one source" in result.stderr
@@ -241,34 +249,22 @@ def test_no_source_and_no_variable(monkeypatch):
 def test_live_celery_camera_equals_celerys_state(
     processes,
     redis_server,
+    cluster_app,
     tmp_path,
     sqlite_db,
 ):
     """Against a live cluster: the Celery camera's last snapshot equals Celery's State fed
     the same events (tapped alongside), for every task sent and every worker."""
-    from .cluster_app import create_app
-    from .test_live_cluster import send_mix, start_archiver, start_workers, wait_results
-
-    app = create_app(redis_server.url(0), redis_server.url(1))
-    try:
-        start_workers(processes, redis_server, tmp_path)
-        url = redis_server.url(0)
-        tap_file = tmp_path / "tap.jsonl"
-        recorder = start_archiver(
-            processes, redis_server, tmp_path, "record",
-            "record", "-b", url, "-c", "tests.cameras:SqliteCamera", "--freq", "0.5",
-            "--duration", "20s", "--archive", str(tmp_path / "archive"),
-        )  # fmt: skip
-        tap = start_archiver(
-            processes, redis_server, tmp_path, "tap",
-            "tap", "--broker", url, "--out", str(tap_file), "--duration", "20s",
-        )  # fmt: skip
-        sent = send_mix(app, 100)
-        results = wait_results(sent)
-        assert recorder.wait(60) == 0, recorder.stderr
-        assert tap.wait(60) == 0, tap.stderr
-    finally:
-        app.close()
+    start_workers(processes, redis_server, tmp_path)
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["-c", "tests.cameras:SqliteCamera", "--freq", "0.5", "--archive", str(tmp_path / "a")],
+        duration="20s",
+    )  # fmt: skip
+    sent = send_mix(cluster_app, 100)
+    results = wait_results(sent)
+    assert recorder.wait(60) == 0, recorder.stderr
+    assert tap.wait(60) == 0, tap.stderr
     assert "Traceback" not in recorder.stderr
     taken = shots(sqlite_db)
     assert len(taken) >= 10 and {row[4] for row in taken} == {"archiver.state.State"}

@@ -13,8 +13,7 @@ import archiver
 from archiver.layout import QUARANTINE
 from archiver.maintenance.lock import MaintenanceLock
 
-from .test_cleanup import build_archive
-from .test_damaged_files import bit_flip, invoke, not_parquet, truncated
+from .helpers import bit_flip, build_archive, invoke, not_parquet, truncated
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def path(template, tmp_path) -> Path:
 
 
 def test_a_clean_archive_passes(path):
+    """A clean archive checks with exit 0 and a one-line count of tables, files and rows."""
     result = invoke("check", "--archive", path)
     assert result.exit_code == 0, result.output
     files = sorted(path.rglob("*.parquet"))
@@ -38,6 +38,7 @@ def test_a_clean_archive_passes(path):
 
 
 def test_json_report(path):
+    """--json reports each damaged file by path and reason, with exit code 1."""
     flipped = bit_flip(path)
     bad = truncated(path)
     result = invoke("check", "--archive", path, "--json")
@@ -55,12 +56,14 @@ def test_json_report(path):
 
 
 def test_missing_archive_is_a_one_line_error(tmp_path):
+    """Missing archive is a one line error."""
     result = invoke("check", "--archive", tmp_path / "nope")
     assert result.exit_code == 1
     assert result.output.startswith("Error: no archive at ") and result.output.count("\n") == 1
 
 
 def test_quarantine_waits_for_a_running_cleanup(path):
+    """Quarantine waits for a running cleanup."""
     not_parquet(path)
     arch = archiver.Archive(path)
     with MaintenanceLock(arch.location, timeout=0, purpose="compact"):
@@ -72,6 +75,7 @@ def test_quarantine_waits_for_a_running_cleanup(path):
 
 
 def test_quarantined_files_are_left_alone_by_cleanups(path):
+    """Quarantined files are left alone by cleanups."""
     bad = not_parquet(path)
     archiver.Archive(path).check(quarantine=True)
     moved = path / QUARANTINE / bad.relative_to(path)
@@ -86,6 +90,7 @@ def test_quarantined_files_are_left_alone_by_cleanups(path):
 
 @pytest.mark.parametrize("where", ["_quarantine", "_quarantine/tasks", "_quarantine/tasks/date"])
 def test_a_symlinked_quarantine_is_refused_never_followed(path, tmp_path, where):
+    """A symlinked quarantine is refused never followed."""
     bad = not_parquet(path)
     content = bad.read_bytes()
     elsewhere = tmp_path / "elsewhere"
@@ -104,6 +109,7 @@ def test_a_symlinked_quarantine_is_refused_never_followed(path, tmp_path, where)
 
 
 def test_a_file_where_a_table_belongs_is_reported(path):
+    """A file where a table belongs is reported."""
     shutil.rmtree(path / "workers")
     (path / "workers").write_bytes(b"not a folder")
     result = invoke("check", "--archive", path, "--json")
@@ -119,6 +125,7 @@ def test_a_file_where_a_table_belongs_is_reported(path):
 
 
 def test_a_dangling_parquet_symlink_is_reported(path, tmp_path):
+    """A dangling parquet symlink is reported."""
     folder = sorted((path / "tasks").rglob("*.parquet"))[0].parent
     link = folder / "part-gone.parquet"
     link.symlink_to(tmp_path / "gone.parquet")

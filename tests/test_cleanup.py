@@ -28,89 +28,27 @@ from archiver.maintenance.lock import MaintenanceLock, lock_path, read_holder
 from archiver.schema import TASK_STATES
 from archiver.sink import write_file
 
-from .conftest import FakeTimer, drive
+from .helpers import (
+    HOUR,
+    KEYS,
+    SHIFT,
+    FakeTimer,
+    all_frames,
+    assert_same_rows,
+    build_archive,
+    drive,
+    expected_expired,
+    frame,
+    listing,
+    record_small_files,
+    shifted,
+    visible_counts,
+)
 
-HOUR = 3600.0
-#: The sample was recorded on 2026-11-25 around 15:57 UTC; archives here start 3 days earlier.
-SHIFT = -3 * 86400.0
-KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # -- building archives ------------------------------------------------------------
-def shifted(events: list[dict], seconds: float, tag: str | None = None) -> list[dict]:
-    """Copies of ``events`` moved by ``seconds``, task uuids suffixed with ``tag``."""
-    out = []
-    for event in events:
-        e = dict(event)
-        e["timestamp"] += seconds
-        if "local_received" in e:
-            e["local_received"] += seconds
-        if tag is not None and "uuid" in e:
-            e["uuid"] = f"{e['uuid']}-{tag}"
-        out.append(e)
-    return out
-
-
-def record(path: Path, events: list[dict], *, flush_rows: int = 200) -> None:
-    """Record ``events`` with a fresh State and ParquetCamera (many small files)."""
-    clock = [events[0]["timestamp"]]
-    state = archiver.State()
-    camera = archiver.ParquetCamera(
-        state, path, timer=FakeTimer(), clock=lambda: clock[0], flush_rows=flush_rows
-    )
-    drive(state, camera, events, clock=clock)
-    camera.cancel()
-
-
-def build_archive(
-    path: Path, events: list[dict], *, hours: int, shift: float = SHIFT, same_uuids: bool = False
-) -> Path:
-    """One recording of the sample per hour for ``hours`` closed hours."""
-    for k in range(hours):
-        record(path, shifted(events, shift + k * HOUR, None if same_uuids else f"h{k}"))
-    return path
-
-
-def frame(archive: archiver.Archive, table: str) -> pd.DataFrame:
-    """Every row of ``table``, plain dtypes, in a canonical order (for set comparison)."""
-    df = archive.load(table)
-    df = df.drop(columns=[c for c in ("date", "hour") if c in df.columns])
-    for column in df.columns:
-        if isinstance(df[column].dtype, pd.CategoricalDtype):
-            df[column] = df[column].astype(object)
-    order = ["captured_at", "snapshot_id", KEYS[table]]
-    return df.sort_values(order, kind="stable").reset_index(drop=True)
-
-
-def all_frames(archive: archiver.Archive) -> dict[str, pd.DataFrame]:
-    return {t: frame(archive, t) for t in archive.tables()}
-
-
-def assert_same_rows(before: dict[str, pd.DataFrame], archive: archiver.Archive) -> None:
-    after = all_frames(archive)
-    assert set(after) == set(before)
-    for table, df in before.items():
-        pd.testing.assert_frame_equal(after[table], df, obj=table)
-
-
-def listing(root: Path) -> dict[str, int]:
-    """Every file under ``root`` (relative path -> size), hidden ones included."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in root.rglob("*")
-        if p.is_file() and p.name != "_archiver.lock"
-    }
-
-
-def visible_counts(archive: archiver.Archive) -> dict[tuple[str, str, int], int]:
-    return {
-        (t, p.date, p.hour): len(archive.partition_files(p))
-        for t in archive.tables()
-        for p in archive.partitions(t)
-    }
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, sample_events) -> Path:
     """Three closed hours of the sample, 15 small files per table and hour."""
@@ -191,7 +129,9 @@ class TestCompact:
     def test_hours_after_now_are_open(self, tmp_path, sample_events):
         """By default the current hour (and any later one) is not compacted."""
         path = tmp_path / "a"
-        record(path, shifted(sample_events, time.time() - sample_events[0]["timestamp"]))
+        record_small_files(
+            path, shifted(sample_events, time.time() - sample_events[0]["timestamp"])
+        )
         arch = archiver.Archive(path)
         before = listing(path)
         assert arch.compact().partitions == ()
@@ -389,16 +329,6 @@ class TestCompact:
 
 
 # -- expiry -------------------------------------------------------------------------
-def expected_expired(df: pd.DataFrame, per_state: dict[str, str], now: pd.Timestamp) -> set[str]:
-    """uuids whose last row (by captured_at, snapshot_id) is older than its state's retention."""
-    last = df.sort_values(["captured_at", "snapshot_id"], kind="stable").groupby("uuid").tail(1)
-    limits = {s: pd.Timedelta(maintenance.parse_duration(d)) for s, d in per_state.items()}
-    out = set()
-    for row in last.itertuples():
-        limit = limits.get(row.state)
-        if limit is not None and now - row.captured_at > limit:
-            out.add(row.uuid)
-    return out
 
 
 class TestExpire:

@@ -10,10 +10,6 @@ follow-up run the archive must be clean (no leftovers) and stay as it is.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import multiprocessing
-import os
 import random
 import shutil
 import signal
@@ -28,7 +24,8 @@ import archiver
 from archiver import listing, maintenance
 from archiver.maintenance import recovery
 
-from .test_cleanup import SHIFT, build_archive
+from .helpers import build_archive, fingerprints, run_child
+from .helpers import listing as file_sizes
 
 #: Seeds of the random kill delays (one per test), so a failure can be replayed.
 SEED = 20261125
@@ -36,62 +33,6 @@ SEED = 20261125
 KILLS = 50
 SLOW_KILLS = 400
 COMPACT = {"target_file_bytes": "128KiB", "lock_timeout": 30}
-KEYS = {"tasks": "uuid", "workers": "hostname", "snapshots": "snapshot_id"}
-
-CTX = multiprocessing.get_context("forkserver")
-CTX.set_forkserver_preload(["archiver.maintenance", "tests.test_cleanup_crash"])
-
-
-def _run(path: str, operation: str, kwargs: dict, kill_at: int | None, ready) -> None:
-    """Child: run ``cleanup.<operation>``; with ``kill_at``, SIGKILL itself at that step."""
-    if kill_at is not None:
-        steps = itertools.count(1)
-
-        def hook(step: str) -> None:
-            if next(steps) == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        recovery._STEP_HOOK = hook
-    ready.set()
-    getattr(maintenance, operation)(path, **kwargs)
-
-
-def run_child(
-    path: Path,
-    operation: str,
-    kwargs: dict,
-    *,
-    delay: float | None = None,
-    kill_at: int | None = None,
-) -> tuple[int, float]:
-    """Run one cleanup in a child process, maybe SIGKILL it; (exit code, seconds it ran)."""
-    ready = CTX.Event()
-    proc = CTX.Process(target=_run, args=(str(path), operation, kwargs, kill_at, ready))
-    proc.start()
-    try:
-        assert ready.wait(60), "the child did not start"
-        started = time.perf_counter()
-        if delay is not None:
-            time.sleep(delay)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-        proc.join(120)
-        return proc.exitcode, time.perf_counter() - started
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-
-
-def fingerprints(path: Path) -> dict[str, np.ndarray]:
-    """A sorted hash per visible row of each table, read through ``Archive.load``."""
-    arch = archiver.Archive(path)
-    out = {}
-    for table, key in KEYS.items():
-        df = arch.load(table, columns=["captured_at", "snapshot_id", key])
-        df[key] = df[key].astype(object)
-        out[table] = np.sort(pd.util.hash_pandas_object(df, index=False).to_numpy())
-    return out
 
 
 def assert_exact(path: Path, expected: dict[str, np.ndarray], context: str) -> None:
@@ -155,10 +96,14 @@ def random_compaction_kills(template: Path, tmp_path: Path, kills: int, seed: in
             done += 1
         assert runs < 4 * kills, "too few runs were killed: the delays are too long"
     # The follow-up cleanup finishes whatever the last kill interrupted.
+    before = file_sizes(path)
     report = maintenance.compact(path, **COMPACT)
     assert_exact(path, expected, "after the follow-up compaction")
     assert_clean(path)
-    assert report.partitions or report.recovered or completed
+    # The report accounts for every file the follow-up changed, and it changed some
+    # exactly when the last kill left work undone.
+    reported = bool(report.partitions or report.recovered or report.temps_removed)
+    assert reported == (file_sizes(path) != before), (report, completed)
     assert maintenance.compact(path, **COMPACT).partitions == ()
     assert_exact(path, expected, "after a second compaction")
 
@@ -257,4 +202,6 @@ def test_random_kills_during_expiry(template, tmp_path):
     maintenance.compact(path, before=now.isoformat(), lock_timeout=30)
     assert_exact(path, final, "after compacting the expired archive")
     assert_clean(path)
-    assert SHIFT < 0  # the template's hours are long closed
+    # The template's hours are long closed, so the compaction above left none open.
+    wall_us = time.time() * 1_000_000
+    assert all(p.end_us < wall_us for p in archiver.Archive(path).partitions("tasks"))

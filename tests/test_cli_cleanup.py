@@ -17,7 +17,7 @@ import archiver
 from archiver.cli import cli, cmd_cleanup
 from archiver.maintenance.lock import MaintenanceLock, lock_path
 
-from .test_cleanup import (
+from .helpers import (
     all_frames,
     assert_same_rows,
     build_archive,

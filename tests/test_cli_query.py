@@ -19,7 +19,7 @@ import archiver
 from archiver.cli import cli
 from archiver.cli.cmd_query import parse_where
 
-from .test_query import footer_rows, record, shifted
+from .helpers import footer_rows, record_copies, shifted_hours
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, sample_events) -> Path:
     path = tmp_path_factory.mktemp("cli") / "archive"
-    record(path, [shifted(sample_events, k) for k in range(2)])
+    record_copies(path, [shifted_hours(sample_events, k) for k in range(2)])
     return path
 
 
@@ -54,6 +54,7 @@ def csv_of(*args: str) -> pd.DataFrame:
 
 # -- where ---------------------------------------------------------------------------------
 def test_parse_where():
+    """--where parses to filters: =, != and lists, comparisons, values kept as text."""
     assert parse_where(("name=tasks.add",)) == [("name", "==", "tasks.add")]
     assert parse_where(("state=FAILURE,RETRY",)) == [("state", "in", ["FAILURE", "RETRY"])]
     assert parse_where(("state != SUCCESS, FAILURE",)) == [
@@ -77,6 +78,7 @@ def test_parse_where():
 
 # -- query ---------------------------------------------------------------------------------
 def test_query_table_format(archive):
+    """The table output: header, UTC times to the ms, tracebacks cut to one line."""
     out = run("query", "tasks", "--archive", archive, "--limit", "3").output.splitlines()
     assert out[0].split()[:3] == ["captured_at", "snapshot_id", "uuid"]
     assert set(out[1]) <= {"-", " "}
@@ -93,6 +95,7 @@ def test_query_table_format(archive):
 
 
 def test_query_where_matches_the_library(archive):
+    """Query where matches the library."""
     a = archiver.Archive(archive)
     full = a.load("tasks", columns=["uuid", "name", "state", "retries", "runtime", "exception"])
     state = full["state"].astype(object)
@@ -118,6 +121,7 @@ def test_query_where_matches_the_library(archive):
 
 
 def test_query_time_range_columns_limit(archive):
+    """Query time range columns limit."""
     got = csv_of(
         "query", "tasks", "--archive", archive,
         "--since", "2026-11-25T15:57:50", "--until", "2026-11-25T16:00",
@@ -139,6 +143,7 @@ def test_query_time_range_columns_limit(archive):
 
 
 def test_query_latest(archive):
+    """--latest gives one row per task, as of --until, filtered by --where."""
     got = csv_of("query", "tasks", "--archive", archive, "--latest", "--columns", "uuid,state")
     assert len(got) == 2 * 2110 and got["uuid"].is_unique
     as_of = csv_of(
@@ -155,6 +160,7 @@ def test_query_latest(archive):
 
 
 def test_query_formats_and_output(archive, tmp_path):
+    """JSON, CSV and Parquet output hold the same rows as load(), times in UTC."""
     a = archiver.Archive(archive)
     want = a.load("workers")
     # json: a list of records, times in ISO 8601 UTC
@@ -198,6 +204,7 @@ def test_query_formats_and_output(archive, tmp_path):
 
 
 def test_query_errors_are_one_line(archive, tmp_path):
+    """Query errors are one line."""
     missing = tmp_path / "missing"
     assert "no archive at" in error_of("query", "tasks", "--archive", missing)
     assert "no table 'taskz'" in error_of("query", "taskz", "--archive", archive)
@@ -245,6 +252,7 @@ def test_errors_from_the_real_program(tmp_path):
 
 # -- info ----------------------------------------------------------------------------------
 def test_info(archive):
+    """info lists each table's partitions, files, rows, size, time range and schema."""
     out = run("info", "--archive", archive).output.splitlines()
     assert out[0].startswith(f"archive: {archive} (current schema version 1")
     header = out[1].split()
@@ -265,6 +273,7 @@ def test_info(archive):
 
 
 def test_info_errors_and_empty(tmp_path):
+    """info on a missing archive is an error; on an empty folder, 'no tables yet'."""
     assert "no archive at" in error_of("info", "--archive", tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
     result = run("info", "--archive", tmp_path / "empty")

@@ -241,6 +241,7 @@ def test_redaction(mode):
 
 
 def test_invalid_options_are_rejected():
+    """Unknown mode or redact_mode, and hashing without a key, raise ValueError naming them."""
     with pytest.raises(ValueError, match="mode"):
         CeleryConverter(mode="some")
     with pytest.raises(ValueError, match="redact_mode"):
@@ -286,6 +287,7 @@ def test_a_worker_removed_from_the_state_gets_a_last_row():
 
 
 def test_snapshot_row_counts_tasks_per_state():
+    """Snapshot row counts tasks per state."""
     state = State()
     feed(
         state,

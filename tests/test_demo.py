@@ -7,7 +7,8 @@ from archiver import demo
 
 
 def test_demo_archive_is_recorded_once(tmp_path, monkeypatch, small_events):
-    from .conftest import SMALL
+    """Demo archive is recorded once."""
+    from .helpers import SMALL
 
     target = tmp_path / "demo"
     monkeypatch.setenv("ARCHIVER_ARCHIVE", str(target))

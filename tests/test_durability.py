@@ -36,9 +36,19 @@ from archiver import maintenance, sink, storage
 from archiver.convert import CeleryConverter
 from archiver.sink import ParquetSink
 
-from .conftest import SAMPLE, SMALL, FakeTimer, drive, read_events
-from .test_cleanup import HOUR, SHIFT, record, shifted
-from .test_sink import FlakyHandler, _ObjectStore
+from .helpers import (
+    HOUR,
+    SAMPLE,
+    SHIFT,
+    SMALL,
+    FakeTimer,
+    FlakyHandler,
+    ObjectStore,
+    drive,
+    read_events,
+    record_small_files,
+    shifted,
+)
 
 SCHEMAS = CeleryConverter.schemas
 WRITER = "c1c1c1c1c1c1"
@@ -149,7 +159,7 @@ def test_recorded_files_carry_page_checksums(tmp_path, small_events, monkeypatch
 def test_compacted_files_carry_page_checksums(tmp_path, small_events):
     """Every column chunk of a compacted file: a flipped bit is an error on read."""
     path = tmp_path / "a"
-    record(path, shifted(small_events, SHIFT), flush_rows=50)
+    record_small_files(path, shifted(small_events, SHIFT), flush_rows=50)
     report = maintenance.compact(path)
     assert report.files_out
     compacted = [p for p in data_files(path) if "-compact-" in p.name]
@@ -184,8 +194,9 @@ def synced_after(calls, directory: Path, name: str) -> bool:
 def test_each_file_is_fsynced_before_its_rename_and_its_directory_after(
     tmp_path, small_events, fsyncs
 ):
+    """Each file is fsynced before its rename and its directory after."""
     path = tmp_path / "a"
-    record(path, shifted(small_events, SHIFT), flush_rows=50)
+    record_small_files(path, shifted(small_events, SHIFT), flush_rows=50)
     files = data_files(path)
     synced_files = {p for p, listing in fsyncs if listing is None}
     for file in files:
@@ -224,7 +235,7 @@ def test_no_fsync_when_turned_off_and_none_on_object_stores(
 ):
     """The control: the counter sees nothing when archiver does not fsync."""
     monkeypatch.setattr(storage, "FSYNC", False)
-    record(tmp_path / "a", shifted(small_events, SHIFT), flush_rows=50)
+    record_small_files(tmp_path / "a", shifted(small_events, SHIFT), flush_rows=50)
     assert data_files(tmp_path / "a") and fsyncs == []
     monkeypatch.setattr(storage, "FSYNC", True)
     memory = storage.resolve("/x", fsspec.filesystem("memory"))
@@ -408,7 +419,7 @@ def _fuzz_reference(tmp_path_factory):
     FUZZ_REFERENCE[:] = [reference(root, events, flush_rows=10**6)]
 
 
-class _FailingObjectStore(_ObjectStore):
+class _FailingObjectStore(ObjectStore):
     """An object store (no rename) on which writing a tasks file fails while ``failing``."""
 
     failing = True
@@ -423,6 +434,7 @@ class _FailingObjectStore(_ObjectStore):
 
 
 def test_on_object_stores_snapshots_are_written_last(small_events):
+    """On object stores snapshots are written last."""
     fs = _FailingObjectStore()
     root = f"/archiver-s3-{uuidlib.uuid4().hex}"
     try:
@@ -437,7 +449,7 @@ def test_on_object_stores_snapshots_are_written_last(small_events):
         fs.failing = False
         camera.cancel()
         assert _FailingObjectStore.order[-1] == "snapshots"
-        assert _ObjectStore.moves == 0
+        assert ObjectStore.moves == 0
         snaps = pq.read_table(f"{root}/snapshots", filesystem=fs).num_rows
         assert snaps > 0 and camera.sink.buffered_rows == 0
     finally:
@@ -533,6 +545,7 @@ def test_a_flush_stopped_after_its_first_rename_is_rolled_forward(tmp_path):
 
 
 def test_cleanup_finishes_a_flush_only_once_its_temporary_files_are_old(tmp_path):
+    """Cleanup finishes a flush only once its temporary files are old."""
     events = crash_events()
     moves = itertools.count(1)
 
@@ -594,9 +607,11 @@ def sigkill_recorder(tmp_path: Path, points: int | None) -> None:
 
 
 def test_recorder_sigkilled_at_file_steps_leaves_tables_in_step(tmp_path):
+    """Recorder sigkilled at file steps leaves tables in step."""
     sigkill_recorder(tmp_path, KILLS)
 
 
 @pytest.mark.slow
 def test_recorder_sigkilled_at_every_file_step_leaves_tables_in_step(tmp_path):
+    """Recorder sigkilled at every file step leaves tables in step."""
     sigkill_recorder(tmp_path, SLOW_KILLS)

@@ -27,11 +27,10 @@ from archiver import Archive
 from archiver import schema as S
 from archiver.cli import cli
 from archiver.record import Recorder
-from tests.conftest import SMALL, read_events
-from tests.test_state import (
-    _celery_drift_warning_off,  # noqa: F401  (an autouse fixture)
-    celery_state,
-)
+from tests.helpers import SMALL, celery_state, read_events
+
+#: Celery's drift warning raises for far-future times; the oracle keeps quiet.
+pytestmark = pytest.mark.usefixtures("celery_drift_warning_off")
 
 EVENTS = read_events(SMALL)
 FIRST, LAST = EVENTS[0]["timestamp"], max(e["timestamp"] for e in EVENTS)

@@ -24,8 +24,7 @@ from archiver.maintenance import recovery
 from archiver.maintenance.compaction import compact_locked
 
 from .conftest import FakeTimer
-from .test_cleanup import build_archive
-from .test_cleanup_crash import KEYS, fingerprints, run_child
+from .helpers import KEYS, build_archive, fingerprints, run_child
 
 TABLES = ("tasks", "workers", "snapshots")
 

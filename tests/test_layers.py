@@ -201,3 +201,71 @@ def test_a_cycle_is_found():
     edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(edges) == [["a", "b", "c"]]
     assert cycles({"a": set(), "b": {"a"}}) == []
+
+
+# -- the tests themselves ---------------------------------------------------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def undocumented_tests(source: str) -> list[str]:
+    """The ``test_*`` functions and methods in ``source`` without a docstring."""
+    return [
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.name.startswith("test_")
+        and not ast.get_docstring(node)
+    ]
+
+
+def imported_test_modules(source: str) -> set[str]:
+    """The test modules (``test_*``) that ``source`` imports, relatively or as ``tests.x``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            last = name.rpartition(".")[2]
+            if last.startswith("test_"):
+                found.add(last)
+    return found
+
+
+def test_every_test_has_a_docstring():
+    """Each test function and method in tests/ says in a docstring what it asserts."""
+    missing = [
+        f"{path.name}::{name}"
+        for path in sorted(TESTS.glob("*.py"))
+        for name in undocumented_tests(path.read_text())
+    ]
+    assert missing == []
+
+
+def test_no_test_module_imports_another():
+    """Shared code lives in conftest.py or helpers.py, never in another test module."""
+    crossing = {
+        path.name: sorted(found)
+        for path in sorted(TESTS.glob("*.py"))
+        if (found := imported_test_modules(path.read_text()))
+    }
+    assert crossing == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "undocumented", "imported"),
+    [
+        ("def test_a():\n    pass\n", ["test_a"], set()),
+        ('class TestX:\n    def test_b(self):\n        """B."""\n', [], set()),
+        ("from .test_query import record\n", [], {"test_query"}),
+        ("from tests import test_state\nimport tests.test_sink\n", [], {"test_state", "test_sink"}),
+        ("from .helpers import record_copies\n", [], set()),
+    ],
+)
+def test_the_test_checks_see_what_they_look_for(source, undocumented, imported):
+    """The docstring and cross-import checks flag what they must, and nothing else."""
+    assert undocumented_tests(source) == undocumented
+    assert imported_test_modules(source) == imported

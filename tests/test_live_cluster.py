@@ -12,8 +12,6 @@ import json
 import signal
 import threading
 import time
-import uuid
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -21,12 +19,13 @@ from archiver import Archive
 from archiver.state import precedence
 
 from .livecluster import (
-    ArchiverProcess,
-    Worker,
     needs_redis,
-    processes,  # noqa: F401  (fixture)
-    redis_server,  # noqa: F401  (fixture)
+    record_and_tap,
+    send_mix,
+    start_archiver,
+    start_workers,
     wait_for,
+    wait_results,
 )
 
 celery = pytest.importorskip("celery")
@@ -35,89 +34,6 @@ pytest.importorskip("redis")
 from celery.events.state import State as CeleryState  # noqa: E402
 
 pytestmark = [needs_redis, pytest.mark.redis, pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-def cluster_app(redis_server):  # noqa: F811
-    """A client app of tests.cluster_app bound to this test's redis (results in db 1)."""
-    from tests.cluster_app import create_app
-
-    app = create_app(redis_server.url(0), redis_server.url(1))
-    yield app
-    app.close()
-
-
-def start_workers(processes, redis_server, tmp_path, names=("w1", "w2")):  # noqa: F811
-    workers = [Worker(processes, redis_server.url(0), n, tmp_path).start() for n in names]
-    for w in workers:
-        w.wait_ready()
-    return workers
-
-
-def start_archiver(processes, redis_server, tmp_path, name, *args):  # noqa: F811
-    """An archiver subprocess; returns once its event receiver has subscribed."""
-    before = redis_server.pattern_subscribers()
-    proc = ArchiverProcess(processes, list(args), tmp_path, name)
-
-    def subscribed() -> bool:
-        if proc.proc.poll() is not None:
-            pytest.fail(f"archiver {name} exited ({proc.proc.returncode}):\n{proc.stderr}")
-        return bool(redis_server.pattern_subscribers() - before)
-
-    wait_for(subscribed, 30, f"archiver {name} to subscribe to the events")
-    time.sleep(0.3)  # the wakeup broadcast, workers' first heartbeats
-    return proc
-
-
-def send_mix(app, n: int = 300, prefix: str = "") -> dict[str, tuple[str, object]]:
-    """Send ``n`` tasks: ~60% succeed, 15% fail, 15% retry then succeed, 10% revoked.
-
-    Returns ``{task_id: (expected_state, AsyncResult)}``.
-    """
-    sent: dict[str, tuple[str, object]] = {}
-    past = datetime.now(timezone.utc) - timedelta(minutes=5)
-    revoke_now = []
-    for i in range(n):
-        kind = i % 20
-        if kind < 12:
-            r = app.send_task("cluster.add", (i, 1))
-            sent[r.id] = ("SUCCESS", r)
-        elif kind < 15:
-            r = app.send_task("cluster.fail", (f"{prefix}boom {i}",))
-            sent[r.id] = ("FAILURE", r)
-        elif kind < 18:
-            r = app.send_task("cluster.flaky", (1 + i % 2,))
-            sent[r.id] = ("SUCCESS", r)
-        elif kind == 18:  # expired before a worker gets it: revoked on receipt
-            r = app.send_task("cluster.add", (i, 2), expires=past)
-            sent[r.id] = ("REVOKED", r)
-        else:  # revoked by id before it is sent
-            task_id = f"{prefix}revoked-{uuid.uuid4()}"
-            revoke_now.append(task_id)
-            sent[task_id] = ("REVOKED", None)
-    if revoke_now:
-        app.control.revoke(revoke_now)
-        time.sleep(0.5)  # the broadcast reaches the workers before the tasks do
-        for task_id in revoke_now:
-            r = app.send_task("cluster.add", (0, 0), task_id=task_id)
-            sent[task_id] = ("REVOKED", r)
-    return sent
-
-
-def wait_results(sent, timeout: float = 90) -> dict[str, str]:
-    """Wait until every result is ready; returns ``{task_id: state}``."""
-    states: dict[str, str] = {}
-
-    def all_ready() -> bool:
-        for task_id, (_, result) in sent.items():
-            if task_id not in states:
-                state = result.state
-                if state in ("SUCCESS", "FAILURE", "REVOKED"):
-                    states[task_id] = state
-        return len(states) == len(sent)
-
-    wait_for(all_ready, timeout, f"{len(sent)} task results", interval=0.25)
-    return states
 
 
 def archived_tasks(path) -> dict[str, dict]:
@@ -165,23 +81,18 @@ def check_recorded(path, sent, results, tap_file=None) -> dict[str, dict]:
 
 
 def test_live_record_matches_results_and_celery_state(
-    processes,  # noqa: F811
-    redis_server,  # noqa: F811
+    processes,
+    redis_server,
     cluster_app,
     tmp_path,
 ):
+    """Live record matches results and celery state."""
     archive = tmp_path / "archive"
-    tap_file = tmp_path / "tap.jsonl"
     workers = start_workers(processes, redis_server, tmp_path)
-    url = redis_server.url(0)
-    recorder = start_archiver(
-        processes, redis_server, tmp_path, "record",
-        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
-        "--duration", "25s", "-l", "INFO",
-    )  # fmt: skip
-    tap = start_archiver(
-        processes, redis_server, tmp_path, "tap",
-        "tap", "--broker", url, "--out", str(tap_file), "--duration", "25s",
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["--archive", str(archive), "--freq", "0.5", "-l", "INFO"],
+        duration="25s",
     )  # fmt: skip
     sent = send_mix(cluster_app, 300)
     results = wait_results(sent)
@@ -198,11 +109,12 @@ def test_live_record_matches_results_and_celery_state(
 
 
 def test_broker_restart_recorder_carries_on(
-    processes,  # noqa: F811
-    redis_server,  # noqa: F811
+    processes,
+    redis_server,
     cluster_app,
     tmp_path,
 ):
+    """Broker restart recorder carries on."""
     archive = tmp_path / "archive"
     (worker,) = start_workers(processes, redis_server, tmp_path, names=("w1",))
     recorder = start_archiver(
@@ -238,24 +150,19 @@ def test_broker_restart_recorder_carries_on(
 
 
 def test_sigterm_during_live_run_keeps_every_task_seen(
-    processes,  # noqa: F811
-    redis_server,  # noqa: F811
+    processes,
+    redis_server,
     cluster_app,
     tmp_path,
 ):
+    """Sigterm during live run keeps every task seen."""
     archive = tmp_path / "archive"
-    tap_file = tmp_path / "tap.jsonl"
     start_workers(processes, redis_server, tmp_path, names=("w1",))
-    url = redis_server.url(0)
     # A long --flush-interval: nothing is written before the signal but the final flush.
-    recorder = start_archiver(
-        processes, redis_server, tmp_path, "record",
-        "record", "--broker", url, "--archive", str(archive), "--freq", "0.5",
-        "--flush-interval", "3600",
+    recorder, tap, tap_file = record_and_tap(
+        processes, redis_server, tmp_path,
+        ["--archive", str(archive), "--freq", "0.5", "--flush-interval", "3600"],
     )  # fmt: skip
-    tap = start_archiver(
-        processes, redis_server, tmp_path, "tap", "tap", "--broker", url, "--out", str(tap_file)
-    )
     first = send_mix(cluster_app, 100, prefix="a-")
     results = wait_results(first)
     time.sleep(1.0)
@@ -312,7 +219,8 @@ def test_sigterm_during_live_run_keeps_every_task_seen(
     assert tasks_in_summary == len(rows)
 
 
-def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):  # noqa: F811
+def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):
+    """Sigterm while the broker is down."""
     archive = tmp_path / "archive"
     recorder = start_archiver(
         processes, redis_server, tmp_path, "record",
@@ -329,8 +237,8 @@ def test_sigterm_while_the_broker_is_down(processes, redis_server, tmp_path):  #
 
 
 def test_bad_messages_are_skipped_on_the_same_connection(
-    processes,  # noqa: F811
-    redis_server,  # noqa: F811
+    processes,
+    redis_server,
     cluster_app,
     tmp_path,
 ):

@@ -21,9 +21,8 @@ from celery.events.state import State as CeleryState
 from archiver import Archive, ParquetCamera, State
 from archiver import schema as S
 from archiver.convert import redact_hash
-from tests.conftest import FakeTimer, drive
-from tests.test_sink import FlakyHandler, assert_no_hidden_files, visible_files
-from tests.test_state import celery_state as celery_oracle
+from tests.helpers import FakeTimer, FlakyHandler, assert_no_hidden_files, drive, visible_files
+from tests.helpers import celery_state as celery_oracle
 
 TABLES = ("snapshots", "tasks", "workers")
 COMPARED = (
@@ -206,6 +205,7 @@ def test_replay_matches_celery_state(tmp_path, sample_events, celery_state, stat
 def test_changes_mode_writes_a_task_again_only_when_an_event_touched_it(
     tmp_path, sample_events, state_cls
 ):
+    """Changes mode writes a task again only when an event touched it."""
     replay(state_cls(), tmp_path, sample_events, freq=0.5)
     groups = touched_per_snapshot(sample_events, freq=0.5)
     tasks = pq.read_table(tmp_path / "tasks", columns=["snapshot_id", "uuid"]).to_pandas()
@@ -216,6 +216,7 @@ def test_changes_mode_writes_a_task_again_only_when_an_event_touched_it(
 
 @pytest.mark.parametrize("state_cls", [State, CeleryState], ids=["archiver", "celery"])
 def test_full_mode_writes_every_task_each_snapshot(tmp_path, sample_events, state_cls):
+    """Full mode writes every task each snapshot."""
     _, captures = replay(state_cls(), tmp_path, sample_events, mode="full", freq=2.0)
     groups = touched_per_snapshot(sample_events, freq=2.0)
     assert len(groups) == captures
@@ -230,6 +231,7 @@ def test_full_mode_writes_every_task_each_snapshot(tmp_path, sample_events, stat
 
 @pytest.mark.parametrize("redact_mode", ["null", "hash"])
 def test_redaction_on_the_recorded_events(tmp_path, sample_events, celery_state, redact_mode):
+    """Redaction on the recorded events."""
     replay(
         State(),
         tmp_path,
@@ -251,12 +253,14 @@ def test_redaction_on_the_recorded_events(tmp_path, sample_events, celery_state,
 
 
 def test_redact_accepts_a_comma_separated_string(tmp_path, small_events):
+    """Redact accepts a comma separated string."""
     camera, _ = replay(State(), tmp_path, small_events, redact="args, kwargs")
     assert camera.converter.redact == ("args", "kwargs")
 
 
 # -- other readers --------------------------------------------------------------------------
 def test_duckdb_and_polars_read_the_archive_without_options(tmp_path, sample_events):
+    """Duckdb and polars read the archive without options."""
     replay(State(), tmp_path, sample_events, flush_rows=500)
     rows = pq.read_table(tmp_path / "tasks").num_rows
     glob = f"{tmp_path}/tasks/**/*.parquet"
@@ -279,6 +283,7 @@ def test_duckdb_and_polars_read_the_archive_without_options(tmp_path, sample_eve
 
 
 def test_archive_lists_and_loads_what_the_camera_wrote(tmp_path, small_events):
+    """Archive lists and loads what the camera wrote."""
     replay(State(), tmp_path, small_events, flush_rows=300)
     archive = Archive(tmp_path)
     assert archive.tables() == list(TABLES)
@@ -350,6 +355,7 @@ def test_a_failing_filesystem_keeps_the_rows_and_writes_them_once_it_recovers(
 
 
 def test_past_max_buffer_rows_the_oldest_rows_are_dropped_and_counted(tmp_path, sample_events):
+    """Past max buffer rows the oldest rows are dropped and counted."""
     handler = FlakyHandler()
     handler.fail = "write"
     state = State()
@@ -403,6 +409,7 @@ def test_files_are_written_outside_the_state_lock(tmp_path, small_events):
 
 # -- storage and concurrency ----------------------------------------------------------------
 def test_memory_uri_through_fsspec(small_events):
+    """A memory:// archive through fsspec holds every row written and no hidden file."""
     uri = f"memory://archiver-camera-{uuidlib.uuid4().hex}"
     try:
         camera, _ = replay(State(), uri, small_events, flush_rows=200)
@@ -470,6 +477,7 @@ class CounterConverter:
 
 
 def test_a_custom_converter_for_a_non_celery_state(tmp_path):
+    """A custom converter for a non celery state."""
     counters: dict[str, int] = {}
     now = [1_800_000_000.0]
     camera = ParquetCamera(
@@ -496,6 +504,7 @@ def test_a_custom_converter_for_a_non_celery_state(tmp_path):
 
 
 def test_converter_options_need_the_default_converter(tmp_path):
+    """Converter options need the default converter."""
     with pytest.raises(ValueError, match="default converter"):
         ParquetCamera({}, tmp_path, converter=CounterConverter(), mode="full", timer=FakeTimer())
     with pytest.raises(ValueError, match="redact"):

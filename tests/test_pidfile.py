@@ -14,6 +14,7 @@ from archiver.pidfile import Pidfile
 
 
 def test_acquire_writes_our_pid_and_release_removes_it(tmp_path):
+    """Acquire writes our pid and release removes it."""
     path = tmp_path / "run.pid"
     with Pidfile(path) as pidfile:
         assert pidfile.held
@@ -24,6 +25,7 @@ def test_acquire_writes_our_pid_and_release_removes_it(tmp_path):
 
 
 def test_a_second_owner_is_refused_even_in_the_same_process(tmp_path):
+    """A second owner is refused even in the same process."""
     path = tmp_path / "run.pid"
     with Pidfile(path):
         with pytest.raises(LockedError, match=rf"another archiver is running \(pid {os.getpid()}"):
@@ -33,11 +35,13 @@ def test_a_second_owner_is_refused_even_in_the_same_process(tmp_path):
 
 
 def test_acquiring_twice_is_an_error(tmp_path):
+    """Acquiring twice is an error."""
     with Pidfile(tmp_path / "run.pid") as pidfile, pytest.raises(ArchiverError):
         pidfile.acquire()
 
 
 def test_a_stale_pidfile_is_taken_over(tmp_path):
+    """A stale pidfile is taken over."""
     path = tmp_path / "run.pid"
     path.write_text("4194303\n")
     with Pidfile(path):
@@ -46,6 +50,7 @@ def test_a_stale_pidfile_is_taken_over(tmp_path):
 
 @pytest.mark.parametrize("content", [b"4194303\ngarbage\n", b"precious\n", b"\xff" * 10])
 def test_a_file_holding_anything_but_a_pid_is_refused(tmp_path, content):
+    """A file holding anything but a pid is refused."""
     path = tmp_path / "notes.txt"
     path.write_bytes(content)
     with pytest.raises(ArchiverError, match=f"pidfile {path} holds something archiver did not"):
@@ -54,6 +59,7 @@ def test_a_file_holding_anything_but_a_pid_is_refused(tmp_path, content):
 
 
 def test_the_lock_dies_with_the_process(tmp_path):
+    """The lock dies with the process."""
     path = tmp_path / "run.pid"
     code = (
         "import os, sys; from archiver.pidfile import Pidfile; "
@@ -67,11 +73,13 @@ def test_the_lock_dies_with_the_process(tmp_path):
 
 
 def test_missing_directory(tmp_path):
+    """A pidfile in a missing directory is refused with 'cannot create pidfile'."""
     with pytest.raises(ArchiverError, match="cannot create pidfile"):
         Pidfile(tmp_path / "missing" / "run.pid").acquire()
 
 
 def test_release_leaves_a_file_that_is_no_longer_ours(tmp_path):
+    """Release leaves a file that is no longer ours."""
     path = tmp_path / "run.pid"
     pidfile = Pidfile(path)
     pidfile.acquire()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import uuid as uuidlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,56 +18,20 @@ from archiver import query, rows, timeparse
 from archiver.errors import ArchiverError, NoArchiveError
 from archiver.schema import SCHEMA_VERSION, TASKS, with_metadata
 
-from .conftest import FakeTimer, drive
+from .helpers import footer_rows, record_copies, shifted_hours
 
 HOUR = 3600.0
 UTC = timezone.utc
 
 
 # -- building archives -------------------------------------------------------------------
-def shifted(events: list[dict], k: int) -> list[dict]:
-    """A copy of ``events`` moved ``k`` hours later, with fresh task ids."""
-    if k == 0:
-        return [dict(e) for e in events]
-    ns = uuidlib.UUID(int=k)
-
-    def new(old):
-        return None if old is None else str(uuidlib.uuid5(ns, old))
-
-    out = []
-    for event in events:
-        e = dict(event)
-        e["timestamp"] = e["timestamp"] + k * HOUR
-        if "local_received" in e:
-            e["local_received"] = e["local_received"] + k * HOUR
-        for key in ("uuid", "root_id", "parent_id"):
-            if key in e:
-                e[key] = new(e[key])
-        out.append(e)
-    return out
-
-
-def record(path: Path, copies: list[list[dict]], *, state=None):
-    """Replay each list of events through a State and the Parquet camera, snapshot per second.
-
-    A final snapshot follows each list, so the archive ends with the state after it.
-    """
-    state = state if state is not None else archiver.State()
-    clock = [copies[0][0]["timestamp"]]
-    camera = archiver.ParquetCamera(state, path, timer=FakeTimer(), clock=lambda: clock[0])
-    for events in copies:
-        clock[0] = events[0]["timestamp"]
-        drive(state, camera, events, clock=clock)
-        camera.capture()
-    camera.cancel()
-    return state
 
 
 @pytest.fixture(scope="module")
 def one_hour(tmp_path_factory, sample_events) -> Path:
     """The sample recorded once: one partition per table."""
     path = tmp_path_factory.mktemp("one") / "archive"
-    record(path, [sample_events])
+    record_copies(path, [sample_events])
     return path
 
 
@@ -76,7 +39,7 @@ def one_hour(tmp_path_factory, sample_events) -> Path:
 def three_hours(tmp_path_factory, sample_events) -> Path:
     """The sample recorded three times, an hour apart (hours 15, 16 and 17 UTC)."""
     path = tmp_path_factory.mktemp("three") / "archive"
-    record(path, [shifted(sample_events, k) for k in range(3)])
+    record_copies(path, [shifted_hours(sample_events, k) for k in range(3)])
     return path
 
 
@@ -86,16 +49,13 @@ def copy_archive(src: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def footer_rows(path: Path, table: str) -> int:
-    return sum(pq.read_metadata(f).num_rows for f in (path / table).rglob("*.parquet"))
-
-
 def ts(text: str) -> pd.Timestamp:
     return pd.Timestamp(text, tz="UTC")
 
 
 # -- loading -----------------------------------------------------------------------------
 def test_load_returns_every_row_with_pandas_dtypes(one_hour):
+    """Load returns every row with pandas dtypes."""
     a = archiver.Archive(one_hour)
     tasks = a.load("tasks")
     assert len(tasks) == footer_rows(one_hour, "tasks") > 2000
@@ -125,6 +85,7 @@ def test_load_returns_every_row_with_pandas_dtypes(one_hour):
 
 
 def test_engines_and_the_one_call_loader(one_hour):
+    """Engines and the one call loader."""
     a = archiver.Archive(one_hour)
     table = a.load("snapshots", engine="arrow")
     assert isinstance(table, pa.Table)
@@ -135,6 +96,7 @@ def test_engines_and_the_one_call_loader(one_hour):
 
 
 def test_time_range_is_start_inclusive_end_exclusive(one_hour):
+    """Time range is start inclusive end exclusive."""
     a = archiver.Archive(one_hour)
     snaps = a.load("snapshots", columns=["captured_at"])["captured_at"]
     tasks = a.load("tasks", columns=["captured_at"])["captured_at"]
@@ -169,6 +131,7 @@ def test_time_range_is_start_inclusive_end_exclusive(one_hour):
 
 
 def test_relative_and_named_times():
+    """Durations ago, 'N seconds ago' and 'now' resolve against the given now."""
     now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
     assert timeparse.parse_time("2h", now=now) == ts("2026-11-25 10:00")
     assert timeparse.parse_time("7d", now=now) == ts("2026-11-18 12:00")
@@ -189,6 +152,7 @@ def test_relative_and_named_times():
 
 
 def test_relative_start_against_the_clock(one_hour):
+    """Relative start against the clock."""
     a = archiver.Archive(one_hour)
     # the recording is from 2026-11-25: 100000 days ago includes it all
     assert len(a.load("snapshots", start="100000d")) == footer_rows(one_hour, "snapshots")
@@ -196,6 +160,7 @@ def test_relative_start_against_the_clock(one_hour):
 
 
 def test_ranges_across_partitions(three_hours):
+    """Time ranges select exactly the rows in [start, end), across partition boundaries."""
     a = archiver.Archive(three_hours)
     assert [p.hour for p in a.partitions("tasks")] == [15, 16, 17]
     full = a.load("tasks")
@@ -223,6 +188,7 @@ def _plant_garbage(archive: Path, table: str, partition: str) -> Path:
 
 
 def test_partitions_outside_the_range_are_never_opened(three_hours, tmp_path):
+    """Partitions outside the range are never opened."""
     path = copy_archive(three_hours, tmp_path)
     _plant_garbage(path, "tasks", "date=2026-11-25/hour=17")
     _plant_garbage(path, "tasks", "date=2026-11-24/hour=3")
@@ -253,6 +219,7 @@ def _row_group_span(rg) -> tuple[int, int]:
 
 
 def test_row_group_statistics_prune_inside_a_file(one_hour, tmp_path):
+    """Row group statistics prune inside a file."""
     path = copy_archive(one_hour, tmp_path)
     (f,) = (path / "tasks").rglob("*.parquet")
     table = pq.read_table(f)
@@ -274,6 +241,7 @@ def test_row_group_statistics_prune_inside_a_file(one_hour, tmp_path):
 
 # -- filters and projections -------------------------------------------------------------
 def test_filters_in_both_forms(one_hour):
+    """Tuple filters and dataset expressions select what pandas selects."""
     a = archiver.Archive(one_hour)
     cols = ["captured_at", "uuid", "name", "state", "started", "exception", "retries", "runtime"]
     full = a.load("tasks", columns=cols)
@@ -313,7 +281,8 @@ def test_filters_in_both_forms(one_hour):
         got = a.load("tasks", columns=cols, filters=filters).reset_index(drop=True)
         want = full[mask.fillna(False).astype(bool)].reset_index(drop=True)
         pd.testing.assert_frame_equal(got, want, obj=str(filters))
-        assert len(got) > 0 or filters == [("exception", "==", None)] or len(want) == 0
+        # Neither everything nor nothing: the equality above compares a real selection.
+        assert 0 < len(got) < len(full) or filters in ([("hour", "==", 15)], []), filters
 
     expr = ds.field("state").isin(["FAILURE", "RETRY"]) & (ds.field("retries") >= 0)
     by_expr = a.load("tasks", filters=expr).reset_index(drop=True)
@@ -325,6 +294,7 @@ def test_filters_in_both_forms(one_hour):
 
 
 def test_filter_errors(one_hour):
+    """Unknown columns, operators and uncomparable values raise one-line ArchiverErrors."""
     a = archiver.Archive(one_hour)
     with pytest.raises(ArchiverError, match=r"unknown column.*'nope'"):
         a.load("tasks", filters=[("nope", "==", 1)])
@@ -343,6 +313,7 @@ def test_filter_errors(one_hour):
 
 
 def test_projection(one_hour):
+    """columns= selects and orders columns, even with a filter on others."""
     a = archiver.Archive(one_hour)
     got = a.load("tasks", columns=["uuid", "state"])
     assert list(got.columns) == ["uuid", "state"]
@@ -357,6 +328,7 @@ def test_projection(one_hour):
 
 
 def test_limit_returns_the_first_rows(three_hours):
+    """Limit returns the first rows."""
     a = archiver.Archive(three_hours)
     full = a.load("tasks", columns=["uuid", "captured_at"])
     for n in (7, len(full) // 3 + 10, len(full) + 1):  # within a file, across files, all
@@ -366,6 +338,7 @@ def test_limit_returns_the_first_rows(three_hours):
 
 
 def test_missing_archive_and_table(one_hour, tmp_path):
+    """A missing archive or table raises NoArchiveError naming it, from every reader."""
     with pytest.raises(NoArchiveError, match="no archive at"):
         archiver.Archive(tmp_path / "nothing").load("tasks")
     with pytest.raises(NoArchiveError, match=r"no table 'taskz'.*snapshots, tasks, workers"):
@@ -420,6 +393,7 @@ def assert_latest_matches(latest: pd.DataFrame, celery_state) -> None:
 
 
 def test_latest_is_celery_state_at_the_end(one_hour, sample_events):
+    """Latest is celery state at the end."""
     a = archiver.Archive(one_hour)
     latest = a.latest("tasks")
     assert_latest_matches(latest, _celery_state(sample_events))
@@ -436,6 +410,7 @@ def test_latest_is_celery_state_at_the_end(one_hour, sample_events):
 
 
 def test_latest_as_of_a_midpoint(one_hour, sample_events):
+    """Latest as of a midpoint."""
     a = archiver.Archive(one_hour)
     snaps = a.load("snapshots", columns=["captured_at"])["captured_at"]
     mid = snaps.iloc[len(snaps) // 2]
@@ -453,6 +428,7 @@ def test_latest_as_of_a_midpoint(one_hour, sample_events):
 
 
 def test_latest_across_partitions_equals_pandas(three_hours):
+    """Latest across partitions equals pandas."""
     a = archiver.Archive(three_hours)
     full = a.load("tasks")
     naive = full.sort_values("captured_at", kind="stable").drop_duplicates("uuid", keep="last")
@@ -468,6 +444,7 @@ def test_latest_across_partitions_equals_pandas(three_hours):
 
 
 def test_latest_filters_select_among_the_latest_rows(one_hour):
+    """Latest filters select among the latest rows."""
     a = archiver.Archive(one_hour)
     # tasks were in RETRY along the way, but none ended there
     assert len(a.load("tasks", filters=[("state", "==", "RETRY")])) > 0
@@ -491,6 +468,7 @@ def test_latest_filters_select_among_the_latest_rows(one_hour):
 
 
 def test_latest_positions_ties_and_overlapping_files():
+    """Latest positions ties and overlapping files."""
     keys = pa.chunked_array([["a", "b", "a"], ["b", "a", "c"]])
     micros = np.array([5, 1, 9, 7, 9, 0])
     # "a": 9 twice -> the later position (4); "b": 7 (3); "c": 0 (5); ordered by time
@@ -503,6 +481,7 @@ def test_latest_positions_ties_and_overlapping_files():
 
 
 def test_history_is_every_version_oldest_first(one_hour):
+    """History is every version oldest first."""
     a = archiver.Archive(one_hour)
     counts = a.load("tasks", columns=["uuid"])["uuid"].value_counts()
     uuid = counts.index[0]
@@ -530,6 +509,7 @@ def test_history_is_every_version_oldest_first(one_hour):
 
 # -- old schemas -------------------------------------------------------------------------
 def test_files_of_an_older_schema_load_with_missing_columns_null(one_hour, tmp_path):
+    """Files of an older schema load with missing columns null."""
     path = copy_archive(one_hour, tmp_path)
     (f,) = (path / "tasks").rglob("*.parquet")
     current = pq.read_table(f)
@@ -576,6 +556,7 @@ def test_files_of_an_older_schema_load_with_missing_columns_null(one_hour, tmp_p
 
 # -- dask --------------------------------------------------------------------------------
 def test_dask_engine_same_rows_same_pruning(three_hours):
+    """Dask engine same rows same pruning."""
     dd = pytest.importorskip("dask.dataframe")
     a = archiver.Archive(three_hours)
     lazy = a.load(
@@ -606,6 +587,7 @@ def test_dask_engine_same_rows_same_pruning(three_hours):
 
 # -- describe ----------------------------------------------------------------------------
 def test_describe_reads_only_footers(three_hours):
+    """describe() counts rows, partitions and times from footers, as load() would."""
     a = archiver.Archive(three_hours)
     infos = {i.table: i for i in query.describe(a)}
     assert set(infos) == {"tasks", "workers", "snapshots"}
@@ -658,6 +640,7 @@ def test_describe_reads_statistics_in_the_files_own_unit(three_hours, tmp_path, 
 
 
 def test_time_expression_and_prune_helpers():
+    """Time expression and prune helpers."""
     parts = [
         archiver.archive.Partition("tasks", "2026-11-25", h, f"/x/hour={h}") for h in range(24)
     ]
@@ -685,6 +668,7 @@ def test_naive_timedelta_window(one_hour):
 
 
 def test_history_and_latest_read_only_the_row_groups_they_need(one_hour, tmp_path):
+    """History and latest read only the row groups they need."""
     path = copy_archive(one_hour, tmp_path)
     (f,) = (path / "tasks").rglob("*.parquet")
     table = pq.read_table(f)

@@ -15,9 +15,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from celery.events.state import State as CeleryState
 from click.testing import CliRunner
 
 from archiver import Archive
@@ -25,11 +23,9 @@ from archiver.cli import cli
 from archiver.pidfile import Pidfile
 from tests.cameras import CountingCamera
 
-from .conftest import SAMPLE, SMALL, read_events
+from .helpers import SAMPLE, SMALL, normalise_row, read_events, reference
 
 ROOT = Path(__file__).resolve().parent.parent
-TIME_FIELDS = ("sent", "received", "started", "succeeded", "failed", "retried", "revoked")
-FIELDS = ("state", "name", "worker", "retries", "result", "exception", "timestamp", *TIME_FIELDS)
 
 
 def record(*args, input=None):
@@ -39,44 +35,9 @@ def record(*args, input=None):
     )
 
 
-def _micros(value):
-    if value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.value // 1000
-    return round(value * 1e6)
-
-
-def reference(events, **options) -> dict[str, tuple]:
-    """Celery's own State fed ``events``: the latest state of every task."""
-    state = CeleryState(**options)
-    for event in events:
-        state.event(dict(event))
-    out = {}
-    for uuid, task in state.tasks.items():
-        row = {f: getattr(task, f) for f in FIELDS}
-        row["worker"] = task.worker.hostname if task.worker is not None else None
-        out[uuid] = _normalise(row)
-    return out
-
-
-def _normalise(row) -> tuple:
-    values = []
-    for f in FIELDS:
-        v = row[f]
-        if f == "timestamp" or f in TIME_FIELDS:
-            v = _micros(v)
-        elif v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-            v = None
-        elif f == "retries" and v is not None:
-            v = int(v)
-        values.append(v)
-    return tuple(values)
-
-
 def archived(path) -> dict[str, tuple]:
     latest = Archive(path).latest("tasks")
-    return {r["uuid"]: _normalise(r) for r in latest.to_dict("records")}
+    return {r["uuid"]: normalise_row(r) for r in latest.to_dict("records")}
 
 
 def assert_same(got: dict, want: dict) -> None:
@@ -104,6 +65,7 @@ def spaced(events, gap: float, start: float = 1_700_000_000.0) -> list[dict]:
 # -- the archive matches Celery's State ------------------------------------------------------
 @pytest.mark.parametrize("path", [SAMPLE, SMALL], ids=["sample", "small"])
 def test_replay_archive_matches_celery_state(tmp_path, path):
+    """Replay archive matches celery state."""
     archive = tmp_path / "archive"
     result = record("--replay", path, "--archive", archive)
     assert result.exit_code == 0, result.output
@@ -115,6 +77,7 @@ def test_replay_archive_matches_celery_state(tmp_path, path):
 
 
 def test_snapshots_follow_event_time_at_speed_0(tmp_path, sample_events):
+    """Snapshots follow event time at speed 0."""
     archive = tmp_path / "archive"
     started = time.monotonic()
     result = record("--replay", SAMPLE, "--archive", archive, "--freq", "0.5")
@@ -136,6 +99,7 @@ def test_snapshots_follow_event_time_at_speed_0(tmp_path, sample_events):
 
 
 def test_speed_keeps_the_gaps(tmp_path, small_events):
+    """--speed 50 replays the gaps between events 50 times faster."""
     events = spaced(small_events[:30], gap=1.0)  # 29 s of event time
     path = write_jsonl(tmp_path / "slow.jsonl", events)
     started = time.monotonic()
@@ -154,6 +118,7 @@ def test_speed_keeps_the_gaps(tmp_path, small_events):
 
 
 def test_stdin_and_gzip(tmp_path, small_events):
+    """A replay from stdin and from a .gz file archive the same rows as the plain file."""
     want = reference(small_events)
     result = record("--replay", "-", "--archive", tmp_path / "stdin", input=SMALL.read_bytes())
     assert result.exit_code == 0, result.output
@@ -172,6 +137,7 @@ def test_stdin_and_gzip(tmp_path, small_events):
 
 
 def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path, small_events):
+    """Malformed lines are reported with line numbers and skipped."""
     lines = [json.dumps(e) for e in small_events[:200]]
     lines.insert(1, "{not json")  # line 2
     lines.insert(4, "")  # line 5: blank lines are not malformed
@@ -191,6 +157,7 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped(tmp_path, sm
 
 
 def test_invalid_utf8_is_replaced_not_dropped(tmp_path, small_events):
+    """Invalid utf8 is replaced not dropped."""
     event = dict(small_events[4])
     assert event["type"] == "task-sent"
     raw = json.dumps(event).encode().replace(b'"args": "', b'"args": "\xff', 1)
@@ -203,6 +170,7 @@ def test_invalid_utf8_is_replaced_not_dropped(tmp_path, small_events):
 
 
 def test_limit(tmp_path, sample_events):
+    """--limit 1000 records exactly the first 1,000 events."""
     result = record("--replay", SAMPLE, "--archive", tmp_path / "archive", "--limit", 1000)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Recorded 1,000 events")
@@ -212,6 +180,7 @@ def test_limit(tmp_path, sample_events):
 
 
 def test_duration_stops_a_real_time_replay(tmp_path, small_events):
+    """Duration stops a real time replay."""
     path = write_jsonl(tmp_path / "slow.jsonl", spaced(small_events, gap=0.05))  # 48 s
     started = time.monotonic()
     result = record(
@@ -225,6 +194,7 @@ def test_duration_stops_a_real_time_replay(tmp_path, small_events):
 
 
 def test_duration_accepts_units_and_refuses_nonsense(tmp_path):
+    """Duration accepts units and refuses nonsense."""
     ok = record("--replay", SMALL, "--archive", tmp_path / "a", "--duration", "55m")
     assert ok.exit_code == 0
     bad = record("--replay", SMALL, "--archive", tmp_path / "b", "--duration", "soon")
@@ -232,6 +202,7 @@ def test_duration_accepts_units_and_refuses_nonsense(tmp_path):
 
 
 def test_max_tasks_bounds_the_state_not_the_archive(tmp_path, sample_events):
+    """Max tasks bounds the state not the archive."""
     result = record("--replay", SAMPLE, "--archive", tmp_path / "archive", "--max-tasks", 100)
     assert result.exit_code == 0, result.output
     seen = int(result.stdout.split(": ", 1)[1].split(" tasks,")[0].replace(",", ""))
@@ -243,6 +214,7 @@ def test_max_tasks_bounds_the_state_not_the_archive(tmp_path, sample_events):
 
 
 def test_mode_full_writes_every_task_at_every_snapshot(tmp_path, small_events):
+    """Mode full writes every task at every snapshot."""
     assert (
         record("--replay", SMALL, "--archive", tmp_path / "full", "--mode", "full").exit_code == 0
     )
@@ -257,6 +229,7 @@ def test_mode_full_writes_every_task_at_every_snapshot(tmp_path, small_events):
 
 
 def test_redact(tmp_path, small_events):
+    """--redact hides args, kwargs and result in every row."""
     archive = tmp_path / "archive"
     result = record("--replay", SMALL, "--archive", archive, "--redact", "args,kwargs,result")
     assert result.exit_code == 0, result.output
@@ -292,6 +265,7 @@ def test_redact(tmp_path, small_events):
 
 
 def test_clear_after(tmp_path, small_events):
+    """--clear-after empties the state after each snapshot."""
     archive = tmp_path / "archive"
     result = record("--replay", SMALL, "--archive", archive, "--clear-after")
     assert result.exit_code == 0, result.output
@@ -304,6 +278,7 @@ def test_clear_after(tmp_path, small_events):
 
 
 def test_maxrate_applies_to_the_replayed_clock(tmp_path, sample_events):
+    """Maxrate applies to the replayed clock."""
     archive = tmp_path / "archive"
     result = record("--replay", SAMPLE, "--archive", archive, "--maxrate", "6/m")
     assert result.exit_code == 0, result.output
@@ -314,6 +289,7 @@ def test_maxrate_applies_to_the_replayed_clock(tmp_path, sample_events):
 
 
 def test_custom_camera(tmp_path, small_events):
+    """--camera runs a user's Polaroid (module:Class or dotted), which writes no Parquet."""
     CountingCamera.shots.clear()
     result = record(
         "--replay",
@@ -342,6 +318,7 @@ def test_custom_camera(tmp_path, small_events):
     ],
 )
 def test_bad_camera_is_a_one_line_error(tmp_path, spec, message):
+    """Bad camera is a one line error."""
     result = record("--replay", SMALL, "--archive", tmp_path / "archive", "--camera", spec)
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -359,6 +336,7 @@ def test_bad_camera_is_a_one_line_error(tmp_path, spec, message):
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):
+    """User errors are one line."""
     result = record(*args, "--archive", tmp_path / "archive")
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: ") and message in result.stderr, result.stderr
@@ -366,6 +344,7 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 
 
 def test_exactly_one_source(tmp_path):
+    """Neither or both of --replay and --broker is a usage error (exit 2)."""
     none = record("--archive", tmp_path)
     both = record("--replay", SMALL, "--broker", "redis://x", "--archive", tmp_path)
     for result in (none, both):
@@ -373,6 +352,7 @@ def test_exactly_one_source(tmp_path):
 
 
 def test_unreachable_broker_exits_69_without_traceback(tmp_path):
+    """Unreachable broker exits 69 without traceback."""
     from tests.livecluster import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
@@ -413,6 +393,7 @@ def holder(tmp_path):
 
 
 def test_pidfile_refuses_while_a_live_process_holds_it(tmp_path, holder):
+    """Pidfile refuses while a live process holds it."""
     proc, path = holder
     result = record("--replay", SMALL, "--archive", tmp_path / "archive", "--pidfile", path)
     assert result.exit_code == 1
@@ -429,6 +410,7 @@ def test_pidfile_refuses_while_a_live_process_holds_it(tmp_path, holder):
 
 
 def test_pidfile_stale_file_is_taken_over_and_removed_on_exit(tmp_path):
+    """Pidfile stale file is taken over and removed on exit."""
     path = tmp_path / "run.pid"
     path.write_text("999999\n")  # a crashed run: the file, no lock
     result = record("--replay", SMALL, "--archive", tmp_path / "archive", "--pidfile", path)
@@ -440,6 +422,7 @@ def test_pidfile_stale_file_is_taken_over_and_removed_on_exit(tmp_path):
 
 
 def test_pidfile_in_a_missing_directory_is_a_one_line_error(tmp_path):
+    """Pidfile in a missing directory is a one line error."""
     path = tmp_path / "no" / "such" / "dir" / "run.pid"
     result = record("--replay", SMALL, "--archive", tmp_path / "archive", "--pidfile", path)
     assert result.exit_code == 1 and "cannot create pidfile" in result.stderr
@@ -447,6 +430,7 @@ def test_pidfile_in_a_missing_directory_is_a_one_line_error(tmp_path):
 
 
 def test_pidfile_holds_our_pid_while_running(tmp_path):
+    """Pidfile holds our pid while running."""
     path = tmp_path / "run.pid"
     seen = []
 
@@ -502,6 +486,7 @@ def stop_proc(proc):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_on_a_stdin_replay_keeps_every_event_sent(tmp_path, small_events, sig):
     # 400 events, 0.05 s apart: 20 s of event time, so a --speed 1 replay lags behind.
+    """Signal on a stdin replay keeps every event sent."""
     events = spaced(small_events[:400], gap=0.05, start=time.time())
     archive = tmp_path / "archive"
     proc = archiver_proc(
@@ -536,6 +521,7 @@ def test_signal_on_a_stdin_replay_keeps_every_event_sent(tmp_path, small_events,
 
 
 def test_sigterm_on_a_file_replay_stops_at_once(tmp_path, small_events):
+    """Sigterm on a file replay stops at once."""
     path = write_jsonl(tmp_path / "slow.jsonl", spaced(small_events, gap=0.05))  # 48 s
     archive = tmp_path / "archive"
     proc = archiver_proc(["record", "--replay", path, "--speed", 1, "--archive", archive], tmp_path)
@@ -553,6 +539,7 @@ def test_sigterm_on_a_file_replay_stops_at_once(tmp_path, small_events):
 
 
 def test_python_dash_m_archiver(tmp_path):
+    """python -m archiver runs the CLI."""
     archive = tmp_path / "archive"
     done = subprocess.run(
         [sys.executable, "-m", "archiver", "record", "--replay", SMALL, "--archive", archive],
@@ -573,6 +560,7 @@ def test_python_dash_m_archiver(tmp_path):
 def test_flushes_follow_event_time_too(tmp_path, sample_events):
     # 26 s of events: with --flush-interval 5 (of event time), 4 to 6 files per table,
     # however fast the replay; the default (60 s) writes one file per table.
+    """Flushes follow event time too."""
     many = record("--replay", SAMPLE, "--archive", tmp_path / "many", "--flush-interval", 5)
     assert many.exit_code == 0, many.output
     one = record("--replay", SAMPLE, "--archive", tmp_path / "one")

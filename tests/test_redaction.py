@@ -22,7 +22,7 @@ from archiver.convert import REDACTABLE, CeleryConverter, redact_hash, redaction
 from archiver.record import Recorder
 from archiver.state import describe_event
 
-from .conftest import SMALL, read_events
+from .helpers import SMALL, read_events
 
 SECRET = "hunter2-Zq8xVw-credit-card-4111111111111111"
 ALL = ",".join(REDACTABLE)
@@ -202,6 +202,7 @@ def test_an_event_the_state_cannot_apply_is_logged_without_its_values(tmp_path, 
     ],
 )
 def test_describe_event_shows_identifying_keys_only(event, text):
+    """Describe event shows identifying keys only."""
     assert describe_event(event) == text
 
 
@@ -218,6 +219,7 @@ def hmac_hex(key: bytes, value: str) -> str:
     k2=st.binary(min_size=1, max_size=80),
 )
 def test_hash_is_hmac_sha256_equal_for_equal_values_and_keys(a, b, k1, k2):
+    """Hash is hmac sha256 equal for equal values and keys."""
     assert redact_hash(a, k1) == hmac_hex(k1, a)
     assert (redact_hash(a, k1) == redact_hash(b, k1)) == (a == b)
     assert (redact_hash(a, k1) == redact_hash(a, k2)) == (k1 == k2)
@@ -309,6 +311,7 @@ def test_hash_mode_on_a_replay_matches_celery_state(tmp_path, events_file, monke
     ],
 )
 def test_key_errors_are_one_line(tmp_path, monkeypatch, args, env, message, code):
+    """Key errors are one line."""
     monkeypatch.delenv("ARCHIVER_REDACT_KEY", raising=False)
     paths = {"empty": tmp_path / "empty", "missing": tmp_path / "missing"}
     paths["empty"].write_bytes(b"\n")
@@ -323,6 +326,7 @@ def test_key_errors_are_one_line(tmp_path, monkeypatch, args, env, message, code
 
 
 def test_python_api_needs_a_key_for_hash_mode():
+    """Python api needs a key for hash mode."""
     with pytest.raises(ValueError, match=r"^redact_mode 'hash' needs a secret key"):
         CeleryConverter(redact=("args",), redact_mode="hash")
     conv = CeleryConverter(redact=("args",), redact_mode="hash", redact_key="k")

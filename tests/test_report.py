@@ -24,8 +24,7 @@ from archiver.cli import cli
 from archiver.record import Recorder
 
 from . import browser
-from .conftest import SAMPLE, SMALL, read_events
-from .test_query import record
+from .helpers import SAMPLE, SMALL, read_events, record_copies
 
 pytest.importorskip("duckdb")
 pytest.importorskip("matplotlib")
@@ -36,14 +35,14 @@ T0 = 1_790_000_000.0
 @pytest.fixture(scope="module", params=[SAMPLE, SMALL], ids=["sample", "small"])
 def recorded(request, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("archive") / "a"
-    record(path, [read_events(request.param)])
+    record_copies(path, [read_events(request.param)])
     return path
 
 
 @pytest.fixture(scope="module")
 def sample_archive(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sample") / "a"
-    record(path, [read_events(SAMPLE)])
+    record_copies(path, [read_events(SAMPLE)])
     return path
 
 
@@ -98,6 +97,7 @@ def test_summary_counts_events_and_workers(sample_archive):
 
 
 def test_window_and_name_filter(sample_archive):
+    """gather() counts only the window's snapshots and the task names matching the glob."""
     archive = archiver.Archive(sample_archive)
     snaps = archive.load("snapshots")
     start, end = snaps["captured_at"].iloc[5], snaps["captured_at"].iloc[15]
@@ -127,6 +127,7 @@ class _Tags(HTMLParser):
 
 
 def test_page_is_self_contained(sample_archive, tmp_path):
+    """The report page loads nothing from the network and is what was written."""
     out = tmp_path / "report.html"
     page = report.report(sample_archive, output=out)
     assert out.read_text(encoding="utf-8") == page
@@ -142,6 +143,7 @@ def test_page_is_self_contained(sample_archive, tmp_path):
 
 
 def test_charts_drawn_by_two_processes_are_those_drawn_by_one(sample_archive):
+    """Charts drawn by two processes are those drawn by one."""
     data = report.gather(sample_archive)
     one = report.render_charts(data, jobs=1)
     assert report.render_charts(data, jobs=2) == one
@@ -150,6 +152,7 @@ def test_charts_drawn_by_two_processes_are_those_drawn_by_one(sample_archive):
 
 
 def test_module_is_callable_as_archiver_report(sample_archive):
+    """Module is callable as archiver report."""
     code = "import archiver, sys; archiver.report; print('archiver.report' in sys.modules)"
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert fresh.stdout.strip() == "True", fresh.stderr  # imported on first use
@@ -158,6 +161,7 @@ def test_module_is_callable_as_archiver_report(sample_archive):
 
 
 def test_cli_writes_the_report(sample_archive, tmp_path):
+    """archiver report writes the page with --name and --concurrency."""
     out = tmp_path / "r.html"
     args = ["report", "--archive", str(sample_archive), "--output", str(out)]
     result = CliRunner().invoke(cli, [*args, "--name", "harness.*", "--concurrency", "4"])
@@ -176,6 +180,7 @@ def test_cli_writes_the_report(sample_archive, tmp_path):
     ],
 )
 def test_cli_bad_input_is_one_line(sample_archive, tmp_path, extra, message):
+    """Cli bad input is one line."""
     out = tmp_path / "r.html"
     args = ["report", "--archive", str(sample_archive), "--output", str(out), *extra]
     result = CliRunner().invoke(cli, args)
@@ -186,6 +191,7 @@ def test_cli_bad_input_is_one_line(sample_archive, tmp_path, extra, message):
 
 
 def test_cli_missing_archive_and_directory(tmp_path):
+    """Cli missing archive and directory."""
     result = CliRunner().invoke(
         cli, ["report", "--archive", str(tmp_path / "none"), "-o", str(tmp_path / "r.html")]
     )
@@ -241,11 +247,12 @@ def received(events: list[dict]) -> list[dict]:
 def make(tmp_path: Path, events: list[dict]) -> Path:
     events = received(events)
     path = tmp_path / "archive"
-    record(path, [events])
+    record_copies(path, [events])
     return path
 
 
 def test_empty_window(sample_archive, tmp_path):
+    """A window without data gives an empty report, not an error."""
     page = report.report(sample_archive, "2001-01-01", "2001-01-02", output=tmp_path / "r.html")
     data = report.gather(sample_archive, "2001-01-01", "2001-01-02")
     assert data.tasks == 0 and data.events == 0 and data.workers_seen == []
@@ -254,6 +261,7 @@ def test_empty_window(sample_archive, tmp_path):
 
 
 def test_one_task_one_worker(tmp_path):
+    """One task on one worker reports its state and worker."""
     events = [worker_event("online", "w@h", T0), *task_events("u1", "only.task", "w@h", T0 + 1)]
     data = report.gather(make(tmp_path, events))
     assert data.states.to_dict() == {"SUCCESS": 1}
@@ -316,6 +324,7 @@ def test_worker_that_went_offline_and_restarted(tmp_path):
 
 
 def test_fifty_task_names_are_grouped(tmp_path):
+    """Fifty task names are grouped."""
     events = [worker_event("online", "w@h", T0)]
     for i in range(50):
         for k in range(i % 3 + 1):

@@ -12,7 +12,7 @@ from archiver.record import Recorder
 from archiver.rows import latest_rows
 from archiver.sink import write_file
 
-from .conftest import SMALL
+from .helpers import SMALL
 
 
 @settings(max_examples=200, deadline=None)

@@ -25,9 +25,8 @@ from archiver.maintenance.lock import MaintenanceLock, lock_path
 from archiver.storage import redact_uri, resolve
 
 from .conftest import SAMPLE, SMALL
-from .test_cleanup import build_archive, frame, record
-from .test_cleanup_crash import fingerprints, run_child
-from .test_record import reference
+from .helpers import build_archive, fingerprints, frame, reference, run_child
+from .helpers import record_small_files as record
 
 TABLES = ("tasks", "workers", "snapshots")
 #: The query columns compared (not snapshot_id: it holds a random recorder id).
@@ -314,8 +313,14 @@ def test_expiry_killed_at_each_delete_shows_no_half_hour(s3, two_hours, tmp_path
 def test_live_record_into_s3(s3, tmp_path):
     """A live recorder (redis + a Celery worker) writes to s3:// what it writes to disk."""
     pytest.importorskip("celery")
-    from .livecluster import Processes, RedisServer
-    from .test_live_cluster import send_mix, start_archiver, start_workers, wait_results
+    from .livecluster import (
+        Processes,
+        RedisServer,
+        send_mix,
+        start_archiver,
+        start_workers,
+        wait_results,
+    )
 
     server, prefix = s3
     uri = server.uri(prefix)

@@ -20,9 +20,10 @@ import pytest
 from archiver import State
 from archiver import schema as S
 from archiver.convert import CeleryConverter
-from archiver.layout import partition_path
 from archiver.sink import ParquetSink
 from archiver.storage import resolve
+
+from .helpers import FlakyHandler, ObjectStore, assert_no_hidden_files, visible_files
 
 SCHEMAS = CeleryConverter.schemas
 SNAP = SCHEMAS["snapshots"]
@@ -42,68 +43,9 @@ def snapshot_rows(times: list[float], start: int = 0) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict(data, schema=SNAP)
 
 
-def visible_files(root) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-    )
-
-
-def assert_no_hidden_files(root) -> None:
-    hidden = [p for p in visible_files(root) if os.path.basename(p).startswith((".", "_"))]
-    assert hidden == []
-
-
 def read_event_counts(root, table: str = "snapshots") -> list[int]:
     data = ds.dataset(os.path.join(root, table), partitioning="hive").to_table()
     return sorted(data.column("event_count").to_pylist())
-
-
-class _FailingWriter:
-    """A file object that accepts a few bytes, then fails like a full disk."""
-
-    def __init__(self, inner, after: int = 64) -> None:
-        self.inner, self.left = inner, after
-        self.closed = False
-
-    def write(self, data) -> int:
-        if len(data) > self.left:
-            self.inner.write(bytes(data[: self.left]))
-            self.left = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self.left -= len(data)
-        return self.inner.write(data)
-
-    def close(self) -> None:
-        self.closed = True
-        self.inner.close()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-class FlakyHandler(pafs.FSSpecHandler):
-    """A filesystem that fails on demand: ``fail`` is None, "open", "write" or "move"."""
-
-    def __init__(self, fs=None) -> None:
-        super().__init__(fs or fsspec.filesystem("file"))
-        self.fail: str | None = None
-        self.block: threading.Event | None = None
-        self.opened = 0
-
-    def open_output_stream(self, path, metadata):
-        self.opened += 1
-        if self.block is not None:
-            self.block.wait(10)
-        if self.fail == "open":
-            raise PermissionError(errno.EACCES, "Permission denied", path)
-        if self.fail == "write":
-            return pa.PythonFile(_FailingWriter(self.fs.open(path, "wb")), mode="w")
-        return super().open_output_stream(path, metadata)
-
-    def move(self, src, dest):
-        if self.fail == "move":
-            raise OSError(errno.EIO, "Input/output error", src)
-        return super().move(src, dest)
 
 
 def flaky(tmp_path):
@@ -112,10 +54,6 @@ def flaky(tmp_path):
 
 
 # -- layout -------------------------------------------------------------------------------
-def test_partition_path_is_utc_and_hour_is_not_zero_padded():
-    hour = int(ts("2026-03-01T07:59:59") // 3600)
-    assert partition_path(hour) == "date=2026-03-01/hour=7"
-    assert partition_path(int(ts("2026-03-01T23:00:00") // 3600)) == "date=2026-03-01/hour=23"
 
 
 def test_flush_splits_rows_by_utc_hour_and_sorts_each_file(tmp_path):
@@ -142,6 +80,7 @@ def test_flush_splits_rows_by_utc_hour_and_sorts_each_file(tmp_path):
 
 
 def test_files_carry_schema_metadata_statistics_and_dictionaries(tmp_path):
+    """Files carry schema metadata statistics and dictionaries."""
     sink = ParquetSink(tmp_path, SCHEMAS, row_group_size=3)
     state = State()
     for i in range(7):
@@ -210,6 +149,7 @@ def test_file_names_are_unique_per_writer(tmp_path):
 
 # -- when to flush ------------------------------------------------------------------------
 def test_due_by_rows_and_by_age(tmp_path):
+    """Due by rows and by age."""
     now = [0.0]
     sink = ParquetSink(tmp_path, SCHEMAS, flush_rows=3, flush_interval=10, clock=lambda: now[0])
     assert not sink.due()
@@ -226,6 +166,7 @@ def test_due_by_rows_and_by_age(tmp_path):
 
 
 def test_invalid_settings_are_rejected(tmp_path):
+    """Inconsistent flush_rows/max_buffer_rows and a zero flush_interval raise ValueError."""
     with pytest.raises(ValueError, match="flush_rows"):
         ParquetSink(tmp_path, SCHEMAS, flush_rows=10, max_buffer_rows=5)
     with pytest.raises(ValueError, match="flush_interval"):
@@ -290,6 +231,7 @@ def test_a_partial_failure_keeps_only_what_was_not_written(tmp_path):
 
 
 def test_past_the_bound_the_oldest_rows_are_dropped_and_counted(tmp_path, caplog):
+    """Past the bound the oldest rows are dropped and counted."""
     handler, location = flaky(tmp_path)
     sink = ParquetSink(location, SCHEMAS, flush_rows=2, max_buffer_rows=5)
     handler.fail = "open"
@@ -331,6 +273,7 @@ def test_append_does_not_wait_for_a_write_in_progress(tmp_path):
 
 
 def test_recent_file_list_is_bounded(tmp_path, monkeypatch):
+    """Recent file list is bounded."""
     monkeypatch.setattr("archiver.sink.RECENT_FILES", 2)
     sink = ParquetSink(tmp_path, SCHEMAS)
     for i in range(4):
@@ -342,6 +285,7 @@ def test_recent_file_list_is_bounded(tmp_path, monkeypatch):
 
 # -- other filesystems --------------------------------------------------------------------
 def test_memory_filesystem_through_fsspec():
+    """The sink writes readable files to a memory:// filesystem."""
     root = f"memory://archiver-test-{uuidlib.uuid4().hex}"
     location = resolve(root)
     try:
@@ -361,6 +305,7 @@ def test_memory_filesystem_through_fsspec():
 
 
 def test_fsspec_filesystem_object_is_accepted(tmp_path):
+    """Fsspec filesystem object is accepted."""
     location = resolve(str(tmp_path), fsspec.filesystem("file"))
     assert isinstance(location.fs, pafs.PyFileSystem)
     assert location.atomic_rename
@@ -371,6 +316,7 @@ def test_fsspec_filesystem_object_is_accepted(tmp_path):
 
 
 def test_file_uri(tmp_path):
+    """A file:// URI is a local archive the sink writes to."""
     location = resolve(tmp_path.as_uri())
     assert location.local and location.root == str(tmp_path)
     sink = ParquetSink(location, SCHEMAS)
@@ -379,21 +325,10 @@ def test_file_uri(tmp_path):
     assert read_event_counts(tmp_path) == [0]
 
 
-class _ObjectStore(fsspec.implementations.memory.MemoryFileSystem):
-    """An in-memory filesystem that calls itself s3: moves would be copies."""
-
-    protocol = ("s3", "s3a")
-    moves = 0
-
-    def mv(self, *args, **kwargs):
-        type(self).moves += 1
-        return super().mv(*args, **kwargs)
-
-
 def test_object_stores_get_the_final_name_directly():
     """On an object store an upload appears only once complete, and a rename is a
     copy: no temporary file there."""
-    fs = _ObjectStore()
+    fs = ObjectStore()
     root = f"/archiver-s3-{uuidlib.uuid4().hex}"
     location = resolve(root, fs)
     assert not location.atomic_rename
@@ -401,7 +336,7 @@ def test_object_stores_get_the_final_name_directly():
         sink = ParquetSink(location, SCHEMAS)
         sink.append("snapshots", snapshot_rows([ts("2026-01-01T00:00:00")]))
         (path,) = sink.flush()
-        assert _ObjectStore.moves == 0
+        assert ObjectStore.moves == 0
         assert fs.exists(path)
     finally:
         fs.rm(root, recursive=True)

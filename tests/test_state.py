@@ -10,7 +10,6 @@ import uuid as uuidlib
 from collections import defaultdict
 
 import pytest
-from celery.events import state as celery_state_module
 from celery.events.state import State as CeleryState
 from celery.events.state import Task as CeleryTask
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +27,10 @@ from archiver.state import (
     precedence,
 )
 
-from .conftest import SAMPLE, read_events
+from .helpers import SAMPLE, celery_state, read_events
+
+#: Celery's drift warning raises for far-future times; the oracle keeps quiet.
+pytestmark = pytest.mark.usefixtures("celery_drift_warning_off")
 
 EVENT_TIMES = (
     "sent",
@@ -117,35 +119,6 @@ def worker_event(
     }
     event.update(kw)
     return event
-
-
-class _NoHeap(list):
-    """A task heap that keeps nothing (see :func:`celery_state`)."""
-
-    def append(self, item) -> None:
-        pass
-
-    def insert(self, index, item) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _celery_drift_warning_off():
-    """Celery formats its clock-drift warning with ``datetime.fromtimestamp``, which raises
-    for times beyond year 9999: a log line, not state semantics. Off for the oracle."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(celery_state_module, "_warn_drift", lambda *args: None)
-        yield
-
-
-def celery_state(**kwargs) -> CeleryState:
-    """Celery's State without its time-ordered task heap, the oracle for odd values.
-
-    The heap (``tasks_by_time``) compares ``(clock, timestamp)`` of different events, so
-    a string clock raises there depending on what came before; everything else Celery
-    does with an event is kept.
-    """
-    return CeleryState(taskheap=_NoHeap(), **kwargs)
 
 
 def feed(state, events) -> None:
@@ -1453,6 +1426,7 @@ class TestPickle:
         assert all(t is copied.tasks.peek(t.uuid) for t in tasks)
 
     def test_worker_keeps_every_field(self, how):
+        """A pickled or copied Worker keeps every field, custom ones included."""
         state = State()
         state.event(worker_event("online", custom="x"))
         worker = state.workers.peek("w1@vm")

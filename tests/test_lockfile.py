@@ -16,19 +16,22 @@ from click.testing import CliRunner
 
 from archiver.cli import cli
 from archiver.errors import ArchiverError, LockedError
-from archiver.lockfile import open_lock_file
+from archiver.lockfile import (
+    open_lock_file,
+    pid_alive,
+    read_lock_file,
+    try_lock,
+    unlock,
+    write_record,
+)
 from archiver.maintenance.lock import MaintenanceLock, lock_path, read_holder
 from archiver.pidfile import Pidfile
 from archiver.storage import resolve
 
-from .conftest import SMALL
+from .helpers import SMALL, invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = b"root:$6$precious-password-hash:19000:0:99999:7:::\n"
-
-
-def invoke(*args) -> object:
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +116,7 @@ KINDS = [
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_maintenance_lock_refuses_a_trap(archive, tmp_path, kind):
+    """Maintenance lock refuses a trap."""
     location = resolve(str(archive))
     path, target = Path(lock_path(location)), tmp_path / "target"
     message = plant(kind, path, target)
@@ -126,6 +130,7 @@ def test_maintenance_lock_refuses_a_trap(archive, tmp_path, kind):
 @pytest.mark.parametrize("command", ["compact", "expire"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_cleanup_commands_refuse_a_trapped_lock_in_one_line(archive, tmp_path, kind, command):
+    """Cleanup commands refuse a trapped lock in one line."""
     path, target = archive / "_archiver.lock", tmp_path / "target"
     message = plant(kind, path, target)
     files = sorted(p for p in archive.rglob("*") if p.is_file() and p != path)
@@ -139,6 +144,7 @@ def test_cleanup_commands_refuse_a_trapped_lock_in_one_line(archive, tmp_path, k
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pidfile_refuses_a_trap(tmp_path, kind):
+    """A pidfile refuses each trap in one line, writes nothing, and reads no pid from it."""
     path, target = tmp_path / "run.pid", tmp_path / "target"
     message = plant(kind, path, target)
     with pytest.raises(ArchiverError) as exc:
@@ -164,6 +170,7 @@ def test_record_refuses_a_trapped_pidfile_in_one_line(tmp_path, kind):
 
 
 def test_read_holder_never_blocks_or_follows(tmp_path):
+    """Read holder never blocks or follows."""
     fifo, link = tmp_path / "fifo", tmp_path / "link"
     os.mkfifo(fifo)
     target = tmp_path / "target"
@@ -175,6 +182,7 @@ def test_read_holder_never_blocks_or_follows(tmp_path):
 
 
 def test_lock_fd_is_not_inherited(tmp_path):
+    """Lock fd is not inherited."""
     fd = open_lock_file(str(tmp_path / "x.lock"))
     try:
         assert not os.get_inheritable(fd)
@@ -226,3 +234,65 @@ def test_symlinked_directories_above_the_lock_are_fine(archive, tmp_path):
     with Pidfile(tmp_path / "var-run" / "rec.pid"):
         assert (rundir / "rec.pid").read_text() == f"{os.getpid()}\n"
     assert not (rundir / "rec.pid").exists()
+
+
+# -- archiver.lockfile itself ------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_lock_file_refuses_a_trap(tmp_path, kind):
+    """open_lock_file refuses each trap in one line naming the path, and writes nothing."""
+    path, target = tmp_path / "x.lock", tmp_path / "target"
+    message = plant(kind, path, target)
+    with pytest.raises(ArchiverError) as exc:
+        open_lock_file(str(path), "lock file", ours=lambda content: content == b"ours\n")
+    assert str(exc.value) == f"lock file {path} {message}"
+    untouched(kind, path, target)
+
+
+def test_one_holder_at_a_time_and_the_record_replaced(tmp_path):
+    """A second open file cannot take a held flock until it is unlocked; records replace."""
+    path = str(tmp_path / "x.lock")
+    first = open_lock_file(path, ours=lambda content: content.startswith(b"pid "))
+    assert try_lock(first)
+    write_record(first, "pid 1 and a long tail\n")
+    write_record(first, "pid 2\n")
+    assert read_lock_file(path) == b"pid 2\n"
+    second = open_lock_file(path, ours=lambda content: content.startswith(b"pid "))
+    try:
+        assert not try_lock(second)
+        unlock(first)
+        assert try_lock(second)
+    finally:
+        unlock(second)
+    with pytest.raises(OSError):
+        os.fstat(first)  # unlock closed it
+
+
+def test_our_own_content_is_accepted_and_someone_elses_refused(tmp_path):
+    """A lock file holding what ``ours`` recognises opens; any content without ``ours`` does not."""
+    path = tmp_path / "x.lock"
+    path.write_bytes(b"pid 7\n")
+    os.close(open_lock_file(str(path), ours=lambda content: content == b"pid 7\n"))
+    with pytest.raises(ArchiverError, match="holds something archiver did not write"):
+        open_lock_file(str(path))
+    with pytest.raises(ArchiverError, match=r"cannot create lock file .*: No such file"):
+        open_lock_file(str(tmp_path / "missing" / "x.lock"))
+
+
+def test_read_lock_file_of_what_is_not_a_regular_file(tmp_path):
+    """read_lock_file returns None for a missing path, a FIFO and a symlink, never blocking."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "real").write_bytes(b"pid 1\n")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert read_lock_file(str(tmp_path / "missing")) is None
+    assert read_lock_file(str(tmp_path / "fifo")) is None
+    assert read_lock_file(str(tmp_path / "link")) is None
+    assert read_lock_file(str(tmp_path / "real"), limit=3) == b"pid"
+
+
+def test_pid_alive_of_this_a_finished_and_an_impossible_process():
+    """This process is alive; a child that exited and pids 0 and -1 are not."""
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not pid_alive(child.pid)
+    assert not pid_alive(0) and not pid_alive(-1)
