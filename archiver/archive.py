@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +23,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .archive_path import check_archive_path
-from .errors import ArchiverError, DamagedArchiveWarning, DamagedFileError, NoArchiveError
+from .errors import (
+    ArchiverError,
+    DamagedArchiveWarning,
+    DamagedFileError,
+    NoArchiveError,
+    one_line,
+)
 from .layout import COMPACT_MARK, Partition, is_hidden
 from .listing import (
     PARQUET,
+    READ_RETRIES,
     is_missing_file,
     list_dir,
     mark_damaged,
@@ -230,6 +238,28 @@ class Archive:
                 f'FROM "_archiver_{table}"'
             )
         return con
+
+    def sql(self, query: str) -> pa.Table:
+        """The result of a DuckDB ``query`` over :meth:`duckdb`'s views, as an Arrow table.
+
+        Listed again and run again when a file vanished mid-query (a concurrent
+        cleanup): DuckDB's error is not an OSError, so :func:`listing.retrying` does not
+        apply. A statement without a result gives an empty table.
+        """
+        self.require()
+        for attempt in range(1, READ_RETRIES + 1):
+            con = self.duckdb()
+            try:
+                relation = con.sql(query)
+                return pa.table({}) if relation is None else relation.to_arrow_table()
+            except Exception as exc:  # duckdb.Error has no common OSError base
+                if is_missing_file(exc) and attempt < READ_RETRIES:
+                    time.sleep(0.01 * attempt)
+                    continue
+                raise ArchiverError(f"SQL failed: {one_line(exc)}") from exc
+            finally:
+                con.close()
+        raise AssertionError("unreachable")
 
     # -- reading ------------------------------------------------------------
     def schema(self, table: str) -> pa.Schema:

@@ -18,15 +18,15 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import chain, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from . import schema as S
+from .changes import ChangeDetector, Mode, StateCounts, WorkerRow, current_tasks
 
-Mode = Literal["changes", "full"]
 RedactMode = Literal["null", "hash"]
 #: Task columns that can be redacted. Celery copies argument values into
 #: ``exception`` and ``traceback`` (an exception's message, a frame's locals), so
@@ -49,15 +49,8 @@ _TASK_ATTRS = (
     "parent_id",
     "clock",
 )
-# What tells that an event touched a task, in a state that does not track changes
-# itself (Celery's State): every task event sets the time field named after it
-# (``received``, ``succeeded``...), and every event also merges its ``clock`` and/or
-# sets ``state`` and ``timestamp``, except a late ``task-received``, which still sets
-# ``received``. Few fields, because it is read from every task at every snapshot.
-_TASK_SIGNATURE = attrgetter("state", "timestamp", "clock", *S.TASK_TIME_FIELDS[:-1])
 _STATE = attrgetter("state")
 _TASK_VALUES = attrgetter(*_TASK_ATTRS)
-_FIRST = itemgetter(0)  # the state, in a signature
 # Beyond this many microseconds from the epoch, int64 overflows.
 _MAX_MICROS = 9.2e18
 
@@ -275,74 +268,6 @@ def _values(mapping: Any) -> list[Any]:
     return list(getattr(mapping, "data", mapping).values())
 
 
-class _StateCounts:
-    """Tasks per state in a state that reports its changes, kept without a full scan.
-
-    Counting ``task.state`` over 100,000 tasks costs ~0.1 s (every task object is
-    read from memory); the shutter must cost far less. So the counts are updated
-    from the changed tasks, and tasks that left the state (LRU eviction, clear) are
-    found by walking the known uuids oldest first, which is where evictions are.
-    Anything unexplained (more tasks than known, a change log that dropped entries)
-    triggers a full recount, and so does every ``recount_every``-th snapshot: a task
-    added without an event (``State.get_or_create_task``) while another is evicted
-    leaves the counts off by one until then.
-    """
-
-    def __init__(self, recount_every: int = 600) -> None:
-        self.states: dict[str, Any] = {}  # uuid -> state, in first-seen order
-        self.counts: Counter[Any] = Counter()
-        self.valid = False
-        self.recount_every = recount_every
-        self._since = 0
-        self._dropped: Any = None
-
-    def recount(self, current: Any) -> Counter[Any]:
-        self.states = dict(zip(current.keys(), map(_STATE, current.values())))
-        self.counts = Counter(self.states.values())
-        self.valid = True
-        self._since = 0
-        return self.counts
-
-    def update(
-        self, state: Any, current: Any, uuids: Sequence[str], new: Sequence[Any]
-    ) -> Counter[Any]:
-        """Apply the changed tasks (their uuids and current states, in one order)."""
-        dropped = getattr(state, "changes_dropped", None)
-        self._since += 1
-        if not self.valid or dropped != self._dropped or self._since >= self.recount_every:
-            self._dropped = dropped
-            return self.recount(current)
-        states, counts = self.states, self.counts
-        old = [s for s in map(states.get, uuids, repeat(_MISSING)) if s is not _MISSING]
-        counts.subtract(Counter(old))
-        present = list(map(current.__contains__, uuids))
-        if all(present):
-            states.update(zip(uuids, new))
-            counts.update(new)
-        else:
-            for uuid, now, here in zip(uuids, new, present):
-                if here:
-                    states[uuid] = now
-                    counts[now] += 1
-                else:
-                    states.pop(uuid, None)
-        excess = len(states) - len(current)
-        if excess < 0:
-            return self.recount(current)
-        if excess:
-            gone = []
-            for uuid in states:
-                if uuid not in current:
-                    gone.append(uuid)
-                    if len(gone) == excess:
-                        break
-            if len(gone) < excess:
-                return self.recount(current)
-            counts.subtract(Counter(map(states.pop, gone)))
-        return counts
-
-
-_MISSING = object()
 #: Task rows staged as Python values before one record batch is built (see CeleryConverter).
 STAGE_ROWS = 4096
 
@@ -384,8 +309,7 @@ class CeleryConverter:
     ) -> None:
         if stage_rows < 1:
             raise ValueError(f"stage_rows must be >= 1, got {stage_rows!r}")
-        if mode not in ("changes", "full"):
-            raise ValueError(f"mode must be 'changes' or 'full', got {mode!r}")
+        self.changes = ChangeDetector(mode)  # raises on a bad mode
         if redact_mode not in ("null", "hash"):
             raise ValueError(f"redact_mode must be 'null' or 'hash', got {redact_mode!r}")
         redact = tuple(dict.fromkeys(redact))
@@ -402,7 +326,7 @@ class CeleryConverter:
             )
         if redact_mode == "null" and key is not None:
             raise ValueError("redact_key is only used with redact_mode 'hash'")
-        self.mode = mode
+        self.mode: Mode = mode
         self.redact = redact
         self.redact_mode = redact_mode
         self._redact_key = key  # None in null mode; kept out of repr
@@ -410,9 +334,8 @@ class CeleryConverter:
         self._stage: list[tuple[dict[str, Any], int, float, str]] = []
         self._staged = 0
         self._stage_lock = threading.Lock()
-        self._task_sigs: dict[str, tuple] = {}
-        self._worker_sigs: dict[str, tuple] = {}
-        self._counts = _StateCounts()
+        #: Tasks per state, kept from the changes of a state that reports them.
+        self.counts = StateCounts()
         self._empty = {
             name: pa.RecordBatch.from_pylist([], schema=schema)
             for name, schema in self.schemas.items()
@@ -427,64 +350,33 @@ class CeleryConverter:
             f"redact_mode={self.redact_mode!r})"
         )
 
-    # -- which rows -----------------------------------------------------------
-    def _select_tasks(self, state: Any, taken: list[Any] | None) -> tuple[list[Any], dict | None]:
-        """The tasks to write, and the new signatures to commit (signature mode only)."""
-        current = getattr(state.tasks, "data", state.tasks)
-        if taken is not None:  # the state tracks its changes
-            if self.mode == "changes":
-                return taken, None
-            tasks = list(current.values())
-            # Changed tasks that the LRU evicted meanwhile are written too.
-            tasks.extend(t for t in taken if t.uuid not in current)
-            return tasks, None
-        tasks = list(current.values())
-        if self.mode == "full":
-            return tasks, None
-        previous = self._task_sigs
-        sigs = dict(zip([t.uuid for t in tasks], map(_TASK_SIGNATURE, tasks)))
-        changed = [t for t in tasks if previous.get(t.uuid) != sigs[t.uuid]]
-        return changed, sigs
-
-    def _state_counts(
-        self, state: Any, taken: list[Any] | None, sigs: dict | None, values: dict[str, Any]
-    ) -> Counter[Any]:
-        """Tasks per state, from what was already read for this snapshot when possible."""
-        current = getattr(state.tasks, "data", state.tasks)
-        if sigs is not None:
-            return Counter(map(_FIRST, sigs.values()))
-        if taken is None:  # full mode: every task was read
-            return Counter(values.get("state", ())[: len(current)])
-        if self.mode == "changes":
-            return self._counts.update(
-                state, current, values.get("uuid", ()), values.get("state", ())
-            )
-        # full mode on a state that tracks changes: every task was read, in state order
-        counts = self._counts
-        n = len(current)
-        counts.states = dict(zip(values.get("uuid", ())[:n], values.get("state", ())[:n]))
-        counts.counts = Counter(counts.states.values())
-        counts.valid = True
-        counts._since = 0
-        counts._dropped = getattr(state, "changes_dropped", None)
-        return counts.counts
-
-    def _select_workers(
-        self, state: Any, now: float, taken: list[Any]
-    ) -> tuple[list[tuple[Any, bool]], dict[str, tuple]]:
+    # -- which rows, and tasks per state --------------------------------------
+    def _worker_rows(self, state: Any, now: float, taken: list[Any]) -> list[WorkerRow]:
+        """Every worker of the state with whether it is alive, and those removed from
+        the state since the previous snapshot (e.g. offline), which get a last row."""
         workers = _values(state.workers)
-        if taken:  # workers removed from the state since (e.g. offline) get a last row
+        if taken:
             known = {w.hostname for w in workers}
             workers.extend(w for w in taken if w.hostname not in known)
-        rows, current = [], {}
-        for worker in workers:
-            beats = worker.heartbeats
-            alive = _alive(worker, now)
-            sig = (beats[-1] if beats else None, alive, worker.active, worker.processed, worker.pid)
-            current[worker.hostname] = sig
-            if self.mode == "full" or self._worker_sigs.get(worker.hostname) != sig:
-                rows.append((worker, alive))
-        return rows, current
+        return [(worker, _alive(worker, now)) for worker in workers]
+
+    def _state_counts(
+        self, state: Any, taken: list[Any] | None, values: dict[str, Any]
+    ) -> Counter[Any]:
+        """Tasks per state, from what was already read for this snapshot when possible."""
+        read = self.changes.states_read()
+        if read is not None:  # every task's signature was read
+            return read
+        current = current_tasks(state)
+        uuids, states = values.get("uuid", ()), values.get("state", ())
+        if taken is None:  # full mode: every task was read
+            return Counter(states[: len(current)])
+        if self.mode == "changes":
+            return self.counts.update(state, current, uuids, states)
+        # full mode on a state that tracks changes: every task was read, in state order
+        n = len(current)
+        dropped = getattr(state, "changes_dropped", None)
+        return self.counts.reset(uuids[:n], states[:n], dropped=dropped)
 
     # -- batches --------------------------------------------------------------
     def convert(
@@ -498,10 +390,10 @@ class CeleryConverter:
         take = getattr(state, "take_changes", None)
         taken_tasks, taken_workers = take() if take is not None else (None, [])
         try:
-            tasks, task_sigs = self._select_tasks(state, taken_tasks)
-            workers, worker_sigs = self._select_workers(state, captured_at, taken_workers)
+            tasks = self.changes.tasks(state, taken_tasks)
+            workers = self.changes.workers(self._worker_rows(state, captured_at, taken_workers))
             values = self._task_values(tasks)
-            counts = self._state_counts(state, taken_tasks, task_sigs, values)
+            counts = self._state_counts(state, taken_tasks, values)
             batches = {
                 "tasks": self._stage_tasks(values, len(tasks), captured_at, snapshot_id),
                 "workers": self.worker_batch(workers, captured_at, snapshot_id),
@@ -510,14 +402,12 @@ class CeleryConverter:
                 ),
             }
         except BaseException:
-            self._counts.valid = False
+            self.counts.invalidate()
             restore = getattr(state, "restore_changes", None)
             if restore is not None and taken_tasks is not None:
                 restore(taken_tasks, taken_workers)
             raise
-        if task_sigs is not None:
-            self._task_sigs = task_sigs
-        self._worker_sigs = worker_sigs
+        self.changes.commit()
         return batches
 
     def task_batch(self, tasks: list[Any], captured_at: float, snapshot_id: str) -> pa.RecordBatch:
@@ -629,7 +519,7 @@ class CeleryConverter:
                 self.values_nulled[f"{table}.{column}"] += nulled
 
     def worker_batch(
-        self, workers: list[tuple[Any, bool]], captured_at: float, snapshot_id: str
+        self, workers: list[WorkerRow], captured_at: float, snapshot_id: str
     ) -> pa.RecordBatch:
         """One row per ``(worker, alive)``."""
         n = len(workers)
@@ -675,7 +565,7 @@ class CeleryConverter:
 
         ``counts`` (tasks per state) is computed from the state when not given.
         """
-        tasks = getattr(state.tasks, "data", state.tasks)
+        tasks = current_tasks(state)
         workers = _values(state.workers)
         if counts is None:
             counts = Counter(map(_STATE, tasks.values()))

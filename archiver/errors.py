@@ -29,6 +29,10 @@ class DamagedArchiveWarning(UserWarning):
     """A file or folder of the archive was skipped because it cannot be read."""
 
 
+class EmptyResultWarning(UserWarning):
+    """A read returned no rows; the message says why (the window, the filters)."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (pyarrow's span several)."""
     text = " ".join(str(exc).split())

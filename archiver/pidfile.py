@@ -58,7 +58,7 @@ class Pidfile:
                 holder = self.read_pid()
                 raise LockedError(
                     f"another archiver is running (pid {holder or 'unknown'}, "
-                    f"pidfile {self.path}); stop it or use another --pidfile"
+                    f"pidfile {self.path}); stop it or use another pidfile"
                 ) from None
             # The previous owner may have removed the file between our open() and
             # flock(): then we locked an orphaned inode and must start again (and a

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -31,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .archive import Archive, OnBadFile
-from .errors import ArchiverError, one_line
+from .errors import ArchiverError, EmptyResultWarning, one_line
 from .layout import Partition
 from .listing import Rescan, all_facts, is_missing_file, retrying
 from .rows import latest_positions
@@ -85,6 +86,39 @@ _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
 
 
+_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$", re.S)
+#: Columns whose values are Celery's upper-case names: matched case-insensitively.
+_UPPER_CASE_COLUMNS = ("state",)
+
+
+def parse_where(conditions: Iterable[str]) -> list[tuple[str, str, Any]]:
+    """``("name=tasks.add", "state=FAILURE,RETRY", "runtime>1")`` -> read_parquet-style filters.
+
+    ``=``/``!=`` with a comma-separated list mean "in"/"not in"; the value ``null``
+    with ``=``/``!=`` tests for a missing value. Values are converted to the column's
+    type when the filters are applied (times accept ISO strings and durations such as
+    ``2h``; ``state`` values any case).
+    """
+    filters: list[tuple[str, str, Any]] = []
+    for text in conditions:
+        match = _WHERE.match(text)
+        if not match:
+            raise ArchiverError(
+                f"cannot read condition {text!r}: use COLUMN OP VALUE with OP one of "
+                "=, !=, >, <, >=, <= (e.g. name=tasks.add, state=FAILURE,RETRY, runtime>1.5)"
+            )
+        column, op, value = match.groups()
+        op = "==" if op == "=" else op
+        if op in ("==", "!=") and value.lower() == "null":
+            filters.append((column, op, None))
+        elif op in ("==", "!=") and "," in value:
+            values = [v.strip() for v in value.split(",") if v.strip()]
+            filters.append((column, "in" if op == "==" else "not in", values))
+        else:
+            filters.append((column, op, value))
+    return filters
+
+
 def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
     """``value`` (often a string from the command line) as a scalar of ``type_``."""
     if value is None:
@@ -106,7 +140,9 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
                     return low in _TRUE
                 raise ValueError(value)
         elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
-            return str(value)
+            value = str(value)
+        if isinstance(value, str) and column in _UPPER_CASE_COLUMNS:
+            return value.upper()
     except (ValueError, OverflowError, pa.ArrowInvalid, ArchiverError) as exc:
         hint = ": give an ISO time or a duration ago (2h)" if pa.types.is_timestamp(type_) else ""
         if isinstance(exc, (OverflowError, pa.ArrowInvalid)):
@@ -184,12 +220,15 @@ def filters_to_expression(
     """A pyarrow Expression from an Expression or ``pandas.read_parquet``'s list of tuples.
 
     The list form is ``[(column, op, value), ...]`` (all must hold) or a list of such
-    lists (any of them must hold); ``op`` is one of ``==`` (or ``=``), ``!=``, ``<``,
+    lists (any of them must hold); a condition may also be a string as the command
+    line takes it (``"state=FAILURE,RETRY"``, ``"runtime>=0.5"``, see :func:`parse_where`);
+    ``op`` is one of ``==`` (or ``=``), ``!=``, ``<``,
     ``>``, ``<=``, ``>=``, ``in``, ``not in``. With ``schema``, column names are checked
     and values converted to the column's type: timestamps accept anything
     :func:`parse_time` does, numbers and booleans accept strings; ``None`` with ``==``
     or ``!=`` tests for null.
     """
+    filters = _parsed(filters)
     if filters is None or isinstance(filters, ds.Expression):
         return filters
     if isinstance(filters, tuple) and len(filters) == 3 and isinstance(filters[0], str):
@@ -212,6 +251,23 @@ def filters_to_expression(
             conj = term if conj is None else conj & term
         expr = conj if expr is None else expr | conj
     return expr
+
+
+def _parsed(filters: Any) -> Any:
+    """``filters`` with conditions given as strings parsed by :func:`parse_where`."""
+    if isinstance(filters, str):
+        return parse_where([filters])
+    if isinstance(filters, (list, tuple)) and any(isinstance(f, str) for f in filters):
+        if (
+            isinstance(filters, tuple)
+            and len(filters) == 3
+            and not all(isinstance(f, str) and _WHERE.match(f) for f in filters)
+        ):
+            return filters  # one (column, op, value) tuple
+        return [
+            parsed for f in filters for parsed in (parse_where([f]) if isinstance(f, str) else [f])
+        ]
+    return filters
 
 
 def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
@@ -333,17 +389,29 @@ def read_arrow(
     columns: Sequence[str] | None = None,
     filters: Any = None,
     limit: int | None = None,
+    tail: int | None = None,
     on_bad_file: OnBadFile | None = None,
 ) -> pa.Table:
-    """Rows in ``[start, end)`` by ``captured_at`` as an Arrow table (oldest first)."""
+    """Rows in ``[start, end)`` by ``captured_at`` as an Arrow table (oldest first).
+
+    ``tail``: only the newest ``tail`` rows, newest first. An empty result comes with
+    an :class:`EmptyResultWarning` saying why.
+    """
     archive = archive.using(on_bad_file)
+    _check_limits(limit, tail)
     p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
     if not p.partitions:
-        return _select(p.schema, p.columns).empty_table()
-    with _arrow_errors(table, filters):
-        return archive.read(
-            table, partitions=p.partitions, columns=p.columns, filter=p.filter, limit=limit
-        )
+        result = _select(p.schema, p.columns).empty_table()
+    elif tail is not None:
+        result = retrying(lambda: _tail_read(archive, p, tail))
+    else:
+        with _arrow_errors(table, filters):
+            result = archive.read(
+                table, partitions=p.partitions, columns=p.columns, filter=p.filter, limit=limit
+            )
+    if result.num_rows == 0 and limit != 0 and tail != 0:
+        warn_empty(archive, p, filters)
+    return result
 
 
 def to_pandas(table: pa.Table, *, owned: bool = False) -> pd.DataFrame:
@@ -439,6 +507,7 @@ def load_table(
     filters: Any = None,
     engine: Engine = "pandas",
     limit: int | None = None,
+    tail: int | None = None,
     on_bad_file: OnBadFile | None = None,
 ) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Every row of ``table`` captured in ``[start, end)``, as a DataFrame.
@@ -455,19 +524,137 @@ def load_table(
         engine: ``"pandas"`` (default), ``"arrow"`` (a ``pyarrow.Table``) or
             ``"dask"`` (a lazy dask DataFrame, one partition per hour).
         limit: only the first ``limit`` rows (oldest first).
+        tail: only the newest ``tail`` rows, newest first (read from the newest
+            partitions back, until there are enough).
         on_bad_file: ``"warn"`` (skip a damaged file or folder with a warning naming
             it), ``"raise"`` or a callable ``(path, reason)``; default: the archive's.
 
     Timestamps are tz-aware UTC, ``name``/``state``/``worker`` categorical and
     integers nullable; files written by an older schema load with missing columns null.
+    An empty result comes with an :class:`~archiver.EmptyResultWarning` saying why.
     """
     archive = archive.using(on_bad_file)
     if _engine(engine) == "dask":
         return _load_dask(archive, table, start=start, end=end, columns=columns, filters=filters)
     result = read_arrow(
-        archive, table, start=start, end=end, columns=columns, filters=filters, limit=limit
+        archive,
+        table,
+        start=start,
+        end=end,
+        columns=columns,
+        filters=filters,
+        limit=limit,
+        tail=tail,
     )
     return result if engine == "arrow" else to_pandas(result, owned=True)
+
+
+# -- tail ------------------------------------------------------------------------------
+def _check_limits(limit: int | None, tail: int | None) -> None:
+    for name, value in (("limit", limit), ("tail", tail)):
+        if value is not None and (not isinstance(value, int) or value < 0):
+            raise ArchiverError(f"invalid {name} {value!r}: give a whole number, 0 or more")
+    if limit is not None and tail is not None:
+        raise ArchiverError("give limit (the oldest rows) or tail (the newest), not both")
+
+
+def _newest_first(table: pa.Table) -> pa.Table:
+    """``table`` (oldest first, ties in read order) reversed: newest first, ties too."""
+    return table.take(pa.array(np.arange(table.num_rows - 1, -1, -1, dtype=np.int64)))
+
+
+def _tail_read(archive: Archive, p: Plan, n: int) -> pa.Table:
+    """The newest ``n`` rows of the plan, newest first.
+
+    Partitions are hours of ``captured_at``, so the newest rows are in the newest
+    partitions: they are read from the last back until ``n`` rows are in hand, which
+    bounds memory by the rows of those partitions, not by the archive.
+    """
+    columns = list(dict.fromkeys([*p.columns, "captured_at"]))
+    pieces: list[pa.Table] = []
+    have = 0
+    for partition in reversed(p.partitions):
+        if have >= n:
+            break
+        with _arrow_errors(p.table, p.user_filter):
+            piece = archive.read(p.table, partitions=[partition], columns=columns, filter=p.filter)
+        pieces.append(piece)
+        have += piece.num_rows
+    if not pieces:
+        return _select(p.schema, p.columns).empty_table()
+    rows = _newest_first(pa.concat_tables(reversed(pieces)))
+    order = pc.sort_indices(rows, [("captured_at", "descending")])  # stable
+    return rows.take(order.slice(0, n)).select(p.columns)
+
+
+# -- why a result is empty ---------------------------------------------------------------
+DASH = "\u2013"  # an en dash between the two ends of a span
+
+
+def _when(ts: pd.Timestamp | None, open_end: str) -> str:
+    return open_end if ts is None else ts.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _equalities(filters: Any, schema: pa.Schema) -> list[tuple[str, list[Any]]]:
+    """``(column, values)`` of the ``==``/``in`` conditions on text columns that must all hold."""
+    filters = _parsed(filters)
+    if isinstance(filters, tuple) and len(filters) == 3 and isinstance(filters[0], str):
+        filters = [filters]
+    if not isinstance(filters, list) or not all(isinstance(f, (tuple, list)) for f in filters):
+        return []
+    if any(isinstance(f, list) for f in filters):  # OR groups: no single reason
+        return []
+    found = []
+    for column, op, value in (f for f in filters if len(f) == 3):
+        op = str(op).strip().lower()
+        if schema.get_field_index(column) < 0 or op not in ("=", "==", "in"):
+            continue
+        type_ = schema.field(column).type
+        type_ = type_.value_type if pa.types.is_dictionary(type_) else type_
+        if not pa.types.is_string(type_):
+            continue
+        values = list(value) if op == "in" else [value]
+        if all(isinstance(v, str) for v in values):
+            found.append((column, values))
+    return found
+
+
+def explain_empty(archive: Archive, p: Plan, filters: Any = None) -> str:
+    """Why the read planned by ``p`` (with ``filters``) returns no rows, in one line."""
+    if p.start is not None and p.end is not None and p.start >= p.end:
+        relation = "is after" if p.start > p.end else "equals"
+        return f"start ({_when(p.start, '')}) {relation} end ({_when(p.end, '')})"
+    info = retrying(lambda: _describe_table(archive, p.table))
+    window = f"{_when(p.start, 'the first row')}{DASH}{_when(p.end, 'now')}"
+    if info.first is None or info.last is None:
+        return f"table {p.table} has no rows"
+    if (p.start is not None and p.start > info.last) or (p.end is not None and p.end <= info.first):
+        return (
+            f"the archive spans {_when(info.first, '')}{DASH}{_when(info.last, '')} "
+            f"and the window is {window}"
+        )
+    time_filter = time_expression(p.start, p.end)
+    for column, values in _equalities(filters, p.schema):
+        with _arrow_errors(p.table, filters):
+            present = archive.read(
+                p.table, partitions=p.partitions, columns=[column], filter=time_filter
+            ).column(column)
+        if pa.types.is_dictionary(present.type):
+            present = present.cast(present.type.value_type)
+        known = sorted(v for v in pc.unique(present).to_pylist() if v is not None)
+        wanted = [v.upper() if column in _UPPER_CASE_COLUMNS else v for v in values]
+        if not set(wanted) & set(known):
+            shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+            return f"no value {values[0]!r} in column {column} (values: {shown or 'none'})"
+    where = "" if p.start is None and p.end is None else f" in the window {window}"
+    if p.user_filter is None and not filters:
+        return f"no row of {p.table}{where}"
+    return f"no row of {p.table}{where} matches all the filters"
+
+
+def warn_empty(archive: Archive, p: Plan, filters: Any = None) -> None:
+    """Issue :class:`EmptyResultWarning` with :func:`explain_empty`'s reason."""
+    warnings.warn(explain_empty(archive, p, filters), EmptyResultWarning, stacklevel=3)
 
 
 # -- latest / history --------------------------------------------------------------------
@@ -646,6 +833,7 @@ def latest(
     filters: Any = None,
     engine: Engine = "pandas",
     limit: int | None = None,
+    tail: int | None = None,
     on_bad_file: OnBadFile | None = None,
 ) -> pd.DataFrame | pa.Table:
     """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
@@ -655,9 +843,11 @@ def latest(
     latest rows, so ``state == "FAILURE"`` means "tasks whose last known state is
     FAILURE"; ``engine`` is ``"pandas"`` or ``"arrow"``; the other arguments are as
     :func:`load_table`'s. Rows are ordered by the time of their last version; ties
-    are broken by the rule of :mod:`archiver.rows`.
+    are broken by the rule of :mod:`archiver.rows`; ``tail`` gives the newest
+    ``tail`` of them, newest first.
     """
     archive = archive.using(on_bad_file)
+    _check_limits(limit, tail)
     archive.require()
     archive.require_table(table)
     key = _entity_key(table)
@@ -682,6 +872,10 @@ def latest(
                 result = result.filter(p.user_filter).select(wanted)
     if limit is not None:
         result = result.slice(0, limit)
+    if tail is not None:
+        result = _newest_first(result.slice(max(result.num_rows - tail, 0)))
+    if result.num_rows == 0 and limit != 0 and tail != 0:
+        warn_empty(archive, p, filters)
     return result if engine == "arrow" else to_pandas(result, owned=True)
 
 
@@ -790,6 +984,101 @@ def _load_dask(
     return lazy
 
 
+# -- streaming ---------------------------------------------------------------------------
+#: Rows per batch of :func:`scan` (bounds the memory of an export, whatever its size).
+BATCH_ROWS = 65_536
+
+
+@dataclass
+class Rows:
+    """A query's answer as a stream of record batches (see :func:`scan`)."""
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+
+
+def scan(
+    archive: Archive,
+    table: str = "tasks",
+    *,
+    start: Any = None,
+    end: Any = None,
+    columns: Sequence[str] | None = None,
+    filters: Any = None,
+    latest_rows: bool = False,
+    limit: int | None = None,
+    tail: int | None = None,
+    on_bad_file: OnBadFile | None = None,
+) -> Rows:
+    """The rows :func:`load_table` would return, as batches read as they are consumed.
+
+    The arguments are checked (and the partitions pruned) before this returns. A
+    plain read streams file by file, oldest first, so memory stays bounded whatever
+    the result's size. ``latest_rows`` (:func:`latest` as of ``end``, inclusive) and
+    ``tail`` need the whole answer first: they are computed as :func:`latest` and
+    :func:`load_table` do, with memory bounded by the number of tasks (latest) or by
+    the newest partitions holding ``tail`` rows, and then handed out in batches.
+    A damaged file met before any of its rows were handed out is reported and
+    skipped as by :func:`load_table`; one failing midway raises ArchiverError.
+    """
+    archive = archive.using(on_bad_file)
+    if latest_rows or tail is not None:
+        if latest_rows:
+            result = latest(
+                archive, table, as_of=end, start=start, columns=columns, filters=filters,
+                engine="arrow", limit=limit, tail=tail,
+            )  # fmt: skip
+        else:
+            result = read_arrow(
+                archive, table, start=start, end=end, columns=columns, filters=filters,
+                tail=tail,
+            )  # fmt: skip
+        return Rows(result.schema, iter(result.to_batches(max_chunksize=BATCH_ROWS)))
+    _check_limits(limit, tail)
+    p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
+    return Rows(_select(p.schema, p.columns), _stream(archive, p, filters, limit))
+
+
+def _stream(archive: Archive, p: Plan, filters: Any, limit: int | None) -> Iterator[pa.RecordBatch]:
+    """The batches of the plan's files in order; warns when there are none."""
+    left, count = limit, 0
+    dataset = archive.dataset(p.table, p.partitions) if p.partitions else None
+    fragments = [] if dataset is None else list(dataset.get_fragments())
+    for fragment in fragments:
+        if left == 0:
+            break
+        started = False
+        try:
+            with _arrow_errors(p.table, filters):
+                for batch in fragment.to_batches(
+                    schema=dataset.schema if dataset else None,
+                    columns=p.columns,
+                    filter=p.filter,
+                    batch_size=BATCH_ROWS,
+                ):
+                    if left is not None:
+                        batch = batch.slice(0, left)
+                        left -= batch.num_rows
+                    if batch.num_rows:
+                        started = True
+                        count += batch.num_rows
+                        yield batch
+                    if left == 0:
+                        break
+        except ArchiverError as exc:
+            cause = exc.__cause__
+            if started or not isinstance(cause, (pa.ArrowException, OSError)):
+                raise
+            if is_missing_file(cause):
+                raise ArchiverError(
+                    f"a file of {p.table} vanished during the read "
+                    "(a concurrent compaction or expiry): read again"
+                ) from cause
+            archive.mark_bad(fragment.path, cause)
+    if count == 0 and limit != 0:
+        warn_empty(archive, p, filters)
+
+
 # -- describing an archive ---------------------------------------------------------------
 @dataclass
 class TableInfo:
@@ -861,14 +1150,19 @@ def _describe_table(archive: Archive, table: str) -> TableInfo:
 
 
 __all__ = [
+    "BATCH_ROWS",
+    "Rows",
     "TableInfo",
     "describe",
+    "explain_empty",
     "filters_to_expression",
     "history",
     "latest",
     "load_table",
+    "parse_where",
     "prune",
     "read_arrow",
+    "scan",
     "time_expression",
     "to_pandas",
 ]

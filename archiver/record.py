@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from .camera import ForeignCamera, Polaroid, celery_camera_problem
+from .changes import Mode
+from .convert import RedactMode
 from .errors import ArchiverError
+from .maintenance.retention import Retention
 from .parquet_camera import ParquetCamera
 from .ratelimit import TokenBucket
 from .replay_timer import ReplayClock, ReplayTimer
 from .sources import (
     LineStats,
     LiveStats,
+    celery_app,
     check_broker,
     consume_live,
     is_pipe,
@@ -66,6 +72,8 @@ class RecordSummary:
     values_nulled: dict[str, int] = field(default_factory=dict)
     early_snapshots: int = 0
     changes_dropped: int = 0
+    #: Which malformed lines of a replay file were skipped ("" when none).
+    malformed_report: str = ""
 
     @property
     def lost(self) -> int:
@@ -140,7 +148,8 @@ def load_camera_class(spec: str) -> type:
             f"camera {spec!r} is not a camera: it {problem}; give an archiver.Polaroid, a "
             "celery.events.snapshot.Polaroid subclass or a class with Celery's camera constructor"
         )
-    return cls
+    camera: type = cls  # celery_camera_problem checked that it is a class
+    return camera
 
 
 def _where(exc: BaseException) -> str:
@@ -165,6 +174,7 @@ class Recorder:
             --camera``) runs in a :class:`ForeignCamera`, on archiver's State.
         duration: stop after this many seconds (wall clock); ``limit``: after N events.
         progress: called as ``progress(recorder)`` regularly from the receiving thread.
+        stop: an event that ends the run when set, as :meth:`stop` does.
 
     ``stop()`` (safe from a signal handler) ends a run cleanly: the camera takes a
     final snapshot and every buffered row is written before ``replay``/``live`` return.
@@ -183,14 +193,15 @@ class Recorder:
         duration: float | None = None,
         limit: int | None = None,
         progress: Callable[[Recorder], Any] | None = None,
+        stop: threading.Event | None = None,
         **camera_options: Any,
     ) -> None:
         if limit is not None and limit < 1:
-            raise ArchiverError(f"--limit must be a positive number of events, got {limit}")
+            raise ArchiverError(f"limit must be a positive number of events, got {limit}")
         if duration is not None and not duration > 0:
-            raise ArchiverError(f"--duration must be positive, got {duration} s")
+            raise ArchiverError(f"duration must be positive, got {duration} s")
         if max_tasks < 1:
-            raise ArchiverError(f"--max-tasks must be >= 1, got {max_tasks}")
+            raise ArchiverError(f"max_tasks must be >= 1, got {max_tasks}")
         self.archive = archive
         self.freq, self.maxrate, self.cleanup_freq = freq, maxrate, cleanup_freq
         self.clear_after = clear_after
@@ -211,7 +222,7 @@ class Recorder:
         self.clock: ReplayClock | None = None
         self.started = time.monotonic()
         self._deadline = None if duration is None else self.started + duration
-        self._stop = threading.Event()
+        self._stop = stop if stop is not None else threading.Event()
 
     # -- control ------------------------------------------------------------
     def stop(self) -> None:
@@ -236,26 +247,46 @@ class Recorder:
         return self.finished()
 
     def _make_camera(self, timer: Any, clock: Callable[[], float] | None, app: Any) -> Any:
-        args = {"freq": self.freq, "maxrate": self.maxrate, "cleanup_freq": self.cleanup_freq}
-        native = isinstance(self.camera_cls, type) and issubclass(self.camera_cls, Polaroid)
+        """The camera of a run, on ``timer`` (None: its own) and ``clock`` (None: the wall's)."""
+        freq, maxrate, cleanup_freq = self.freq, self.maxrate, self.cleanup_freq
+        cls: Any = self.camera_cls
+        native = isinstance(cls, type) and issubclass(cls, Polaroid)
+        camera: Any
         try:
             if not native:  # a camera for `celery events --camera`: archiver's timer, always
                 camera = ForeignCamera(
-                    self.camera_cls,
+                    cls,
                     self.state,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
                     timer=Timer() if timer is None else timer,
                     app=app,
-                    **args,
                 )
-            elif issubclass(self.camera_cls, ParquetCamera):
+            elif issubclass(cls, ParquetCamera):
+                # camera_options: the ParquetCamera's own keywords, checked by it
                 extra = dict(self.camera_options)
                 if clock is not None:
                     extra["clock"] = clock
-                camera = self.camera_cls(
-                    self.state, self.archive, timer=timer, app=app, **args, **extra
+                camera = cls(
+                    self.state,
+                    self.archive,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
+                    timer=timer,
+                    app=app,
+                    **extra,
                 )
             else:
-                camera = self.camera_cls(self.state, timer=timer, app=app, **args)
+                camera = cls(
+                    self.state,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
+                    timer=timer,
+                    app=app,
+                )
         except (ValueError, TypeError) as exc:
             raise ArchiverError(f"cannot create the camera: {exc}") from exc
         except Exception as exc:  # a foreign camera's own constructor may raise anything
@@ -305,114 +336,14 @@ class Recorder:
         recorded without waiting. ``limit`` always applies.
         """
         if not speed >= 0:
-            raise ArchiverError(f"--speed must be >= 0, got {speed}")
-        timer = ReplayTimer()
-        self.clock = replay_clock = ReplayClock()
-
-        stamped = [-math.inf]  # the latest snapshot time taken from the events
-
-        def replayed() -> float:
-            """A timer beat's time while it runs (snapshots at their own beat), else the
-            replay clock (e.g. for an early snapshot: the state is full of changes); the
-            wall clock before any event time."""
-            now, latest = timer.now, replay_clock.estimate()
-            if latest is None:
-                return time.time() if now is None else now
-            return now if now is not None and (timer.running or now > latest) else latest
-
-        def clock() -> float:
-            """The snapshot time: ``replayed()``, never before an earlier snapshot's."""
-            if timer.now is None and replay_clock.estimate() is None:
-                return time.time()
-            stamped[0] = max(replayed(), stamped[0] + 1e-6)  # a later snapshot sorts later
-            return stamped[0]
-
-        self.camera = camera = self._make_camera(timer, clock, None)
-        if getattr(camera.maxrate, "fill_rate", None) is not None:  # on the replayed clock too
-            camera.maxrate = TokenBucket(
-                camera.maxrate.fill_rate,
-                camera.maxrate.capacity,
-                clock=lambda: timer.now or 0.0,
-            )
-        sink = getattr(camera, "sink", None)
-        if sink is not None and hasattr(sink, "clock"):
-            # Buffered rows are written every ``flush_interval`` of event time too: the
-            # files a live run would have written, and memory bounded the same way.
-            sink.clock = replayed
-        camera.install()
-        state = self.state
-        state_event, advance, offer = state.event, timer.advance, replay_clock.offer
-        stop_is_set, deadline, monotonic = self._stop.is_set, self._deadline, time.monotonic
-        limit = self.limit
-        # Stop, duration and progress are checked every CHECK_EVERY events at full
-        # speed (cheap), before every event when sleeping between them.
-        check_every = 1 if speed > 0 else CHECK_EVERY
-        step, seen = replay_clock.step, replay_clock.seen
-        now = hi = -math.inf  # the clock, and the furthest it may move without a check
-        fast = speed == 0  # the fast path is off while sleeping between events
-        due = -math.inf  # when the timer next has something to run
-        wall_start = monotonic()
-        count = self.events
-        next_check = count
-        tick = count + PROGRESS_EVERY
-        stopped = False
+            raise ArchiverError(f"speed must be >= 0, got {speed}")
+        run = _ReplayRun(self, speed=speed, drain=drain)
+        self.clock = run.clock
+        self.camera = camera = run.install_camera()
         try:
-            for event in events:
-                if count >= next_check:
-                    if limit is not None and count >= limit:
-                        break
-                    next_check = count + check_every
-                    if limit is not None and next_check > limit:
-                        next_check = limit
-                    if not stopped and (
-                        stop_is_set() or (deadline is not None and monotonic() >= deadline)
-                    ):
-                        if not drain:
-                            break
-                        stopped = True
-                    if count >= tick:
-                        tick = count + PROGRESS_EVERY
-                        self.events = count
-                        self.progress(self)
-                count += 1
-                ts = event.get("timestamp")
-                if type(ts) is not float and type(ts) is not int:
-                    self._apply(event)
-                elif fast and (ts <= now or (ts < due and ts <= hi)):
-                    # The common case: at most a small step, no timer entry due, no jump
-                    # pending. The clock moves once the state has accepted the event.
-                    rejected = state.rejected_events
-                    try:
-                        state_event(event)
-                    except Exception as exc:
-                        self._event_error(event, exc)
-                        continue
-                    if state.rejected_events == rejected:
-                        seen(ts)
-                        if ts > now:
-                            now = replay_clock.now = ts
-                            hi = ts + step
-                else:  # the clock may start, jump or run the timer: only for a good event
-                    moved = offer(ts) if event_problem(event) is None else None
-                    if moved is not None:
-                        now, hi = moved, moved + step
-                        if speed > 0 and not stopped:
-                            self.events = count - 1
-                            start = replay_clock.start
-                            self._sleep_until(wall_start + (moved - start) / speed)
-                        if moved >= due:
-                            if timer.now is None:  # the timer starts with the confirmed run
-                                advance(replay_clock.start)
-                            advance(moved)
-                            due = timer.next_due
-                    self._apply(event)
+            run.feed(events)
         finally:
-            self.events = count
-            end = replay_clock.finish()
-            if end is not None:
-                if timer.now is None:
-                    advance(replay_clock.start)
-                advance(end)  # the final snapshot is taken at the clock's time
+            run.finish()
             self._close(camera)
         return self.summary()
 
@@ -508,3 +439,328 @@ class Recorder:
             seconds=time.monotonic() - self.started,
             archive=str(getattr(camera, "archive", None) or self.archive),
         )
+
+
+class _ReplayRun:
+    """One :meth:`Recorder.replay`: its replayed clock and timer, and the loop over events."""
+
+    def __init__(self, recorder: Recorder, *, speed: float, drain: bool) -> None:
+        self.recorder = recorder
+        self.speed, self.drain = speed, drain
+        self.timer = ReplayTimer()
+        self.clock = ReplayClock()
+        self.count = recorder.events  # events taken from the iteration so far
+        # Stop, duration and progress are checked every CHECK_EVERY events at full
+        # speed (cheap), before every event when sleeping between them.
+        self.check_every = 1 if speed > 0 else CHECK_EVERY
+        self.next_check = self.count
+        self.tick = self.count + PROGRESS_EVERY  # the next progress call
+        self.stopped = False  # a stop seen while draining
+        self.due = -math.inf  # when the timer next has something to run
+        self.wall_start = time.monotonic()
+        self._stamped = -math.inf  # the latest snapshot time taken from the events
+
+    # -- clocks -------------------------------------------------------------
+    def replayed(self) -> float:
+        """A timer beat's time while it runs (snapshots at their own beat), else the
+        replay clock (e.g. for an early snapshot: the state is full of changes); the
+        wall clock before any event time."""
+        now, latest = self.timer.now, self.clock.estimate()
+        if latest is None:
+            return time.time() if now is None else now
+        return now if now is not None and (self.timer.running or now > latest) else latest
+
+    def snapshot_time(self) -> float:
+        """The snapshot time: :meth:`replayed`, never before an earlier snapshot's."""
+        if self.timer.now is None and self.clock.estimate() is None:
+            return time.time()
+        self._stamped = max(self.replayed(), self._stamped + 1e-6)  # a later one sorts later
+        return self._stamped
+
+    def install_camera(self) -> Any:
+        """The recorder's camera on the replayed clock: snapshots, maxrate and flushes."""
+        timer = self.timer
+        camera = self.recorder._make_camera(timer, self.snapshot_time, None)
+        if getattr(camera.maxrate, "fill_rate", None) is not None:
+            camera.maxrate = TokenBucket(
+                camera.maxrate.fill_rate,
+                camera.maxrate.capacity,
+                clock=lambda: timer.now or 0.0,
+            )
+        sink = getattr(camera, "sink", None)
+        if sink is not None and hasattr(sink, "clock"):
+            # Buffered rows are written every ``flush_interval`` of event time too: the
+            # files a live run would have written, and memory bounded the same way.
+            sink.clock = self.replayed
+        camera.install()
+        return camera
+
+    # -- the loop -----------------------------------------------------------
+    def feed(self, events: Iterable[dict[str, Any]]) -> None:
+        """Apply the events to the state, moving the replayed clock (the hot path).
+
+        Most events take the fast path: at most a small step of the clock, no timer
+        entry due, no jump pending; the rest go through :meth:`move_clock`.
+        """
+        recorder = self.recorder
+        state, clock = recorder.state, self.clock
+        state_event, seen, step = state.event, clock.seen, clock.step
+        apply, event_error, move_clock = recorder._apply, recorder._event_error, self.move_clock
+        fast = self.speed == 0  # the fast path is off while sleeping between events
+        now = hi = -math.inf  # the clock, and the furthest it may move without a check
+        due = self.due
+        count, next_check = self.count, self.next_check
+        self.wall_start = time.monotonic()
+        try:
+            for event in events:
+                if count >= next_check:
+                    if self.checkpoint(count):
+                        break
+                    next_check = self.next_check
+                count += 1
+                ts = event.get("timestamp")
+                if type(ts) is not float and type(ts) is not int:
+                    apply(event)
+                elif fast and (ts <= now or (ts < due and ts <= hi)):
+                    # The clock moves once the state has accepted the event.
+                    rejected = state.rejected_events
+                    try:
+                        state_event(event)
+                    except Exception as exc:
+                        event_error(event, exc)
+                        continue
+                    if state.rejected_events == rejected:
+                        seen(ts)
+                        if ts > now:
+                            now = clock.now = ts
+                            hi = ts + step
+                else:
+                    moved = move_clock(event, ts, count)
+                    if moved is not None:
+                        now, hi, due = moved, moved + step, self.due
+                    apply(event)
+        finally:
+            self.count = count
+
+    def checkpoint(self, count: int) -> bool:
+        """Every few events: whether to end the iteration (limit, stop, duration), and
+        the progress callback now and then."""
+        recorder, limit = self.recorder, self.recorder.limit
+        if limit is not None and count >= limit:
+            return True
+        self.next_check = count + self.check_every
+        if limit is not None and self.next_check > limit:
+            self.next_check = limit
+        if not self.stopped and recorder.finished():
+            if not self.drain:
+                return True
+            self.stopped = True
+        if count >= self.tick:
+            self.tick = count + PROGRESS_EVERY
+            recorder.events = count
+            recorder.progress(recorder)
+        return False
+
+    def move_clock(self, event: dict[str, Any], ts: float, count: int) -> float | None:
+        """Offer a good event's time to the clock, which may start, jump or run the
+        timer; sleeps first at a real-time speed. The new clock, or None if it stayed."""
+        clock = self.clock
+        moved = clock.offer(ts) if event_problem(event) is None else None
+        if moved is None:
+            return None
+        start = clock.start
+        assert start is not None  # set when the clock first moves
+        if self.speed > 0 and not self.stopped:
+            self.recorder.events = count - 1
+            self.recorder._sleep_until(self.wall_start + (moved - start) / self.speed)
+        if moved >= self.due:
+            if self.timer.now is None:  # the timer starts with the confirmed run
+                self.timer.advance(start)
+            self.timer.advance(moved)
+            self.due = self.timer.next_due
+        return moved
+
+    def finish(self) -> None:
+        """Count the events and run the timer to the clock's end: the final snapshot is
+        taken at the replayed time."""
+        self.recorder.events = self.count
+        end, start = self.clock.finish(), self.clock.start
+        if end is not None and start is not None:
+            if self.timer.now is None:
+                self.timer.advance(start)
+            self.timer.advance(end)
+
+
+def record_events(
+    archive: str,
+    *,
+    replay: str | None = None,
+    speed: float = 0.0,
+    broker: str | None = None,
+    app: str | None = None,
+    camera: str | type | None = None,
+    freq: float = 1.0,
+    maxrate: str | None = None,
+    cleanup_freq: float = 3600.0,
+    clear_after: bool = False,
+    mode: Mode = "changes",
+    redact: str | Iterable[str] = (),
+    redact_mode: RedactMode = "null",
+    redact_key: bytes | str | None = None,
+    max_tasks: int = 10_000,
+    flush_interval: float = 60.0,
+    retention: str | Retention | None = None,
+    duration: float | None = None,
+    limit: int | None = None,
+    progress: Callable[[Recorder], Any] | None = None,
+    stop: threading.Event | None = None,
+) -> RecordSummary:
+    """Record into ``archive`` from a replay file (``replay``) or a live broker
+    (``broker`` URL and/or Celery ``app`` "module:app"); what ``archiver record`` runs.
+
+    ``camera`` is a camera class or its "module:Class" name (see
+    :func:`load_camera_class`); ``retention`` a :class:`Retention` or its file.
+    Setting ``stop`` ends the run cleanly (final snapshot, every row written). The
+    summary's ``malformed_report`` says which lines of a replay file were skipped.
+    """
+    if (replay is None) == (broker is None and app is None):
+        raise ArchiverError("give exactly one source: a replay file, or a broker or app")
+    camera_cls = load_camera_class(camera) if isinstance(camera, str) else camera
+    if isinstance(retention, str):
+        retention = Retention.from_file(retention)
+    recorder = Recorder(
+        archive,
+        freq=freq,
+        maxrate=maxrate,
+        cleanup_freq=cleanup_freq,
+        clear_after=clear_after,
+        camera=camera_cls or ParquetCamera,
+        max_tasks=max_tasks,
+        duration=duration,
+        limit=limit,
+        progress=progress,
+        stop=stop,
+        mode=mode,
+        redact=redact,
+        redact_mode=redact_mode,
+        redact_key=redact_key,
+        flush_interval=flush_interval,
+        retention=retention,
+    )
+    if replay is not None:
+        summary = recorder.replay_file(replay, speed=speed)
+    else:
+        summary = recorder.live(celery_app(broker, app))
+    summary.malformed_report = recorder.lines.report()
+    return summary
+
+
+@dataclass
+class TapSummary:
+    """What a tap wrote."""
+
+    events: int = 0
+    #: Times the broker was lost (and reconnected to, or not).
+    broker_losses: int = 0
+    #: Broker messages skipped because they could not be decoded.
+    bad_messages: int = 0
+
+
+def tap_events(
+    out: str | IO[str],
+    *,
+    broker: str | None = None,
+    app: str | None = None,
+    duration: float | None = None,
+    limit: int | None = None,
+    stop: threading.Event | None = None,
+) -> TapSummary:
+    """Write the raw events of a live broker to ``out`` (a path, ``-`` for stdout, or a
+    text stream) as JSON lines, until ``stop`` is set, ``duration`` seconds or ``limit``.
+
+    The broker is checked before ``out`` is opened (an unreachable broker raises
+    :class:`BrokerUnavailable` and creates no file). The file is flushed every second
+    while events arrive, so that ``tail -f`` sees them and a kill loses at most 1 s.
+    """
+    if limit is not None and limit < 1:
+        raise ArchiverError(f"limit must be a positive number of events, got {limit}")
+    if duration is not None and not duration > 0:
+        raise ArchiverError(f"duration must be positive, got {duration} s")
+    celery = celery_app(broker, app)
+    check_broker(celery)
+    with _open_tap(out) as stream:
+        return _Tap(stream, duration=duration, limit=limit, stop=stop).run(celery)
+
+
+@contextlib.contextmanager
+def _open_tap(out: str | IO[str]) -> Iterator[IO[str]]:
+    """``out`` as a text stream: a path opened for writing, ``-`` as stdout; flushed at
+    the end, and closed if opened here."""
+    if not isinstance(out, str):
+        stream = out
+    elif out == "-":
+        stream = sys.stdout
+    else:
+        try:
+            stream = open(out, "w", encoding="utf-8")  # noqa: SIM115  (closed below)
+        except OSError as exc:
+            raise ArchiverError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        if isinstance(out, str) and out != "-":
+            stream.close()
+
+
+class _Tap:
+    """The loop of :func:`tap_events`: one JSON line per event, flushed every second."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        *,
+        duration: float | None,
+        limit: int | None,
+        stop: threading.Event | None,
+    ) -> None:
+        self.stream = stream
+        self.limit = limit
+        self.stop = stop or threading.Event()
+        self.started = self.last_flush = time.monotonic()
+        self.deadline = None if duration is None else self.started + duration
+        self.count = 0
+
+    def should_stop(self) -> bool:
+        """Stopped, ``limit`` events written or ``duration`` over."""
+        return (
+            self.stop.is_set()
+            or (self.limit is not None and self.count >= self.limit)
+            or (self.deadline is not None and time.monotonic() >= self.deadline)
+        )
+
+    def write(self, event: dict[str, Any]) -> None:
+        """One event as one JSON line (values JSON cannot hold as their text)."""
+        if self.limit is not None and self.count >= self.limit:
+            return
+        self.stream.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+        self.count += 1
+
+    def flush_now_and_then(self) -> None:
+        """Flush once a second at most."""
+        now = time.monotonic()
+        if now - self.last_flush >= 1.0:
+            self.last_flush = now
+            self.stream.flush()
+
+    def run(self, app: Any) -> TapSummary:
+        """Consume the broker's events until :meth:`should_stop`."""
+        stats = LiveStats()
+        consume_live(
+            app,
+            self.write,
+            should_stop=self.should_stop,
+            on_idle=self.flush_now_and_then,
+            stats=stats,
+        )
+        return TapSummary(self.count, stats.losses, stats.bad_messages)

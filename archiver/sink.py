@@ -195,9 +195,27 @@ def recover_flushes(
     if not location.atomic_rename:  # object stores: files are written under their final name
         return 0, 0
     try:
-        entries = location.fs.get_file_info(pafs.FileSelector(location.root, recursive=True))
+        temps, placed = _unfinished_flushes(location)
     except FileNotFoundError:
         return 0, 0
+    now = time.time()
+    renamed = deleted = 0
+    for flush, infos in sorted(temps.items()):
+        if any(i.mtime is not None and now - i.mtime.timestamp() < min_age for i in infos):
+            continue  # may still be in progress
+        if flush not in placed:
+            deleted += _roll_back(location, flush, infos)
+            continue
+        done, gone = _roll_forward(location, flush, infos, commit_table)
+        renamed, deleted = renamed + done, deleted + gone
+    return renamed, deleted
+
+
+def _unfinished_flushes(
+    location: Location,
+) -> tuple[dict[str, list[pafs.FileInfo]], set[str]]:
+    """The temporary files in the archive by flush id, and the flushes with a file in place."""
+    entries = location.fs.get_file_info(pafs.FileSelector(location.root, recursive=True))
     root = location.root.rstrip("/") + "/"
     temps: dict[str, list[pafs.FileInfo]] = {}
     placed: set[str] = set()
@@ -215,51 +233,58 @@ def recover_flushes(
             match = FLUSH_FILE.match(name)
             if match:
                 placed.add(match["flush"])
-    now = time.time()
+    return temps, placed
+
+
+def _roll_back(location: Location, flush: str, infos: list[pafs.FileInfo]) -> int:
+    """Delete the temporary files of a flush that put none in place; how many."""
+    for info in infos:
+        with contextlib.suppress(FileNotFoundError):
+            location.fs.delete_file(info.path)
+    location.sync_parents(i.path for i in infos)
+    logger.warning(
+        "Removed %d temporary files of flush %s, interrupted before any was in place",
+        len(infos),
+        flush,
+    )
+    return len(infos)
+
+
+def _roll_forward(
+    location: Location, flush: str, infos: list[pafs.FileInfo], commit_table: str
+) -> tuple[int, int]:
+    """Rename the rest of a flush of which a file is in place, the commit table last; a
+    damaged file is deleted, and so are the commit files of its partition. (renamed, deleted)"""
+    root = location.root.rstrip("/") + "/"
+    # table and partition of each file: <table>/<date=...>/<hour=...>/<name>
+    where = {i.path: i.path[len(root) :].split("/", 1) for i in infos}
+    bad: set[str] = set()  # partitions in which a non-commit file is damaged
     renamed = deleted = 0
-    for flush, infos in sorted(temps.items()):
-        if any(i.mtime is not None and now - i.mtime.timestamp() < min_age for i in infos):
-            continue  # may still be in progress
-        if flush not in placed:
-            for info in infos:
+    for last in (False, True):
+        done = []
+        for info in infos:
+            table, rest = where[info.path]
+            partition = rest.rsplit("/", 1)[0]
+            if (table == commit_table) != last:
+                continue
+            if (last and partition in bad) or not _is_valid_parquet(location, info.path):
+                logger.error(
+                    "Deleted %s of flush %s: it, or a file it commits, is damaged",
+                    info.path,
+                    flush,
+                )
                 with contextlib.suppress(FileNotFoundError):
                     location.fs.delete_file(info.path)
+                bad.add(partition)
                 deleted += 1
-            location.sync_parents(i.path for i in infos)
-            logger.warning(
-                "Removed %d temporary files of flush %s, interrupted before any was in place",
-                len(infos),
-                flush,
-            )
-            continue
-        # table and partition of each file: <table>/<date=...>/<hour=...>/<name>
-        where = {i.path: i.path[len(root) :].split("/", 1) for i in infos}
-        bad: set[str] = set()  # partitions in which a non-commit file is damaged
-        for last in (False, True):
-            done = []
-            for info in infos:
-                table, rest = where[info.path]
-                partition = rest.rsplit("/", 1)[0]
-                if (table == commit_table) != last:
-                    continue
-                if (last and partition in bad) or not _is_valid_parquet(location, info.path):
-                    logger.error(
-                        "Deleted %s of flush %s: it, or a file it commits, is damaged",
-                        info.path,
-                        flush,
-                    )
-                    with contextlib.suppress(FileNotFoundError):
-                        location.fs.delete_file(info.path)
-                    bad.add(partition)
-                    deleted += 1
-                    continue
-                final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
-                with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
-                    location.rename(info.path, final, sync=False)
-                done.append(final)
-                renamed += 1
-            location.sync_parents(done)
-        logger.warning("Finished flush %s interrupted by a crash: %d files", flush, len(infos))
+                continue
+            final = f"{info.path.rsplit('/', 1)[0]}/{info.base_name[1 : -len(TMP_SUFFIX)]}"
+            with contextlib.suppress(FileNotFoundError):  # its writer, alive, renamed it
+                location.rename(info.path, final, sync=False)
+            done.append(final)
+            renamed += 1
+        location.sync_parents(done)
+    logger.warning("Finished flush %s interrupted by a crash: %d files", flush, len(infos))
     return renamed, deleted
 
 
@@ -278,6 +303,20 @@ class _Part:
     @property
     def final(self) -> str:
         return f"{self.directory}/{self.name}"
+
+
+@dataclass
+class _Flush:
+    """The files of one flush, and which of its hours and tables failed."""
+
+    id: str
+    parts: list[_Part] = field(default_factory=list)
+    #: Hours not to rename (a file of theirs failed).
+    failed: set[int] = field(default_factory=set)
+    #: A table could not be prepared: nothing is renamed.
+    failed_all: bool = False
+    #: Tables of which a rename failed: their later files wait for the retry.
+    broken_tables: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -457,76 +496,89 @@ class ParquetSink:
         table's later hours wait for the retry too.
         """
         self._flushes += 1
-        flush_id = f"{self.writer_id}-{self._flushes:06d}"
-        commit = self.commit_table
-        parts: list[_Part] = []
-        failed: set[int] = set()  # hours not to rename
-        failed_all = False  # a table could not be prepared: nothing is renamed
-        for name in sorted(taken, key=lambda n: n == commit):  # the commit table last
-            try:
-                table_parts = self._split(name, taken[name], flush_id, len(parts))
-            except Exception as exc:  # not an I/O error (those are handled): keep the rows
-                self._failed(exc, f"{name} rows (could not prepare them)")
-                logger.debug("Preparing %s rows failed", name, exc_info=True)
-                kept[name] = taken[name]
-                failed_all = True
-                continue
-            broken = False
-            for part in table_parts:
-                parts.append(part)
-                if broken or failed_all or part.bucket in failed:
-                    failed.add(part.bucket)
-                    continue
-                try:
-                    part.temp, part.size = write_temp(
-                        self.location,
-                        part.directory,
-                        part.name,
-                        part.rows,
-                        compression=self.compression,
-                        compression_level=self.compression_level,
-                        row_group_size=self.row_group_size,
-                    )
-                except Exception as exc:
-                    self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
-                    broken = True
-                    failed.add(part.bucket)
-        written: list[str] = []
-        broken_tables: set[str] = set()
-        for last in (False, True):
-            done = []
-            for part in parts:
-                if (part.table == commit) != last or not part.temp:
-                    continue
-                if part.temp != part.final:  # else on an object store: in place already
-                    if failed_all or part.bucket in failed or part.table in broken_tables:
-                        failed.add(part.bucket)  # its commit rows wait with it
-                        self._discard(part)
-                        continue
-                    error = self._rename(part)
-                    if error is not None:
-                        self._failed(error, f"{part.rows.num_rows} {part.table} rows")
-                        broken_tables.add(part.table)
-                        failed.add(part.bucket)
-                        for other in parts:  # its commit rows first, then it
-                            if other.bucket == part.bucket and other.table == commit:
-                                self._discard(other)
-                        self._discard(part)
-                        continue
-                done.append(part.final)
-                written.append(part.final)
-                self.stats.files.append(part.final)
-                self.stats.files_written += 1
-                self.stats.rows_written += part.rows.num_rows
-                self.stats.bytes_written += part.size
-            try:
-                self.location.sync_parents(done)
-            except OSError as exc:  # the files are in place; their directory may not be durable
-                self._failed(exc, f"(fsync) the directories of {len(done)} files")
-        for part in parts:
+        flush = _Flush(f"{self.writer_id}-{self._flushes:06d}")
+        for name in sorted(taken, key=lambda n: n == self.commit_table):  # commit table last
+            self._write_table(flush, name, taken[name], kept)
+        written = self._rename_parts(flush, last=False) + self._rename_parts(flush, last=True)
+        for part in flush.parts:
             if not part.temp:  # not written, held back, or its rename failed
                 kept.setdefault(part.table, []).extend(part.rows.to_batches())
         return written
+
+    def _write_table(
+        self,
+        flush: _Flush,
+        name: str,
+        batches: list[pa.RecordBatch],
+        kept: dict[str, list[pa.RecordBatch]],
+    ) -> None:
+        """Write one table's temporary files, one per hour, until one fails."""
+        try:
+            table_parts = self._split(name, batches, flush.id, len(flush.parts))
+        except Exception as exc:  # not an I/O error (those are handled): keep the rows
+            self._failed(exc, f"{name} rows (could not prepare them)")
+            logger.debug("Preparing %s rows failed", name, exc_info=True)
+            kept[name] = batches
+            flush.failed_all = True
+            return
+        broken = False
+        for part in table_parts:
+            flush.parts.append(part)
+            if broken or flush.failed_all or part.bucket in flush.failed:
+                flush.failed.add(part.bucket)
+                continue
+            try:
+                part.temp, part.size = write_temp(
+                    self.location,
+                    part.directory,
+                    part.name,
+                    part.rows,
+                    compression=self.compression,
+                    compression_level=self.compression_level,
+                    row_group_size=self.row_group_size,
+                )
+            except Exception as exc:
+                self._failed(exc, f"{part.rows.num_rows} {name} rows to {part.directory}")
+                broken = True
+                flush.failed.add(part.bucket)
+
+    def _rename_parts(self, flush: _Flush, *, last: bool) -> list[str]:
+        """Rename the written files of the other tables (``last`` False) or of the commit
+        table (True) into place, except those of failed hours; the paths in place."""
+        done: list[str] = []
+        for part in flush.parts:
+            if (part.table == self.commit_table) != last or not part.temp:
+                continue
+            if part.temp != part.final and not self._rename_part(flush, part):
+                continue
+            done.append(part.final)
+            self.stats.files.append(part.final)
+            self.stats.files_written += 1
+            self.stats.rows_written += part.rows.num_rows
+            self.stats.bytes_written += part.size
+        try:
+            self.location.sync_parents(done)
+        except OSError as exc:  # the files are in place; their directory may not be durable
+            self._failed(exc, f"(fsync) the directories of {len(done)} files")
+        return done
+
+    def _rename_part(self, flush: _Flush, part: _Part) -> bool:
+        """Rename one temporary file into place, unless its hour failed; whether it is."""
+        if flush.failed_all or part.bucket in flush.failed or part.table in flush.broken_tables:
+            flush.failed.add(part.bucket)  # its commit rows wait with it
+            self._discard(part)
+            return False
+        error = self._rename(part)
+        if error is None:
+            return True
+        self._failed(error, f"{part.rows.num_rows} {part.table} rows")
+        flush.broken_tables.add(part.table)
+        flush.failed.add(part.bucket)
+        for other in flush.parts:  # its commit rows first, then it
+            if other.bucket == part.bucket and other.table == self.commit_table:
+                self._discard(other)
+        self._discard(part)
+        return False
 
     def _rename(self, part: _Part) -> Exception | None:
         """Rename ``part`` into place; the error, unless it is in place anyway (another

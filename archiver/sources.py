@@ -207,7 +207,7 @@ def read_events(
 
 
 def celery_app(broker: str | None = None, app: str | None = None) -> Any:
-    """A Celery app from ``--broker URL`` or ``-A module:app``."""
+    """A Celery app from a broker URL or an app named "module:app"."""
     try:
         from celery import Celery
         from celery.utils.imports import symbol_by_name
@@ -321,6 +321,93 @@ def _guard_receiver(receiver: Any, stats: LiveStats) -> None:
     receiver.get_consumers = get_consumers
 
 
+class _LiveConnection:
+    """The reconnection bookkeeping of :func:`consume_live`: backoff and time lost."""
+
+    def __init__(self, stats: LiveStats, max_backoff: float) -> None:
+        self.stats = stats
+        self.max_backoff = max_backoff
+        self.backoff = 1.0
+        self.lost_at: float | None = None
+
+    def connected(self, uri: str) -> None:
+        """A connection is consuming: count it, and log a reconnection's time lost."""
+        self.stats.connects += 1
+        if self.lost_at is not None:
+            down = time.monotonic() - self.lost_at
+            self.stats.seconds_lost += down
+            logger.warning("Reconnected to the broker at %s after %.1f s", uri, down)
+            self.lost_at = None
+        else:
+            logger.info("Connected to the broker at %s", uri)
+        self.backoff = 1.0
+
+    def lost(self, exc: Exception) -> float:
+        """The connection failed: log it and return the seconds to wait before retrying."""
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+            self.stats.losses += 1
+            logger.error(
+                "Lost the broker (%s: %s); keeping the state, reconnecting in %.0f s",
+                type(exc).__name__,
+                exc,
+                self.backoff,
+            )
+        else:
+            logger.warning("Broker still unreachable (%s); retrying in %.0f s", exc, self.backoff)
+        wait, self.backoff = self.backoff, min(self.backoff * 2, self.max_backoff)
+        return wait
+
+    def ended(self) -> None:
+        """The run ends: count the time lost by a connection never restored."""
+        if self.lost_at is not None:
+            self.stats.seconds_lost += time.monotonic() - self.lost_at
+
+
+def _live_receiver(
+    app: Any,
+    conn: Any,
+    handler: Callable[[dict[str, Any]], Any],
+    *,
+    should_stop: Callable[[], bool],
+    on_idle: Callable[[], Any],
+    connection: _LiveConnection,
+) -> Any:
+    """Celery's event receiver on ``conn``, guarded against bad messages, that calls
+    ``on_idle`` and checks ``should_stop`` between messages (at least once a second)."""
+    receiver = app.events.Receiver(conn, handlers={"*": handler})
+    _guard_receiver(receiver, connection.stats)
+    uri = conn.as_uri()
+    ready = receiver.on_consume_ready
+
+    def on_iteration() -> None:
+        on_idle()
+        if should_stop():
+            receiver.should_stop = True
+
+    def on_consume_ready(*args: Any, **kw: Any) -> Any:
+        connection.connected(uri)
+        return ready(*args, **kw)
+
+    receiver.on_iteration = on_iteration
+    receiver.on_consume_ready = on_consume_ready
+    receiver.connect_max_retries = 1
+    return receiver
+
+
+def _wait(
+    seconds: float,
+    should_stop: Callable[[], bool],
+    on_idle: Callable[[], Any],
+    sleep: Callable[[float], Any],
+) -> None:
+    """Wait ``seconds`` before a reconnection, calling ``on_idle`` and seeing a stop."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not should_stop():
+        on_idle()
+        sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
 def consume_live(
     app: Any,
     handler: Callable[[dict[str, Any]], Any],
@@ -343,38 +430,18 @@ def consume_live(
     are lost.
     """
     stats = stats if stats is not None else LiveStats()
-    backoff = 1.0
-    lost_at: float | None = None
+    connection = _LiveConnection(stats, max_backoff)
     while not should_stop():
         conn = app.connection_for_read()
-        uri = conn.as_uri()
         try:
-            receiver = app.events.Receiver(conn, handlers={"*": handler})
-            _guard_receiver(receiver, stats)
-
-            def on_iteration(receiver: Any = receiver) -> None:
-                on_idle()
-                if should_stop():
-                    receiver.should_stop = True
-
-            def on_consume_ready(
-                *args: Any, _ready: Any = receiver.on_consume_ready, _uri: str = uri, **kw: Any
-            ) -> Any:
-                nonlocal lost_at, backoff
-                stats.connects += 1
-                if lost_at is not None:
-                    down = time.monotonic() - lost_at
-                    stats.seconds_lost += down
-                    logger.warning("Reconnected to the broker at %s after %.1f s", _uri, down)
-                    lost_at = None
-                else:
-                    logger.info("Connected to the broker at %s", _uri)
-                backoff = 1.0
-                return _ready(*args, **kw)
-
-            receiver.on_iteration = on_iteration
-            receiver.on_consume_ready = on_consume_ready
-            receiver.connect_max_retries = 1
+            receiver = _live_receiver(
+                app,
+                conn,
+                handler,
+                should_stop=should_stop,
+                on_idle=on_idle,
+                connection=connection,
+            )
             for _ in receiver.consume(limit=None, timeout=None, safety_interval=1.0, wakeup=True):
                 if should_stop():
                     break
@@ -382,25 +449,9 @@ def consume_live(
         except Exception as exc:  # kombu raises many types for a lost broker
             if should_stop():
                 return stats
-            if lost_at is None:
-                lost_at = time.monotonic()
-                stats.losses += 1
-                logger.error(
-                    "Lost the broker (%s: %s); keeping the state, reconnecting in %.0f s",
-                    type(exc).__name__,
-                    exc,
-                    backoff,
-                )
-            else:
-                logger.warning("Broker still unreachable (%s); retrying in %.0f s", exc, backoff)
-            deadline = time.monotonic() + backoff
-            while time.monotonic() < deadline and not should_stop():
-                on_idle()
-                sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            backoff = min(backoff * 2, max_backoff)
+            _wait(connection.lost(exc), should_stop, on_idle, sleep)
         finally:
             with contextlib.suppress(Exception):  # the connection may already be gone
                 conn.release()
-    if lost_at is not None:
-        stats.seconds_lost += time.monotonic() - lost_at
+    connection.ended()
     return stats

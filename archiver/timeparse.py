@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from datetime import date, datetime, timezone
@@ -24,6 +25,9 @@ _SECONDS = {
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)")
 _WHOLE = re.compile(r"^(?:(?:\d+(?:\.\d*)?|\.\d+)\s*[a-z]+\s*)+$")
 TIME_HELP = "give an ISO time (2026-11-25T10:00) or a duration ago (2h, 7d)"
+#: Numeric dates that are not ISO 8601 (``01/12/2026``, ``1.12.26``, ``01-12-2026``,
+#: ``2026/12/01``): day-first or month-first depends on the reader, so they are refused.
+_NUMERIC_DATE = re.compile(r"^(\d{1,4})([/.\-])(\d{1,2})\2(\d{1,4})(?=$|[\sT])")
 #: Durations and times must stay well inside pandas' nanosecond range (1677-2262).
 MAX_DURATION = pd.Timedelta(days=100 * 365)
 _OUT_OF_RANGE = (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta)
@@ -98,6 +102,30 @@ def parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
         raise ArchiverError(f"invalid time {value!r}: it is outside the years 1677-2262") from None
 
 
+def _refuse_ambiguous(text: str) -> None:
+    """Raise ArchiverError for a numeric date other than ISO's ``YYYY-MM-DD``.
+
+    pandas would read ``01/12/2026`` month-first without a word; the example in the
+    message reads it day-first, to show the ISO order rather than to guess.
+    """
+    match = _NUMERIC_DATE.match(text)
+    if match is None:
+        return
+    first, sep, middle, last = match.groups()
+    if sep == "-" and len(first) == 4 and len(last) <= 2:
+        return  # ISO 8601: YYYY-MM-DD
+    if len(first) == 4:
+        readings = [(first, middle, last)]
+    else:
+        year = f"20{last}" if len(last) == 2 else last
+        readings = [(year, middle, first), (year, first, middle)]  # day first, month first
+    for year, month, day in readings:
+        with contextlib.suppress(ValueError):
+            example = date(int(year), int(month), int(day)).isoformat()
+            raise ArchiverError(f"ambiguous date {match.group(0)!r}: use ISO 8601, e.g. {example}")
+    # no reading is a date: left to the parser, which says "invalid time"
+
+
 def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
     """A UTC timestamp, or None for None.
 
@@ -116,6 +144,7 @@ def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
             current = pd.Timestamp(now if now is not None else datetime.now(timezone.utc))
             current = current.tz_localize("UTC") if current.tzinfo is None else current
             return current.tz_convert("UTC") - (ago or pd.Timedelta(0))
+        _refuse_ambiguous(text)
         try:
             value = pd.Timestamp(text)
         except (TypeError, ValueError):

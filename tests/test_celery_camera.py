@@ -228,7 +228,7 @@ def test_broker_from_celery_broker_url(tmp_path, monkeypatch):
         assert result.exit_code == 69, result.output
         assert "cannot connect to the broker" in result.stderr and f":{port}/0" in result.stderr
     # -b is --broker; a given source wins over the variable
-    result = CliRunner().invoke(cli, ["record", "-b", "redis://127.0.0.1:1/0", "--duration", "1"])
+    result = CliRunner().invoke(cli, ["record", "-b", "redis://127.0.0.1:1/0", "--duration", "1s"])
     assert result.exit_code == 69 and ":1/0" in result.stderr
     assert record("--replay", SMALL, "--archive", tmp_path / "a", "--limit", 5).exit_code == 0
 

@@ -320,7 +320,7 @@ def test_tasks_per_state_are_kept_right_without_scanning_the_state(api_tasks):
     rng = random.Random(7)
     state = State(max_tasks_in_memory=20)
     conv = CeleryConverter()
-    conv._counts.recount_every = 10
+    conv.counts.recount_every = 10
     kinds = ["sent", "received", "started", "succeeded", "failed", "retried", "custom"]
     ts = T0
     for step in range(300):
@@ -333,7 +333,7 @@ def test_tasks_per_state_are_kept_right_without_scanning_the_state(api_tasks):
         if api_tasks and step % 5 == 4:
             state.get_or_create_task(f"api{step}")
         row = convert(conv, state, sid=f"s{step}")["snapshots"].to_pylist()[0]
-        if api_tasks and conv._counts._since:
+        if api_tasks and conv.counts.since_recount:
             continue  # may be off until the next recount
         full = Counter(t.state for t in state.tasks.data.values())
         got = {s: row[f"tasks_{s.lower()}"] for s in S.TASK_STATES}

@@ -69,6 +69,18 @@ def test_1_runtime_error_is_one_error_line(archive, tmp_path):
             "Error: Invalid value for '--mode': 'delta' is not one of 'changes', 'full'.",
         ),
         (
+            ["record", "--replay", SMALL, "--speed", "-1"],
+            "Error: Invalid value for '--speed': -1.0 is not in the range x>=0.",
+        ),
+        (
+            ["record", "--replay", SMALL, "--maxrate", "often"],
+            "Error: Invalid value for '-r' / '--maxrate': invalid maxrate 'often'",
+        ),
+        (
+            ["record", "--replay", SMALL, "--duration", "30"],
+            "Error: Invalid value for '--duration': invalid duration '30'",
+        ),
+        (
             ["compact", "--keep", "some"],
             "Error: Invalid value for '--keep': 'some' is not one of 'all', 'latest'.",
         ),

@@ -27,6 +27,7 @@ LAYERS = {
     "archiver.layout": PURE,
     "archiver.rows": PURE,
     "archiver.state": PURE,
+    "archiver.changes": PURE,
     "archiver.convert": PURE,
     "archiver.timer": PURE,
     "archiver.replay_timer": PURE,
@@ -47,6 +48,7 @@ LAYERS = {
     "archiver.archive": READ,
     # 4. operations: query, check, cleanup, recording
     "archiver.query": OPERATIONS,
+    "archiver.export": OPERATIONS,
     "archiver.check": OPERATIONS,
     "archiver.maintenance": OPERATIONS,
     "archiver.maintenance.lock": OPERATIONS,

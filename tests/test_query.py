@@ -309,7 +309,9 @@ def test_filter_errors(one_hour):
     with pytest.raises(ArchiverError, match="needs a list"):
         a.load("tasks", filters=[("state", "in", "FAILURE")])
     with pytest.raises(ArchiverError, match="invalid filters"):
-        a.load("tasks", filters="state == FAILURE")
+        a.load("tasks", filters=42)
+    with pytest.raises(ArchiverError, match=r"^cannot read condition 'state ~ FAILURE': use"):
+        a.load("tasks", filters="state ~ FAILURE")
 
 
 def test_projection(one_hour):

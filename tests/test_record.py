@@ -198,7 +198,18 @@ def test_duration_accepts_units_and_refuses_nonsense(tmp_path):
     ok = record("--replay", SMALL, "--archive", tmp_path / "a", "--duration", "55m")
     assert ok.exit_code == 0
     bad = record("--replay", SMALL, "--archive", tmp_path / "b", "--duration", "soon")
-    assert bad.exit_code == 2 and "is not a duration" in bad.stderr
+    assert bad.exit_code == 2 and "invalid duration 'soon'" in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["record", "tap"])
+def test_a_bare_number_is_no_duration(tmp_path, command):
+    """`--duration 30` is refused as `--older-than 30` is: one line naming the units."""
+    source = ["--replay", str(SMALL)] if command == "record" else ["--broker", "redis://x"]
+    out = ["--archive" if command == "record" else "--out", str(tmp_path / "a")]
+    result = CliRunner().invoke(cli, [command, *source, *out, "--duration", "30"])
+    assert result.exit_code == 2, result.output
+    assert "invalid duration '30' for --duration: use a number and a unit" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "a").exists()
 
 
 def test_max_tasks_bounds_the_state_not_the_archive(tmp_path, sample_events):
@@ -631,3 +642,41 @@ def test_retention_file_expires_while_recording(tmp_path):
     assert states["FAILURE"] == 280 and states["REVOKED"] == 150  # other states are kept
     bad = record("--replay", SMALL, "--archive", tmp_path / "b", "--retention", tmp_path / "x")
     assert bad.exit_code == 1 and "cannot read retention file" in bad.stderr
+
+
+def test_record_events_is_the_whole_record_command(tmp_path):
+    """The library call behind `archiver record --replay` writes the same archive and summary."""
+    from archiver.record import record_events
+
+    lines = SMALL.read_bytes().rstrip(b"\n").split(b"\n")
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([lines[0], b"{nope", *lines[1:]]) + b"\n")
+    summary = record_events(str(tmp_path / "lib"), replay=str(path), retention=None)
+    cli_run = record("--replay", path, "--archive", tmp_path / "cli")
+    assert cli_run.exit_code == 0, cli_run.output
+    assert summary.events == len(lines) and summary.malformed == 1
+    assert summary.malformed_report == "Skipped 1 malformed line (line 2)"
+    assert summary.malformed_report in cli_run.stderr
+    assert_same(archived(tmp_path / "lib"), archived(tmp_path / "cli"))
+
+
+def test_record_events_needs_exactly_one_source(tmp_path):
+    """Neither or both sources: one ArchiverError naming no option."""
+    from archiver.errors import ArchiverError
+    from archiver.record import record_events
+
+    for sources in ({}, {"replay": str(SMALL), "broker": "redis://x"}):
+        with pytest.raises(ArchiverError, match=r"^give exactly one source: a replay file"):
+            record_events(str(tmp_path), **sources)
+    assert not (tmp_path / "tasks").exists()
+
+
+def test_tap_events_checks_the_broker_before_creating_the_file(tmp_path):
+    """An unreachable broker raises BrokerUnavailable and leaves no output file."""
+    from archiver.record import tap_events
+    from archiver.sources import BrokerUnavailable
+
+    out = tmp_path / "events.jsonl"
+    with pytest.raises(BrokerUnavailable, match="cannot connect to the broker"):
+        tap_events(str(out), broker="redis://127.0.0.1:1/0", limit=5)
+    assert not out.exists()

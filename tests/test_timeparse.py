@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archiver.errors import ArchiverError
-from archiver.timeparse import parse_duration, to_micros
+from archiver.timeparse import parse_duration, parse_time, to_micros
 
 NANOS = st.integers(-(2**62), 2**62)
 
@@ -35,3 +37,28 @@ def test_durations_with_units_and_timedeltas():
     """Units, ISO 8601 and timedeltas give the same Timedelta."""
     assert parse_duration("1d12h") == parse_duration("P1DT12H") == pd.Timedelta(hours=36)
     assert parse_duration(pd.Timedelta("90s")) == pd.Timedelta(seconds=90)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("01/12/2026", "ambiguous date '01/12/2026': use ISO 8601, e.g. 2026-12-01"),
+        ("13/01/2026 10:00", "ambiguous date '13/01/2026': use ISO 8601, e.g. 2026-01-13"),
+        ("1.2.26", "ambiguous date '1.2.26': use ISO 8601, e.g. 2026-02-01"),
+        ("2026/12/01T10:00", "ambiguous date '2026/12/01': use ISO 8601, e.g. 2026-12-01"),
+        ("32/13/2026", "invalid time '32/13/2026': give an ISO time"),
+    ],
+)
+def test_non_iso_numeric_dates_are_refused(text, message):
+    """Day-first or month-first is the reader's guess: refused, naming the ISO form."""
+    with pytest.raises(ArchiverError, match=f"^{re.escape(message)}"):
+        parse_time(text)
+
+
+def test_iso_and_relative_times_still_parse():
+    """ISO dates and times, and durations ago, are read as before."""
+    now = pd.Timestamp("2026-11-25T12:00", tz="UTC")
+    assert parse_time("2026-12-01") == pd.Timestamp("2026-12-01", tz="UTC")
+    assert parse_time("2026-12-01T10:00+01:00") == pd.Timestamp("2026-12-01T09:00", tz="UTC")
+    assert parse_time("2h", now=now) == now - pd.Timedelta(hours=2)
+    assert parse_time("1d", now=now) == now - pd.Timedelta(days=1)

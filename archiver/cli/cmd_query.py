@@ -2,62 +2,67 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
-import re
-from typing import Any
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import click
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..archive import Archive
-from ..query import describe, latest, load_table
+from ..errors import EmptyResultWarning, one_line
+from ..export import FORMATS, format_of, write
+from ..query import Rows, describe, scan, to_pandas
 from ..schema import SCHEMA_VERSION
 from ..storage import redact_uri
-from .output import archive_option, format_table, human_bytes, run_library_call
+from .output import (
+    archive_option,
+    fit_widths,
+    format_table,
+    human_bytes,
+    natural_widths,
+    run_library_call,
+    table_lines,
+    terminal_width,
+)
 
-_WHERE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(!=|>=|<=|==|=|>|<)\s*(.*?)\s*$", re.S)
 #: Longest cell shown by ``--format table`` (longer text is cut with an ellipsis).
 MAX_CELL = 60
+#: Rows whose cells set the column widths of ``--format table`` (a first screenful,
+#: printed as soon as it is read; later rows are cut to the same widths).
+SCREENFUL = 200
+#: The columns ``--format table`` shows without ``--columns`` (``--columns all``: every one).
+DEFAULT_COLUMNS = {
+    "tasks": [
+        "captured_at", "uuid", "name", "state", "worker", "retries", "runtime", "exception"
+    ],
+    "workers": [
+        "hostname", "captured_at", "alive", "active", "processed", "freq", "last_heartbeat",
+        "loadavg",
+    ],
+    "snapshots": [
+        "captured_at", "event_count", "task_count", "worker_count", "alive_workers",
+        "tasks_pending", "tasks_started", "tasks_success", "tasks_failure", "tasks_retry",
+    ],
+}  # fmt: skip
 
 
-def parse_where(conditions: tuple[str, ...]) -> list[tuple[str, str, Any]]:
-    """``("name=tasks.add", "state=FAILURE,RETRY", "runtime>1")`` -> read_parquet-style filters.
-
-    ``=``/``!=`` with a comma-separated list mean "in"/"not in"; the value ``null``
-    with ``=``/``!=`` tests for a missing value. Values are converted to the column's
-    type by the query layer (times accept ISO strings and durations such as ``2h``).
-    """
-    filters: list[tuple[str, str, Any]] = []
-    for text in conditions:
-        match = _WHERE.match(text)
-        if not match:
-            raise click.ClickException(
-                f"cannot read --where {text!r}: use COLUMN OP VALUE with OP one of "
-                "=, !=, >, <, >=, <= (e.g. name=tasks.add, state=FAILURE,RETRY, runtime>1.5)"
-            )
-        column, op, value = match.groups()
-        op = "==" if op == "=" else op
-        if op in ("==", "!=") and value.lower() == "null":
-            filters.append((column, op, None))
-        elif op in ("==", "!=") and "," in value:
-            values = [v.strip() for v in value.split(",") if v.strip()]
-            filters.append((column, "in" if op == "==" else "not in", values))
-        else:
-            filters.append((column, op, value))
-    return filters
-
-
-def _columns(text: str | None) -> list[str] | None:
+def _columns(text: str | None, table: str, fmt: str) -> list[str] | None:
+    """``--columns``: None (all) for exports and ``all``; the table's default set on screen."""
     if text is None:
-        return None
+        return DEFAULT_COLUMNS.get(table) if fmt == "table" else None
     columns = [c.strip() for c in text.split(",") if c.strip()]
     if not columns:
-        raise click.ClickException("--columns needs at least one column name")
-    return columns
+        raise click.ClickException("--columns needs at least one column name (or all)")
+    return None if columns == ["all"] else columns
 
 
 def _cell(value: Any) -> str:
@@ -68,27 +73,94 @@ def _cell(value: Any) -> str:
     if isinstance(value, pd.Timestamp):
         return value.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if not isinstance(value, (list, tuple)) and pd.isna(value):
+        return json.dumps(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    if pd.isna(value):
         return ""
-    text = str(value).replace("\r", "").replace("\n", "\\n")
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+    return str(value)
 
 
-def render(table: pa.Table, fmt: str) -> str:
-    """``table`` as text: an aligned ``table`` (times UTC), ``csv`` or ``json`` (records)."""
-    from ..query import to_pandas
+def _cells(batch: pa.RecordBatch) -> list[list[str]]:
+    df = to_pandas(pa.Table.from_batches([batch]), owned=True)
+    return [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
 
-    df = to_pandas(table)
-    for name in table.column_names:  # lists (loadavg) as JSON arrays, not numpy reprs
-        if pa.types.is_list(table.schema.field(name).type) and fmt != "json":
-            df[name] = df[name].map(lambda v: None if v is None else json.dumps(list(v)))
-    if fmt == "csv":
-        return df.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
-    if fmt == "json":
-        return df.to_json(orient="records", date_format="iso", date_unit="us") + "\n"
-    rows = [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
-    return format_table(list(df.columns), rows) + "\n"
+
+def write_table(rows: Rows, out: IO[str], width: int | None) -> int:
+    """``rows`` as an aligned text table (times UTC) ending with a row count line.
+
+    The first screenful sets the column widths (capped at MAX_CELL, narrowed to
+    ``width``) and is printed at once; the rest follows batch by batch.
+    """
+    headers = rows.schema.names
+    batches = iter(rows.batches)
+    first: list[list[str]] = []
+    rest: list[pa.RecordBatch] = []  # the part of the last batch read beyond the screenful
+    for batch in batches:
+        need = SCREENFUL - len(first)
+        first.extend(_cells(batch.slice(0, need)))
+        if batch.num_rows > need:
+            rest.append(batch.slice(need))
+        if len(first) >= SCREENFUL:
+            break
+    widths = [min(w, MAX_CELL) for w in natural_widths(headers, first)]
+    widths = fit_widths(widths, width)
+    out.write("\n".join(table_lines(headers, first, widths)) + "\n")
+    out.flush()
+    count = len(first)
+    for batch in itertools.chain(rest, batches):
+        if batch.num_rows:
+            lines = table_lines(headers, _cells(batch), widths)[2:]
+            out.write("\n".join(lines) + "\n")
+            count += batch.num_rows
+    out.write(f"{count:,} row{'' if count == 1 else 's'}\n")
+    return count
+
+
+@contextlib.contextmanager
+def _notes() -> Iterator[None]:
+    """An empty answer's explanation as a ``Note:`` line on stderr (the exit code stays 0)."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EmptyResultWarning)
+            yield
+    finally:  # outside the block, so that warnings passed on are not recorded again
+        for w in caught:
+            if issubclass(w.category, EmptyResultWarning):
+                click.echo(f"Note: {w.message}", err=True)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _write(rows: Rows, fmt: str, output: str | None) -> int:
+    """Write ``rows`` to ``output`` (stdout for None or ``-``); a partial file is removed."""
+    if output in (None, "-"):
+        if fmt == "table":
+            return write_table(rows, sys.stdout, terminal_width())
+        stream = sys.stdout.buffer
+        count = write(rows, fmt, stream)
+        stream.flush()
+        return count
+    try:
+        if fmt == "table":
+            with open(output, "w", encoding="utf-8") as text:
+                return write_table(rows, text, None)
+        with open(output, "wb") as binary:
+            return write(rows, fmt, binary)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.remove(output)
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise click.ClickException(f"cannot write {output}: {one_line(exc)}") from exc
+        raise
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (``| head``): stop without a traceback, as ``cat`` does."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush must not fail again
 
 
 @click.command("query")
@@ -102,9 +174,14 @@ def render(table: pa.Table, fmt: str) -> str:
     multiple=True,
     metavar="COND",
     help="COLUMN OP VALUE, OP one of = != > < >= <=; a,b,c after = or != is a list; "
-    "null tests for missing. Repeat to AND them.",
+    "null tests for missing; state in any case. Repeat to AND them.",
 )
-@click.option("--columns", metavar="A,B", help="Only these columns (comma-separated).")
+@click.option(
+    "--columns",
+    metavar="A,B",
+    help="Only these columns (comma-separated); all: every column. "
+    "Default: all for exports, a short set per table on screen.",
+)
 @click.option(
     "--latest",
     "only_latest",
@@ -112,12 +189,13 @@ def render(table: pa.Table, fmt: str) -> str:
     help="Only the last row of each task (tasks) or worker (workers): the cluster as of --until.",
 )
 @click.option("--limit", type=click.IntRange(min=0), help="At most N rows (oldest first).")
+@click.option("--tail", type=click.IntRange(min=0), help="The newest N rows, newest first.")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["table", "csv", "json", "parquet"]),
-    default="table",
-    show_default=True,
+    type=click.Choice(["table", *FORMATS]),
+    help="Default: from the --output extension (.csv, .json, .ndjson/.jsonl, .parquet), "
+    "else table.",
 )
 @click.option(
     "-o",
@@ -139,65 +217,58 @@ def query_command(
     columns: str | None,
     only_latest: bool,
     limit: int | None,
-    fmt: str,
+    tail: int | None,
+    fmt: str | None,
     output: str | None,
     strict: bool,
 ) -> None:
     """Print rows of TABLE (tasks, workers, snapshots) from the archive.
 
+    An empty answer is explained by a Note: line on stderr (exit code 0).
+    csv, json, ndjson and parquet are written batch by batch (memory stays bounded);
+    --latest and --tail compute their rows first.
+
     \b
     Example:
-        archiver query tasks --since 2h --where state=FAILURE --columns uuid,name,exception
-        archiver query tasks --latest --where name=tasks.add,tasks.mul --format csv
+        archiver query tasks --where state=FAILURE --columns uuid,name,exception
+        archiver query tasks --tail 20
+        archiver query tasks --latest --where name=harness.add,harness.echo -o latest.csv
         archiver query workers --latest --until 2026-11-25T15:58 --columns hostname,alive
-        archiver query tasks --where "runtime>=1.5" --format parquet --output slow.parquet
+        archiver query tasks --where "runtime>=0.25" --output slow.parquet
     """
+    if limit is not None and tail is not None:
+        raise click.ClickException(
+            "--limit (the oldest rows) and --tail (the newest) exclude each other"
+        )
+    store = Archive(archive, on_bad_file="raise" if strict else "warn")
+    cols = _columns(columns, table, fmt or format_of(output) or "table")
+    write_rows(
+        lambda: scan(
+            store, table, start=since, end=until, columns=cols, filters=list(where),
+            latest_rows=only_latest, limit=limit, tail=tail,
+        ),
+        fmt,
+        output,
+    )  # fmt: skip
+
+
+def write_rows(answer: Callable[[], Rows], fmt: str | None, output: str | None) -> None:
+    """Write the (lazy) rows ``answer()`` gives in ``fmt`` (default: from ``output``'s
+    extension, else table).
+
+    Empty answers are explained on stderr; a closed pipe stops quietly.
+    """
+    fmt = fmt or format_of(output) or "table"
     if fmt == "parquet" and output in (None, "-"):
         raise click.ClickException("--format parquet needs --output FILE")
-    filters = parse_where(where) or None
-    cols = _columns(columns)
-    store = Archive(archive, on_bad_file="raise" if strict else "warn")
-    if only_latest:
-        result = run_library_call(
-            latest,
-            store,
-            table,
-            as_of=until,
-            start=since,
-            columns=cols,
-            filters=filters,
-            engine="arrow",
-            limit=limit,
-        )
-    else:
-        result = run_library_call(
-            load_table,
-            store,
-            table,
-            start=since,
-            end=until,
-            columns=cols,
-            filters=filters,
-            engine="arrow",
-            limit=limit,
-        )
-    if fmt == "parquet":
-        try:
-            pq.write_table(result, output, compression="zstd", write_page_checksum=True)
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {output}: {exc}") from exc
-        click.echo(f"Wrote {result.num_rows:,} rows to {output}", err=True)
-        return
-    text = render(result, fmt)
-    if output in (None, "-"):
-        click.echo(text, nl=False)
-        return
     try:
-        with open(output, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {output}: {exc}") from exc
-    click.echo(f"Wrote {result.num_rows:,} rows to {output}", err=True)
+        with _notes():
+            count = run_library_call(lambda: _write(answer(), fmt, output))
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return
+    if output not in (None, "-"):
+        click.echo(f"Wrote {count:,} rows to {output}", err=True)
 
 
 def _time(ts: pd.Timestamp | None) -> str:

@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
-import time
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
 
-from ..convert import REDACTABLE, redaction_gaps
+from ..changes import Mode
+from ..convert import REDACTABLE, RedactMode, redaction_gaps
 from ..errors import ArchiverError
-from ..maintenance import Retention
 from ..pidfile import Pidfile
-from ..record import Recorder, load_camera_class
-from ..sources import BrokerUnavailable, LiveStats, celery_app, check_broker, consume_live
+from ..ratelimit import parse_rate
+from ..record import RecordSummary, record_events, tap_events
+from ..sources import BrokerUnavailable
 from ..storage import redact_uri
-from ..timeparse import duration_or_none
-from .output import archive_option, is_terminal
+from ..timeparse import parse_duration as duration_of
+from .output import PROGRESS_LOG, Progress, archive_option, is_terminal
 
 EX_UNAVAILABLE = 69
 EX_IOERR = 74  # rows could not be written (sysexits.h)
-#: Progress lines when stderr is not a terminal: logged at INFO whatever --loglevel says.
-PROGRESS_LOG = logging.getLogger("archiver.progress")
 #: Environment variable holding the key of ``--redact-mode hash`` (if no --redact-key-file).
 REDACT_KEY_ENV = "ARCHIVER_REDACT_KEY"
 MAX_KEY_BYTES = 4096
@@ -85,25 +84,43 @@ def warn_redaction_gaps(redact: str) -> None:
         )
 
 
-def parse_duration(value: str | None) -> float | None:
-    """Seconds from "55m", "2h", "90s", "1d12h" or a bare number of seconds."""
+def parse_duration(value: str | None, flag: str = "--duration") -> float | None:
+    """Seconds from "55m", "2h", "90s", "1d12h": the one rule of every duration option
+    (:func:`archiver.timeparse.parse_duration`; a bare number has no unit and is refused)."""
     if value is None:
         return None
     try:
-        seconds = float(value)
-    except ValueError:
-        delta = duration_or_none(value)
-        if delta is None:
-            raise click.BadParameter(
-                f"{value!r} is not a duration (use e.g. 90s, 55m, 2h, 1d)"
-            ) from None
-        seconds = delta.total_seconds()
-    if not seconds > 0:
-        raise click.BadParameter(f"{value!r} must be positive")
-    return seconds
+        return duration_of(value, what=flag).total_seconds()
+    except ArchiverError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{flag}'") from None
 
 
-def lost_report(summary: Any) -> str:
+#: Library parameters by the option that sets them, for the library's messages.
+FLAGS = {
+    "limit": "--limit",
+    "duration": "--duration",
+    "speed": "--speed",
+    "max_tasks": "--max-tasks",
+}
+
+
+def checked_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--maxrate`` is checked while parsing, so a bad rate is a usage error (exit 2)."""
+    if value is not None:
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def flag_wording(message: str) -> str:
+    """A library message about a parameter ("speed must be >= 0") as about its option."""
+    name, sep, rest = message.partition(" ")
+    return f"{FLAGS[name]}{sep}{rest}" if name in FLAGS else message
+
+
+def lost_report(summary: RecordSummary) -> str:
     """One line on what may be missing from the archive after a run."""
     parts = []
     rows = summary.rows_unwritten + summary.rows_dropped
@@ -122,40 +139,10 @@ def lost_report(summary: Any) -> str:
     return "; ".join(parts)
 
 
-class Progress:
-    """Live one-line status on a terminal, else one log line per minute."""
-
-    def __init__(self, enabled: bool, tty: bool) -> None:
-        self.enabled, self.tty = enabled, tty
-        self.interval = 0.5 if tty else 60.0
-        self.last = time.monotonic()
-        self.last_events = 0
-        self.shown = False
-
-    def __call__(self, recorder: Recorder) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < self.interval:
-            return
-        rate = (recorder.events - self.last_events) / (now - self.last)
-        self.last, self.last_events = now, recorder.events
-        s = recorder.summary()
-        text = (
-            f"{rate:,.0f} events/s  events {s.events:,}  tasks {s.tasks:,}  "
-            f"snapshots {s.snapshots:,}  rows {s.rows:,}  files {s.files:,}"
-        )
-        if self.tty:
-            click.echo("\r" + click.style(text, fg="cyan") + "\x1b[K", nl=False, err=True)
-            self.shown = True
-        else:
-            PROGRESS_LOG.info(text)
-
-    def done(self) -> None:
-        if self.shown:
-            click.echo(err=True)
-
-
 @contextlib.contextmanager
-def logging_to(loglevel: str, logfile: str | None, *, progress: bool = True):
+def logging_to(
+    loglevel: str, logfile: str | None, *, progress: bool = True
+) -> Iterator[logging.Handler]:
     """Log to stderr or ``logfile`` while the command runs; undone afterwards.
 
     Progress lines (when stderr is not a terminal) are let through whatever the level.
@@ -185,7 +172,7 @@ def logging_to(loglevel: str, logfile: str | None, *, progress: bool = True):
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: Any):
+def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``stop()`` (finish cleanly); a second one exits at once."""
     received: list[int] = []
 
@@ -224,7 +211,7 @@ def stop_on_signals(stop: Any):
 @click.option("--replay", metavar="FILE", help="JSON-lines events file ('-' for stdin, .gz ok).")
 @click.option(
     "--speed",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Replay speed: 0 = as fast as possible, 1 = real time.",
@@ -240,7 +227,13 @@ def stop_on_signals(stop: Any):
     show_default=True,
     help="Seconds between snapshots (as `celery events -F`).",
 )
-@click.option("-r", "--maxrate", default=None, help="Most snapshots allowed, e.g. 10/m.")
+@click.option(
+    "-r",
+    "--maxrate",
+    default=None,
+    callback=checked_rate,
+    help="Most snapshots allowed, e.g. 10/m.",
+)
 @click.option(
     "--cleanup-freq",
     type=float,
@@ -311,30 +304,30 @@ def stop_on_signals(stop: Any):
 @click.option("-l", "--loglevel", default="WARNING", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def record(
-    broker,
-    app_name,
-    replay,
-    speed,
-    archive,
-    freq,
-    maxrate,
-    cleanup_freq,
-    clear_after,
-    camera_spec,
-    mode,
-    redact,
-    redact_mode,
-    redact_key_file,
-    max_tasks,
-    flush_interval,
-    retention,
-    duration,
-    limit,
-    pidfile,
-    logfile,
-    loglevel,
-    quiet,
-):
+    broker: str | None,
+    app_name: str | None,
+    replay: str | None,
+    speed: float,
+    archive: str,
+    freq: float,
+    maxrate: str | None,
+    cleanup_freq: float,
+    clear_after: bool,
+    camera_spec: str | None,
+    mode: Mode,
+    redact: str,
+    redact_mode: RedactMode,
+    redact_key_file: str | None,
+    max_tasks: int,
+    flush_interval: float,
+    retention: str | None,
+    duration: str | None,
+    limit: int | None,
+    pidfile: str | None,
+    logfile: str | None,
+    loglevel: str,
+    quiet: bool,
+) -> None:
     """Record snapshots of a Celery cluster into the archive.
 
     Events come from a live broker (--broker or -A) or a JSON-lines file
@@ -353,50 +346,48 @@ def record(
         raise click.UsageError("--redact-key-file is only used with --redact-mode hash")
     redact_key = load_redact_key(redact_key_file) if redact_mode == "hash" else None
     warn_redaction_gaps(redact)
+    seconds = parse_duration(duration)
     with logging_to(loglevel, logfile, progress=not quiet):
         progress = Progress(enabled=not quiet, tty=is_terminal() and not logfile)
+        stop = threading.Event()
         try:
-            camera_cls = load_camera_class(camera_spec) if camera_spec else None
-            options = dict(
-                freq=freq,
-                maxrate=maxrate,
-                cleanup_freq=cleanup_freq,
-                clear_after=clear_after,
-                max_tasks=max_tasks,
-                duration=parse_duration(duration),
-                limit=limit,
-                progress=progress,
-            )
-            if camera_cls is not None:
-                options["camera"] = camera_cls
-            recorder = Recorder(
-                archive,
-                mode=mode,
-                redact=redact,
-                redact_mode=redact_mode,
-                redact_key=redact_key,
-                flush_interval=flush_interval,
-                retention=Retention.from_file(retention) if retention else None,
-                **options,
-            )
             with contextlib.ExitStack() as stack:
                 if pidfile:
                     stack.enter_context(Pidfile(pidfile))
-                stack.enter_context(stop_on_signals(recorder.stop))
-                if replay:
-                    summary = recorder.replay_file(replay, speed=speed)
-                else:
-                    summary = recorder.live(celery_app(broker, app_name))
+                stack.enter_context(stop_on_signals(stop.set))
+                summary = record_events(
+                    archive,
+                    replay=replay,
+                    speed=speed,
+                    broker=broker,
+                    app=app_name,
+                    camera=camera_spec,
+                    freq=freq,
+                    maxrate=maxrate,
+                    cleanup_freq=cleanup_freq,
+                    clear_after=clear_after,
+                    mode=mode,
+                    redact=redact,
+                    redact_mode=redact_mode,
+                    redact_key=redact_key,
+                    max_tasks=max_tasks,
+                    flush_interval=flush_interval,
+                    retention=retention,
+                    duration=seconds,
+                    limit=limit,
+                    progress=progress,
+                    stop=stop,
+                )
         except BrokerUnavailable as exc:
             progress.done()
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EX_UNAVAILABLE)
         except (ArchiverError, ValueError) as exc:
             progress.done()
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(flag_wording(str(exc))) from exc
         progress.done()
-        if recorder.lines.malformed:
-            click.echo(click.style(recorder.lines.report(), fg="yellow"), err=True)
+        if summary.malformed_report:
+            click.echo(click.style(summary.malformed_report, fg="yellow"), err=True)
         click.echo(summary.line())
         logging.getLogger("archiver.record").info(summary.line())
         if summary.lost:  # invalid input (malformed, rejected, undecodable) is not lost
@@ -417,7 +408,9 @@ def record(
 )
 @click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 10m.")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
-def tap(broker, app_name, out, duration, limit):
+def tap(
+    broker: str | None, app_name: str | None, out: str, duration: str | None, limit: int | None
+) -> None:
     """Record the raw event stream to a JSON-lines file (for replays and bug reports).
 
     The file replays with `archiver record --replay FILE`. SIGINT/SIGTERM stop
@@ -431,58 +424,21 @@ def tap(broker, app_name, out, duration, limit):
     if not (broker or app_name):
         raise click.UsageError(f"give --broker URL or -A APP (or set {BROKER_ENV})")
     seconds = parse_duration(duration)
-    count = 0
-    stopped = []
-    started = time.monotonic()
-    last_flush = started
-
-    def should_stop() -> bool:
-        return (
-            bool(stopped)
-            or (limit is not None and count >= limit)
-            or (seconds is not None and time.monotonic() - started >= seconds)
-        )
-
-    with logging_to("WARNING", None, progress=False):
+    stop = threading.Event()
+    with logging_to("WARNING", None, progress=False), stop_on_signals(stop.set):
         try:
-            app = celery_app(broker, app_name)
-            check_broker(app)
+            summary = tap_events(
+                out, broker=broker, app=app_name, duration=seconds, limit=limit, stop=stop
+            )
         except BrokerUnavailable as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(EX_UNAVAILABLE)
         except ArchiverError as exc:
-            raise click.ClickException(str(exc)) from exc
-        try:
-            stream = click.open_file(out, "w", encoding="utf-8", atomic=False, lazy=False)
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {out}: {exc.strerror or exc}") from exc
-
-        def handler(event: dict) -> None:
-            nonlocal count
-            if limit is not None and count >= limit:
-                return
-            stream.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
-            count += 1
-
-        def on_idle() -> None:  # so that `tail -f` sees events and a kill loses at most 1 s
-            nonlocal last_flush
-            now = time.monotonic()
-            if now - last_flush >= 1.0:
-                last_flush = now
-                stream.flush()
-
-        stats = LiveStats()
-        with stop_on_signals(lambda: stopped.append(True)):
-            try:
-                consume_live(app, handler, should_stop=should_stop, on_idle=on_idle, stats=stats)
-            finally:
-                stream.flush()
-                if out != "-":
-                    stream.close()
-        lost = f" (broker lost {stats.losses} times)" if stats.losses else ""
-        if stats.bad_messages:
-            lost += f" ({stats.bad_messages} undecodable messages skipped)"
-        click.echo(f"Wrote {count:,} events to {out}{lost}.", err=True)
+            raise click.ClickException(flag_wording(str(exc))) from exc
+    lost = f" (broker lost {summary.broker_losses} times)" if summary.broker_losses else ""
+    if summary.bad_messages:
+        lost += f" ({summary.bad_messages} undecodable messages skipped)"
+    click.echo(f"Wrote {summary.events:,} events to {out}{lost}.", err=True)
 
 
 COMMANDS = [record, tap]
