@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.fs as pafs
 
 from .camera import CameraTimer, Polaroid, SnapshotState
-from .convert import STAGE_ROWS, CeleryConverter, Converter, Mode, RedactMode
+from .changes import Mode
+from .convert import STAGE_ROWS, CeleryConverter, Converter, RedactMode
 from .errors import LockedError, NoArchiveError
 from .maintenance.recovery import repair
 from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id

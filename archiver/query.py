@@ -448,6 +448,7 @@ def load_table(
     filters: Any = ...,
     engine: Literal["pandas"] = ...,
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pd.DataFrame: ...
 
@@ -463,6 +464,7 @@ def load_table(
     filters: Any = ...,
     engine: Literal["arrow"],
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pa.Table: ...
 
@@ -478,6 +480,7 @@ def load_table(
     filters: Any = ...,
     engine: Literal["dask"],
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> dd.DataFrame: ...
 
@@ -493,6 +496,7 @@ def load_table(
     filters: Any = ...,
     engine: Engine,
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
 
@@ -789,6 +793,7 @@ def latest(
     filters: Any = ...,
     engine: Literal["pandas"] = ...,
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pd.DataFrame: ...
 
@@ -804,6 +809,7 @@ def latest(
     filters: Any = ...,
     engine: Literal["arrow"],
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pa.Table: ...
 
@@ -819,6 +825,7 @@ def latest(
     filters: Any = ...,
     engine: Literal["pandas", "arrow"],
     limit: int | None = ...,
+    tail: int | None = ...,
     on_bad_file: OnBadFile | None = ...,
 ) -> pd.DataFrame | pa.Table: ...
 
