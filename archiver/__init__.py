@@ -1,5 +1,7 @@
 """archiver: record snapshots of Celery's event state as Parquet; load them with pandas."""
 
+from typing import Any
+
 from ._version import __version__
 from .api import Archive, load
 from .camera import Polaroid
@@ -22,7 +24,7 @@ from .state import State
 from .timer import Timer
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """``archiver.report(archive, ...)`` without importing the report's module up front."""
     if name == "report":
         import importlib

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import pandas as pd
+import pyarrow as pa
 
 from . import archive as _archive
 from .archive import OnBadFile
 from .check import check
 from .maintenance import cleanup, compact, expire
 from .query import Engine, history, latest, load_table
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 
 class Archive(_archive.Archive):
@@ -32,6 +38,63 @@ class Archive(_archive.Archive):
             ``handler(path, reason)``.
     """
 
+    # ``engine`` decides the type of the result.
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["pandas"] = ...,
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pd.DataFrame: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["arrow"],
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pa.Table: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Literal["dask"],
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> dd.DataFrame: ...
+
+    @overload
+    def load(
+        self,
+        table: str = ...,
+        *,
+        start: Any = ...,
+        end: Any = ...,
+        columns: Sequence[str] | None = ...,
+        filters: Any = ...,
+        engine: Engine,
+        limit: int | None = ...,
+        on_bad_file: OnBadFile | None = ...,
+    ) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
+
     def load(
         self,
         table: str = "tasks",
@@ -43,7 +106,7 @@ class Archive(_archive.Archive):
         engine: Engine = "pandas",
         limit: int | None = None,
         on_bad_file: OnBadFile | None = None,
-    ) -> Any:
+    ) -> pd.DataFrame | pa.Table | dd.DataFrame:
         """Load ``table`` (see :func:`archiver.query.load_table`).
 
         Written out, not ``load = load_table``: a mistyped keyword then names ``load()``.
@@ -68,6 +131,75 @@ class Archive(_archive.Archive):
     cleanup = cleanup
 
 
+# ``engine`` decides the type of the result, as for :func:`archiver.query.load_table`.
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["dask"],
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> dd.DataFrame: ...
+
+
+@overload
+def load(
+    path_or_uri: str | os.PathLike[str],
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Engine,
+    limit: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+    filesystem: Any = ...,
+    storage_options: Mapping[str, Any] | None = ...,
+) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
+
+
 def load(
     path_or_uri: str | os.PathLike[str],
     table: str = "tasks",
@@ -81,7 +213,7 @@ def load(
     on_bad_file: OnBadFile | None = None,
     filesystem: Any = None,
     storage_options: Mapping[str, Any] | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Load ``table`` of the archive at ``path_or_uri`` (see :func:`archiver.query.load_table`)."""
     return load_table(
         Archive(path_or_uri, filesystem=filesystem, storage_options=storage_options),

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -119,7 +119,7 @@ class Archive:
         return self.location.fs
 
     def exists(self) -> bool:
-        return self.fs.get_file_info(self.location.root).type == pafs.FileType.Directory
+        return bool(self.fs.get_file_info(self.location.root).type == pafs.FileType.Directory)
 
     # -- listing ------------------------------------------------------------
     def tables(self) -> list[str]:
@@ -349,7 +349,7 @@ class Archive:
         paths: list[str],
         partitions: list[Partition] | None,
         columns: list[str] | None,
-        filter: Any,
+        filter: ds.Expression | None,
     ) -> pa.Table:
         """Read file by file, reporting and skipping the ones that fail.
 
@@ -386,11 +386,13 @@ class Archive:
 
 def _check_on_bad_file(value: Any) -> OnBadFile:
     if value in ("warn", "raise") or callable(value):
-        return value
+        return cast(OnBadFile, value)
     raise ArchiverError(f"invalid on_bad_file {value!r}: use 'warn', 'raise' or a callable")
 
 
-def _filter_works(dataset: ds.Dataset, columns: list[str] | None, filter: Any) -> bool:
+def _filter_works(
+    dataset: ds.Dataset, columns: list[str] | None, filter: ds.Expression | None
+) -> bool:
     """Whether ``columns``/``filter`` apply to the schema (else the error is the caller's)."""
     try:
         dataset.schema.empty_table().filter(filter if filter is not None else ds.scalar(True))

@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .ratelimit import TokenBucket, parse_rate
 from .signals import Signal
 from .timer import Timer
 
 logger = logging.getLogger("archiver.camera")
+
+
+class SnapshotState(Protocol):
+    """What a camera asks of a state: ``archiver.State`` and Celery's ``State`` both fit.
+
+    ``freeze_while(fun, *args, clear_after=…)`` runs ``fun`` with event intake blocked,
+    ``clear()`` forgets what was photographed. A state may also have ``_clear`` (clear
+    under the lock already held) and ``on_changes_full``; the camera looks those up
+    with ``getattr``, as it does ``freeze_while`` for a state without one.
+    """
+
+    def freeze_while(self, fun: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
+    def clear(self, ready: bool = True) -> None: ...
+
+
+class TimerEntry(Protocol):
+    """A repeating call scheduled by a :class:`CameraTimer`."""
+
+    def cancel(self) -> None: ...
+
+
+class CameraTimer(Protocol):
+    """What a camera asks of a timer: archiver's ``Timer``/``ReplayTimer``, kombu's ``Timer``."""
+
+    def call_repeatedly(
+        self, secs: float, fun: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> TimerEntry: ...
 
 
 def _positive(name: str, value: Any) -> float:
@@ -40,24 +69,25 @@ class Polaroid:
       where Celery skips it if the last capture was less than ``freq`` ago.
     """
 
-    timer: Any = None
+    #: A subclass may set a class-wide timer; otherwise ``__init__`` makes one.
+    timer: CameraTimer = None  # type: ignore[assignment]
     shutter_signal = Signal(name="shutter_signal", providing_args={"state"})
     cleanup_signal = Signal(name="cleanup_signal")
     clear_after = False
 
-    _tref: Any = None
-    _ctref: Any = None
+    _tref: TimerEntry | None = None
+    _ctref: TimerEntry | None = None
     #: True while the final snapshot is taken: ``maxrate`` does not apply to it.
     _forced = False
 
     def __init__(
         self,
-        state: Any,
+        state: SnapshotState,
         freq: float = 1.0,
         maxrate: str | float | None = None,
         cleanup_freq: float = 3600.0,
-        timer: Any = None,
-        app: Any = None,
+        timer: CameraTimer | None = None,
+        app: Any = None,  # a Celery app, unused: Celery's camera takes it
     ) -> None:
         self.app = app
         self.state = state
@@ -80,7 +110,7 @@ class Polaroid:
         self._tref = self.timer.call_repeatedly(self.freq, self.capture)
         self._ctref = self.timer.call_repeatedly(self.cleanup_freq, self.cleanup)
 
-    def on_shutter(self, state: Any) -> None:
+    def on_shutter(self, state: SnapshotState) -> None:
         """Hook: handle a frozen snapshot of ``state``."""
 
     def on_cleanup(self) -> None:
@@ -134,8 +164,9 @@ class Polaroid:
             if taken:
                 state.clear()
             return taken
-        if getattr(state, "_clear", None) is not None:  # clear under the same lock, after a shot
-            return bool(freeze(self._shutter_then_clear, clear_after=False))
+        clear_locked = getattr(state, "_clear", None)
+        if clear_locked is not None:  # clear under the same lock, after a shot
+            return bool(freeze(self._shutter_then, clear_locked, clear_after=False))
         # Only freeze_while: decide on the rate first, so a skipped shot does not clear.
         if not (self._forced or self._rate_allows()):
             return False
@@ -145,10 +176,10 @@ class Polaroid:
         finally:
             self._forced = forced
 
-    def _shutter_then_clear(self) -> bool:
+    def _shutter_then(self, clear: Callable[[], object]) -> bool:
         taken = self.shutter()
         if taken:
-            self.state._clear()
+            clear()
         return taken
 
     def cancel(self) -> None:
@@ -188,26 +219,30 @@ class ForeignCamera:
 
     def __init__(
         self,
-        cls: Any,
-        state: Any,
+        cls: Callable[..., Any],
+        state: SnapshotState,
         *,
         freq: float,
         maxrate: str | float | None,
         cleanup_freq: float,
-        timer: Any,
+        timer: CameraTimer,
         app: Any,
     ) -> None:
-        kwargs = {"freq": freq, "maxrate": maxrate, "timer": timer, "app": app}
         if accepts_argument(cls, "cleanup_freq"):
-            kwargs["cleanup_freq"] = cleanup_freq
-        self.camera = camera = cls(state, **kwargs)
+            camera = cls(
+                state, freq=freq, maxrate=maxrate, cleanup_freq=cleanup_freq, timer=timer, app=app
+            )
+        else:
+            camera = cls(state, freq=freq, maxrate=maxrate, timer=timer, app=app)
+        #: The foreign camera: an object of a class archiver does not know.
+        self.camera: Any = camera
         if getattr(camera, "timer", None) is not timer:
             camera.timer = timer
         self.snapshots_taken = 0
         on_shutter = getattr(camera, "on_shutter", None)
         if callable(on_shutter):
 
-            def counted(state: Any) -> Any:
+            def counted(state: SnapshotState) -> Any:
                 result = on_shutter(state)
                 self.snapshots_taken += 1
                 return result
@@ -215,8 +250,9 @@ class ForeignCamera:
             camera.on_shutter = counted
 
     @property
-    def timer(self) -> Any:
-        return self.camera.timer
+    def timer(self) -> CameraTimer:
+        timer: CameraTimer = self.camera.timer
+        return timer
 
     @property
     def maxrate(self) -> Any:

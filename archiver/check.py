@@ -119,7 +119,7 @@ def _check(archive: Archive, *, quarantine: bool) -> CheckReport:
 def _exists(archive: Archive, path: str) -> bool:
     if archive.location.local:
         return os.path.lexists(path)
-    return archive.fs.get_file_info(path).type != pafs.FileType.NotFound
+    return bool(archive.fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def _relative(archive: Archive, path: str) -> str:

@@ -69,7 +69,7 @@ def _as_float(value: Any) -> float | None:
     """An int or float as a float; None for anything else (bools, strings, ints beyond float)."""
     kind = type(value)
     if kind is float:
-        return value
+        return float(value)
     if kind is int:
         try:
             return float(value)
@@ -181,7 +181,7 @@ def _float_list(value: Any) -> list[float] | None:
     if not isinstance(value, (list, tuple)):
         return None
     try:
-        floats = [None if type(x) is bool else float(x) for x in value]
+        floats: list[Any] = [None if type(x) is bool else float(x) for x in value]
     except (TypeError, ValueError, OverflowError):
         return None
     return None if None in floats else floats
@@ -230,7 +230,8 @@ def redact_hash(value: Any, key: bytes | str) -> str:
     HMAC-SHA256 of the value's text under ``key``, as 32 hex digits: equal values
     give equal hashes, and only whoever holds the key can hash a guess to match.
     """
-    return _redact([value], _key(key))[0]
+    digest: str = _redact([value], _key(key))[0]
+    return digest
 
 
 def _key(key: bytes | str | None) -> bytes | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from .archive import Archive
 from .record import Recorder
@@ -20,7 +19,9 @@ def _repo_root(start: Path | None = None) -> Path | None:
     return next((c for c in candidates if (c / SAMPLE).is_file()), None)
 
 
-def demo_archive(archive: str | os.PathLike[str] | None = None, *, events: Any = None) -> str:
+def demo_archive(
+    archive: str | os.PathLike[str] | None = None, *, events: str | os.PathLike[str] | None = None
+) -> str:
     """The archive to explore in the notebook; recorded from the bundled sample if missing.
 
     ``archive`` defaults to ``$ARCHIVER_ARCHIVE``, else ``data/archive`` in the

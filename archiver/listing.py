@@ -199,7 +199,9 @@ def mark_damaged(location: Location, path: str, exc: BaseException) -> str:
         return reason
     if info.type == pafs.FileType.File:  # (a merged file's footer still says what it merged)
         known = _FACTS.get(_key(location, info))
-        remember(location, info, FileFacts(problem=reason, compact=known and known.compact))
+        remember(
+            location, info, FileFacts(problem=reason, compact=known.compact if known else None)
+        )
     return reason
 
 
@@ -232,9 +234,10 @@ def all_facts(location: Location, infos: list[pafs.FileInfo], table: str) -> lis
 def list_dir(location: Location, path: str) -> list[pafs.FileInfo]:
     """The entries of ``path``; none if it is gone (removed by a concurrent expiry)."""
     try:
-        return location.fs.get_file_info(pafs.FileSelector(path))
+        infos: list[pafs.FileInfo] = location.fs.get_file_info(pafs.FileSelector(path))
     except FileNotFoundError:
         return []
+    return infos
 
 
 def _not_a_partition(info: pafs.FileInfo, layout: str) -> str:

@@ -6,16 +6,20 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
 
-from .camera import Polaroid
-from .convert import STAGE_ROWS, CeleryConverter, Converter, Mode, RedactMode
+from .camera import CameraTimer, Polaroid, SnapshotState
+from .changes import Mode
+from .convert import STAGE_ROWS, CeleryConverter, Converter, RedactMode
 from .errors import LockedError, NoArchiveError
 from .maintenance.recovery import repair
 from .sink import ROW_GROUP_SIZE, ParquetSink, new_writer_id
 from .storage import resolve
+
+if TYPE_CHECKING:  # importing the maintenance package waits for the first cleanup
+    from .maintenance.retention import Retention
 
 logger = logging.getLogger("archiver.camera")
 
@@ -52,12 +56,12 @@ class ParquetCamera(Polaroid):
 
     def __init__(
         self,
-        state: Any,
+        state: SnapshotState,
         archive: str | os.PathLike[str],
         freq: float = 1.0,
         maxrate: str | float | None = None,
         cleanup_freq: float = 3600.0,
-        timer: Any = None,
+        timer: CameraTimer | None = None,
         app: Any = None,
         *,
         converter: Converter | None = None,
@@ -73,7 +77,7 @@ class ParquetCamera(Polaroid):
         filesystem: pafs.FileSystem | Any = None,
         storage_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
-        retention: Any = None,
+        retention: Retention | None = None,
     ) -> None:
         super().__init__(state, freq, maxrate, cleanup_freq, timer, app)
         if isinstance(redact, str):
@@ -122,7 +126,7 @@ class ParquetCamera(Polaroid):
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.archive!r} every {self.freq:g}s>"
 
-    def on_shutter(self, state: Any) -> None:
+    def on_shutter(self, state: SnapshotState) -> None:
         """Convert the frozen state and buffer its rows (no I/O under the state lock)."""
         self._snapshot_seq += 1
         snapshot_id = f"{self.camera_id}-{self._snapshot_seq:08d}"
@@ -154,8 +158,9 @@ class ParquetCamera(Polaroid):
         try:
             super().cancel()
         finally:
-            if getattr(self.state, "on_changes_full", None) == self._early_snapshot:
-                self.state.on_changes_full = None
+            state = self.state
+            if hasattr(state, "on_changes_full") and state.on_changes_full == self._early_snapshot:
+                state.on_changes_full = None
             self.flush()
             if self.sink.buffered_rows:
                 logger.error(

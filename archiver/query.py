@@ -18,11 +18,12 @@ because the dataset is always opened with the table's current, explicit schema.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,9 @@ from .listing import Rescan, all_facts, is_missing_file, retrying
 from .rows import latest_positions
 from .schema import ENTITY_KEYS, PARTITION_SCHEMA
 from .timeparse import parse_time, to_micros
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
 
 Engine = Literal["pandas", "arrow", "dask"]
 ENGINES = ("pandas", "arrow", "dask")
@@ -123,8 +127,8 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
         type_ = type_.value_type
     try:
         if pa.types.is_timestamp(type_):
-            ts = parse_time(value)
-            return pa.scalar(to_micros(ts), pa.timestamp("us", tz="UTC"))
+            ts = parse_time(value)  # not None: value is not None
+            return None if ts is None else pa.scalar(to_micros(ts), pa.timestamp("us", tz="UTC"))
         if pa.types.is_integer(type_) and isinstance(value, (str, int)):
             return pa.scalar(int(value), type_)  # OverflowError/ArrowInvalid: out of range
         if isinstance(value, str):
@@ -273,7 +277,9 @@ def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
 _NO_FIELD = re.compile(r"No match for FieldRef\.Name\((.*?)\) in")
 
 
-def expression_columns(expr: ds.Expression, schema: pa.Schema, *, table: str | None = None):
+def expression_columns(
+    expr: ds.Expression, schema: pa.Schema, *, table: str | None = None
+) -> list[str]:
     """The columns of ``schema`` that ``expr`` reads; raises ArchiverError on unknown ones."""
     found: list[str] = []
     for _ in range(len(schema) + 1):
@@ -332,11 +338,12 @@ def plan(
     schema = full_schema(archive, table)
     if isinstance(columns, str):
         columns = [c.strip() for c in columns.split(",") if c.strip()]
+    wanted: list[str]
     if columns is None:
-        columns = archive.schema(table).names
+        wanted = archive.schema(table).names
     else:
-        columns = list(dict.fromkeys(columns))
-        _check_columns(columns, schema, table)
+        wanted = list(dict.fromkeys(columns))
+        _check_columns(wanted, schema, table)
     user = filters_to_expression(filters, schema, table=table)
     filter_columns = [] if user is None else expression_columns(user, schema, table=table)
     expr = time_expression(t0, t1)
@@ -345,13 +352,16 @@ def plan(
     parts = archive.partitions(table)
     if t0 is not None or t1 is not None:
         parts = prune(parts, t0, t1)
-    return Plan(table, schema, parts, columns, expr, t0, t1, user, filter_columns)
+    return Plan(table, schema, parts, wanted, expr, t0, t1, user, filter_columns)
 
 
-def _fragment_table(archive: Archive, fragment: ds.ParquetFileFragment, **kwargs: Any) -> pa.Table:
-    """``fragment.to_table(**kwargs)``; a damaged file is reported and the read planned again."""
+def _fragment_table(
+    archive: Archive, fragment: ds.ParquetFileFragment, *, schema: pa.Schema, columns: list[str]
+) -> pa.Table:
+    """``columns`` of ``fragment``; a damaged file is reported and the read planned again."""
     try:
-        return fragment.to_table(**kwargs)  # no filter: an error here is the file's
+        # no filter: an error here is the file's
+        return fragment.to_table(schema=schema, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         if is_missing_file(exc):
             raise
@@ -410,17 +420,85 @@ def to_pandas(table: pa.Table, *, owned: bool = False) -> pd.DataFrame:
     ``owned``: ``table`` is not used afterwards, so its memory is released column by
     column during the conversion (lower peak memory for big results).
     """
+    frame: pd.DataFrame
     if owned:
-        return table.to_pandas(
+        frame = table.to_pandas(
             types_mapper=_PANDAS_TYPES.get, self_destruct=True, split_blocks=True
         )
-    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+    else:
+        frame = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+    return frame
 
 
 def _engine(engine: str) -> str:
     if engine not in ENGINES:
         raise ArchiverError(f"unknown engine {engine!r}: use 'pandas', 'arrow' or 'dask'")
     return engine
+
+
+# ``engine`` decides the type of the result.
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["dask"],
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> dd.DataFrame: ...
+
+
+@overload
+def load_table(
+    archive: Archive,
+    table: str = ...,
+    *,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Engine,
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table | dd.DataFrame: ...
 
 
 def load_table(
@@ -435,7 +513,7 @@ def load_table(
     limit: int | None = None,
     tail: int | None = None,
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table | dd.DataFrame:
     """Every row of ``table`` captured in ``[start, end)``, as a DataFrame.
 
     Args:
@@ -694,11 +772,62 @@ def _history_read(archive: Archive, p: Plan, key: str, value: Any) -> pa.Table:
         if pa.types.is_dictionary(keys.type):
             keys = keys.cast(keys.type.value_type)
         equal = pc.fill_null(pc.equal(keys, pa.scalar(value, keys.type)), False)
-        return equal.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+        mask: np.ndarray = equal.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+        return mask
 
     k = _scan_keys(archive, p, key, match)
-    positions = k.inside
+    # (a match always sets ``inside``; None would mean every row)
+    positions = k.inside if k.inside is not None else np.arange(len(k.micros))
     return _in_time_order(k, positions, _gather(archive, k, positions, p.columns))
+
+
+# ``engine`` decides the type of the result.
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas"] = ...,
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["arrow"],
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def latest(
+    archive: Archive,
+    table: str = ...,
+    *,
+    as_of: Any = ...,
+    start: Any = ...,
+    columns: Sequence[str] | None = ...,
+    filters: Any = ...,
+    engine: Literal["pandas", "arrow"],
+    limit: int | None = ...,
+    tail: int | None = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table: ...
 
 
 def latest(
@@ -713,7 +842,7 @@ def latest(
     limit: int | None = None,
     tail: int | None = None,
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table:
     """The last row of each task (by uuid) or worker (by hostname) as of ``as_of``.
 
     The cluster as it was at ``as_of`` (inclusive; default: the newest snapshot).
@@ -757,6 +886,49 @@ def latest(
     return result if engine == "arrow" else to_pandas(result, owned=True)
 
 
+# ``engine`` decides the type of the result.
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Literal["pandas"] = ...,
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame: ...
+
+
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Literal["arrow"],
+    on_bad_file: OnBadFile | None = ...,
+) -> pa.Table: ...
+
+
+@overload
+def history(
+    archive: Archive,
+    uuid: str,
+    *,
+    table: str = ...,
+    start: Any = ...,
+    end: Any = ...,
+    columns: Sequence[str] | None = ...,
+    engine: Literal["pandas", "arrow"],
+    on_bad_file: OnBadFile | None = ...,
+) -> pd.DataFrame | pa.Table: ...
+
+
 def history(
     archive: Archive,
     uuid: str,
@@ -767,7 +939,7 @@ def history(
     columns: Sequence[str] | None = None,
     engine: Engine = "pandas",
     on_bad_file: OnBadFile | None = None,
-) -> Any:
+) -> pd.DataFrame | pa.Table:
     """Every recorded version of one task, oldest first.
 
     With ``table="workers"``, of one worker (``uuid`` is then its hostname); the
@@ -790,22 +962,33 @@ def history(
     return rows if engine == "arrow" else to_pandas(rows, owned=True)
 
 
-def _load_dask(archive: Archive, table: str, *, start, end, columns, filters):
+def _load_dask(
+    archive: Archive,
+    table: str,
+    *,
+    start: Any,
+    end: Any,
+    columns: Sequence[str] | None,
+    filters: Any,
+) -> dd.DataFrame:
     try:
         import dask.dataframe as dd
     except ImportError as exc:
         raise ArchiverError('engine="dask" needs dask: pip install "archiver[dask]"') from exc
     p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
     meta = to_pandas(_select(p.schema, p.columns).empty_table())
+    lazy: dd.DataFrame
     if not p.partitions:
-        return dd.from_pandas(meta, npartitions=1)
+        lazy = dd.from_pandas(meta, npartitions=1)
+        return lazy
 
     def read_one(partition: Partition) -> pd.DataFrame:
         with _arrow_errors(table, filters):
             part = archive.read(table, partitions=[partition], columns=p.columns, filter=p.filter)
         return to_pandas(part)
 
-    return dd.from_map(read_one, p.partitions, meta=meta, enforce_metadata=False)
+    lazy = dd.from_map(read_one, p.partitions, meta=meta, enforce_metadata=False)
+    return lazy
 
 
 # -- streaming ---------------------------------------------------------------------------
@@ -932,7 +1115,7 @@ def describe(
     archive.require()
     archive = archive.using(on_bad_file)
     return [
-        retrying(lambda t=table: _describe_table(archive, t))
+        retrying(functools.partial(_describe_table, archive, table))
         for table in tables or archive.tables()
     ]
 
@@ -956,12 +1139,13 @@ def _describe_table(archive: Archive, table: str) -> TableInfo:
     info.files = len(files)
     info.bytes = sum(f.size or 0 for f in files)
     versions: set[str] = set()
-    lows, highs = [], []
+    lows: list[int] = []
+    highs: list[int] = []
     for facts in all_facts(archive.location, files, table):  # cached by partition_files
         if facts is None:
             raise FileNotFoundError("a file vanished: list again")
         info.rows += facts.rows
-        if facts.first_us is not None:
+        if facts.first_us is not None and facts.last_us is not None:  # both or neither
             lows.append(facts.first_us)
             highs.append(facts.last_us)
         versions.add(facts.version or "?")

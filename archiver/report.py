@@ -27,7 +27,7 @@ import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,11 @@ from .timeparse import parse_time
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    import duckdb
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.patches import PathPatch
 
 TASK_COLUMNS = [
     "captured_at",
@@ -99,7 +103,7 @@ class ReportData:
     freq: str
     percentiles: tuple[float, ...]
     top: int
-    states: pd.Series  #: tasks per final state
+    states: pd.Series[int]  #: tasks per final state
     events: int
     workers_seen: list[str]
     by_name: pd.DataFrame  #: per name group (top N + other): counts and latency percentiles
@@ -130,7 +134,7 @@ class ReportData:
         return pd.Timedelta(self.freq)
 
 
-def _require(module: str):
+def _require(module: str) -> types.ModuleType:
     try:
         return __import__(module)
     except ImportError as exc:
@@ -157,7 +161,7 @@ def name_filter(pattern: str | None) -> ds.Expression | None:
     if pattern is None:
         return None
     if "[" in pattern:
-        raise ArchiverError(f"--name {pattern!r}: use * and ? (no [...] classes)")
+        raise ArchiverError(f"task name pattern {pattern!r}: use * and ? (no [...] classes)")
     return pc.match_like(ds.field("name").cast(pa.string()), glob_to_like(pattern))
 
 
@@ -169,7 +173,14 @@ def _micros(table: pa.Table) -> pa.Table:
     return table
 
 
-def _load(archive: Archive, table: str, columns: list[str], start, end, filters=None) -> pa.Table:
+def _load(
+    archive: Archive,
+    table: str,
+    columns: list[str],
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    filters: pc.Expression | None = None,
+) -> pa.Table:
     if table not in archive.tables():
         schema = archive.schema(table)
         return _micros(pa.table({c: pa.array([], schema.field(c).type) for c in columns}))
@@ -217,7 +228,7 @@ def gather(
     archive = archive if isinstance(archive, Archive) else Archive(archive)
     t_start, t_end = parse_time(start), parse_time(end)
     if t_start is not None and t_end is not None and t_end <= t_start:
-        raise ArchiverError(f"empty window: --until {t_end} is not after --since {t_start}")
+        raise ArchiverError(f"empty window: the end {t_end} is not after the start {t_start}")
     if "tasks" not in archive.tables() and "snapshots" not in archive.tables():
         archive.partitions("tasks")  # the one-line "no table" error
     percentiles = tuple(float(q) for q in percentiles)
@@ -279,7 +290,8 @@ def gather(
         con.register(label, table)
 
     def q(sql: str, **params: Any) -> pd.DataFrame:
-        return con.execute(sql, params or None).df()
+        frame: pd.DataFrame = con.execute(sql, params or None).df()
+        return frame
 
     con.execute(
         """
@@ -309,8 +321,8 @@ def gather(
     )
     order = [*top_names, *([other] if rest else [])]
 
-    states = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
-    states = states.set_index("state")["n"].sort_values(ascending=False, kind="stable")
+    by_state = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
+    states = by_state.set_index("state")["n"].sort_values(ascending=False, kind="stable")
 
     def quantiles(sql: str, metrics: Sequence[str]) -> str:
         """``sql`` (``{q}``: where the aggregates go) plus the ``percentiles`` of ``metrics``
@@ -366,7 +378,7 @@ def gather(
             if columns is not None:
                 out = out.reindex(columns=list(columns), fill_value=0)
         full = _intervals(lo, hi, freq)
-        out = out.reindex(full.union(out.index), fill_value=0)
+        out = out.reindex(full.union(cast(pd.DatetimeIndex, out.index)), fill_value=0)
         out.index.name = "interval"
         out.columns.name = None
         return out
@@ -483,7 +495,10 @@ def gather(
             w: (concurrency.get(w) if isinstance(concurrency, dict) else concurrency)
             for w in busy.columns
         }
-        busy = busy.apply(lambda col: col / sizes[col.name] if sizes[col.name] else np.nan)
+        busy = cast(
+            pd.DataFrame,
+            busy.apply(lambda col: col / sizes[col.name] if sizes[col.name] else np.nan),
+        )
     loadavg = _mean_over_time(
         con,
         "SELECT hostname::VARCHAR AS key, captured_at AS t, loadavg[1] AS v FROM workers "
@@ -567,7 +582,9 @@ def _intervals(lo: pd.Timestamp | None, hi: pd.Timestamp | None, freq: str) -> p
     return pd.date_range(lo.floor(freq), hi.floor(freq), freq=freq, name="interval")
 
 
-def _mean_over_time(con, sql: str, step: int, columns: Sequence[str]) -> pd.DataFrame:
+def _mean_over_time(
+    con: duckdb.DuckDBPyConnection, sql: str, step: int, columns: Sequence[str]
+) -> pd.DataFrame:
     frame = con.execute(
         f"SELECT (t // $step) * $step AS bucket, key, avg(v) AS v FROM ({sql}) GROUP BY ALL",
         {"step": step},
@@ -581,7 +598,9 @@ def _mean_over_time(con, sql: str, step: int, columns: Sequence[str]) -> pd.Data
     return out
 
 
-def _failure_text(archive: Archive, start, end, name: str | None) -> pa.Table:
+def _failure_text(
+    archive: Archive, start: pd.Timestamp | None, end: pd.Timestamp | None, name: str | None
+) -> pa.Table:
     """Exception and traceback of the last FAILURE version of each task."""
     state = ds.field("state").cast(pa.string()) == "FAILURE"
     names = name_filter(name)
@@ -591,7 +610,7 @@ def _failure_text(archive: Archive, start, end, name: str | None) -> pa.Table:
     return latest_arrow(text, "uuid").select(["uuid", "exception", "traceback"])
 
 
-def _exceptions(con) -> pd.DataFrame:
+def _exceptions(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Exceptions of the tasks whose final state is FAILURE, by name and exception type."""
     return (
         con.execute(
@@ -624,7 +643,7 @@ def _split_example(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- charts -------------------------------------------------------------------------------
-def _plt():
+def _plt() -> types.ModuleType:
     matplotlib = _require("matplotlib")
     if "matplotlib.pyplot" not in sys.modules:  # no GUI backend for a command-line run
         matplotlib.use("Agg")
@@ -653,10 +672,10 @@ STYLE = {
 
 def _label(text: Any, width: int = 40) -> str:
     """A legend/tick label: shortened, and never hidden by matplotlib's leading ``_`` rule."""
-    text = CONTROL.sub("?", str(text))
-    if len(text) > width:
-        text = text[: width - 1] + "…"
-    return " " + text if text.startswith("_") else text
+    label = CONTROL.sub("?", str(text))
+    if len(label) > width:
+        label = label[: width - 1] + "…"
+    return " " + label if label.startswith("_") else label
 
 
 #: Height of one legend row at 8 pt, in inches.
@@ -704,12 +723,12 @@ def _figure(
     bottom: float = 0.6,
     gaps: Sequence[float] = (),
     ratios: Sequence[float] = (1,),
-):
+) -> tuple[Figure, Any]:  # Any: one Axes, or a list of them (one per ratio)
     """A figure of ``len(ratios)`` axes side by side; margins and ``gaps`` in inches.
 
     No layout engine: each chart sizes its margins from its labels (:func:`_text_width`).
     """
-    fig = _plt().figure(figsize=(width, height))
+    fig: Figure = _plt().figure(figsize=(width, height))
     free = width - left - right - sum(gaps)
     x, axes = left, []
     for i, ratio in enumerate(ratios):
@@ -719,7 +738,7 @@ def _figure(
     return fig, (axes[0] if len(axes) == 1 else axes)
 
 
-def _axes(fig, left: float, bottom: float, width: float, height: float):
+def _axes(fig: Figure, left: float, bottom: float, width: float, height: float) -> Axes:
     """New axes in ``fig`` at this place, in inches from its lower left corner."""
     w, h = fig.get_size_inches()
     return fig.add_axes((left / w, bottom / h, width / w, height / h))
@@ -749,10 +768,10 @@ def _unit(seconds: float) -> tuple[str, float]:
     return "s", 1.0
 
 
-def _time_axis(ax, data: ReportData) -> None:
+def _time_axis(ax: Axes, data: ReportData) -> None:
     import matplotlib.dates as mdates
 
-    inches = ax.get_position().width * ax.figure.get_figwidth()
+    inches = ax.get_position().width * cast("Figure", ax.figure).get_figwidth()
     locator = mdates.AutoDateLocator(minticks=3, maxticks=max(4, min(10, int(inches / 0.7))))
     ax.xaxis.set_major_locator(locator)
     formatter = mdates.ConciseDateFormatter(locator, show_offset=False)
@@ -775,12 +794,14 @@ def _naive(values: Any) -> Any:
     return pd.DatetimeIndex(values).tz_convert("UTC").tz_localize(None)
 
 
-def _legend(ax, handles: Sequence[Any] | None = None, labels: Sequence[str] | None = None) -> None:
+def _legend(
+    ax: Axes, handles: Sequence[Artist] | None = None, labels: Sequence[str] | None = None
+) -> None:
     """The legend right of ``ax`` (in the room :func:`_legend_width` made), never over data."""
-    if handles is None:
+    if handles is None or labels is None:
         handles, labels = ax.get_legend_handles_labels()
     if handles:
-        height = ax.get_position().height * ax.figure.get_figheight()
+        height = ax.get_position().height * cast("Figure", ax.figure).get_figheight()
         ax.legend(
             handles,
             labels,
@@ -800,7 +821,7 @@ def _shared_legend(axes: Sequence[Any]) -> None:
     _legend(axes[-1], list(entries.values()), list(entries))
 
 
-def _empty(ax, what: str) -> None:
+def _empty(ax: Axes, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in this window", ha="center", va="center", transform=ax.transAxes)
     ax.set_yticks([])
 
@@ -810,7 +831,7 @@ def _nonzero(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[:, frame.fillna(0).sum() > 0] if len(frame.columns) else frame
 
 
-def _stacked(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) -> None:
+def _stacked(ax: Axes, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) -> None:
     """``frame``'s columns stacked per interval: one filled step outline per column."""
     import matplotlib.dates as mdates
 
@@ -818,7 +839,7 @@ def _stacked(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) 
         _empty(ax, what)
     else:
         grid = pd.date_range(frame.index[0], frame.index[-1], freq=data.step)
-        frame = frame.reindex(grid.union(frame.index), fill_value=0)
+        frame = frame.reindex(grid.union(cast(pd.DatetimeIndex, frame.index)), fill_value=0)
         x = mdates.date2num(_naive(frame.index))
         edges = np.append(x, x[-1] + data.step / pd.Timedelta(days=1))
         ax.xaxis_date()
@@ -835,14 +856,21 @@ def _stacked(ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str) 
     _time_axis(ax, data)
 
 
-def _colors(n: int) -> list:
+def _colors(n: int) -> list[tuple[float, float, float, float]]:
     plt = _plt()
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _lines(
-    ax, frame: pd.DataFrame, data: ReportData, what: str, ylabel: str, *, legend=True, **kw
+    ax: Axes,
+    frame: pd.DataFrame,
+    data: ReportData,
+    what: str,
+    ylabel: str,
+    *,
+    legend: bool = True,
+    **kw: Any,
 ) -> None:
     frame = frame.dropna(axis=1, how="all")
     if frame.empty or not len(frame.columns):
@@ -990,7 +1018,7 @@ def chart_failures(data: ReportData) -> Figure:
     frame = _nonzero(data.failures)
     workers = data.failures_by_worker.head(data.top)
     upper, lower = 3.2, max(1.6, 1.0 + 0.3 * len(workers))
-    fig = _plt().figure(figsize=(10.0, upper + lower))
+    fig: Figure = _plt().figure(figsize=(10.0, upper + lower))
     legend = _legend_width([_label(c) for c in frame.columns], _plot_height(upper))
     over_time = _axes(fig, 0.9, lower + 0.6, 10.0 - 0.9 - legend, _plot_height(upper))
     over_time.set_title(f"Failures per {data.freq}, by task name")
@@ -1002,7 +1030,9 @@ def chart_failures(data: ReportData) -> Figure:
     return fig
 
 
-def _hbars(ax, series: pd.Series, what: str, xlabel: str, color: str = "#d62728") -> None:
+def _hbars(
+    ax: Axes, series: pd.Series[Any], what: str, xlabel: str, color: str = "#d62728"
+) -> None:
     if series.empty:
         _empty(ax, what)
     else:
@@ -1076,7 +1106,9 @@ def chart_workers(data: ReportData) -> Figure:
     return fig
 
 
-def _boxes(x: Any, width: Any, y: Any, height: float, color: str, label: str | None = None):
+def _boxes(
+    x: Any, width: Any, y: Any, height: float, color: str, label: str | None = None
+) -> PathPatch:
     """Rectangles ``[x, x + width] x [y, y + height]`` as one patch: one SVG path, not one
     element per bar (bars are the slowest artists to draw)."""
     from matplotlib.patches import PathPatch
@@ -1100,7 +1132,7 @@ def chart_worker_load(data: ReportData) -> Figure:
     hosts = list(dict.fromkeys([*busy.columns, *loadavg.columns]))
     colors = dict(zip(hosts, _colors(len(hosts))))
     panel = 2.9
-    fig = _plt().figure(figsize=(10.0, 2 * panel))
+    fig: Figure = _plt().figure(figsize=(10.0, 2 * panel))
     width = 10.0 - 0.9 - _legend_width([_label(h) for h in hosts], _plot_height(panel))
     upper = _axes(fig, 0.9, panel + 0.6, width, _plot_height(panel))
     lower = _axes(fig, 0.9, 0.6, width, _plot_height(panel))
@@ -1227,7 +1259,7 @@ def _render_charts(data: ReportData, jobs: int) -> list[str]:
     def take() -> int:
         with counter.get_lock():
             counter.value += 1
-            return counter.value - 1
+            return int(counter.value) - 1
 
     def child() -> None:
         done = {}
@@ -1283,7 +1315,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, pd.Timestamp):
         return value.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, (float, np.floating)):
-        return f"{value:,.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
+        return f"{value:,.4g}" if abs(float(value)) < 1e4 else f"{value:,.0f}"
     if isinstance(value, (int, np.integer)):
         return f"{value:,}"
     return str(value)
@@ -1323,7 +1355,7 @@ def _summary(data: ReportData) -> str:
         ("tasks", data.tasks),
         ("events", data.events),
         ("workers seen", len(data.workers_seen)),
-        *((s.lower(), int(n)) for s, n in data.states.items()),
+        *((str(s).lower(), int(n)) for s, n in data.states.items()),
     ]
     card_html = "".join(
         f'<div class="card"><b>{_fmt(v)}</b>{html.escape(k)}</div>' for k, v in cards

@@ -182,4 +182,4 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
         return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _compatible(
             actual.value_type, expected.value_type
         )
-    return actual == expected
+    return bool(actual == expected)

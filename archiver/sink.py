@@ -140,14 +140,27 @@ def write_file(
     directory: str,
     name: str,
     table: pa.Table,
-    **options: object,
+    *,
+    compression: str = "zstd",
+    compression_level: int | None = None,
+    row_group_size: int = ROW_GROUP_SIZE,
+    use_dictionary: bool | list[str] | None = None,
 ) -> int:
     """Write ``table`` as ``directory/name`` via a hidden temporary file; returns its size.
 
     The final name appears only once the file is complete and fsynced (the
-    directory is fsynced after the rename). ``options`` go to :func:`write_temp`.
+    directory is fsynced after the rename). The Parquet settings are :func:`write_temp`'s.
     """
-    target, size = write_temp(location, directory, name, table, **options)  # type: ignore[arg-type]
+    target, size = write_temp(
+        location,
+        directory,
+        name,
+        table,
+        compression=compression,
+        compression_level=compression_level,
+        row_group_size=row_group_size,
+        use_dictionary=use_dictionary,
+    )
     final = f"{directory}/{name}"
     if target != final:
         try:
@@ -434,7 +447,10 @@ class ParquetSink:
             now = self.clock()
             if now < self._retry_at:
                 return False
-            return self._rows >= self.flush_rows or now - self._oldest >= self.flush_interval
+            oldest = self._oldest  # set while rows are buffered
+            return self._rows >= self.flush_rows or (
+                oldest is not None and now - oldest >= self.flush_interval
+            )
 
     def flush(self) -> list[str]:
         """Write every buffered row; returns the paths written. Never raises on I/O errors."""

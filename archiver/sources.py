@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 CELERY_MISSING = "the live recorder needs Celery: pip install 'archiver[celery]'"
 GZIP_MAGIC = b"\x1f\x8b"
-_SCAN = json.scanner.make_scanner(json.JSONDecoder())
+_SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # (typeshed)
 #: While draining a pipe after a stop, read at most this much more.
 MAX_DRAIN_BYTES = 64 << 20
 
@@ -56,7 +56,7 @@ class LineStats:
         return f"Skipped {self.malformed} malformed {noun} (line {numbers}{more})"
 
 
-def open_events_file(path: str) -> IO[bytes]:
+def open_events_file(path: str) -> IO[bytes] | gzip.GzipFile:
     """Open a JSON-lines file as bytes: ``-`` is stdin; gzip is detected and decompressed."""
     if path == "-":
         return sys.stdin.buffer
@@ -83,7 +83,7 @@ def _pollable_fd(stream: Any) -> int | None:
     if isinstance(stream, gzip.GzipFile):
         return None
     try:
-        fd = stream.fileno()
+        fd: int = stream.fileno()
         mode = os.fstat(fd).st_mode
     except (AttributeError, OSError, ValueError):
         return None
@@ -156,13 +156,15 @@ def read_events(
     read before the iteration ends. Regular files are simply read line by line.
     """
     fd = _pollable_fd(stream) if should_stop is not None else None
-    lines: Iterable[bytes | str] = _poll_lines(fd, should_stop) if fd is not None else stream
+    lines: Iterable[bytes | str] = (
+        _poll_lines(fd, should_stop) if fd is not None and should_stop is not None else stream
+    )
     scan = _SCAN
     number = stats.lines
     events = 0
     try:
         for number, line in enumerate(lines, stats.lines + 1):
-            if type(line) is bytes:
+            if isinstance(line, bytes):
                 try:
                     text = line.decode()
                 except UnicodeDecodeError:  # keep the event, with U+FFFD for the bad bytes

@@ -30,9 +30,13 @@ import weakref
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeAlias, TypeVar, overload
 
 logger = logging.getLogger(__name__)
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+_T = TypeVar("_T")
 
 PENDING, RECEIVED, STARTED, SUCCESS = "PENDING", "RECEIVED", "STARTED", "SUCCESS"
 FAILURE, REVOKED, REJECTED, RETRY = "FAILURE", "REVOKED", "REJECTED", "RETRY"
@@ -103,7 +107,7 @@ def heartbeat_expires(timestamp: float, freq: float = 60, expire_window: float =
         return _INF if freq > 0 else -_INF
 
 
-class LRU(OrderedDict):
+class LRU(OrderedDict[_K, _V]):
     """Bounded mapping with kombu's ``LRUCache`` semantics.
 
     ``m[key]`` moves the key to the end; inserting a new key when full evicts the
@@ -115,23 +119,27 @@ class LRU(OrderedDict):
         self.limit = limit
 
     @property
-    def data(self) -> LRU:
+    def data(self) -> LRU[_K, _V]:
         return self
 
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: _K) -> _V:
         value = OrderedDict.__getitem__(self, key)
         self.move_to_end(key)
         return value
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: _K, value: _V) -> None:
         if self.limit and key not in self and len(self) >= self.limit:
             self.popitem(last=False)
         OrderedDict.__setitem__(self, key, value)
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: _K, default: Any = None) -> Any:
         return OrderedDict.get(self, key, default)
 
-    def peek(self, key: Any, default: Any = None) -> Any:
+    @overload
+    def peek(self, key: _K) -> _V | None: ...
+    @overload
+    def peek(self, key: _K, default: _V | _T) -> _V | _T: ...
+    def peek(self, key: _K, default: object = None) -> object:
         """Read without reordering."""
         return OrderedDict.get(self, key, default)
 
@@ -282,12 +290,34 @@ def _warn_drift(hostname: str | None, drift: int) -> None:
 class Task:
     """A task as seen through its events."""
 
-    name = received = sent = started = succeeded = failed = retried = None
-    revoked = rejected = args = kwargs = eta = expires = retries = None
-    worker = result = exception = timestamp = runtime = traceback = None
-    exchange = routing_key = root_id = parent_id = client = None
-    state = PENDING
-    clock = 0
+    # Fields merged from events, whose values are not checked: any type (hence Any).
+    name: Any = None
+    received: Any = None
+    sent: Any = None
+    started: Any = None
+    succeeded: Any = None
+    failed: Any = None
+    retried: Any = None
+    revoked: Any = None
+    rejected: Any = None
+    args: Any = None
+    kwargs: Any = None
+    eta: Any = None
+    expires: Any = None
+    retries: Any = None
+    result: Any = None
+    exception: Any = None
+    timestamp: Any = None
+    runtime: Any = None
+    traceback: Any = None
+    exchange: Any = None
+    routing_key: Any = None
+    root_id: Any = None
+    parent_id: Any = None
+    client: Any = None
+    worker: Worker | None = None
+    state: str = PENDING
+    clock: int = 0
 
     _fields = (
         "uuid",
@@ -354,8 +384,10 @@ class Task:
         self.uuid = uuid
         self._heap_id = 0
         self.cluster_state = cluster_state
-        tasks = cluster_state.tasks if cluster_state is not None else {}
-        self.children = weakref.WeakSet(tasks.peek(i) for i in children or () if i in tasks)
+        tasks = cluster_state.tasks if cluster_state is not None else None
+        self.children: weakref.WeakSet[Task] = weakref.WeakSet(
+            () if tasks is None else (t for i in children or () if (t := tasks.peek(i)) is not None)
+        )
         if kwargs:
             self.__dict__.update(kwargs)
 
@@ -471,7 +503,7 @@ class _EntryFields:
     task_id = property(itemgetter(5))
 
 
-class HeapEntry(_EntryFields, tuple):
+class HeapEntry(_EntryFields, tuple[Any, ...]):
     """``(clock, origin, seq, timestamp, uuid, task_id)``: one task event in the task heap.
 
     Stored as a plain tuple of numbers and strings: sorted in C, by clock, then origin,
@@ -485,29 +517,35 @@ class HeapEntry(_EntryFields, tuple):
     __slots__ = ()
 
 
-class KombuEntry(_EntryFields, tuple):
+def _kombu_lt(self: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    """``self < other`` as kombu's ``timetuple`` compares (see :class:`KombuEntry`)."""
+    a, b = self[0], other[0]
+    if a and b:
+        return bool(self[1] < other[1]) if a == b else bool(a < b)
+    try:
+        return bool(self[3] < other[3])
+    except TypeError:  # a timestamp of an odd type (Celery's heap raises): as 0
+        return _as_time(self[3]) < _as_time(other[3])
+
+
+class KombuEntry(_EntryFields, tuple[Any, ...]):
     """A heap entry compared exactly as kombu's ``timetuple``, which orders by timestamp
     when either clock is 0: used once a task event with clock 0 reaches the heap."""
 
     __slots__ = ()
 
-    def __lt__(self, other: tuple) -> bool:  # type: ignore[override]
-        a, b = self[0], other[0]
-        if a and b:
-            return self[1] < other[1] if a == b else a < b
-        try:
-            return self[3] < other[3]  # type: ignore[no-any-return]
-        except TypeError:  # a timestamp of an odd type (Celery's heap raises): as 0
-            return _as_time(self[3]) < _as_time(other[3])
+    # Comparisons are plain functions (one for both orders), so that a plain tuple on
+    # the other side compares by the same rule.
+    __lt__ = _kombu_lt
 
-    def __gt__(self, other: tuple) -> bool:  # type: ignore[override]
-        return KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
+    def __gt__(self, other: tuple[Any, ...]) -> bool:
+        return _kombu_lt(other, self)
 
-    def __le__(self, other: tuple) -> bool:  # type: ignore[override]
-        return not KombuEntry.__lt__(other, self)  # type: ignore[arg-type]
+    def __le__(self, other: tuple[Any, ...]) -> bool:
+        return not _kombu_lt(other, self)
 
-    def __ge__(self, other: tuple) -> bool:  # type: ignore[override]
-        return not self < other
+    def __ge__(self, other: tuple[Any, ...]) -> bool:
+        return not _kombu_lt(self, other)
 
 
 def _as_time(value: Any) -> float:
@@ -515,7 +553,7 @@ def _as_time(value: Any) -> float:
     return value if type(value) in (int, float) else 0.0
 
 
-class _Index(defaultdict):
+class _Index(defaultdict[Any, "weakref.WeakSet[Task]"]):
     """name -> WeakSet of tasks; calling it yields ``(uuid, task)`` newest first."""
 
     def __init__(self, fun: Callable[..., Iterator[tuple[str, Task]]]) -> None:
@@ -542,14 +580,17 @@ class State:
             set, offline workers are removed from :attr:`workers`.
     """
 
-    Worker = Worker
-    Task = Task
+    # Celery's names for the classes a state creates (a subclass may swap them). Type
+    # aliases rather than plain attributes, so that ``Worker``/``Task`` in this class's
+    # annotations still name the classes.
+    Worker: TypeAlias = Worker
+    Task: TypeAlias = Task
     #: :attr:`_taskheap` holds at most ``max_tasks_in_memory * heap_multiplier`` entries.
     heap_multiplier = 4
 
     def __init__(
         self,
-        callback: Callable[[State, dict], Any] | None = None,
+        callback: Callable[[State, dict[str, Any]], Any] | None = None,
         max_workers_in_memory: int = 5000,
         max_tasks_in_memory: int = 10000,
         on_node_join: Callable[[Worker], Any] | None = None,
@@ -558,11 +599,11 @@ class State:
         self.event_callback = callback
         self.max_workers_in_memory = max_workers_in_memory
         self.max_tasks_in_memory = max_tasks_in_memory
-        self.workers: LRU = LRU(max_workers_in_memory)
-        self.tasks: LRU = LRU(max_tasks_in_memory)
+        self.workers: LRU[str, Worker] = LRU(max_workers_in_memory)
+        self.tasks: LRU[str, Task] = LRU(max_tasks_in_memory)
         self.on_node_join = on_node_join
         self.on_node_leave = on_node_leave
-        self.handlers: dict[str, Callable[[str, dict], Any]] = {}
+        self.handlers: dict[str, Callable[[str, dict[str, Any]], Any]] = {}
         self.event_count = 0
         self.task_count = 0
         #: Tasks created from events since the start (never reset; an evicted task seen
@@ -571,9 +612,9 @@ class State:
         self.rejected_events = 0
         self.rejected_by_kind: Counter[str] = Counter()
         self._seen_types: set[str] = set()
-        self._tasks_to_resolve: LRU = LRU(max_tasks_in_memory)
-        self._changed_tasks: dict[str, Task] = {}
-        self._changed_workers: dict[str, Worker] = {}
+        self._tasks_to_resolve: LRU[str, weakref.WeakSet[Task]] = LRU(max_tasks_in_memory)
+        self._changed_tasks: dict[str | None, Task] = {}
+        self._changed_workers: dict[str | None, Worker] = {}
         #: Called with no argument, outside the lock, once ``max_tasks_in_memory`` changed
         #: tasks are held (evicted ones included): a camera takes a snapshot then, so
         #: that no change is dropped. Called again only after :meth:`take_changes`.
@@ -743,7 +784,7 @@ class State:
             return self._worker_event(event, subject), subject
         return None
 
-    def _worker_event(self, event: dict, subject: str) -> tuple[Worker, bool]:
+    def _worker_event(self, event: dict[str, Any], subject: str) -> tuple[Worker, bool]:
         hostname = event["hostname"]
         workers = self.workers
         is_offline = subject == "offline"
@@ -763,7 +804,7 @@ class State:
         self._changed_workers[hostname] = worker
         return worker, created
 
-    def _task_event(self, event: dict, subject: str) -> tuple[Task, bool]:
+    def _task_event(self, event: dict[str, Any], subject: str) -> tuple[Task, bool]:
         uuid = event["uuid"]
         hostname = event["hostname"]
         timestamp = event["timestamp"]
@@ -771,7 +812,7 @@ class State:
         tasks = self.tasks
         task = tasks.peek(uuid)
         created = task is None
-        if created:
+        if task is None:
             task = tasks[uuid] = self.Task(uuid, cluster_state=self)
             task._heap_id = self._heap_seq + 1  # the seq of its first entry, just below
             self.tasks_created += 1
@@ -970,11 +1011,15 @@ class State:
 
     tasks_by_timestamp = tasks_by_time
 
-    def _tasks_by_type(self, name: str, limit: int | None = None, reverse: bool = True):
+    def _tasks_by_type(
+        self, name: str, limit: int | None = None, reverse: bool = True
+    ) -> Iterator[tuple[str, Task]]:
         found = ((u, t) for u, t in self.tasks_by_time(reverse=reverse) if t.name == name)
         return _islice(found, limit)
 
-    def _tasks_by_worker(self, hostname: str, limit: int | None = None, reverse: bool = True):
+    def _tasks_by_worker(
+        self, hostname: str, limit: int | None = None, reverse: bool = True
+    ) -> Iterator[tuple[str, Task]]:
         found = (
             (u, t)
             for u, t in self.tasks_by_time(reverse=reverse)
@@ -993,14 +1038,14 @@ class State:
         return f"<State: events={self.event_count} tasks={self.task_count}>"
 
 
-def _islice(it: Iterator[Any], limit: int | None) -> Iterator[Any]:
+def _islice(it: Iterator[_V], limit: int | None) -> Iterator[_V]:
     return itertools.islice(it, 0, limit)
 
 
 #: The keys a log line shows of an event, with the type a value must have to be
 #: shown: it never shows other values (args, kwargs, result, exception and
 #: traceback may hold secrets, see redaction), nor one of these of another type.
-IDENTIFYING_KEYS = {"type": str, "uuid": str, "hostname": str, "clock": int}
+IDENTIFYING_KEYS: dict[str, type[Any]] = {"type": str, "uuid": str, "hostname": str, "clock": int}
 
 
 def describe_event(event: Any) -> str:
@@ -1021,7 +1066,7 @@ def describe_event(event: Any) -> str:
     return " ".join(parts) or "an event without type, uuid, hostname or clock"
 
 
-def _log_value(value: Any, expected: type) -> str:
+def _log_value(value: Any, expected: type[Any]) -> str:
     if type(value) is not expected:
         return f"<{type(value).__name__}>"
     if expected is str:

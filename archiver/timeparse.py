@@ -59,6 +59,7 @@ def parse_duration(value: Any, *, what: str = "a duration") -> pd.Timedelta:
     The one rule for durations users type: a number needs a unit (``"30"`` is refused:
     30 seconds? days?), and the duration must be positive and under 100 years.
     """
+    delta: pd.Timedelta | None
     if isinstance(value, pd.Timedelta):
         delta = value
     elif hasattr(value, "total_seconds"):
@@ -156,6 +157,6 @@ def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
         ts = pd.Timestamp(value)
     except (TypeError, ValueError) as exc:
         raise ArchiverError(f"invalid time {value!r}: {TIME_HELP}") from exc
-    if ts is pd.NaT:
+    if ts is pd.NaT:  # type: ignore[comparison-overlap]  # the stubs miss Timestamp(NaT) is NaT
         raise ArchiverError(f"invalid time {value!r}: {TIME_HELP}")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

@@ -18,7 +18,9 @@ class Entry:
 
     __slots__ = ("args", "cancelled", "fun", "kwargs", "secs")
 
-    def __init__(self, fun: Callable[..., Any], secs: float, args: tuple, kwargs: dict) -> None:
+    def __init__(
+        self, fun: Callable[..., Any], secs: float, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         self.fun, self.secs, self.args, self.kwargs = fun, secs, args, kwargs
         self.cancelled = False
 
@@ -50,7 +52,9 @@ class Timer:
         #: Entries that raised (logged; each keeps its schedule).
         self.errors = 0
 
-    def call_repeatedly(self, secs: float, fun: Callable[..., Any], *args: Any, **kwargs: Any):
+    def call_repeatedly(
+        self, secs: float, fun: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Entry:
         """Call ``fun(*args, **kwargs)`` every ``secs`` seconds, first one period from now."""
         if secs <= 0:
             raise ValueError(f"timer interval must be > 0 seconds, got {secs!r}")

@@ -137,7 +137,8 @@ def _maintaining(arch: Archive, what: str, *, dry_run: bool, lock_timeout: float
 
 def _now(now: Any = None) -> pd.Timestamp:
     wall = pd.Timestamp(time.time(), unit="s", tz="UTC")
-    return wall if now is None else parse_time(now, now=wall)
+    ts = None if now is None else parse_time(now, now=wall)
+    return wall if ts is None else ts  # (parse_time gives None only for None)
 
 
 def _open(archive: Archive | Location | str | os.PathLike[str], *, write: bool) -> Archive:
