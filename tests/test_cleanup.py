@@ -533,7 +533,9 @@ class TestLock:
             message = str(exc.value)
             assert message.startswith(f"archive {arch.uri} is locked by another cleanup (pid ")
             assert f"pid {proc.pid} on host {socket.gethostname()} since " in message
-            assert message.endswith("wait for it to finish or give a longer wait (--wait SECONDS)")
+            assert message.endswith(
+                "wait for it to finish or wait longer for the lock (lock_timeout)"
+            )
             assert arch.expire(older_than="1d").dry_run  # a dry run needs no lock
         finally:
             proc.kill()

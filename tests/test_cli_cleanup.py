@@ -151,7 +151,7 @@ class TestCompactCommand:
             rf"\(pid {os.getpid()} on host {re.escape(socket.gethostname())} since "
             rf"\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ; "
             rf"lock file {re.escape(lock_path(arch.location))}\); "
-            r"wait for it to finish or give a longer wait \(--wait SECONDS\)\n",
+            r"wait for it to finish or wait longer for the lock \(--wait SECONDS\)\n",
             result.output,
         ), result.output
         assert listing(Path(arch.uri)) == files
@@ -207,10 +207,11 @@ class TestExpireCommand:
 
     def test_errors(self, arch):
         """Bad durations, states and a missing retention are one-line errors."""
-        assert_error(
-            invoke("expire", "--archive", arch.uri, "--older-than", "30"),
-            "invalid duration '30' for older_than: use a number and a unit, "
-            "such as 30d, 12h, 90m or 1d12h",
+        bare = invoke("expire", "--archive", arch.uri, "--older-than", "30")
+        assert bare.exit_code == 2, bare.output  # a usage error, as `record --duration 30`
+        assert bare.output.splitlines()[-1] == (
+            "Error: Invalid value for '--older-than': invalid duration '30' for --older-than: "
+            "use a number and a unit, such as 30d, 12h, 90m or 1d12h"
         )
         assert_error(
             invoke("expire", "--archive", arch.uri, "--state", "SUCCESS"),

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import click
 
 from .. import maintenance
 from ..maintenance import CompactionReport, ExpiryReport, Keep
-from .output import archive_option, echo_table, human_bytes, is_terminal, run_library_call
+from .output import (
+    archive_option,
+    checked_duration,
+    echo_table,
+    human_bytes,
+    is_terminal,
+    run_library_call,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def cleanup_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """:func:`run_library_call`, with the lock's message naming ``--wait`` (the library
+    names its parameter, ``lock_timeout``)."""
+    try:
+        return run_library_call(fun, *args, **kwargs)
+    except click.ClickException as exc:
+        message = exc.message.replace("(lock_timeout)", "(--wait SECONDS)")
+        raise click.ClickException(message) from exc.__cause__
+
 
 wait_option = click.option(
     "--wait",
@@ -49,6 +70,7 @@ state_option = click.option(
 older_option = click.option(
     "--older-than",
     metavar="DURATION",
+    callback=checked_duration,
     help="Delete whole hours that ended longer ago than this, e.g. 30d.",
 )
 now_option = click.option(
@@ -236,7 +258,7 @@ def compact_command(
         archiver compact --archive data/archive --table tasks --keep latest --before 1d --yes
     """
     with progress_bar("Compacting") as progress:
-        report = run_library_call(
+        report = cleanup_call(
             maintenance.compact,
             archive,
             tables=tables or None,
@@ -286,7 +308,7 @@ def expire_command(
             "nothing to expire: give --older-than DURATION and/or --state STATE=DURATION"
         )
     with progress_bar("Expiring") as progress:
-        report = run_library_call(
+        report = cleanup_call(
             maintenance.expire,
             archive,
             older_than=older_than,
@@ -354,7 +376,7 @@ def cleanup_command(
         archiver cleanup --archive data/archive --retention retention.toml --yes
     """
     with progress_bar("Cleaning up") as progress:
-        report = run_library_call(
+        report = cleanup_call(
             maintenance.cleanup,
             archive,
             retention_file,

@@ -22,7 +22,7 @@ from ..record import RecordSummary, record_events, tap_events
 from ..sources import BrokerUnavailable
 from ..storage import redact_uri
 from ..timeparse import parse_duration as duration_of
-from .output import PROGRESS_LOG, Progress, archive_option, is_terminal
+from .output import PROGRESS_LOG, Progress, archive_option, checked_duration, is_terminal
 
 EX_UNAVAILABLE = 69
 EX_IOERR = 74  # rows could not be written (sysexits.h)
@@ -82,17 +82,6 @@ def warn_redaction_gaps(redact: str) -> None:
             ),
             err=True,
         )
-
-
-def parse_duration(value: str | None, flag: str = "--duration") -> float | None:
-    """Seconds from "55m", "2h", "90s", "1d12h": the one rule of every duration option
-    (:func:`archiver.timeparse.parse_duration`; a bare number has no unit and is refused)."""
-    if value is None:
-        return None
-    try:
-        return duration_of(value, what=flag).total_seconds()
-    except ArchiverError as exc:
-        raise click.BadParameter(str(exc), param_hint=f"'{flag}'") from None
 
 
 #: Library parameters by the option that sets them, for the library's messages.
@@ -295,7 +284,9 @@ def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
     metavar="FILE",
     help="Retention file (JSON or TOML): compact and expire every --cleanup-freq seconds.",
 )
-@click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 55m.")
+@click.option(
+    "--duration", metavar="TIME", callback=checked_duration, help="Stop after this long, e.g. 55m."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option(
     "--pidfile", type=click.Path(dir_okay=False), help="Refuse to start while another run holds it."
@@ -346,7 +337,7 @@ def record(
         raise click.UsageError("--redact-key-file is only used with --redact-mode hash")
     redact_key = load_redact_key(redact_key_file) if redact_mode == "hash" else None
     warn_redaction_gaps(redact)
-    seconds = parse_duration(duration)
+    seconds = None if duration is None else duration_of(duration).total_seconds()
     with logging_to(loglevel, logfile, progress=not quiet):
         progress = Progress(enabled=not quiet, tty=is_terminal() and not logfile)
         stop = threading.Event()
@@ -406,7 +397,9 @@ def record(
     type=click.Path(dir_okay=False, allow_dash=True),
     help="JSON-lines file to write ('-' = stdout).",
 )
-@click.option("--duration", metavar="TIME", help="Stop after this long, e.g. 10m.")
+@click.option(
+    "--duration", metavar="TIME", callback=checked_duration, help="Stop after this long, e.g. 10m."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after N events.")
 def tap(
     broker: str | None, app_name: str | None, out: str, duration: str | None, limit: int | None
@@ -423,7 +416,7 @@ def tap(
     broker = broker_or_env(broker, app_name, None)
     if not (broker or app_name):
         raise click.UsageError(f"give --broker URL or -A APP (or set {BROKER_ENV})")
-    seconds = parse_duration(duration)
+    seconds = None if duration is None else duration_of(duration).total_seconds()
     stop = threading.Event()
     with logging_to("WARNING", None, progress=False), stop_on_signals(stop.set):
         try:

@@ -17,6 +17,7 @@ from click.decorators import FC
 from ..archive_path import check_archive_path
 from ..errors import ArchiverError, DamagedArchiveWarning
 from ..storage import redact_uri, resolve
+from ..timeparse import parse_duration
 
 if TYPE_CHECKING:
     from ..record import Recorder
@@ -55,6 +56,18 @@ def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[
         callback=check,
         help="Archive path or URI (file://, s3://, gs://, memory://).",
     )
+
+
+def checked_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A duration option (``--duration``, ``--older-than``) checked while parsing by the one
+    rule of :func:`archiver.timeparse.parse_duration` (a bare number has no unit and is
+    refused): a bad one is a usage error, exit code 2."""
+    if value is not None:
+        try:
+            parse_duration(value, what=param.opts[0] if param.opts else "a duration")
+        except ArchiverError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def run_library_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -265,7 +265,7 @@ class MaintenanceLock:
                 "process"
             )
         else:
-            text += "; wait for it to finish or give a longer wait (--wait SECONDS)"
+            text += "; wait for it to finish or wait longer for the lock (lock_timeout)"
         return text
 
     def release(self) -> None:
