@@ -28,6 +28,7 @@ from .errors import (
     DamagedArchiveWarning,
     DamagedFileError,
     NoArchiveError,
+    missing_extra,
     one_line,
 )
 from .layout import COMPACT_MARK, Partition, is_hidden
@@ -226,7 +227,7 @@ class Archive:
         try:
             import duckdb
         except ImportError as exc:
-            raise ArchiverError("DuckDB is not installed: pip install 'archiver[report]'") from exc
+            raise ArchiverError(missing_extra("DuckDB", "report", "duckdb")) from exc
         con = duckdb.connect() if connection is None else connection
         for table in self.tables():
             # A pyarrow dataset over the exact list: any filesystem pyarrow reads (S3
@@ -253,6 +254,8 @@ class Archive:
                 con = self.duckdb()  # lists and opens the files: a cleanup may delete one
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
+            except ArchiverError:
+                raise
             except Exception as exc:  # duckdb.Error has no common OSError base
                 if is_missing_file(exc) and attempt < READ_RETRIES:
                     time.sleep(0.01 * attempt)

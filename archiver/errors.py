@@ -33,6 +33,18 @@ class EmptyResultWarning(UserWarning):
     """A read returned no rows; the message says why (the window, the filters)."""
 
 
+def missing_extra(what: str, extra: str, packages: str) -> str:
+    """The message for an optional dependency that is not installed.
+
+    It names the packages to install, and the extra for a checkout: ``pip install
+    'archiver[extra]'`` would fetch an unrelated PyPI project of the same name.
+    """
+    return (
+        f"{what} is not installed: pip install {packages} "
+        f"(or, in archiver's checkout: pip install -e '.[{extra}]')"
+    )
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (pyarrow's span several)."""
     text = " ".join(str(exc).split())

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from .archive import Archive, OnBadFile
-from .errors import ArchiverError, EmptyResultWarning, one_line
+from .errors import ArchiverError, EmptyResultWarning, missing_extra, one_line
 from .layout import Partition
 from .listing import Rescan, all_facts, is_missing_file, retrying
 from .rows import latest_positions
@@ -974,7 +974,9 @@ def _load_dask(
     try:
         import dask.dataframe as dd
     except ImportError as exc:
-        raise ArchiverError('engine="dask" needs dask: pip install "archiver[dask]"') from exc
+        raise ArchiverError(
+            missing_extra('engine="dask": dask', "dask", "'dask[dataframe]'")
+        ) from exc
     p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
     meta = to_pandas(_select(p.schema, p.columns).empty_table())
     lazy: dd.DataFrame

@@ -9,7 +9,7 @@ any host), and :func:`report` does it all. The notebook calls the same
 functions, so the two never disagree.
 
 ``import archiver.report`` needs only pandas and pyarrow; gathering needs ``duckdb`` and
-drawing ``matplotlib`` (``pip install 'archiver[report]'``).
+drawing ``matplotlib`` (the ``report`` extra).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pyarrow.dataset as ds
 
 from .analysis import auto_freq
 from .api import Archive
-from .errors import ArchiverError
+from .errors import ArchiverError, missing_extra
 from .rows import latest_rows as latest_arrow
 from .timeparse import parse_time
 
@@ -86,7 +86,7 @@ LATENCIES = {
 #: Above this many heartbeats per worker, the timeline shows no tick per heartbeat.
 MAX_HEARTBEAT_TICKS = 400
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MISSING_EXTRA = "the report needs matplotlib and duckdb: pip install 'archiver[report]'"
+MISSING_EXTRA = missing_extra("the report's matplotlib or duckdb", "report", "matplotlib duckdb")
 
 
 # -- data ---------------------------------------------------------------------------------

@@ -17,12 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .errors import ArchiverError
+from .errors import ArchiverError, missing_extra
 from .state import describe_event
 
 logger = logging.getLogger(__name__)
 
-CELERY_MISSING = "the live recorder needs Celery: pip install 'archiver[celery]'"
+CELERY_MISSING = missing_extra("the live recorder's Celery", "celery", "celery redis")
 GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # (typeshed)
 #: While draining a pipe after a stop, read at most this much more.

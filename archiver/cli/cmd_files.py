@@ -45,7 +45,7 @@ def sql_command(query: str, archive: str, fmt: str | None, output: str | None) -
     """Run a DuckDB QUERY over one view per table (exactly the rows `archiver query` reads).
 
     Views: every table of the archive by its name, with `date` (DATE) and `hour`
-    (INTEGER). Needs DuckDB: pip install 'archiver[report]'.
+    (INTEGER). Needs DuckDB (the report extra).
 
     \b
     Example:
