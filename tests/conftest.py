@@ -16,13 +16,13 @@ from .livecluster import REDIS_SERVER, Processes, RedisServer
 
 @pytest.fixture(scope="session")
 def sample_events() -> list[dict]:
-    """The 9,604 events recorded from a real 2-worker cluster (copies: mutate freely)."""
+    """The 9,604 events recorded from a real 2-worker cluster (shared: feed copies, dict(e))."""
     return read_events(SAMPLE)
 
 
 @pytest.fixture(scope="session")
 def small_events() -> list[dict]:
-    """The 958-event recording."""
+    """The 958-event recording (shared: feed copies, as Celery's State mutates its events)."""
     return read_events(SMALL)
 
 

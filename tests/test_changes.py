@@ -14,9 +14,9 @@ from archiver.changes import ChangeDetector, StateCounts, current_tasks
 
 
 def feed(state, events) -> None:
-    """Apply events to a state."""
+    """Apply a private copy of every event (Celery's State mutates the dicts it is given)."""
     for event in events:
-        state.event(event)
+        state.event(dict(event))
 
 
 def true_counts(state) -> Counter:

@@ -66,7 +66,9 @@ def test_an_explicit_filesystem_overrides_the_scheme(tmp_path, monkeypatch):
 
 def test_an_unknown_scheme_is_one_line_naming_it():
     """A URI no filesystem implements raises ArchiverError naming the URI, not an ImportError."""
-    with pytest.raises(ArchiverError, match=r"cannot open 'nosuchfs://bucket/x'") as info:
+    with pytest.raises(
+        ArchiverError, match=r"^cannot open nosuchfs://bucket/x: .*nosuchfs"
+    ) as info:
         resolve("nosuchfs://bucket/x")
     assert "\n" not in str(info.value)
 
