@@ -66,11 +66,9 @@ def test_an_explicit_filesystem_overrides_the_scheme(tmp_path, monkeypatch):
 
 def test_an_unknown_scheme_is_one_line_naming_it():
     """A URI no filesystem implements raises ArchiverError naming the URI, not an ImportError."""
-    with pytest.raises(
-        ArchiverError, match=r"^cannot open nosuchfs://bucket/x: .*nosuchfs"
-    ) as info:
+    with pytest.raises(ArchiverError, match=r"^cannot open nosuchfs://bucket/x: .*nosuchfs") as e:
         resolve("nosuchfs://bucket/x")
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(e.value)
 
 
 def test_as_pyarrow_fs_takes_pyarrow_and_fsspec_only():
