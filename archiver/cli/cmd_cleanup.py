@@ -62,6 +62,13 @@ before_option = click.option(
     help="Only compact hours that ended by then: an ISO time or a duration ago (2h).  "
     "[default: now]",
 )
+grace_option = click.option(
+    "--grace",
+    metavar="DURATION",
+    default=None,
+    help="Keep each merged group's old files this long (for readers that glob the "
+    "folders), e.g. 2s, 500ms or 0.  [default: 1s]",
+)
 yes_option = click.option("--yes", is_flag=True, help="Really delete rows (else: show the plan).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Change nothing; show the plan.")
 #: The last line of a run that would have deleted rows without --yes.
@@ -213,6 +220,7 @@ def progress_bar(label: str) -> Iterator[maintenance.ProgressCallback | None]:
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def compact_command(
     archive: str,
     tables: tuple[str, ...],
@@ -222,6 +230,7 @@ def compact_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Merge the small files of each closed hour into few big ones.
 
@@ -247,6 +256,7 @@ def compact_command(
             allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     echo_compaction(report)
     echo_outcome(report.dry_run and _compaction_changes(report), dry_run=dry_run, yes=yes)
@@ -261,6 +271,7 @@ def compact_command(
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def expire_command(
     archive: str,
     older_than: str | None,
@@ -270,6 +281,7 @@ def expire_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Delete old hours and finished tasks; only shows the plan unless --yes.
 
@@ -296,6 +308,7 @@ def expire_command(
             dry_run=dry_run or not yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     echo_expiry(report)
     echo_outcome(_expiry_changes(report), dry_run=dry_run, yes=yes)
@@ -320,6 +333,7 @@ def expire_command(
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def cleanup_command(
     archive: str,
     retention_file: str | None,
@@ -334,6 +348,7 @@ def cleanup_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Expire, then compact, as a retention file or the options say.
 
@@ -370,6 +385,7 @@ def cleanup_command(
             allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     if report.expiry is not None:
         echo_expiry(report.expiry)

@@ -15,7 +15,8 @@ partition it changes:
    ``archiver.group``, the names of all the files written together;
 3. renames the new files into place, one by one (journaled in ``<archive>/_commits``
    from before the first rename until step 4 is done);
-4. deletes that partition's inputs at once, before the next partition.
+4. deletes that partition's inputs ``grace`` seconds after the commit (for glob
+   readers that listed them), and before the next partition's step 3.
 
 Readers and maintenance runs alike (:func:`archiver.listing.scan_partition`, with the
 rules of :mod:`archiver.layout`) decide what is visible from a directory listing alone:
@@ -110,10 +111,12 @@ from .reports import (
     StateExpiry,
 )
 from .retention import (
+    DEFAULT_GRACE,
     DEFAULT_TARGET_FILE_BYTES,
     Keep,
     Retention,
     check_keep,
+    parse_grace,
     parse_per_state,
     parse_size,
 )
@@ -163,6 +166,7 @@ def compact(
     allow_deletes: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CompactionReport:
     """Merge the small files of each closed partition into as few files as the target allows.
 
@@ -185,6 +189,8 @@ def compact(
         lock_timeout: seconds to wait for another cleanup before raising
             :class:`~archiver.errors.LockedError`.
         progress: called as ``progress(done, total)`` after each closed partition.
+        grace: seconds (or a duration such as ``"2s"``; 0 allowed) a merged group's
+            inputs stay on disk for glob readers, before the next group's commit.
 
     Returns:
         A :class:`CompactionReport`.
@@ -198,6 +204,7 @@ def compact(
     names = arch.select_tables(tables)
     target = parse_size(target_file_bytes)
     before_us = to_micros(_now(before))
+    seconds = parse_grace(grace)
     with _maintaining(arch, "compact", dry_run=dry_run, lock_timeout=lock_timeout):
         return compact_locked(
             arch,
@@ -207,6 +214,7 @@ def compact(
             keep=keep,
             dry_run=dry_run,
             progress=progress,
+            grace=seconds,
         )
 
 
@@ -221,6 +229,7 @@ def expire(
     tables: str | Iterable[str] | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> ExpiryReport:
     """Drop partitions older than ``older_than`` and tasks expired by state; a dry run by default.
 
@@ -238,6 +247,7 @@ def expire(
         tables: the tables whose old partitions go (default: all).
         lock_timeout: seconds to wait for another cleanup (not taken in a dry run).
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`, for the files a rewrite replaces.
 
     Returns:
         An :class:`ExpiryReport` (``dry_run`` tells whether anything was deleted).
@@ -251,6 +261,7 @@ def expire(
     delta = None if older_than is None else parse_duration(older_than, what="older_than")
     states = parse_per_state(per_state)
     at = _now(now)
+    seconds = parse_grace(grace)
     with _maintaining(arch, "expire", dry_run=dry_run, lock_timeout=lock_timeout):
         return expire_locked(
             arch,
@@ -260,6 +271,7 @@ def expire(
             now=at,
             dry_run=dry_run,
             progress=progress,
+            grace=seconds,
         )
 
 
@@ -274,6 +286,7 @@ def run_retention(
     expire_dry_run: bool | None = None,
     lock_timeout: float = 0.0,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CleanupReport:
     """Expire, then compact, as ``retention`` says, under one lock.
 
@@ -291,8 +304,10 @@ def run_retention(
         expire_dry_run: report expiry only (default: ``dry_run``).
         lock_timeout: seconds to wait for another cleanup.
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`.
     """
     started = time.perf_counter()
+    seconds = parse_grace(grace)
     policy = Retention.coerce(retention)
     arch = _open(archive, write=not dry_run)
     names = arch.select_tables(policy.tables)
@@ -311,6 +326,7 @@ def run_retention(
                 dry_run=expire_dry,
                 progress=progress,
                 target_bytes=policy.target_file_bytes,
+                grace=seconds,
             )
         compaction = None
         if policy.compact:
@@ -322,6 +338,7 @@ def run_retention(
                 keep=policy.keep,
                 dry_run=dry_run,
                 progress=progress,
+                grace=seconds,
             )
     return CleanupReport(
         expiry,
@@ -348,6 +365,7 @@ def cleanup(
     allow_deletes: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CleanupReport:
     """Expire, then compact, as ``retention`` says with the other arguments overriding it.
 
@@ -364,6 +382,7 @@ def cleanup(
             ``keep="latest"``) is a dry run; a lossless compaction still applies.
         lock_timeout: seconds to wait for another cleanup.
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`.
 
     Returns:
         A :class:`CleanupReport`; its ``dry_run`` says whether anything was changed.
@@ -384,10 +403,12 @@ def cleanup(
         dry_run=dry_run or (policy.deletes_rows and not allow_deletes),
         lock_timeout=lock_timeout,
         progress=progress,
+        grace=grace,
     )
 
 
 __all__ = [
+    "DEFAULT_GRACE",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_TARGET_FILE_BYTES",
     "CleanupReport",
@@ -403,6 +424,7 @@ __all__ = [
     "compact",
     "expire",
     "parse_duration",
+    "parse_grace",
     "parse_per_state",
     "parse_size",
     "run_retention",
