@@ -13,6 +13,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pytest
 from click.testing import CliRunner
 
@@ -25,7 +26,8 @@ from archiver.maintenance.compaction import compact_locked
 
 from .conftest import FakeTimer
 from .test_cleanup import build_archive
-from .test_cleanup_crash import KEYS, fingerprints, run_child
+from .test_cleanup_crash import CTX, KEYS, fingerprints, run_child
+from .test_s3 import _copy as copy_archive
 
 TABLES = ("tasks", "workers", "snapshots")
 
@@ -343,68 +345,86 @@ def test_sql_equals_load_while_cleanups_are_killed(path):
 
 
 # -- two cleanups without a common lock --------------------------------------------
-@pytest.fixture(params=["local"])
-def racing_archive(request, path) -> archiver.Archive:
-    """The archive two cleanups race on (an S3 URI fixture can be added to ``params``)."""
-    return archiver.Archive(path)
+@pytest.fixture(params=["local", "s3"])
+def racing_archive(request, path, template) -> str:
+    """The archive two cleanups race on: a local folder, or a prefix on the S3 server
+    (a credentialed URI, so that a child process needs no environment)."""
+    if request.param == "local":
+        return str(path)
+    server, prefix = request.getfixturevalue("s3")
+    uri = (
+        f"s3://{server.key}:{server.secret}@{server.bucket}/{prefix}"
+        f"?endpoint_override={server.host_port}&scheme=http"
+    )
+    return copy_archive(template, uri, server)
 
 
-@pytest.mark.parametrize(("pause_step", "nth"), [("written", 1), ("renamed", 1), ("deleted", 1)])
-def test_two_cleanups_without_a_common_lock(racing_archive, pause_step, nth):
-    """A cleanup paused mid-commit while another does all the work: readers see each row once,
-    and a later cleanup removes the losing copy."""
-    arch = racing_archive
-    expected = fingerprints(Path(arch.location.root))
-    paused, resume = threading.Event(), threading.Event()
-    main = threading.current_thread()
+def _compact_unlocked(uri: str, tables: list[str]) -> None:
+    """One cleanup without any lock (neither the local file nor the object lease)."""
+    compact_locked(
+        archiver.Archive(uri), tables, before_us=2**62, target_bytes=128 * 1024, keep="all",
+        dry_run=False, progress=None, grace=0.05,
+    )  # fmt: skip
+
+
+def _compact_paused(uri: str, tables: list[str], pause_step: str, nth: int, paused, resume) -> None:
+    """Child: :func:`_compact_unlocked`, pausing at the ``nth`` step ``pause_step``."""
     hook = interrupt_at(pause_step, nth)
-    errors: list[BaseException] = []
 
-    def step(name: str) -> None:  # only the first cleanup (thread A) pauses
-        if threading.current_thread() is main:
-            return
+    def step(name: str) -> None:
         try:
             hook(name)
         except KeyboardInterrupt:
             paused.set()
             assert resume.wait(120)
 
-    def run(tables: list[str]) -> None:
-        try:
-            # compact_locked: the lock is what these two cleanups do not share
-            compact_locked(
-                arch, tables, before_us=2**62, target_bytes=128 * 1024, keep="all",
-                dry_run=False, progress=None,
-            )  # fmt: skip
-        except BaseException as exc:
-            errors.append(exc)
-
     recovery._STEP_HOOK = step
+    _compact_unlocked(uri, tables)
+
+
+def stored_files(arch: archiver.Archive, table: str) -> set[str]:
+    """The data files under ``table`` (partition/name), as the storage lists them."""
+    selector = pafs.FileSelector(arch.location.join(table), recursive=True)
+    infos = arch.location.fs.get_file_info(selector)
+    names = [i.path for i in infos if i.type == pafs.FileType.File]
+    return {n.split("/" + table + "/", 1)[1] for n in names if n.endswith(".parquet")}
+
+
+@pytest.mark.parametrize(("pause_step", "nth"), [("written", 1), ("renamed", 1), ("deleted", 1)])
+def test_two_cleanups_without_a_common_lock(racing_archive, pause_step, nth):
+    """A cleanup process paused mid-commit while another does all the work: readers see each
+    row once, and a later cleanup removes the losing copy."""
+    uri = racing_archive
+    arch = archiver.Archive(uri)
+    expected = fingerprints(uri)
+    paused, resume = CTX.Event(), CTX.Event()
+    a = CTX.Process(target=_compact_paused, args=(uri, ["tasks"], pause_step, nth, paused, resume))
+    a.start()
     try:
-        a = threading.Thread(target=run, args=(["tasks"],))
-        a.start()
-        assert paused.wait(120)
-        assert_exact_rows(arch, expected)
-        run(list(TABLES))
-        assert_exact_rows(arch, expected)
+        assert paused.wait(120), "the first cleanup did not reach its pause"
+        assert_exact_rows(uri, expected)
+        _compact_unlocked(uri, list(TABLES))  # the second cleanup, in this process
+        assert_exact_rows(uri, expected)
         resume.set()
-        a.join()
+        a.join(120)
+        assert a.exitcode == 0
     finally:
-        recovery._STEP_HOOK = None
         resume.set()
-    assert not errors, errors
-    assert_exact_rows(arch, expected)
-    compact_locked(
-        arch, list(TABLES), before_us=2**62, target_bytes=128 * 1024, keep="all",
-        dry_run=False, progress=None,
-    )  # fmt: skip
-    assert_exact_rows(arch, expected)
-    root = Path(arch.location.root)
-    assert glob_counts(root) == load_counts(root)
+        if a.is_alive():
+            a.kill()
+            a.join()
+    assert_exact_rows(uri, expected)
+    _compact_unlocked(uri, list(TABLES))  # a later cleanup
+    assert_exact_rows(uri, expected)
+    for table in TABLES:  # the losing copy is gone: the storage holds what readers read
+        exact = {f.split("/" + table + "/", 1)[1] for f in arch.files(table)}
+        assert stored_files(arch, table) == exact, table
+    if not uri.startswith("s3://"):
+        assert glob_counts(Path(uri)) == load_counts(Path(uri))
 
 
-def assert_exact_rows(arch: archiver.Archive, expected) -> None:
-    got = fingerprints(Path(arch.location.root))
+def assert_exact_rows(uri: str, expected) -> None:
+    got = fingerprints(uri)
     for table, rows in expected.items():
         assert len(got[table]) == len(rows) and (got[table] == rows).all(), table
 
