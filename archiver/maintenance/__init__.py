@@ -42,8 +42,10 @@ left alone.
 
 A reader that listed the files just before step 4 may find an input gone;
 :meth:`archiver.Archive.read` then lists again and rereads, and gets the new
-files. Deleting each partition's inputs right after its commit keeps the time a
-glob reader can see a row twice to one partition's swap; a recorder starting
+files. Deleting each partition's inputs after a grace but before the next commit
+(:class:`~archiver.maintenance.recovery.DeferredDeletes`) keeps a glob reader's
+duplicates to one partition at a time, and spares a glob query shorter than the
+grace a "No such file"; a recorder starting
 finishes a journaled commit a crash left half-done
 (:func:`~archiver.maintenance.recovery.repair`). Two groups replacing a same file
 (two cleanups racing without a common lock) count once: see
