@@ -7,7 +7,8 @@ polls, polls that saw a row twice (count > distinct), the largest excess, polls 
 failed (e.g. "No such file"), and the compaction's time with and without the poller.
 
 Usage: ``python bench/bench_glob_readers.py [--hours 24] [--copies 10] [--repeat 3]
-[--template DIR]``.
+[--template DIR] [--grace 0 --grace 1s] [--reader glob|files]`` (each ``--grace`` is
+measured in turn, by default the default grace; give none to a version without it).
 To compare with another commit, copy this file into that checkout's ``bench/`` and
 run it there too (it imports archiver from the checkout it sits in), on the same
 ``--template``, alternating runs: the machine's load moves the times a lot.
@@ -39,10 +40,15 @@ import archiver  # noqa: E402
 from archiver import maintenance  # noqa: E402
 
 
-def poll_during(path: Path, fun: Callable[[], object]) -> dict[str, Any]:
-    """Run ``fun`` while a thread polls DuckDB over the glob; what the polls saw."""
+def poll_during(path: Path, fun: Callable[[], object], reader: str = "glob") -> dict[str, Any]:
+    """Run ``fun`` while a thread polls DuckDB over the glob (or, with ``reader="files"``,
+    over a fresh ``Archive.files()`` list each time); what the polls saw."""
     glob = f"{path}/tasks/*/*/*.parquet"
-    query = f"SELECT count(*), count(DISTINCT (uuid, snapshot_id)) FROM read_parquet('{glob}')"
+
+    def query() -> str:
+        files = repr(archiver.Archive(path).files("tasks")) if reader == "files" else f"'{glob}'"
+        return f"SELECT count(*), count(DISTINCT (uuid, snapshot_id)) FROM read_parquet({files})"
+
     stop = threading.Event()
     stats: dict[str, Any] = {"polls": 0, "duplicates": 0, "max_excess": 0, "failed": 0}
     errors: list[str] = []
@@ -51,8 +57,8 @@ def poll_during(path: Path, fun: Callable[[], object]) -> dict[str, Any]:
         con = duckdb.connect()
         while not stop.is_set():
             try:
-                rows, distinct = con.execute(query).fetchone() or (0, 0)
-            except duckdb.Error as exc:
+                rows, distinct = con.execute(query()).fetchone() or (0, 0)
+            except (duckdb.Error, archiver.ArchiverError) as exc:
                 stats["failed"] += 1
                 errors.append(str(exc).splitlines()[0][:120])
                 continue
@@ -79,6 +85,33 @@ def poll_during(path: Path, fun: Callable[[], object]) -> dict[str, Any]:
     return stats
 
 
+def measure(work: Path, template: Path, repeat: int, grace: str | None, reader: str) -> None:
+    """Compact copies of ``template`` alone and under the poller; print what polls saw."""
+    options = {} if grace is None else {"grace": grace}
+    compact = partial(maintenance.compact, **options)
+    label = ("default grace" if grace is None else f"grace {grace}") + f", {reader} reader"
+    plain, polled = [], []
+    for i in range(repeat):
+        copy = work / f"copy{i}"
+        shutil.copytree(template, copy)
+        t0 = time.perf_counter()
+        compact(copy)
+        plain.append(time.perf_counter() - t0)
+        shutil.rmtree(copy)
+        shutil.copytree(template, copy)
+        stats = poll_during(copy, partial(compact, copy), reader)
+        polled.append(stats)
+        print(f"{label}, run {i + 1}: compact alone {plain[-1]:.2f}s; with the poller: {stats}")
+        shutil.rmtree(copy)
+    total = {k: sum(s[k] for s in polled) for k in ("polls", "duplicates", "failed")}
+    print(
+        f"{label}: compact alone: median {statistics.median(plain):.2f}s; with the poller: "
+        f"median {statistics.median(s['seconds'] for s in polled):.2f}s; polls "
+        f"{total['polls']}, saw duplicates {total['duplicates']}, largest excess "
+        f"{max(s['max_excess'] for s in polled)}, failed {total['failed']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hours", type=int, default=24)
@@ -87,6 +120,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--template", type=Path, help="keep the built archive here, or reuse it if present"
+    )
+    parser.add_argument(
+        "--grace", action="append", help="a grace for compact (repeatable; default: its default)"
+    )
+    parser.add_argument(
+        "--reader",
+        choices=["glob", "files"],
+        default="glob",
+        help="poll a glob of the folders, or a fresh Archive.files() list (exact)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-glob-"))
@@ -107,26 +149,8 @@ def main() -> None:
         print(f"archiver at {ROOT}")
         print(f"archive: {args.hours} hours, rows {rows} (total {sum(rows.values()):,}), "
               f"files {files}")  # fmt: skip
-        plain, polled = [], []
-        for i in range(args.repeat):
-            copy = work / f"copy{i}"
-            shutil.copytree(template, copy)
-            t0 = time.perf_counter()
-            maintenance.compact(copy)
-            plain.append(time.perf_counter() - t0)
-            shutil.rmtree(copy)
-            shutil.copytree(template, copy)
-            stats = poll_during(copy, partial(maintenance.compact, copy))
-            polled.append(stats)
-            print(f"run {i + 1}: compact alone {plain[-1]:.2f}s; with the poller: {stats}")
-            shutil.rmtree(copy)
-        total = {k: sum(s[k] for s in polled) for k in ("polls", "duplicates", "failed")}
-        print(
-            f"compact alone: median {statistics.median(plain):.2f}s; with the poller: median "
-            f"{statistics.median(s['seconds'] for s in polled):.2f}s; polls {total['polls']}, "
-            f"saw duplicates {total['duplicates']}, largest excess "
-            f"{max(s['max_excess'] for s in polled)}, failed {total['failed']}"
-        )
+        for grace in args.grace or [None]:
+            measure(work, template, args.repeat, grace, args.reader)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,6 +12,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -465,3 +466,16 @@ def normalise_row(row) -> tuple:
             v = int(v)
         values.append(v)
     return tuple(values)
+
+
+def copy_archive(template: Path, target: str, server) -> str:
+    """Copy a local archive to ``target``: a folder, or an s3:// URI on the test server."""
+    if target.startswith("s3://"):
+        fs = server.s3fs()
+        bucket_path = target.split("://", 1)[1].split("?", 1)[0].split("@", 1)[-1]
+        for file in template.rglob("*.parquet"):
+            fs.put_file(str(file), f"{bucket_path}/{file.relative_to(template)}")
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(template, target)
+    return target

@@ -15,6 +15,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pytest
 from click.testing import CliRunner
 
@@ -24,8 +25,7 @@ from archiver.layout import JOURNAL
 from archiver.maintenance import recovery
 from archiver.maintenance.compaction import compact_locked
 
-from .conftest import FakeTimer
-from .helpers import KEYS, build_archive, fingerprints, run_child
+from .helpers import CTX, KEYS, FakeTimer, build_archive, copy_archive, fingerprints, run_child
 
 TABLES = ("tasks", "workers", "snapshots")
 
@@ -75,8 +75,22 @@ def interrupt_at(step_name: str, nth: int = 1):
 
 
 # -- glob readers ------------------------------------------------------------------
-def test_glob_reader_sees_each_row_once_between_groups(path, monkeypatch):
-    """When a group starts, every earlier group's inputs are gone: a glob sees each row once."""
+def partitions_seen_twice(path: Path) -> list[str]:
+    """The partitions (table/date/hour) in which a glob of the folders sees a row twice."""
+    out = []
+    with duckdb.connect() as con:
+        for table, key in KEYS.items():
+            glob = f"{path}/{table}/*/*/*.parquet"
+            rows = con.execute(
+                f"SELECT date, hour FROM read_parquet('{glob}', hive_partitioning = true) "
+                f"GROUP BY date, hour HAVING count(*) > count(DISTINCT ({key}, snapshot_id))"
+            ).fetchall()
+            out += [f"{table}/{day}/{hour}" for day, hour in rows]
+    return out
+
+
+def test_glob_reader_sees_each_row_once_between_groups_without_grace(path, monkeypatch):
+    """With grace 0, when a group starts every earlier group's inputs are gone: each row once."""
     expected = load_counts(path)
     seen = []
 
@@ -85,10 +99,89 @@ def test_glob_reader_sees_each_row_once_between_groups(path, monkeypatch):
             seen.append(glob_counts(path))
 
     monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
-    archiver.Archive(path).compact(target_file_bytes="128KiB")
+    archiver.Archive(path).compact(target_file_bytes="128KiB", grace=0)
     monkeypatch.setattr(recovery, "_STEP_HOOK", None)
     assert len(seen) >= 6 and all(counts == expected for counts in seen)
     assert glob_counts(path) == expected
+
+
+def test_glob_reader_sees_at_most_one_group_twice_with_grace(path, monkeypatch):
+    """With a grace, a glob sees at most one group's rows twice at any step, and the
+    previous group's inputs are gone before the next group's first rename."""
+    expected = load_counts(path)
+    twice: list[tuple[str, list[str]]] = []
+
+    def hook(name: str) -> None:
+        twice.append((name, partitions_seen_twice(path)))
+
+    monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
+    archiver.Archive(path).compact(target_file_bytes="128KiB", grace=0.05)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    assert len(twice) >= 12 and all(len(parts) <= 1 for _, parts in twice), twice
+    # Kept for glob readers: while the next group is written, the last one is still twice.
+    assert any(name == "written" and parts for name, parts in twice)
+    assert glob_counts(path) == expected
+    assert not list((path / JOURNAL).iterdir())
+
+
+@pytest.mark.parametrize(("grace", "readable"), [(0.05, True), (0, False)])
+def test_listed_inputs_stay_readable_until_the_next_commit(path, monkeypatch, grace, readable):
+    """Files a glob listed right after a commit can still be read while the next group is
+    written (with a grace), and are gone by then without one."""
+    listed: list[list[Path]] = []
+    opened: list[bool] = []
+
+    def hook(name: str) -> None:
+        if name == "renamed":
+            listed.append(sorted(path.glob("*/*/*/*.parquet")))
+        elif name == "written" and listed:
+            opened.append(all(p.exists() for p in listed[-1]))
+            ds.dataset([str(p) for p in listed[-1] if p.exists()], format="parquet").count_rows()
+
+    monkeypatch.setattr(recovery, "_STEP_HOOK", hook)
+    archiver.Archive(path).compact(target_file_bytes="128KiB", grace=grace)
+    monkeypatch.setattr(recovery, "_STEP_HOOK", None)
+    assert len(opened) >= 4 and all(o == readable for o in opened), opened
+
+
+@pytest.mark.parametrize("value", ["-1s", "2x", float("nan"), "2h"])
+def test_bad_grace_is_one_line(path, value):
+    """A grace that is not 0 to an hour is refused with one line naming it."""
+    with pytest.raises(archiver.ArchiverError, match="grace"):
+        archiver.Archive(path).compact(grace=value)
+
+
+def test_cli_grace(path):
+    """``--grace`` takes a duration or 0; a bad one is an ``Error:`` line, exit code 2."""
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["compact", "--archive", str(path), "--grace", "0"])
+    assert ok.exit_code == 0, ok.output
+    assert glob_counts(path) == load_counts(path)
+    bad = runner.invoke(cli, ["cleanup", "--archive", str(path), "--grace", "soon"])
+    assert bad.exit_code != 0 and "Error: invalid duration 'soon' for grace" in bad.output
+
+
+@pytest.mark.parametrize("kill_at", [2, 3, 4, 6])
+def test_killed_expiry_rewrite_shows_at_most_one_group_twice(path, kill_at):
+    """An expiry killed mid-rewrite leaves glob readers at most one partition seen twice,
+    archiver's readers exact; ``expire`` alone then finishes the journaled commit."""
+    per_state = {"SUCCESS": "1h"}
+    done = path.parent / "done"
+    shutil.copytree(path, done)
+    archiver.Archive(done).expire(per_state=per_state, dry_run=False, grace=0)
+    expected = fingerprints(done)
+    assert not list((done / JOURNAL).iterdir())  # every rewrite closed its entry
+    kwargs = {"per_state": per_state, "dry_run": False, "grace": 0.05}
+    code, _ = run_child(path, "expire", kwargs, kill_at=kill_at)
+    assert code == -9
+    assert len(partitions_seen_twice(path)) <= 1
+    archiver.Archive(path).expire(per_state={"FAILURE": "1000d"}, dry_run=False)  # repairs
+    assert not list((path / JOURNAL).iterdir())
+    assert partitions_seen_twice(path) == []
+    archiver.Archive(path).expire(per_state=per_state, dry_run=False)
+    got = fingerprints(path)
+    assert all((got[t] == expected[t]).all() for t in KEYS)
+    assert glob_counts(path) == load_counts(path)
 
 
 @pytest.mark.parametrize("step_name", ["renamed", "deleted"])
@@ -252,68 +345,86 @@ def test_sql_equals_load_while_cleanups_are_killed(path):
 
 
 # -- two cleanups without a common lock --------------------------------------------
-@pytest.fixture(params=["local"])
-def racing_archive(request, path) -> archiver.Archive:
-    """The archive two cleanups race on (an S3 URI fixture can be added to ``params``)."""
-    return archiver.Archive(path)
+@pytest.fixture(params=["local", "s3"])
+def racing_archive(request, path, template) -> str:
+    """The archive two cleanups race on: a local folder, or a prefix on the S3 server
+    (a credentialed URI, so that a child process needs no environment)."""
+    if request.param == "local":
+        return str(path)
+    server, prefix = request.getfixturevalue("s3")
+    uri = (
+        f"s3://{server.key}:{server.secret}@{server.bucket}/{prefix}"
+        f"?endpoint_override={server.host_port}&scheme=http"
+    )
+    return copy_archive(template, uri, server)
 
 
-@pytest.mark.parametrize(("pause_step", "nth"), [("written", 1), ("renamed", 1), ("deleted", 1)])
-def test_two_cleanups_without_a_common_lock(racing_archive, pause_step, nth):
-    """A cleanup paused mid-commit while another does all the work: readers see each row once,
-    and a later cleanup removes the losing copy."""
-    arch = racing_archive
-    expected = fingerprints(Path(arch.location.root))
-    paused, resume = threading.Event(), threading.Event()
-    main = threading.current_thread()
+def _compact_unlocked(uri: str, tables: list[str]) -> None:
+    """One cleanup without any lock (neither the local file nor the object lease)."""
+    compact_locked(
+        archiver.Archive(uri), tables, before_us=2**62, target_bytes=128 * 1024, keep="all",
+        dry_run=False, progress=None, grace=0.05,
+    )  # fmt: skip
+
+
+def _compact_paused(uri: str, tables: list[str], pause_step: str, nth: int, paused, resume) -> None:
+    """Child: :func:`_compact_unlocked`, pausing at the ``nth`` step ``pause_step``."""
     hook = interrupt_at(pause_step, nth)
-    errors: list[BaseException] = []
 
-    def step(name: str) -> None:  # only the first cleanup (thread A) pauses
-        if threading.current_thread() is main:
-            return
+    def step(name: str) -> None:
         try:
             hook(name)
         except KeyboardInterrupt:
             paused.set()
             assert resume.wait(120)
 
-    def run(tables: list[str]) -> None:
-        try:
-            # compact_locked: the lock is what these two cleanups do not share
-            compact_locked(
-                arch, tables, before_us=2**62, target_bytes=128 * 1024, keep="all",
-                dry_run=False, progress=None,
-            )  # fmt: skip
-        except BaseException as exc:
-            errors.append(exc)
-
     recovery._STEP_HOOK = step
+    _compact_unlocked(uri, tables)
+
+
+def stored_files(arch: archiver.Archive, table: str) -> set[str]:
+    """The data files under ``table`` (partition/name), as the storage lists them."""
+    selector = pafs.FileSelector(arch.location.join(table), recursive=True)
+    infos = arch.location.fs.get_file_info(selector)
+    names = [i.path for i in infos if i.type == pafs.FileType.File]
+    return {n.split("/" + table + "/", 1)[1] for n in names if n.endswith(".parquet")}
+
+
+@pytest.mark.parametrize(("pause_step", "nth"), [("written", 1), ("renamed", 1), ("deleted", 1)])
+def test_two_cleanups_without_a_common_lock(racing_archive, pause_step, nth):
+    """A cleanup process paused mid-commit while another does all the work: readers see each
+    row once, and a later cleanup removes the losing copy."""
+    uri = racing_archive
+    arch = archiver.Archive(uri)
+    expected = fingerprints(uri)
+    paused, resume = CTX.Event(), CTX.Event()
+    a = CTX.Process(target=_compact_paused, args=(uri, ["tasks"], pause_step, nth, paused, resume))
+    a.start()
     try:
-        a = threading.Thread(target=run, args=(["tasks"],))
-        a.start()
-        assert paused.wait(120)
-        assert_exact_rows(arch, expected)
-        run(list(TABLES))
-        assert_exact_rows(arch, expected)
+        assert paused.wait(120), "the first cleanup did not reach its pause"
+        assert_exact_rows(uri, expected)
+        _compact_unlocked(uri, list(TABLES))  # the second cleanup, in this process
+        assert_exact_rows(uri, expected)
         resume.set()
-        a.join()
+        a.join(120)
+        assert a.exitcode == 0
     finally:
-        recovery._STEP_HOOK = None
         resume.set()
-    assert not errors, errors
-    assert_exact_rows(arch, expected)
-    compact_locked(
-        arch, list(TABLES), before_us=2**62, target_bytes=128 * 1024, keep="all",
-        dry_run=False, progress=None,
-    )  # fmt: skip
-    assert_exact_rows(arch, expected)
-    root = Path(arch.location.root)
-    assert glob_counts(root) == load_counts(root)
+        if a.is_alive():
+            a.kill()
+            a.join()
+    assert_exact_rows(uri, expected)
+    _compact_unlocked(uri, list(TABLES))  # a later cleanup
+    assert_exact_rows(uri, expected)
+    for table in TABLES:  # the losing copy is gone: the storage holds what readers read
+        exact = {f.split("/" + table + "/", 1)[1] for f in arch.files(table)}
+        assert stored_files(arch, table) == exact, table
+    if not uri.startswith("s3://"):
+        assert glob_counts(Path(uri)) == load_counts(Path(uri))
 
 
-def assert_exact_rows(arch: archiver.Archive, expected) -> None:
-    got = fingerprints(Path(arch.location.root))
+def assert_exact_rows(uri: str, expected) -> None:
+    got = fingerprints(uri)
     for table, rows in expected.items():
         assert len(got[table]) == len(rows) and (got[table] == rows).all(), table
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import tempfile
@@ -24,8 +23,16 @@ from archiver.errors import LockedError
 from archiver.maintenance.lock import MaintenanceLock, lock_path
 from archiver.storage import redact_uri, resolve
 
-from .conftest import SAMPLE, SMALL
-from .helpers import build_archive, fingerprints, frame, reference, run_child
+from .helpers import (
+    SAMPLE,
+    SMALL,
+    build_archive,
+    copy_archive,
+    fingerprints,
+    frame,
+    reference,
+    run_child,
+)
 from .helpers import record_small_files as record
 
 TABLES = ("tasks", "workers", "snapshots")
@@ -252,18 +259,6 @@ def two_hours(tmp_path_factory, sample_events) -> Path:
     return build_archive(tmp_path_factory.mktemp("s3exp") / "a", sample_events, hours=2)
 
 
-def _copy(template: Path, target: str, server) -> str:
-    if target.startswith("s3://"):
-        fs = server.s3fs()
-        bucket_path = target.split("://", 1)[1].split("?", 1)[0].split("@", 1)[-1]
-        for file in template.rglob("*.parquet"):
-            fs.put_file(str(file), f"{bucket_path}/{file.relative_to(template)}")
-    else:
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(template, target)
-    return target
-
-
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_expiry_killed_at_each_delete_shows_no_half_hour(s3, two_hours, tmp_path, where):
     """SIGKILL an expiry at chosen deletes: readers see the hour whole or not at all."""
@@ -281,7 +276,7 @@ def test_expiry_killed_at_each_delete_shows_no_half_hour(s3, two_hours, tmp_path
         return s3_uri.format(f"{prefix}-{n}") if where == "s3" else str(tmp_path / f"a{n}")
 
     original = fingerprints(two_hours)
-    clean = _copy(two_hours, target(0), server)
+    clean = copy_archive(two_hours, target(0), server)
     steps: list[str] = []
     from archiver.maintenance import recovery
 
@@ -295,7 +290,7 @@ def test_expiry_killed_at_each_delete_shows_no_half_hour(s3, two_hours, tmp_path
     total = len(steps)
     chosen = sorted({1, 2, total // 3, total // 2, total - 1, total})
     for n, step in enumerate(chosen, start=1):
-        path = _copy(two_hours, target(n), server)
+        path = copy_archive(two_hours, target(n), server)
         code, _ = run_child(path, "expire", kwargs, kill_at=step)
         assert code == -signal.SIGKILL, (step, code)
         got = fingerprints(path)

@@ -84,6 +84,13 @@ before_option = click.option(
     help="Only compact hours that ended by then: an ISO time or a duration ago (2h).  "
     "[default: now]",
 )
+grace_option = click.option(
+    "--grace",
+    metavar="DURATION",
+    default=None,
+    help="Keep each merged group's old files this long (for readers that glob the "
+    "folders), e.g. 2s, 500ms or 0.  [default: 1s]",
+)
 yes_option = click.option("--yes", is_flag=True, help="Really delete rows (else: show the plan).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Change nothing; show the plan.")
 #: The last line of a run that would have deleted rows without --yes.
@@ -235,6 +242,7 @@ def progress_bar(label: str) -> Iterator[maintenance.ProgressCallback | None]:
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def compact_command(
     archive: str,
     tables: tuple[str, ...],
@@ -244,6 +252,7 @@ def compact_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Merge the small files of each closed hour into few big ones.
 
@@ -269,6 +278,7 @@ def compact_command(
             allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     echo_compaction(report)
     echo_outcome(report.dry_run and _compaction_changes(report), dry_run=dry_run, yes=yes)
@@ -283,6 +293,7 @@ def compact_command(
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def expire_command(
     archive: str,
     older_than: str | None,
@@ -292,6 +303,7 @@ def expire_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Delete old hours and finished tasks; only shows the plan unless --yes.
 
@@ -318,6 +330,7 @@ def expire_command(
             dry_run=dry_run or not yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     echo_expiry(report)
     echo_outcome(_expiry_changes(report), dry_run=dry_run, yes=yes)
@@ -342,6 +355,7 @@ def expire_command(
 @yes_option
 @dry_run_option
 @wait_option
+@grace_option
 def cleanup_command(
     archive: str,
     retention_file: str | None,
@@ -356,6 +370,7 @@ def cleanup_command(
     yes: bool,
     dry_run: bool,
     wait: float,
+    grace: str | None,
 ) -> None:
     """Expire, then compact, as a retention file or the options say.
 
@@ -392,6 +407,7 @@ def cleanup_command(
             allow_deletes=yes,
             lock_timeout=wait,
             progress=progress,
+            grace=maintenance.DEFAULT_GRACE if grace is None else grace,
         )
     if report.expiry is not None:
         echo_expiry(report.expiry)

@@ -15,7 +15,8 @@ partition it changes:
    ``archiver.group``, the names of all the files written together;
 3. renames the new files into place, one by one (journaled in ``<archive>/_commits``
    from before the first rename until step 4 is done);
-4. deletes that partition's inputs at once, before the next partition.
+4. deletes that partition's inputs ``grace`` seconds after the commit (for glob
+   readers that listed them), and before the next partition's step 3.
 
 Readers and maintenance runs alike (:func:`archiver.listing.scan_partition`, with the
 rules of :mod:`archiver.layout`) decide what is visible from a directory listing alone:
@@ -41,8 +42,10 @@ left alone.
 
 A reader that listed the files just before step 4 may find an input gone;
 :meth:`archiver.Archive.read` then lists again and rereads, and gets the new
-files. Deleting each partition's inputs right after its commit keeps the time a
-glob reader can see a row twice to one partition's swap; a recorder starting
+files. Deleting each partition's inputs after a grace but before the next commit
+(:class:`~archiver.maintenance.recovery.DeferredDeletes`) keeps a glob reader's
+duplicates to one partition at a time, and spares a glob query shorter than the
+grace a "No such file"; a recorder starting
 finishes a journaled commit a crash left half-done
 (:func:`~archiver.maintenance.recovery.repair`). Two groups replacing a same file
 (two cleanups racing without a common lock) count once: see
@@ -110,10 +113,12 @@ from .reports import (
     StateExpiry,
 )
 from .retention import (
+    DEFAULT_GRACE,
     DEFAULT_TARGET_FILE_BYTES,
     Keep,
     Retention,
     check_keep,
+    parse_grace,
     parse_per_state,
     parse_size,
 )
@@ -164,6 +169,7 @@ def compact(
     allow_deletes: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CompactionReport:
     """Merge the small files of each closed partition into as few files as the target allows.
 
@@ -186,6 +192,8 @@ def compact(
         lock_timeout: seconds to wait for another cleanup before raising
             :class:`~archiver.errors.LockedError`.
         progress: called as ``progress(done, total)`` after each closed partition.
+        grace: seconds (or a duration such as ``"2s"``; 0 allowed) a merged group's
+            inputs stay on disk for glob readers, before the next group's commit.
 
     Returns:
         A :class:`CompactionReport`.
@@ -199,6 +207,7 @@ def compact(
     names = arch.select_tables(tables)
     target = parse_size(target_file_bytes)
     before_us = to_micros(_now(before))
+    seconds = parse_grace(grace)
     with _maintaining(arch, "compact", dry_run=dry_run, lock_timeout=lock_timeout):
         return compact_locked(
             arch,
@@ -208,6 +217,7 @@ def compact(
             keep=keep,
             dry_run=dry_run,
             progress=progress,
+            grace=seconds,
         )
 
 
@@ -222,6 +232,7 @@ def expire(
     tables: str | Iterable[str] | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> ExpiryReport:
     """Drop partitions older than ``older_than`` and tasks expired by state; a dry run by default.
 
@@ -239,6 +250,7 @@ def expire(
         tables: the tables whose old partitions go (default: all).
         lock_timeout: seconds to wait for another cleanup (not taken in a dry run).
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`, for the files a rewrite replaces.
 
     Returns:
         An :class:`ExpiryReport` (``dry_run`` tells whether anything was deleted).
@@ -252,6 +264,7 @@ def expire(
     delta = None if older_than is None else parse_duration(older_than, what="older_than")
     states = parse_per_state(per_state)
     at = _now(now)
+    seconds = parse_grace(grace)
     with _maintaining(arch, "expire", dry_run=dry_run, lock_timeout=lock_timeout):
         return expire_locked(
             arch,
@@ -261,6 +274,7 @@ def expire(
             now=at,
             dry_run=dry_run,
             progress=progress,
+            grace=seconds,
         )
 
 
@@ -275,6 +289,7 @@ def run_retention(
     expire_dry_run: bool | None = None,
     lock_timeout: float = 0.0,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CleanupReport:
     """Expire, then compact, as ``retention`` says, under one lock.
 
@@ -292,8 +307,10 @@ def run_retention(
         expire_dry_run: report expiry only (default: ``dry_run``).
         lock_timeout: seconds to wait for another cleanup.
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`.
     """
     started = time.perf_counter()
+    seconds = parse_grace(grace)
     policy = Retention.coerce(retention)
     arch = _open(archive, write=not dry_run)
     names = arch.select_tables(policy.tables)
@@ -312,6 +329,7 @@ def run_retention(
                 dry_run=expire_dry,
                 progress=progress,
                 target_bytes=policy.target_file_bytes,
+                grace=seconds,
             )
         compaction = None
         if policy.compact:
@@ -323,6 +341,7 @@ def run_retention(
                 keep=policy.keep,
                 dry_run=dry_run,
                 progress=progress,
+                grace=seconds,
             )
     return CleanupReport(
         expiry,
@@ -349,6 +368,7 @@ def cleanup(
     allow_deletes: bool = True,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     progress: ProgressCallback | None = None,
+    grace: float | str = DEFAULT_GRACE,
 ) -> CleanupReport:
     """Expire, then compact, as ``retention`` says with the other arguments overriding it.
 
@@ -365,6 +385,7 @@ def cleanup(
             ``keep="latest"``) is a dry run; a lossless compaction still applies.
         lock_timeout: seconds to wait for another cleanup.
         progress: called as ``progress(done, total)`` after each partition.
+        grace: as for :func:`compact`.
 
     Returns:
         A :class:`CleanupReport`; its ``dry_run`` says whether anything was changed.
@@ -385,10 +406,12 @@ def cleanup(
         dry_run=dry_run or (policy.deletes_rows and not allow_deletes),
         lock_timeout=lock_timeout,
         progress=progress,
+        grace=grace,
     )
 
 
 __all__ = [
+    "DEFAULT_GRACE",
     "DEFAULT_LOCK_TIMEOUT",
     "DEFAULT_TARGET_FILE_BYTES",
     "CleanupReport",
@@ -404,6 +427,7 @@ __all__ = [
     "compact",
     "expire",
     "parse_duration",
+    "parse_grace",
     "parse_per_state",
     "parse_size",
     "run_retention",

@@ -18,14 +18,13 @@ from ..schema import ENTITY_KEYS
 from ..sink import recover_flushes
 from ..storage import Location
 from .recovery import (
-    close_commit,
-    delete_inputs,
+    DeferredDeletes,
     finish_interrupted,
     remove_set_aside,
     repair_locked,
 )
 from .reports import CompactionReport, PartitionCompaction, ProgressCallback
-from .retention import Keep
+from .retention import DEFAULT_GRACE, Keep
 from .rewrite import read_inputs, rows_per_group, write_group
 
 #: Files at least this fraction of the target size are left alone.
@@ -50,9 +49,10 @@ def _compact_partition(
     keep: Keep,
     target_bytes: int,
     damaged: Damaged,
+    deletes: DeferredDeletes,
 ) -> PartitionCompaction | None:
-    """Merge ``files`` and delete them at once (the ones that turn out damaged are left
-    alone, and reported): a glob reader sees this group twice only for its own swap."""
+    """Merge ``files``; their deletion is left to ``deletes`` (the ones that turn out
+    damaged are left alone, and reported)."""
     data, schema, good = read_inputs(location, partition.table, [i.path for i in files], damaged)
     files = [i for i in files if i.path in set(good)]
     if not files:
@@ -72,9 +72,11 @@ def _compact_partition(
         keep=keep,
         target_bytes=target_bytes,
         slice_rows=rows_per_group(target_bytes, bytes_in, rows_in),
+        before_commit=deletes.before_commit,
     )
-    delete_inputs(location, [i.path for i in files])
-    close_commit(location, outs[0].group)
+    deletes.committed(
+        outs[0].group, [i.path for i in files], [o.final for o in outs if o.rows == 0]
+    )
     return PartitionCompaction(
         partition.table,
         partition.date,
@@ -109,6 +111,7 @@ class _Run:
     keep: Keep
     target_bytes: int
     dry_run: bool
+    deletes: DeferredDeletes
     wall: float = field(default_factory=time.time)
     recovered: int = 0
     temps: int = 0
@@ -146,7 +149,13 @@ class _Run:
             return
         try:
             result = _compact_partition(
-                self.location, partition, files, self.keep, self.target_bytes, self.note
+                self.location,
+                partition,
+                files,
+                self.keep,
+                self.target_bytes,
+                self.note,
+                self.deletes,
             )
         except (pa.ArrowException, ValueError) as exc:  # never blocks the others
             self.note(partition.path, f"not compacted: {one_line(exc)}")
@@ -164,10 +173,16 @@ def compact_locked(
     keep: Keep,
     dry_run: bool,
     progress: ProgressCallback | None,
+    grace: float = DEFAULT_GRACE,
 ) -> CompactionReport:
-    """Compact the closed partitions of ``tables`` (the caller holds the lock)."""
+    """Compact the closed partitions of ``tables`` (the caller holds the lock).
+
+    Each group's inputs are deleted ``grace`` seconds after its commit, before the
+    next group's (see :class:`~.recovery.DeferredDeletes`).
+    """
     started = time.perf_counter()
-    run = _Run(archive.location, keep, target_bytes, dry_run)
+    deletes = DeferredDeletes(archive.location, grace)
+    run = _Run(archive.location, keep, target_bytes, dry_run, deletes)
     archive = archive.using(run.note)
     work = [(t, p) for t in tables for p in archive.partitions(t)]
     closed = sum(1 for _, p in work if p.ended_by(before_us))
@@ -182,6 +197,7 @@ def compact_locked(
         done += 1
         if progress is not None:
             progress(done, closed)
+    deletes.finish()
     return CompactionReport(
         tuple(run.results),
         seconds=time.perf_counter() - started,

@@ -31,9 +31,16 @@ from ..schema import TASK_STATES, TASKS
 from ..sink import new_writer_id, recover_flushes
 from ..storage import Location
 from ..timeparse import to_micros
-from .recovery import delete_file, finish_expiring, finish_interrupted, remove_set_aside, step
+from .recovery import (
+    DeferredDeletes,
+    finish_expiring,
+    finish_interrupted,
+    remove_set_aside,
+    repair_locked,
+    step,
+)
 from .reports import ExpiryReport, PartitionExpiry, ProgressCallback, StateExpiry
-from .retention import DEFAULT_TARGET_FILE_BYTES
+from .retention import DEFAULT_GRACE, DEFAULT_TARGET_FILE_BYTES
 from .rewrite import read_inputs, rows_per_group, write_group
 
 
@@ -157,8 +164,10 @@ class _Progress:
             self.callback(self.done, self.total)
 
 
-def _finish_interrupted_runs(location: Location, tables: list[str]) -> None:
-    """Finish what crashed recorders and expiries left: flushes, hours being dropped."""
+def _finish_interrupted_runs(location: Location, tables: list[str], note: Damaged) -> None:
+    """Finish what crashed runs and recorders left: journaled commits, flushes, hours
+    being dropped."""
+    repair_locked(location, note)
     recover_flushes(location, min_age=TEMP_MAX_AGE)  # a recorder's, interrupted by a crash
     for table in tables:
         remove_set_aside(location, table)
@@ -225,22 +234,23 @@ def _rewrite_without(
     per_file: dict[str, int],
     note: Damaged,
     target_bytes: int,
-) -> list[str]:
+    deletes: DeferredDeletes,
+) -> bool:
     """Rewrite the files of ``partition`` holding expired tasks without them.
 
-    Returns the inputs replaced (to delete once every rewrite is committed).
+    The inputs replaced are left to ``deletes``. Returns whether anything was rewritten.
     """
     files = [i for i in scan.visible if i.path in per_file]
     data, schema, good = read_inputs(location, "tasks", [i.path for i in files], note)
     files = [i for i in files if i.path in set(good)]
     if not files:
-        return []
+        return False
     keep_mask = pc.invert(pc.is_in(data.column("uuid"), pa.array(sorted(uuids))))
     data = sort_rows(data.filter(keep_mask))
     infos = [scan.infos.get(i.base_name) for i in files]
     latest = all(i is not None and i.keep == "latest" for i in infos)
     bytes_in = sum(i.size for i in files)
-    write_group(
+    outs = write_group(
         location,
         partition.path,
         data,
@@ -249,8 +259,11 @@ def _rewrite_without(
         keep="latest" if latest else "all",
         target_bytes=target_bytes,
         slice_rows=rows_per_group(target_bytes, bytes_in, len(data)),
+        before_commit=deletes.before_commit,
     )
-    return [i.path for i in files]
+    tombstones = [o.final for o in outs if o.rows == 0]
+    deletes.committed(outs[0].group, [i.path for i in files], tombstones)
+    return True
 
 
 def _expire_by_state(
@@ -264,10 +277,14 @@ def _expire_by_state(
     note: Damaged,
     progress: _Progress,
     target_bytes: int,
+    grace: float,
 ) -> tuple[set[str], list[StateExpiry], int]:
     """Drop the tasks whose last row is older than their state's retention.
 
     Returns the expired uuids, the per-state counts and how many hours were rewritten.
+    Each rewrite is a commit like a compaction's: its inputs go ``grace`` seconds
+    after it, before the next rewrite commits, and a 0-row result (a tombstone) one
+    grace later still.
     """
     if not partitions:
         _check_states(per_state, set(TASK_STATES))
@@ -279,26 +296,15 @@ def _expire_by_state(
     if dry_run:
         return uuids, states, 0
     rewritten = 0
-    to_delete: list[str] = []
-    try:
-        # Oldest first: a task's last row, which decides its state, goes last.
-        for partition in affected:
-            replaced = _rewrite_without(
-                location, partition, scans[partition], uuids, per_file, note, target_bytes
-            )
-            if replaced:
-                to_delete.extend(replaced)
-                rewritten += 1
-                progress.advance()
-    finally:
-        for path in to_delete:
-            delete_file(location, path)
-        location.sync_parents(to_delete)
-    # The rewrites' inputs are gone: drop the tombstones of fully expired files.
+    deletes = DeferredDeletes(location, grace)
+    # Oldest first: a task's last row, which decides its state, goes last.
     for partition in affected:
-        scan = scan_partition(location, partition, wall=wall)
-        for name in scan.tombstones:
-            delete_file(location, f"{partition.path}/{name}")
+        if _rewrite_without(
+            location, partition, scans[partition], uuids, per_file, note, target_bytes, deletes
+        ):
+            rewritten += 1
+            progress.advance()
+    deletes.finish()
     return uuids, states, rewritten
 
 
@@ -312,6 +318,7 @@ def expire_locked(
     dry_run: bool,
     progress: ProgressCallback | None,
     target_bytes: int = DEFAULT_TARGET_FILE_BYTES,
+    grace: float = DEFAULT_GRACE,
 ) -> ExpiryReport:
     """Expire old hours of ``tables`` and tasks by state (the caller holds the lock)."""
     started = time.perf_counter()
@@ -324,7 +331,7 @@ def expire_locked(
 
     archive = archive.using(note)
     if not dry_run:
-        _finish_interrupted_runs(location, tables)
+        _finish_interrupted_runs(location, tables, note)
     cutoff = None if older_than is None else to_micros(now - older_than)
     gone_parts, kept = _split_by_age(archive, tables, cutoff)
     counter = _Progress(progress, len(gone_parts))
@@ -343,6 +350,7 @@ def expire_locked(
             note=note,
             progress=counter,
             target_bytes=target_bytes,
+            grace=grace,
         )
     return ExpiryReport(
         now=now,

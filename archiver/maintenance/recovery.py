@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -49,11 +50,74 @@ def delete_file(location: Location, path: str) -> None:
 
 
 def delete_inputs(location: Location, paths: Iterable[str]) -> None:
-    """Delete a committed group's inputs, right after its commit (one group's swap)."""
+    """Delete the files ``paths`` (a committed group's inputs), then sync their folders."""
     done = list(paths)
     for path in done:
         delete_file(location, path)
     location.sync_parents(done)
+
+
+@dataclass
+class _Committed:
+    group: str
+    at: float  # time.monotonic() of the commit
+    inputs: list[str]
+    tombstones: list[str]
+
+
+class DeferredDeletes:
+    """Deletes a committed group's inputs ``grace`` seconds after its commit, before the next.
+
+    Why not at once: a glob reader (DuckDB over ``*/*/*.parquet``) that listed an input
+    just before its delete fails with "No such file"; archiver's readers ignore the
+    inputs from the commit on. Why not later: until they go, a glob reader sees the
+    group's rows twice, so at most one group is pending: :meth:`before_commit` (called
+    by the next group just before its first rename) deletes it, waiting out the rest
+    of its grace. A 0-row output (an expiry's tombstone) is deleted in turn one grace
+    after its inputs. A crash leaves the group journaled: :func:`repair` finishes it.
+    """
+
+    def __init__(self, location: Location, grace: float) -> None:
+        self.location = location
+        self.grace = grace
+        self._group: _Committed | None = None
+        self._tombstones: list[tuple[float, list[str]]] = []
+
+    def committed(self, group: str, inputs: list[str], tombstones: list[str]) -> None:
+        """Note a group just committed (its journal entry is closed once its inputs go)."""
+        self.before_commit()  # a no-op for a caller that already called it
+        self._group = _Committed(group, time.monotonic(), inputs, tombstones)
+        if self.grace <= 0:
+            self.before_commit()
+
+    def before_commit(self) -> None:
+        """Delete the pending group's inputs, once its grace is over."""
+        pending, self._group = self._group, None
+        if pending is None:
+            return
+        self._wait(pending.at)
+        delete_inputs(self.location, pending.inputs)
+        close_commit(self.location, pending.group)
+        if pending.tombstones:
+            self._tombstones.append((time.monotonic(), pending.tombstones))
+        self._delete_tombstones(wait=self.grace <= 0)
+
+    def finish(self) -> None:
+        """Delete everything pending (the end of a run), waiting out the graces."""
+        self.before_commit()
+        self._delete_tombstones(wait=True)
+
+    def _wait(self, since: float) -> None:
+        rest = since + self.grace - time.monotonic()
+        if rest > 0:
+            time.sleep(rest)
+
+    def _delete_tombstones(self, *, wait: bool) -> None:
+        now = time.monotonic()
+        while self._tombstones and (wait or self._tombstones[0][0] + self.grace <= now):
+            at, paths = self._tombstones.pop(0)
+            self._wait(at)
+            delete_inputs(self.location, paths)
 
 
 # -- the commit journal --------------------------------------------------------------

@@ -19,6 +19,12 @@ Keep = Literal["all", "latest"]
 
 MIB = 1024 * 1024
 DEFAULT_TARGET_FILE_BYTES = 128 * MIB
+#: Seconds a committed group's inputs stay on disk for glob readers that listed them
+#: (see :class:`~.recovery.DeferredDeletes`): longer than a typical glob query over
+#: an archive of a few million rows, short next to a run's own work per group.
+DEFAULT_GRACE = 1.0
+#: The longest grace: beyond it, another host's repair may finish the commit anyway.
+MAX_GRACE = 3600.0
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 
@@ -57,6 +63,19 @@ def parse_per_state(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str
         str(s).strip().upper(): parse_duration(d, what=f"state {str(s).strip().upper()}")
         for s, d in items
     }
+
+
+def parse_grace(value: Any) -> float:
+    """Seconds from a number or a duration such as ``"2s"`` or ``"500ms"``; 0 is allowed."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif str(value).strip() in ("0", "0.0"):
+        seconds = 0.0
+    else:
+        seconds = parse_duration(value, what="grace").total_seconds()
+    if not 0 <= seconds <= MAX_GRACE:  # also NaN
+        raise ArchiverError(f"invalid grace {value!r}: give 0 to {MAX_GRACE:.0f} seconds")
+    return seconds
 
 
 def check_keep(keep: str) -> Keep:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -89,12 +89,14 @@ def write_group(
     keep: Keep,
     target_bytes: int,
     slice_rows: int,
+    before_commit: Callable[[], None] | None = None,
 ) -> list[Output]:
     """Write ``data`` as a group of files of about ``target_bytes``, renamed into place last.
 
     Every file records the group and the files it replaces; the commit is journaled
     (:func:`~.recovery.open_commit`) before the first rename, and the caller closes
-    it once the inputs are deleted. Returns the outputs once all are in place (the
+    it once the inputs are deleted. ``before_commit`` runs just before the journal
+    entry (a previous group's inputs go then). Returns the outputs once all are in place (the
     commit); on error, removes what it wrote.
     """
     fs = location.fs
@@ -141,6 +143,8 @@ def write_group(
             out.stream.close()
             location.sync(out.target)
             step("written")
+        if before_commit is not None:
+            before_commit()
         open_commit(location, gid, directory)
         for out in outs:
             if out.target != out.final:
