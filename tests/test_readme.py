@@ -4,7 +4,8 @@ Every fenced ``sh`` and ``python`` block of README.md is run against a fresh cop
 the demo archive (``make demo``'s), unless the line before its fence is
 ``<!-- not run: REASON -->`` (an example for a live cluster, object storage or cron).
 Shell lines are run as the real program; ``query``, ``sql`` and ``files`` must print
-rows, and no command may end with an empty-result note.
+rows, and no command may end with an empty-result note. The ``Example:`` lines of every
+command's ``--help`` are run the same way, through a shell (they may redirect).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def test_readme_block_runs_on_the_sample(line: int, lang: str, code: str, workdi
     for command in shell_lines(code):
         if command.startswith(SETUP):
             continue
-        argv = shlex.split(command)
+        argv = shlex.split(command, comments=True)  # "cmd  # what it does" is a comment, as in sh
         assert argv[0] == "archiver", f"README line {line}: not an archiver command: {command}"
         result = subprocess.run(
             [sys.executable, "-m", "archiver", *argv[1:]], cwd=workdir, env=env(),
@@ -127,3 +128,61 @@ def test_readme_block_runs_on_the_sample(line: int, lang: str, code: str, workdi
         if argv[1] in ROW_COMMANDS and "--output" not in argv and "-o" not in argv:
             assert len(result.stdout.strip().splitlines()) >= 2 or argv[1] == "files", where
             assert result.stdout.strip(), where
+
+
+#: Help examples that need something the sample cannot give: a live broker.
+NEEDS_BROKER = ("--broker", " -b ", " -A ", "--app")
+
+
+def help_examples() -> dict[str, list[str]]:
+    """The lines under `Example:` in the group's and each command's --help, by command."""
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    found = {}
+    for name in ["", *sorted(cli.commands)]:
+        text = CliRunner().invoke(cli, [*([name] if name else []), "--help"]).output
+        _, _, after = text.partition("Example:\n")
+        lines = [raw.strip() for raw in after.split("\n\n", 1)[0].splitlines() if raw.strip()]
+        found[name or "archiver"] = lines
+    return found
+
+
+HELP_EXAMPLES = help_examples()
+
+
+def test_every_command_has_help_examples() -> None:
+    """The group and every command show at least one example under `Example:`."""
+    from archiver.cli import cli
+
+    assert {name for name, lines in HELP_EXAMPLES.items() if lines} == {"archiver", *cli.commands}
+
+
+@pytest.mark.parametrize("name", sorted(HELP_EXAMPLES))
+def test_help_examples_run_on_the_sample(name: str, workdir: Path) -> None:
+    """The `Example:` lines of `archiver <cmd> --help` run, in order, on the demo archive.
+
+    Reading commands must return data. Only the examples that need a live broker
+    (record/tap with --broker or -A) are skipped: the sample has no broker behind it.
+    """
+    e = env()
+    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e["PATH"]])
+    ran = 0
+    for line in HELP_EXAMPLES[name]:
+        if any(flag in f" {line} " for flag in NEEDS_BROKER):
+            continue
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=workdir, env=e, capture_output=True, text=True, timeout=300
+        )
+        where = f"archiver {name} --help: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert result.returncode == 0, where
+        assert "Note:" not in result.stderr, where
+        assert "Traceback" not in result.stderr, where
+        argv = shlex.split(line, comments=True)
+        if argv[0] == "archiver" and argv[1] in ROW_COMMANDS:
+            if not {">", "-o", "--output"} & set(argv):
+                assert len(result.stdout.strip().splitlines()) >= 2, where
+        ran += 1
+    if not ran:
+        pytest.skip(f"every example of archiver {name} needs a live broker")

@@ -16,7 +16,8 @@ def cli() -> None:
     \b
     Example:
         archiver record --replay data/celery-events-sample.jsonl --archive data/archive
-        archiver query tasks --archive data/archive --since 2h --where state=FAILURE
+        archiver query tasks --archive data/archive --latest --where state=FAILURE
+        archiver report --archive data/archive --output report.html
     """
 
 

@@ -183,6 +183,12 @@ def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+#: What a live run that received nothing says: Celery workers send no events by default.
+NO_EVENTS_NOTE = (
+    "Note: no events arrived: are the workers sending events? "
+    "Start them with -E, or run: celery -A proj control enable_events"
+)
+
 @click.command()
 @click.option(
     "-b",
@@ -381,6 +387,8 @@ def record(
             click.echo(click.style(summary.malformed_report, fg="yellow"), err=True)
         click.echo(summary.line())
         logging.getLogger("archiver.record").info(summary.line())
+        if not replay and summary.events == 0:
+            click.echo(NO_EVENTS_NOTE, err=True)
         if summary.lost:  # invalid input (malformed, rejected, undecodable) is not lost
             click.echo(f"Error: {lost_report(summary)}", err=True)
             sys.exit(EX_IOERR)
