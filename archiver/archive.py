@@ -226,7 +226,10 @@ class Archive:
         try:
             import duckdb
         except ImportError as exc:
-            raise ArchiverError("DuckDB is not installed: pip install 'archiver[report]'") from exc
+            raise ArchiverError(
+                "DuckDB is not installed: install the report extra "
+                "(pip install -e '.[report]' in archiver's checkout)"
+            ) from exc
         con = duckdb.connect() if connection is None else connection
         for table in self.tables():
             # A pyarrow dataset over the exact list: any filesystem pyarrow reads (S3

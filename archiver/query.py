@@ -974,7 +974,10 @@ def _load_dask(
     try:
         import dask.dataframe as dd
     except ImportError as exc:
-        raise ArchiverError('engine="dask" needs dask: pip install "archiver[dask]"') from exc
+        raise ArchiverError(
+            'engine="dask" needs dask: install the dask extra '
+            "(pip install -e '.[dask]' in archiver's checkout)"
+        ) from exc
     p = plan(archive, table, start=start, end=end, columns=columns, filters=filters)
     meta = to_pandas(_select(p.schema, p.columns).empty_table())
     lazy: dd.DataFrame

@@ -9,7 +9,7 @@ any host), and :func:`report` does it all. The notebook calls the same
 functions, so the two never disagree.
 
 ``import archiver.report`` needs only pandas and pyarrow; gathering needs ``duckdb`` and
-drawing ``matplotlib`` (``pip install 'archiver[report]'``).
+drawing ``matplotlib`` (the ``report`` extra: ``pip install -e '.[report]'``).
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ LATENCIES = {
 #: Above this many heartbeats per worker, the timeline shows no tick per heartbeat.
 MAX_HEARTBEAT_TICKS = 400
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-MISSING_EXTRA = "the report needs matplotlib and duckdb: pip install 'archiver[report]'"
+MISSING_EXTRA = (
+    "the report needs matplotlib and duckdb: install the report extra "
+    "(pip install -e '.[report]' in archiver's checkout)"
+)
 
 
 # -- data ---------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ from .state import describe_event
 
 logger = logging.getLogger(__name__)
 
-CELERY_MISSING = "the live recorder needs Celery: pip install 'archiver[celery]'"
+CELERY_MISSING = (
+    "the live recorder needs Celery: install the celery extra "
+    "(pip install -e '.[celery]' in archiver's checkout)"
+)
 GZIP_MAGIC = b"\x1f\x8b"
 _SCAN = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # (typeshed)
 #: While draining a pipe after a stop, read at most this much more.

@@ -190,7 +190,7 @@ def test_duckdb_missing_is_one_line_naming_the_extra(path):
         "print(r.exit_code, r.output)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.startswith("1 Error: DuckDB is not installed: pip install 'archiver[report]'")
+    assert out.stdout.startswith("1 Error: DuckDB is not installed: install the report extra")
 
 
 def test_cli_files_and_sql(path):

@@ -26,7 +26,7 @@ SAMPLE = ROOT / "data" / "celery-events-sample.jsonl"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->\s*$")
 #: Lines of a shell block that set up a machine rather than use archiver.
-SETUP = ("make ", "pip ", "python -m pip ", "cd ")
+SETUP = ("make ", "pip ", "python -m pip ", "cd ", ". .venv/bin/activate")
 #: Commands whose output must hold rows.
 ROW_COMMANDS = {"query", "sql", "files"}
 
@@ -112,6 +112,7 @@ def test_readme_block_runs_on_the_sample(line: int, lang: str, code: str, workdi
             timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, f"README line {line}:\n{result.stderr[-3000:]}"
+        assert "EmptyResultWarning" not in result.stderr, f"README line {line}:\n{result.stderr}"
         return
     for command in shell_lines(code):
         if command.startswith(SETUP):
@@ -180,9 +181,29 @@ def test_help_examples_run_on_the_sample(name: str, workdir: Path) -> None:
         assert "Note:" not in result.stderr, where
         assert "Traceback" not in result.stderr, where
         argv = shlex.split(line, comments=True)
-        if argv[0] == "archiver" and argv[1] in ROW_COMMANDS:
-            if not {">", "-o", "--output"} & set(argv):
-                assert len(result.stdout.strip().splitlines()) >= 2, where
+        redirected = {">", "-o", "--output"} & set(argv)
+        if argv[0] == "archiver" and argv[1] in ROW_COMMANDS and not redirected:
+            assert len(result.stdout.strip().splitlines()) >= 2, where
         ran += 1
     if not ran:
         pytest.skip(f"every example of archiver {name} needs a live broker")
+
+
+#: Commands that write to, delete from or rewrite an archive.
+CHANGING = {"record", "compact", "expire", "cleanup"}
+
+
+def test_no_example_changes_an_archive_it_does_not_name() -> None:
+    """Every README and --help example that writes or deletes names its --archive."""
+    lines = [cmd for _, lang, code, _ in blocks() if lang == "sh" for cmd in shell_lines(code)]
+    lines += [line for examples in HELP_EXAMPLES.values() for line in examples]
+    changing = []
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        if argv[:1] != ["archiver"] or len(argv) < 2:
+            continue
+        if argv[1] in CHANGING or (argv[1] == "check" and "--quarantine" in argv):
+            changing.append(argv)
+    assert len(changing) >= 10
+    unnamed = [" ".join(argv) for argv in changing if "--archive" not in argv]
+    assert not unnamed

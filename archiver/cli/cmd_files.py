@@ -20,7 +20,7 @@ def files_command(table: str, archive: str) -> None:
     \b
     Example:
         archiver files tasks > tasks.txt
-        python -c "import polars as pl; print(pl.scan_parquet(open('tasks.txt').read().split()).collect())"
+        python -c "import polars as pl; print(pl.read_parquet(open('tasks.txt').read().split()))"
     """
     for uri in run_library_call(Archive(archive).files, table):
         click.echo(uri)
@@ -45,7 +45,7 @@ def sql_command(query: str, archive: str, fmt: str | None, output: str | None) -
     """Run a DuckDB QUERY over one view per table (exactly the rows `archiver query` reads).
 
     Views: every table of the archive by its name, with `date` (DATE) and `hour`
-    (INTEGER). Needs DuckDB: pip install 'archiver[report]'.
+    (INTEGER). Needs DuckDB (the report extra).
 
     \b
     Example:

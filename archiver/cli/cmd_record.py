@@ -189,6 +189,7 @@ NO_EVENTS_NOTE = (
     "Start them with -E, or run: celery -A proj control enable_events"
 )
 
+
 @click.command()
 @click.option(
     "-b",
@@ -333,7 +334,7 @@ def record(
     \b
     Example:
         archiver record --replay data/celery-events-sample.jsonl --archive data/archive
-        archiver record --broker redis://localhost:6379/0 --duration 55m --pidfile /run/archiver.pid
+        archiver record --broker redis://localhost:6379/0 --archive data/archive --duration 55m
     """
     broker = broker_or_env(broker, app_name, replay)
     sources = [s for s in (broker or app_name, replay) if s]
