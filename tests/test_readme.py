@@ -207,3 +207,24 @@ def test_no_example_changes_an_archive_it_does_not_name() -> None:
     assert len(changing) >= 10
     unnamed = [" ".join(argv) for argv in changing if "--archive" not in argv]
     assert not unnamed
+
+
+def test_make_demo_next_steps_run_on_the_sample(workdir: Path) -> None:
+    """The archiver commands `make demo` suggests at its end run on the demo archive."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    suggested = [
+        part.strip()
+        for line in re.findall(r'^\t@echo "\s*(.+)"$', recipe, re.M)
+        for part in line.split("#", 1)[0].split("&&")
+        if part.strip().startswith("archiver ")
+    ]
+    assert len(suggested) >= 2, recipe
+    for command in suggested:
+        argv = shlex.split(command)
+        result = subprocess.run(
+            [sys.executable, "-m", "archiver", *argv[1:]], cwd=workdir, env=env(),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0 and "Note:" not in result.stderr, (command, result.stderr)
+        assert result.stdout.strip() or "--output" in argv, command
