@@ -256,6 +256,8 @@ class Archive:
                 con = self.duckdb()  # lists and opens the files: a cleanup may delete one
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
+            except ArchiverError:  # DuckDB missing: already one line that says so
+                raise
             except Exception as exc:  # duckdb.Error has no common OSError base
                 if is_missing_file(exc) and attempt < READ_RETRIES:
                     time.sleep(0.01 * attempt)
