@@ -333,7 +333,7 @@ def record(
 
     \b
     Example:
-        archiver record --replay data/celery-events-sample.jsonl --archive data/archive
+        archiver record --replay data/celery-events-sample.jsonl --archive data/replayed
         archiver record --broker redis://localhost:6379/0 --archive data/archive --duration 55m
     """
     broker = broker_or_env(broker, app_name, replay)
