@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/archiver info --archive data/archive
 	@echo; echo "Tasks whose last state is FAILURE (first 5):"
 	$(VENV)/bin/archiver query tasks --archive data/archive --latest --where state=FAILURE --columns uuid,name,worker,exception --limit 5
+	@echo; echo "Next, in the venv (. .venv/bin/activate):"
+	@echo "  archiver query tasks --where name=harness.slow --tail 10   # the newest rows of one task name"
+	@echo "  pip install -e '.[report]' && archiver report --output report.html   # one HTML page of charts"
+	@echo "  make notebook   # the analysis notebook in JupyterLab"
 
 # Jupyter on the analysis notebook, in the project's .venv, on the demo archive.
 $(VENV)/.installed-notebook: pyproject.toml $(VENV)/.installed

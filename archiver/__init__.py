@@ -19,6 +19,7 @@ from .errors import (
 )
 from .maintenance import CompactionReport, ExpiryReport, Retention
 from .parquet_camera import ParquetCamera
+from .record import RecordSummary, TapSummary, record_events, tap_events
 from .signals import Signal
 from .state import State
 from .timer import Timer
@@ -50,11 +51,15 @@ __all__ = [
     "NotAnArchiveError",
     "ParquetCamera",
     "Polaroid",
+    "RecordSummary",
     "Retention",
     "Signal",
     "State",
+    "TapSummary",
     "Timer",
     "__version__",
     "load",
+    "record_events",
     "report",
+    "tap_events",
 ]

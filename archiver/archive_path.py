@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from .errors import ArchiveNotFound, NotAnArchiveError
+from .errors import ArchiveNotFound, ArchiverError, NotAnArchiveError
 from .layout import is_hidden
 from .listing import list_dir
 from .storage import Location
@@ -67,7 +67,10 @@ def _subfolders(location: Location, path: str) -> tuple[list[str], bool, bool]:
 def classify_archive_path(location: Location) -> ArchivePath:
     """Whether ``location`` is an archive, and if not, what it is instead."""
     uri = location.uri
-    info = location.fs.get_file_info(location.root)
+    try:
+        info = location.fs.get_file_info(location.root)
+    except OSError as exc:  # an unreachable store, refused credentials: nothing to classify
+        raise ArchiverError(f"cannot reach the archive {uri}: {exc}") from exc
     if info.type == pafs.FileType.NotFound:
         return ArchivePath(PathKind.MISSING, uri, f"no archive at {uri}")
     if info.type != pafs.FileType.Directory:

@@ -135,6 +135,19 @@ def test_a_place_that_cannot_be_written(archive, tmp_path):
         assert invoke(command, "--archive", path).output == f"Error: no archive at {path}\n"
 
 
+def test_an_unreachable_object_store_is_one_error_line(tmp_path):
+    """An s3:// archive whose endpoint refuses connections: one `Error:` line, exit 1."""
+    from tests.livecluster import free_port
+
+    uri = f"s3://bucket/celery?endpoint_override=127.0.0.1:{free_port()}&scheme=http"
+    env = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "us-east-1"}
+    for args in (["info", "--archive", uri], ["record", "--replay", SMALL, "--archive", uri]):
+        result = invoke(*args, env=env)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: cannot reach the archive s3://bucket/celery")
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_archiver_archive_is_every_command_default(archive, tmp_path):
     """$ARCHIVER_ARCHIVE is the default --archive of every command; --archive overrides it."""
     env = {"ARCHIVER_ARCHIVE": str(archive)}

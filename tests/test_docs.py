@@ -40,3 +40,39 @@ def test_python_m_archiver_is_the_cli() -> None:
     finally:
         sys.argv = argv
     assert exc.value.code == 0
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to -."""
+    text = heading.strip().lower()
+    return "".join(c for c in text if c.isalnum() or c in " -_").replace(" ", "-")
+
+
+def test_readme_links_point_at_its_headings() -> None:
+    """Every `(#anchor)` link of the README (its contents list too) names one of its headings."""
+    import re
+
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", README, re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", README)
+    assert len(links) >= 15
+    assert sorted(set(links) - anchors) == []
+
+
+@pytest.mark.parametrize(
+    "section",
+    ["Installation", "Turning on Celery events", "Replaying a file from Python",
+     "Opening the notebook", "Object storage"],
+)  # fmt: skip
+def test_readme_has_the_first_ten_minutes_sections(section: str) -> None:
+    """The sections a new user needs exist and are listed in the contents at the top."""
+    top = README.split("## Two commands", 1)[0]
+    assert f"\n## {section}\n" in README or f"\n### {section}\n" in README
+    assert f"(#{github_anchor(section)})" in top
+
+
+def test_no_install_hint_reaches_pypi() -> None:
+    """No `pip install 'archiver[...]'` hint: that name on PyPI is another package."""
+    import re
+
+    assert not re.search(r"pip install\s+['\"]?archiver\[", README)
+    assert "pip install -e '.[" in README

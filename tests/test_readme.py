@@ -4,7 +4,8 @@ Every fenced ``sh`` and ``python`` block of README.md is run against a fresh cop
 the demo archive (``make demo``'s), unless the line before its fence is
 ``<!-- not run: REASON -->`` (an example for a live cluster, object storage or cron).
 Shell lines are run as the real program; ``query``, ``sql`` and ``files`` must print
-rows, and no command may end with an empty-result note.
+rows, and no command may end with an empty-result note. The ``Example:`` lines of every
+command's ``--help`` are run the same way, through a shell (they may redirect).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ SAMPLE = ROOT / "data" / "celery-events-sample.jsonl"
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```", re.M | re.S)
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->\s*$")
 #: Lines of a shell block that set up a machine rather than use archiver.
-SETUP = ("make ", "pip ", "python -m pip ", "cd ")
+SETUP = ("make ", "pip ", "python -m pip ", "cd ", ". .venv/bin/activate")
 #: Commands whose output must hold rows.
 ROW_COMMANDS = {"query", "sql", "files"}
 
@@ -111,11 +112,12 @@ def test_readme_block_runs_on_the_sample(line: int, lang: str, code: str, workdi
             timeout=300,
         )  # fmt: skip
         assert result.returncode == 0, f"README line {line}:\n{result.stderr[-3000:]}"
+        assert "EmptyResultWarning" not in result.stderr, f"README line {line}:\n{result.stderr}"
         return
     for command in shell_lines(code):
         if command.startswith(SETUP):
             continue
-        argv = shlex.split(command)
+        argv = shlex.split(command, comments=True)  # "cmd  # what it does" is a comment, as in sh
         assert argv[0] == "archiver", f"README line {line}: not an archiver command: {command}"
         result = subprocess.run(
             [sys.executable, "-m", "archiver", *argv[1:]], cwd=workdir, env=env(),
@@ -127,3 +129,102 @@ def test_readme_block_runs_on_the_sample(line: int, lang: str, code: str, workdi
         if argv[1] in ROW_COMMANDS and "--output" not in argv and "-o" not in argv:
             assert len(result.stdout.strip().splitlines()) >= 2 or argv[1] == "files", where
             assert result.stdout.strip(), where
+
+
+#: Help examples that need something the sample cannot give: a live broker.
+NEEDS_BROKER = ("--broker", " -b ", " -A ", "--app")
+
+
+def help_examples() -> dict[str, list[str]]:
+    """The lines under `Example:` in the group's and each command's --help, by command."""
+    from click.testing import CliRunner
+
+    from archiver.cli import cli
+
+    found = {}
+    for name in ["", *sorted(cli.commands)]:
+        text = CliRunner().invoke(cli, [*([name] if name else []), "--help"]).output
+        _, _, after = text.partition("Example:\n")
+        lines = [raw.strip() for raw in after.split("\n\n", 1)[0].splitlines() if raw.strip()]
+        found[name or "archiver"] = lines
+    return found
+
+
+HELP_EXAMPLES = help_examples()
+
+
+def test_every_command_has_help_examples() -> None:
+    """The group and every command show at least one example under `Example:`."""
+    from archiver.cli import cli
+
+    assert {name for name, lines in HELP_EXAMPLES.items() if lines} == {"archiver", *cli.commands}
+
+
+@pytest.mark.parametrize("name", sorted(HELP_EXAMPLES))
+def test_help_examples_run_on_the_sample(name: str, workdir: Path) -> None:
+    """The `Example:` lines of `archiver <cmd> --help` run, in order, on the demo archive.
+
+    Reading commands must return data. Only the examples that need a live broker
+    (record/tap with --broker or -A) are skipped: the sample has no broker behind it.
+    """
+    e = env()
+    e["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), e["PATH"]])
+    ran = 0
+    for line in HELP_EXAMPLES[name]:
+        if any(flag in f" {line} " for flag in NEEDS_BROKER):
+            continue
+        result = subprocess.run(
+            ["bash", "-c", line], cwd=workdir, env=e, capture_output=True, text=True, timeout=300
+        )
+        where = f"archiver {name} --help: {line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        assert result.returncode == 0, where
+        assert "Note:" not in result.stderr, where
+        assert "Traceback" not in result.stderr, where
+        argv = shlex.split(line, comments=True)
+        redirected = {">", "-o", "--output"} & set(argv)
+        if argv[0] == "archiver" and argv[1] in ROW_COMMANDS and not redirected:
+            assert len(result.stdout.strip().splitlines()) >= 2, where
+        ran += 1
+    if not ran:
+        pytest.skip(f"every example of archiver {name} needs a live broker")
+
+
+#: Commands that write to, delete from or rewrite an archive.
+CHANGING = {"record", "compact", "expire", "cleanup"}
+
+
+def test_no_example_changes_an_archive_it_does_not_name() -> None:
+    """Every README and --help example that writes or deletes names its --archive."""
+    lines = [cmd for _, lang, code, _ in blocks() if lang == "sh" for cmd in shell_lines(code)]
+    lines += [line for examples in HELP_EXAMPLES.values() for line in examples]
+    changing = []
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        if argv[:1] != ["archiver"] or len(argv) < 2:
+            continue
+        if argv[1] in CHANGING or (argv[1] == "check" and "--quarantine" in argv):
+            changing.append(argv)
+    assert len(changing) >= 10
+    unnamed = [" ".join(argv) for argv in changing if "--archive" not in argv]
+    assert not unnamed
+
+
+def test_make_demo_next_steps_run_on_the_sample(workdir: Path) -> None:
+    """The archiver commands `make demo` suggests at its end run on the demo archive."""
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    suggested = [
+        part.strip()
+        for line in re.findall(r'^\t@echo "\s*(.+)"$', recipe, re.M)
+        for part in line.split("#", 1)[0].split("&&")
+        if part.strip().startswith("archiver ")
+    ]
+    assert len(suggested) >= 2, recipe
+    for command in suggested:
+        argv = shlex.split(command)
+        result = subprocess.run(
+            [sys.executable, "-m", "archiver", *argv[1:]], cwd=workdir, env=env(),
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0 and "Note:" not in result.stderr, (command, result.stderr)
+        assert result.stdout.strip() or "--output" in argv, command

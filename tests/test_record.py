@@ -375,6 +375,32 @@ def test_unreachable_broker_exits_69_without_traceback(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+NO_EVENTS = (
+    "Note: no events arrived: are the workers sending events? Start them with -E, or run: "
+    "celery -A proj control enable_events"
+)
+
+
+def test_a_live_run_without_events_says_why(tmp_path, redis_server):
+    """A live run on a real broker with no worker sending events ends with the -E hint."""
+    result = subprocess.run(
+        [sys.executable, "-m", "archiver", "record", "--broker", redis_server.url(0),
+         "--archive", str(tmp_path / "archive"), "--duration", "2s", "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Recorded 0 events into "), result.stdout
+    assert result.stderr.strip().splitlines()[-1] == NO_EVENTS
+
+
+def test_a_replay_without_events_gives_no_hint(tmp_path):
+    """An empty replay file is no cluster question: no -E hint."""
+    (tmp_path / "empty.jsonl").write_text("")
+    result = record("--replay", tmp_path / "empty.jsonl", "--archive", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert "Recorded 0 events" in result.stdout and "Note:" not in result.stderr
+
+
 # -- pidfile ------------------------------------------------------------------------------
 HOLD = """
 import sys, time

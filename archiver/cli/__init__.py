@@ -15,8 +15,9 @@ def cli() -> None:
 
     \b
     Example:
-        archiver record --replay data/celery-events-sample.jsonl --archive data/archive
-        archiver query tasks --archive data/archive --since 2h --where state=FAILURE
+        archiver record --replay data/celery-events-sample.jsonl --archive data/replayed
+        archiver query tasks --archive data/replayed --latest --where state=FAILURE
+        archiver report --archive data/replayed --output report.html
     """
 
 

@@ -388,7 +388,8 @@ def cleanup_command(
 
     \b
     Example:
-        archiver cleanup --archive data/archive --retention retention.toml --yes
+        archiver cleanup --archive data/archive --state SUCCESS=1d --dry-run
+        archiver cleanup --archive data/archive --older-than 30d --state SUCCESS=1d --yes
     """
     with progress_bar("Cleaning up") as progress:
         report = cleanup_call(

@@ -20,7 +20,7 @@ def files_command(table: str, archive: str) -> None:
     \b
     Example:
         archiver files tasks > tasks.txt
-        python -c "import polars as pl; pl.scan_parquet(open('tasks.txt').read().split())"
+        python -c "import polars as pl; print(pl.read_parquet(open('tasks.txt').read().split()))"
     """
     for uri in run_library_call(Archive(archive).files, table):
         click.echo(uri)

@@ -183,6 +183,13 @@ def stop_on_signals(stop: Callable[[], object]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+#: What a live run that received nothing says: Celery workers send no events by default.
+NO_EVENTS_NOTE = (
+    "Note: no events arrived: are the workers sending events? "
+    "Start them with -E, or run: celery -A proj control enable_events"
+)
+
+
 @click.command()
 @click.option(
     "-b",
@@ -326,8 +333,8 @@ def record(
 
     \b
     Example:
-        archiver record --replay data/celery-events-sample.jsonl --archive data/archive
-        archiver record --broker redis://localhost:6379/0 --duration 55m --pidfile /run/archiver.pid
+        archiver record --replay data/celery-events-sample.jsonl --archive data/replayed
+        archiver record --broker redis://localhost:6379/0 --archive data/archive --duration 55m
     """
     broker = broker_or_env(broker, app_name, replay)
     sources = [s for s in (broker or app_name, replay) if s]
@@ -381,6 +388,8 @@ def record(
             click.echo(click.style(summary.malformed_report, fg="yellow"), err=True)
         click.echo(summary.line())
         logging.getLogger("archiver.record").info(summary.line())
+        if not replay and summary.events == 0:
+            click.echo(NO_EVENTS_NOTE, err=True)
         if summary.lost:  # invalid input (malformed, rejected, undecodable) is not lost
             click.echo(f"Error: {lost_report(summary)}", err=True)
             sys.exit(EX_IOERR)

@@ -72,7 +72,8 @@ def report_command(
 
     \b
     Example:
-        archiver report --archive data/archive --since 1d --output report.html
+        archiver report --archive data/archive --output report.html
+        archiver report --since 2026-11-25T15:57:50 --name 'harness.*' --output late.html
     """
     from ..report import report
 
