@@ -99,70 +99,99 @@ def write_group(
     entry (a previous group's inputs go then). Returns the outputs once all are in place (the
     commit); on error, removes what it wrote.
     """
-    fs = location.fs
     gid = new_writer_id()
     outs: list[Output] = []
+    try:
+        _write_outputs(location, directory, data, schema, gid, outs, target_bytes, slice_rows)
+        _seal(location, outs, replaces, keep)
+        if before_commit is not None:
+            before_commit()
+        _commit(location, directory, gid, outs)
+    except BaseException:
+        _discard(location, outs)
+        raise
+    return outs
+
+
+def _write_outputs(
+    location: Location,
+    directory: str,
+    data: pa.Table,
+    schema: pa.Schema,
+    gid: str,
+    outs: list[Output],
+    target_bytes: int,
+    slice_rows: int,
+) -> None:
+    """Write ``data`` under temporary names into ``outs``, a new file every ``target_bytes``
+    (an empty table still gives one file: an expiry's tombstone)."""
     micros = data.column("captured_at").cast(pa.int64()).to_numpy() if data.num_rows else None
 
     def open_next(row: int) -> Output:
         first_us = int(micros[row]) if micros is not None else 0
         stamp = datetime.fromtimestamp(first_us // 10**6, tz=timezone.utc)
         name = f"part-{stamp:%Y%m%dT%H%M%S}-compact-{gid}-{len(outs) + 1:03d}.parquet"
-        final = f"{directory}/{name}"
         target = temp_path(location, directory, name)
-        stream = fs.open_output_stream(target)
+        stream = location.fs.open_output_stream(target)
         writer = open_writer(stream, schema)  # checksums; the camera's dictionary columns
-        out = Output(name, final, target, stream, writer, gid)
+        out = Output(name, f"{directory}/{name}", target, stream, writer, gid)
         outs.append(out)
         return out
 
-    try:
-        if data.num_rows == 0:
-            out = open_next(0)
-            out.writer.write_table(data.cast(schema.remove_metadata()))
-        pos = 0
-        while pos < data.num_rows:
-            if not outs or outs[-1].stream.tell() >= target_bytes:
-                open_next(pos)
-            out = outs[-1]
-            chunk = data.slice(pos, slice_rows)
-            out.writer.write_table(chunk, row_group_size=slice_rows)
-            out.rows += chunk.num_rows
-            pos += chunk.num_rows
-        group = json.dumps([o.name for o in outs])
-        for out in outs:
-            out.writer.add_key_value_metadata(
-                {
-                    REPLACES_KEY.decode(): json.dumps(sorted(replaces)),
-                    GROUP_KEY.decode(): group,
-                    KEEP_KEY.decode(): keep,
-                }
-            )
+    if data.num_rows == 0:
+        open_next(0).writer.write_table(data.cast(schema.remove_metadata()))
+    pos = 0
+    while pos < data.num_rows:
+        if not outs or outs[-1].stream.tell() >= target_bytes:
+            open_next(pos)
+        out = outs[-1]
+        chunk = data.slice(pos, slice_rows)
+        out.writer.write_table(chunk, row_group_size=slice_rows)
+        out.rows += chunk.num_rows
+        pos += chunk.num_rows
+
+
+def _seal(location: Location, outs: list[Output], replaces: Sequence[str], keep: Keep) -> None:
+    """Close every output with the group's metadata (what it replaces) and sync it."""
+    group = json.dumps([o.name for o in outs])
+    for out in outs:
+        out.writer.add_key_value_metadata(
+            {
+                REPLACES_KEY.decode(): json.dumps(sorted(replaces)),
+                GROUP_KEY.decode(): group,
+                KEEP_KEY.decode(): keep,
+            }
+        )
+        out.writer.close()
+        out.size = out.stream.tell()
+        out.stream.close()
+        location.sync(out.target)
+        step("written")
+
+
+def _commit(location: Location, directory: str, gid: str, outs: list[Output]) -> None:
+    """Journal the commit, then rename every output into place (the last rename commits)."""
+    open_commit(location, gid, directory)
+    for out in outs:
+        if out.target != out.final:
+            location.rename(out.target, out.final, sync=False)
+        step("renamed")
+    location.sync_parents(o.final for o in outs)
+
+
+def _discard(location: Location, outs: list[Output]) -> None:
+    """After a failure: close the outputs and delete the temporaries.
+
+    Only temporaries: renamed files are a (partial) group that readers ignore while
+    the inputs exist; the next run deletes them.
+    """
+    for out in outs:
+        with contextlib.suppress(Exception):  # already closed or broken
             out.writer.close()
-            out.size = out.stream.tell()
             out.stream.close()
-            location.sync(out.target)
-            step("written")
-        if before_commit is not None:
-            before_commit()
-        open_commit(location, gid, directory)
-        for out in outs:
-            if out.target != out.final:
-                location.rename(out.target, out.final, sync=False)
-            step("renamed")
-        location.sync_parents(o.final for o in outs)
-    except BaseException:
-        for out in outs:
-            with contextlib.suppress(Exception):  # already closed or broken
-                out.writer.close()
-                out.stream.close()
-            # Only temporaries: renamed files are a (partial) group that readers
-            # ignore while the inputs exist; the next run deletes them.
-            if out.target != out.final:
-                with contextlib.suppress(Exception):  # may not exist
-                    fs.delete_file(out.target)
-        raise
-    return outs
+        if out.target != out.final:
+            with contextlib.suppress(Exception):  # may not exist
+                location.fs.delete_file(out.target)
 
 
 def rows_per_group(target_bytes: int, bytes_in: int, rows_in: int) -> int:
