@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import timedelta
 from numbers import Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -596,6 +596,40 @@ def worker_utilisation(
     freq = interval_freq(freq, fn="worker_utilisation")
     tasks = one_row_per_task(tasks)
     started = _utc(tasks["started"])
+    end = _attempt_ends(tasks, started)
+    cutoff = _cutoff(tasks, until, started, end)
+    if cutoff is not None:
+        end = end.fillna(cutoff)
+        end = end.where(end <= cutoff, cutoff)
+    ok = started.notna() & end.notna() & tasks["worker"].notna() & (end >= started)
+    started, end, worker = started[ok], end[ok], tasks.loc[ok, "worker"].astype(str)
+    if started.empty:
+        return _empty_by_interval(freq)
+    freq = freq or auto_freq(pd.concat([started, end]))
+    # the time the data covers: from the first task time seen to the cutoff
+    seen = [_utc(tasks[c]).min() for c in ("sent", "received", "started") if c in tasks.columns]
+    cover_from = min(t for t in [*seen, started.min()] if not pd.isna(t))
+    cover_to = max(end.max(), cutoff) if cutoff is not None else end.max()
+    grid = _Grid.spanning(cover_from, cover_to, freq)
+    s = _seconds(started - grid.first).to_numpy()
+    e = _seconds(end - grid.first).to_numpy()
+    out = {}
+    for host in sorted(worker.unique()):
+        mask = (worker == host).to_numpy()
+        busy = _busy_integral(s[mask], e[mask], grid.edges) / grid.covered
+        if concurrency is not None:
+            size = concurrency.get(host) if isinstance(concurrency, dict) else concurrency
+            busy = busy / size if size else np.full_like(busy, np.nan)
+        out[host] = busy
+    frame = pd.DataFrame(out, index=grid.starts, dtype="float64")
+    frame.columns = pd.Index(list(frame.columns), dtype=object, name="worker")
+    frame.attrs["freq"] = freq
+    return frame
+
+
+def _attempt_ends(tasks: pd.DataFrame, started: pd.Series) -> pd.Series:
+    """When each task's (last) attempt ended: its finish, else its retry, revocation or
+    rejection (when not before it started), else ``started`` + runtime; NaT if none."""
     end = finished_at(tasks)
     for column in ("retried", "revoked", "rejected"):  # an attempt also ends with these
         if column in tasks.columns:
@@ -605,55 +639,52 @@ def worker_utilisation(
     if "runtime" in tasks.columns:
         by_runtime = started + pd.to_timedelta(tasks["runtime"].astype("float64"), unit="s")
         end = end.where(end.notna(), by_runtime)
+    return end
+
+
+def _cutoff(
+    tasks: pd.DataFrame, until: Any, started: pd.Series, end: pd.Series
+) -> pd.Timestamp | None:
+    """When tasks still running are counted up to: ``until``, else the last capture,
+    else the last task time (None: no time at all)."""
     if until is not None:
         cutoff = parse_time(until)
     elif "captured_at" in tasks.columns and _utc(tasks["captured_at"]).notna().any():
         cutoff = _utc(tasks["captured_at"]).max()
     else:
         cutoff = pd.concat([started, end]).max()
-    if cutoff is not None and not pd.isna(cutoff):
-        end = end.fillna(cutoff)
-        end = end.where(end <= cutoff, cutoff)
-    ok = started.notna() & end.notna() & tasks["worker"].notna() & (end >= started)
-    started, end, worker = started[ok], end[ok], tasks.loc[ok, "worker"].astype(str)
-    if started.empty:
-        return _empty_by_interval(freq)
-    freq = freq or auto_freq(pd.concat([started, end]))
-    step = pd.Timedelta(freq)
-    # the time the data covers: from the first task time seen to the cutoff
-    seen = [_utc(tasks[c]).min() for c in ("sent", "received", "started") if c in tasks.columns]
-    cover_from = min(t for t in [*seen, started.min()] if not pd.isna(t))
-    cover_to = max(end.max(), cutoff) if cutoff is not None and not pd.isna(cutoff) else end.max()
-    first, last = cover_from.floor(freq), cover_to.floor(freq)
-    if last == cover_to and last > first:  # the cutoff on an edge: the next interval is empty
-        last -= step
-    n = _intervals(first, last, freq)
-    if n > MAX_INTERVALS:
-        raise ValueError(
-            f"worker_utilisation(): the tasks run from {first} to {last}, {n:,} intervals "
-            f"of {freq}: pass a larger freq, or only the tasks of a time range"
-        )
-    index = pd.date_range(first, last, freq=freq, name="interval").as_unit("us")
-    seconds = step.total_seconds()
-    edges = np.arange(len(index) + 1) * seconds
-    lo = (cover_from - first).total_seconds()
-    hi = (cover_to - first).total_seconds()
-    covered = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
-    covered = np.where(covered > 0, covered, np.nan)
-    s = _seconds(started - first).to_numpy()
-    e = _seconds(end - first).to_numpy()
-    out = {}
-    for host in sorted(worker.unique()):
-        mask = (worker == host).to_numpy()
-        busy = _busy_integral(s[mask], e[mask], edges) / covered
-        if concurrency is not None:
-            size = concurrency.get(host) if isinstance(concurrency, dict) else concurrency
-            busy = busy / size if size else np.full_like(busy, np.nan)
-        out[host] = busy
-    frame = pd.DataFrame(out, index=index, dtype="float64")
-    frame.columns = pd.Index(list(frame.columns), dtype=object, name="worker")
-    frame.attrs["freq"] = freq
-    return frame
+    return None if cutoff is None or pd.isna(cutoff) else cutoff
+
+
+class _Grid(NamedTuple):
+    """Intervals of one ``freq``: their ``starts`` (from ``first``), their edges in
+    seconds from ``first``, and the seconds of each the data covers (NaN: none)."""
+
+    starts: pd.DatetimeIndex
+    first: pd.Timestamp
+    edges: np.ndarray
+    covered: np.ndarray
+
+    @classmethod
+    def spanning(cls, cover_from: pd.Timestamp, cover_to: pd.Timestamp, freq: str) -> _Grid:
+        """The intervals from the one holding ``cover_from`` to the one holding ``cover_to``
+        (not the one starting at it: that interval would be empty)."""
+        step = pd.Timedelta(freq)
+        first, last = cover_from.floor(freq), cover_to.floor(freq)
+        if last == cover_to and last > first:  # the cutoff on an edge: the next interval is empty
+            last -= step
+        n = _intervals(first, last, freq)
+        if n > MAX_INTERVALS:
+            raise ValueError(
+                f"worker_utilisation(): the tasks run from {first} to {last}, {n:,} intervals "
+                f"of {freq}: pass a larger freq, or only the tasks of a time range"
+            )
+        index = pd.date_range(first, last, freq=freq, name="interval").as_unit("us")
+        edges = np.arange(len(index) + 1) * step.total_seconds()
+        lo = (cover_from - first).total_seconds()
+        hi = (cover_to - first).total_seconds()
+        covered = np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None)
+        return cls(index, first, edges, np.where(covered > 0, covered, np.nan))
 
 
 def worker_activity(

@@ -24,6 +24,35 @@ if TYPE_CHECKING:  # importing the maintenance package waits for the first clean
 logger = logging.getLogger("archiver.camera")
 
 
+def _configured_converter(
+    converter: Converter | None,
+    *,
+    mode: Mode,
+    redact: Iterable[str],
+    redact_mode: RedactMode,
+    redact_key: bytes | str | None,
+    stage_rows: int,
+) -> Converter:
+    """``converter``, or the default one with these settings (``redact`` may be a
+    comma-separated string); the settings are refused with a custom converter."""
+    if isinstance(redact, str):
+        redact = [r.strip() for r in redact.split(",") if r.strip()]
+    if converter is None:
+        return CeleryConverter(
+            mode=mode,
+            redact=redact,
+            redact_mode=redact_mode,
+            redact_key=redact_key,
+            stage_rows=stage_rows,
+        )
+    if mode != "changes" or tuple(redact) or redact_mode != "null" or redact_key:
+        raise ValueError(
+            "mode, redact, redact_mode and redact_key configure the default converter: "
+            "pass them to your converter instead"
+        )
+    return converter
+
+
 class ParquetCamera(Polaroid):
     """Batch frozen states into Arrow tables and flush them as partitioned Parquet.
 
@@ -80,22 +109,14 @@ class ParquetCamera(Polaroid):
         retention: Retention | None = None,
     ) -> None:
         super().__init__(state, freq, maxrate, cleanup_freq, timer, app)
-        if isinstance(redact, str):
-            redact = [r.strip() for r in redact.split(",") if r.strip()]
-        if converter is None:
-            converter = CeleryConverter(
-                mode=mode,
-                redact=redact,
-                redact_mode=redact_mode,
-                redact_key=redact_key,
-                stage_rows=min(STAGE_ROWS, flush_rows),
-            )
-        elif mode != "changes" or tuple(redact) or redact_mode != "null" or redact_key:
-            raise ValueError(
-                "mode, redact, redact_mode and redact_key configure the default converter: "
-                "pass them to your converter instead"
-            )
-        self.converter = converter
+        self.converter = _configured_converter(
+            converter,
+            mode=mode,
+            redact=redact,
+            redact_mode=redact_mode,
+            redact_key=redact_key,
+            stage_rows=min(STAGE_ROWS, flush_rows),
+        )
         self.location = resolve(archive, filesystem, storage_options)
         self.archive = self.location.uri
         self.camera_id = new_writer_id()

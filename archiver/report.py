@@ -227,16 +227,7 @@ def gather(
     duckdb = _require("duckdb")
     archive = archive if isinstance(archive, Archive) else Archive(archive)
     t_start, t_end = parse_time(start), parse_time(end)
-    if t_start is not None and t_end is not None and t_end <= t_start:
-        raise ArchiverError(f"empty window: the end {t_end} is not after the start {t_start}")
-    if "tasks" not in archive.tables() and "snapshots" not in archive.tables():
-        archive.partitions("tasks")  # the one-line "no table" error
-    percentiles = tuple(float(q) for q in percentiles)
-    if not percentiles or any(not 0 <= q <= 1 for q in percentiles):
-        raise ArchiverError(f"percentiles must be fractions in [0, 1], got {percentiles}")
-    if top < 1:
-        raise ArchiverError(f"top must be at least 1, got {top}")
-
+    percentiles = _check_arguments(archive, t_start, t_end, percentiles, top)
     # Read the failures' text first: its scan decodes every traceback, and its peak
     # memory then does not add to that of the main read.
     failure_text = _failure_text(archive, t_start, t_end, name)
@@ -244,24 +235,106 @@ def gather(
     versions = _load(archive, "tasks", TASK_COLUMNS, t_start, t_end, name_filter(name))
     snaps = _load(archive, "snapshots", SNAPSHOT_COLUMNS, t_start, t_end)
     workers = _load(archive, "workers", WORKER_COLUMNS, t_start, t_end)
+    window = _captured_window(t_start, t_end, (versions, snaps, workers), freq)
+    last_rows, retries = _final_versions(versions)
+    del versions  # only the final versions and the retries are needed from here on
+    pa.default_memory_pool().release_unused()
+    with contextlib.closing(duckdb.connect()) as con:
+        con.execute("SET threads TO 2")
+        for label, table in (
+            ("last_rows", last_rows),
+            ("retries", retries),
+            ("fails", failure_text),
+            ("snaps", snaps),
+            ("workers", workers),
+        ):
+            con.register(label, table)
+        agg = _Aggregation(con, window, percentiles)
+        data = _aggregate(agg, archive.uri, name, top, slowest, concurrency)
+    agg.warn_outside()
+    return data
+
+
+def _check_arguments(
+    archive: Archive,
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    percentiles: Sequence[float],
+    top: int,
+) -> tuple[float, ...]:
+    """Refuse an empty window, an archive without tasks or snapshots, and bad figures;
+    the percentiles as floats."""
+    if start is not None and end is not None and end <= start:
+        raise ArchiverError(f"empty window: the end {end} is not after the start {start}")
+    if "tasks" not in archive.tables() and "snapshots" not in archive.tables():
+        archive.partitions("tasks")  # the one-line "no table" error
+    fractions = tuple(float(q) for q in percentiles)
+    if not fractions or any(not 0 <= q <= 1 for q in fractions):
+        raise ArchiverError(f"percentiles must be fractions in [0, 1], got {fractions}")
+    if top < 1:
+        raise ArchiverError(f"top must be at least 1, got {top}")
+    return fractions
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The window asked for (``start``, ``end``: None when open), the first and last
+    capture read in it, and the interval of the charts over time (``step`` in µs)."""
+
+    start: pd.Timestamp | None
+    end: pd.Timestamp | None
+    first: pd.Timestamp | None
+    last: pd.Timestamp | None
+    freq: str
+    step: int
+
+    @property
+    def lo(self) -> pd.Timestamp | None:
+        return self.start if self.start is not None else self.first
+
+    @property
+    def hi(self) -> pd.Timestamp | None:
+        return self.end if self.end is not None else self.last
+
+    # Charts over time cover the window (of captured_at), give or take a step: a task
+    # time far outside it (a worker clock in the year 9999) is left out of them.
+    @property
+    def chart_lo(self) -> int | None:
+        """The first time (µs) the charts over time show, None when unbounded."""
+        return None if self.lo is None else self.lo.value // 1000 - self.step
+
+    @property
+    def chart_hi(self) -> int | None:
+        """The last time (µs) the charts over time show, None when unbounded."""
+        return None if self.hi is None else self.hi.value // 1000 + self.step
+
+
+def _captured_window(
+    start: pd.Timestamp | None,
+    end: pd.Timestamp | None,
+    tables: Sequence[pa.Table],
+    freq: str | None,
+) -> _Window:
+    """The window, with the first and last ``captured_at`` of ``tables`` and the charts'
+    interval (``freq``, by default about 40 intervals over the window)."""
     captured = [
-        v
-        for t in (versions, snaps, workers)
-        for v in pc.min_max(t.column("captured_at")).values()
-        if v.is_valid
+        v for t in tables for v in pc.min_max(t.column("captured_at")).values() if v.is_valid
     ]
     first = _ts([min(v.as_py() for v in captured)])[0] if captured else None
     last = _ts([max(v.as_py() for v in captured)])[0] if captured else None
-    lo = t_start if t_start is not None else first
-    hi = t_end if t_end is not None else last
+    lo = start if start is not None else first
+    hi = end if end is not None else last
     if freq is None:
         freq = auto_freq([lo, hi] if lo is not None else [])
     step = int(pd.Timedelta(freq).total_seconds() * 1e6)
     if step <= 0:
         raise ArchiverError(f"freq must be a positive interval, got {freq!r}")
+    return _Window(start, end, first, last, freq, step)
 
-    # The final version of each task (as Archive.latest picks it), then only what is needed
-    # of the other versions: which tasks were ever retried, and each distinct retry.
+
+def _final_versions(versions: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The final version of each task (as Archive.latest picks it) with ``was_retried``
+    (was any of its versions a retry), and each distinct retry (uuid, retried)."""
     last_rows = latest_arrow(versions, "uuid")
     retry = pc.or_kleene(
         pc.equal(versions["state"].cast(pa.string()), "RETRY"), pc.is_valid(versions["retried"])
@@ -276,24 +349,149 @@ def gather(
         .group_by(["uuid", "retried"], use_threads=False)
         .aggregate([])
     )
-    del versions, retry
-    pa.default_memory_pool().release_unused()
-    con = duckdb.connect()
-    con.execute("SET threads TO 2")
-    for label, table in (
-        ("last_rows", last_rows),
-        ("retries", retries),
-        ("fails", failure_text),
-        ("snaps", snaps),
-        ("workers", workers),
-    ):
-        con.register(label, table)
+    return last_rows, retries
 
-    def q(sql: str, **params: Any) -> pd.DataFrame:
-        frame: pd.DataFrame = con.execute(sql, params or None).df()
+
+class _Aggregation:
+    """The report's tables in DuckDB (``last_rows``, ``retries``, ``fails``, ``snaps``,
+    ``workers``), queried into frames over the report's window."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, window: _Window, percentiles: tuple[float, ...]
+    ) -> None:
+        self.con = con
+        self.window = window
+        self.percentiles = percentiles
+        #: Task times per interval left out of the charts over time (outside the window).
+        self.outside = 0
+
+    def q(self, sql: str, params: dict[str, int] | None = None) -> pd.DataFrame:
+        """The result of ``sql`` (with ``$name`` parameters) as a DataFrame."""
+        frame: pd.DataFrame = self.con.execute(sql, params).df()
         return frame
 
-    con.execute(
+    def quantiles(self, sql: str, metrics: Sequence[str]) -> str:
+        """``sql`` (``{q}``: where the aggregates go) plus the ``percentiles`` of ``metrics``
+        as columns ``<metric>_p50``...: one list quantile (one sort) per metric."""
+        percentiles = self.percentiles
+        qs = "[" + ", ".join(map(repr, percentiles)) + "]"
+        inner = ", ".join(f"quantile_cont({m}, {qs}) AS {m}_q" for m in metrics)
+        outer = ", ".join(
+            f"{m}_q[{i}] AS {m}_{_pct(p)}" for m in metrics for i, p in enumerate(percentiles, 1)
+        )
+        hidden = ", ".join(f"{m}_q" for m in metrics)
+        return f"SELECT * EXCLUDE ({hidden}), {outer} FROM ({sql.format(q=inner)})"
+
+    def in_window(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``frame`` whose ``bucket`` the charts show (the others are counted)."""
+        lo, hi = self.window.chart_lo, self.window.chart_hi
+        if frame.empty or lo is None or hi is None:
+            return frame
+        keep = frame["bucket"].between(lo, hi)
+        self.outside += int((~keep).sum())
+        return frame[keep]
+
+    def over_time(self, sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """``sql``'s sums ``n`` per ``bucket`` (``$step``) and ``key``: interval x key,
+        every interval of the window, the keys ``columns`` (default: those found)."""
+        window = self.window
+        frame = self.in_window(self.q(sql, {"step": window.step}))
+        if frame.empty:
+            out = pd.DataFrame(columns=list(columns or []), dtype="float64")
+        else:
+            frame["interval"] = _ts(frame["bucket"])
+            out = frame.pivot_table(
+                index="interval", columns="key", values="n", aggfunc="sum", fill_value=0
+            )
+            out = out.reindex(columns=[c for c in (columns or out.columns) if c in out.columns])
+            if columns is not None:
+                out = out.reindex(columns=list(columns), fill_value=0)
+        full = _intervals(window.lo, window.hi, window.freq)
+        out = out.reindex(full.union(cast(pd.DatetimeIndex, out.index)), fill_value=0)
+        out.index.name = "interval"
+        out.columns.name = None
+        return out
+
+    def mean_over_time(self, sql: str, columns: Sequence[str]) -> pd.DataFrame:
+        """The mean of ``sql``'s ``v`` per interval of its times ``t``: interval x ``key``."""
+        frame = self.q(
+            f"SELECT (t // $step) * $step AS bucket, key, avg(v) AS v FROM ({sql}) GROUP BY ALL",
+            {"step": self.window.step},
+        )
+        if frame.empty:
+            return pd.DataFrame(columns=list(columns), dtype="float64")
+        frame["interval"] = _ts(frame["bucket"])
+        out = frame.pivot_table(index="interval", columns="key", values="v", aggfunc="mean")
+        out = out.reindex(columns=[c for c in columns if c in out.columns])
+        out.columns.name = None
+        return out
+
+    def warn_outside(self) -> None:
+        """Log how many task times were left out of the charts over time, if any."""
+        if self.outside:
+            logger.warning(
+                "%d task times per interval lie outside the window (%s to %s) and are left "
+                "out of the charts over time (a worker's clock off?)",
+                self.outside,
+                self.window.lo,
+                self.window.hi,
+            )
+
+
+def _aggregate(
+    agg: _Aggregation,
+    archive: str,
+    name: str | None,
+    top: int,
+    slowest: int,
+    concurrency: int | dict[str, int] | None,
+) -> ReportData:
+    """Every section of the report, from the tables registered in ``agg``."""
+    order = _name_groups(agg, top)
+    states, by_name, per_name = _task_counts(agg, order)
+    throughput, outcomes, failures = _tasks_over_time(agg, order)
+    worker_tasks = _worker_tasks(agg)
+    worker_states, heartbeats, restarts = _worker_history(agg)
+    workers_seen, top_workers = _workers_shown(worker_tasks, worker_states, top)
+    window = agg.window
+    return ReportData(
+        archive=archive,
+        start=window.start,
+        end=window.end,
+        first=window.first,
+        last=window.last,
+        name=name,
+        freq=window.freq,
+        percentiles=agg.percentiles,
+        top=top,
+        states=states,
+        events=_events(agg),
+        workers_seen=workers_seen,
+        by_name=by_name,
+        per_name=per_name,
+        throughput=throughput,
+        outcomes=outcomes,
+        latency_trend=_latency_trend(agg),
+        failures=failures,
+        failures_by_worker=_failures_by_worker(agg),
+        exceptions=_exceptions(agg.con),
+        worker_states=worker_states,
+        heartbeats=heartbeats,
+        restarts=restarts,
+        worker_tasks=worker_tasks,
+        busy=_busy(agg, top_workers, concurrency),
+        utilisation=concurrency is not None,
+        loadavg=_loadavg(agg, top_workers),
+        in_flight=_in_flight(agg),
+        slowest=_slowest(agg, slowest),
+    )
+
+
+def _name_groups(agg: _Aggregation, top: int) -> list[str]:
+    """Make the table ``g``: the final version of each task (view ``final``) and its name
+    group ``grp`` (one of the ``top`` busiest names, or "other (N names)"); the groups
+    in order."""
+    agg.con.execute(
         """
         CREATE VIEW final AS
         SELECT uuid, name::VARCHAR AS name, state::VARCHAR AS state, worker::VARCHAR AS worker,
@@ -306,90 +504,66 @@ def gather(
         FROM last_rows
         """
     )
-    names = q(
+    names = agg.q(
         "SELECT coalesce(name, '(none)') AS name, count(*) AS tasks FROM final "
         "GROUP BY 1 ORDER BY tasks DESC, name"
     )
     top_names = names["name"].head(top).tolist()
     rest = len(names) - len(top_names)
     other = f"other ({rest} name{'s' if rest > 1 else ''})"
-    con.register("top_names", pa.table({"name": pa.array(top_names, pa.string())}))
-    con.execute(
+    agg.con.register("top_names", pa.table({"name": pa.array(top_names, pa.string())}))
+    agg.con.execute(
         f"""CREATE TEMP TABLE g AS SELECT *, CASE WHEN coalesce(name, '(none)') IN
         (SELECT name FROM top_names) THEN coalesce(name, '(none)') ELSE '{other}' END AS grp
         FROM final"""
     )
-    order = [*top_names, *([other] if rest else [])]
+    return [*top_names, *([other] if rest else [])]
 
-    by_state = q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
-    states = by_state.set_index("state")["n"].sort_values(ascending=False, kind="stable")
 
-    def quantiles(sql: str, metrics: Sequence[str]) -> str:
-        """``sql`` (``{q}``: where the aggregates go) plus the ``percentiles`` of ``metrics``
-        as columns ``<metric>_p50``...: one list quantile (one sort) per metric."""
-        qs = "[" + ", ".join(map(repr, percentiles)) + "]"
-        inner = ", ".join(f"quantile_cont({m}, {qs}) AS {m}_q" for m in metrics)
-        outer = ", ".join(
-            f"{m}_q[{i}] AS {m}_{_pct(p)}" for m in metrics for i, p in enumerate(percentiles, 1)
-        )
-        hidden = ", ".join(f"{m}_q" for m in metrics)
-        return f"SELECT * EXCLUDE ({hidden}), {outer} FROM ({sql.format(q=inner)})"
-
-    counts = """count(*) AS tasks,
+#: Task counts of a group (of ``g``) as SQL aggregates.
+_COUNTS = """count(*) AS tasks,
         count(*) FILTER (WHERE state = 'SUCCESS') AS succeeded,
         count(*) FILTER (WHERE state = 'FAILURE') AS failed,
         count(*) FILTER (WHERE was_retried) AS retried,
         count(*) FILTER (WHERE state = 'REVOKED') AS revoked"""
-    by_name = q(
-        quantiles(f"SELECT grp AS name, {counts}, {{q}} FROM g GROUP BY grp", list(LATENCIES))
+
+
+def _task_counts(
+    agg: _Aggregation, order: list[str]
+) -> tuple[pd.Series[int], pd.DataFrame, pd.DataFrame]:
+    """Tasks per final state; counts and latency percentiles per name group (in
+    ``order``); counts and runtime percentiles per name."""
+    by_state = agg.q("SELECT coalesce(state, '(none)') AS state, count(*) AS n FROM g GROUP BY 1")
+    states = by_state.set_index("state")["n"].sort_values(ascending=False, kind="stable")
+    by_name = agg.q(
+        agg.quantiles(f"SELECT grp AS name, {_COUNTS}, {{q}} FROM g GROUP BY grp", list(LATENCIES))
     ).set_index("name")
     by_name = by_name.reindex(order)
-    per_name = q(
-        quantiles(
-            f"SELECT coalesce(name, '(none)') AS name, {counts}, {{q}} FROM g GROUP BY 1",
+    per_name = agg.q(
+        agg.quantiles(
+            f"SELECT coalesce(name, '(none)') AS name, {_COUNTS}, {{q}} FROM g GROUP BY 1",
             ["runtime"],
         )
         + " ORDER BY tasks DESC, name"
     ).set_index("name")
+    return states, by_name, per_name
 
-    # Charts over time cover the window (of captured_at), give or take a step: a task
-    # time far outside it (a worker clock in the year 9999) is left out of them.
-    window_lo = None if lo is None else lo.value // 1000 - step
-    window_hi = None if hi is None else hi.value // 1000 + step
-    outside = [0]
 
-    def in_window(frame: pd.DataFrame) -> pd.DataFrame:
-        if frame.empty or window_lo is None or window_hi is None:
-            return frame
-        keep = frame["bucket"].between(window_lo, window_hi)
-        outside[0] += int((~keep).sum())
-        return frame[keep]
+#: The interval (a multiple of ``$step``) holding the time ``{t}``, in SQL.
+_BUCKET = "(({t}) // $step) * $step"
 
-    def over_time(sql: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
-        frame = in_window(q(sql, step=step))
-        if frame.empty:
-            out = pd.DataFrame(columns=list(columns or []), dtype="float64")
-        else:
-            frame["interval"] = _ts(frame["bucket"])
-            out = frame.pivot_table(
-                index="interval", columns="key", values="n", aggfunc="sum", fill_value=0
-            )
-            out = out.reindex(columns=[c for c in (columns or out.columns) if c in out.columns])
-            if columns is not None:
-                out = out.reindex(columns=list(columns), fill_value=0)
-        full = _intervals(lo, hi, freq)
-        out = out.reindex(full.union(cast(pd.DatetimeIndex, out.index)), fill_value=0)
-        out.index.name = "interval"
-        out.columns.name = None
-        return out
 
-    bucket = "(({t}) // $step) * $step"
-    throughput = over_time(
+def _tasks_over_time(
+    agg: _Aggregation, order: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per interval: tasks finished per name group, the outcomes, failures per name group."""
+    bucket = _BUCKET
+    throughput = agg.over_time(
         f"SELECT {bucket.format(t='finished')} AS bucket, grp AS key, count(*) AS n "
         "FROM g WHERE finished IS NOT NULL AND state IN ('SUCCESS', 'FAILURE') GROUP BY ALL",
         order,
     )
-    outcomes = over_time(
+    outcomes = agg.over_time(
         f"""
         SELECT {bucket.format(t="succeeded")} AS bucket, 'succeeded' AS key, count(*) AS n
           FROM g WHERE state = 'SUCCESS' AND succeeded IS NOT NULL GROUP BY ALL
@@ -402,39 +576,57 @@ def gather(
         """,
         ["succeeded", "failed", "retried", "revoked"],
     )
-    failures = over_time(
+    failures = agg.over_time(
         f"SELECT {bucket.format(t='failed')} AS bucket, grp AS key, count(*) AS n "
         "FROM g WHERE state = 'FAILURE' AND failed IS NOT NULL GROUP BY ALL",
         order,
     )
-    trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in percentiles]
-    trend = q(
-        quantiles(
-            f"""SELECT {bucket.format(t="coalesce(finished, started, received)")} AS bucket,
+    return throughput, outcomes, failures
+
+
+def _latency_trend(agg: _Aggregation) -> pd.DataFrame:
+    """Per interval (of the task's last time), the percentiles of each latency."""
+    trend_cols = [f"{m}_{_pct(p)}" for m in LATENCIES for p in agg.percentiles]
+    trend = agg.q(
+        agg.quantiles(
+            f"""SELECT {_BUCKET.format(t="coalesce(finished, started, received)")} AS bucket,
             {{q}} FROM g WHERE coalesce(finished, started, received) IS NOT NULL GROUP BY 1""",
             list(LATENCIES),
         )
         + " ORDER BY bucket",
-        step=step,
+        {"step": agg.window.step},
     )
-    trend = in_window(trend)
+    trend = agg.in_window(trend)
     trend.index = _ts(trend.pop("bucket"))
     latency_trend = trend.reindex(columns=trend_cols)
     latency_trend.index.name = "interval"
+    return latency_trend
 
-    failures_by_worker = q(
+
+def _failures_by_worker(agg: _Aggregation) -> pd.Series[int]:
+    """Tasks that ended in FAILURE, per worker."""
+    by_worker: pd.Series[int] = agg.q(
         "SELECT coalesce(worker, '(none)') AS worker, count(*) AS n FROM g "
         "WHERE state = 'FAILURE' GROUP BY 1 ORDER BY n DESC, worker"
     ).set_index("worker")["n"]
-    exceptions = _exceptions(con)
-    worker_tasks = q(
+    return by_worker
+
+
+def _worker_tasks(agg: _Aggregation) -> pd.DataFrame:
+    """Per worker: tasks processed (succeeded or failed) and failed."""
+    return agg.q(
         """SELECT coalesce(worker, '(none)') AS worker,
         count(*) FILTER (WHERE state IN ('SUCCESS', 'FAILURE')) AS processed,
         count(*) FILTER (WHERE state = 'FAILURE') AS failed
         FROM g WHERE worker IS NOT NULL GROUP BY 1 ORDER BY processed DESC, worker"""
     ).set_index("worker")
 
-    worker_states = q(
+
+def _worker_history(agg: _Aggregation) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """From the workers table: each run of an alive (or dead) state, the heartbeats, the
+    restarts (a new pid)."""
+    hi = agg.window.hi
+    worker_states = agg.q(
         """
         WITH w AS (
             SELECT hostname::VARCHAR AS hostname, captured_at, coalesce(alive, false) AS alive,
@@ -449,32 +641,47 @@ def gather(
                ORDER BY since), greatest(seen, $hi)) AS until, alive
         FROM changes ORDER BY hostname, since
         """,
-        hi=int(hi.value // 1000) if hi is not None else 0,
+        {"hi": int(hi.value // 1000) if hi is not None else 0},
     )
     for column in ("since", "until"):
         worker_states[column] = _ts(worker_states[column])
-    heartbeats = q(
+    heartbeats = agg.q(
         """SELECT hostname::VARCHAR AS hostname, last_heartbeat AS at FROM workers
         WHERE last_heartbeat IS NOT NULL GROUP BY ALL ORDER BY 1, 2"""
     )
     heartbeats["at"] = _ts(heartbeats["at"])
-    restarts = q(
+    restarts = agg.q(
         """SELECT hostname, captured_at AS at, pid FROM (
             SELECT hostname::VARCHAR AS hostname, captured_at, pid,
                    lag(pid) OVER (PARTITION BY hostname ORDER BY captured_at) AS before
             FROM workers) WHERE before IS NOT NULL AND pid IS NOT NULL AND pid <> before"""
     )
     restarts["at"] = _ts(restarts["at"])
+    return worker_states, heartbeats, restarts
+
+
+def _workers_shown(
+    worker_tasks: pd.DataFrame, worker_states: pd.DataFrame, top: int
+) -> tuple[list[str], list[str]]:
+    """Every worker seen, and the ``top`` shown one by one (busiest first, then the idle)."""
     seen = set(worker_tasks.index) | set(worker_states["hostname"])
     workers_seen = sorted(seen - {"(none)"})
     top_workers = [
         *worker_tasks.index[:top],
         *sorted(set(workers_seen) - set(worker_tasks.index)),
     ][:top]
+    return workers_seen, top_workers
 
-    clip_lo = -(2**62) if window_lo is None else window_lo
-    clip_hi = 2**62 if window_hi is None else window_hi
-    busy = over_time(
+
+def _busy(
+    agg: _Aggregation, top_workers: list[str], concurrency: int | dict[str, int] | None
+) -> pd.DataFrame:
+    """Per interval and worker, the mean number of tasks running (with ``concurrency``:
+    the fraction of the pool busy)."""
+    lo, hi = agg.window.chart_lo, agg.window.chart_hi
+    clip_lo = -(2**62) if lo is None else lo
+    clip_hi = 2**62 if hi is None else hi
+    busy = agg.over_time(
         f"""
         WITH r AS (SELECT key, s, e FROM (
                      SELECT worker AS key, greatest(started, {clip_lo}) AS s,
@@ -489,113 +696,69 @@ def gather(
         """,
         top_workers,
     ).astype("float64")
-    utilisation = concurrency is not None
-    if utilisation:
-        sizes = {
-            w: (concurrency.get(w) if isinstance(concurrency, dict) else concurrency)
-            for w in busy.columns
-        }
-        busy = cast(
-            pd.DataFrame,
-            busy.apply(lambda col: col / sizes[col.name] if sizes[col.name] else np.nan),
-        )
-    loadavg = _mean_over_time(
-        con,
+    if concurrency is None:
+        return busy
+    sizes = {
+        w: (concurrency.get(w) if isinstance(concurrency, dict) else concurrency)
+        for w in busy.columns
+    }
+    return cast(
+        pd.DataFrame,
+        busy.apply(lambda col: col / sizes[col.name] if sizes[col.name] else np.nan),
+    )
+
+
+def _loadavg(agg: _Aggregation, top_workers: list[str]) -> pd.DataFrame:
+    """Per interval and worker, the mean 1-minute load average."""
+    return agg.mean_over_time(
         "SELECT hostname::VARCHAR AS key, captured_at AS t, loadavg[1] AS v FROM workers "
         "WHERE loadavg IS NOT NULL AND len(loadavg) > 0",
-        step,
         top_workers,
     )
-    in_flight = _mean_over_time(
-        con,
+
+
+def _in_flight(agg: _Aggregation) -> pd.DataFrame:
+    """Per interval, the mean of the snapshots' pending/received/started/retry counts."""
+    return agg.mean_over_time(
         " UNION ALL ".join(
             f"SELECT '{s}' AS key, captured_at AS t, tasks_{s} AS v FROM snaps" for s in IN_FLIGHT
         ),
-        step,
         IN_FLIGHT,
     )
-    events = int(
-        con.execute(
-            """
-            SELECT coalesce(sum(CASE WHEN d >= 0 THEN d
-                                     WHEN d < 0 OR seq = 1 THEN event_count ELSE 0 END), 0)
-            FROM (SELECT event_count, try_cast(split_part(snapshot_id, '-', 2) AS BIGINT) AS seq,
-                         event_count - lag(event_count) OVER (
-                             PARTITION BY split_part(snapshot_id, '-', 1)
-                             ORDER BY captured_at) AS d
-                  FROM snaps WHERE event_count IS NOT NULL)
-            """
-        ).fetchone()[0]
-    )
-    slow = q(
+
+
+def _events(agg: _Aggregation) -> int:
+    """Events the recorders received, from the growth of each one's ``event_count``."""
+    row = agg.con.execute(
+        """
+        SELECT coalesce(sum(CASE WHEN d >= 0 THEN d
+                                 WHEN d < 0 OR seq = 1 THEN event_count ELSE 0 END), 0)
+        FROM (SELECT event_count, try_cast(split_part(snapshot_id, '-', 2) AS BIGINT) AS seq,
+                     event_count - lag(event_count) OVER (
+                         PARTITION BY split_part(snapshot_id, '-', 1)
+                         ORDER BY captured_at) AS d
+              FROM snaps WHERE event_count IS NOT NULL)
+        """
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def _slowest(agg: _Aggregation, n: int) -> pd.DataFrame:
+    """The ``n`` tasks of the longest runtime."""
+    slow = agg.q(
         f"""SELECT uuid, name, worker, state, sent, received, started, finished,
         broker, wait, runtime FROM g WHERE runtime IS NOT NULL
-        ORDER BY runtime DESC, uuid LIMIT {int(slowest)}"""
+        ORDER BY runtime DESC, uuid LIMIT {int(n)}"""
     )
     for column in ("sent", "received", "started", "finished"):
         slow[column] = _ts(slow[column])
-    con.close()
-    if outside[0]:
-        logger.warning(
-            "%d task times per interval lie outside the window (%s to %s) and are left out "
-            "of the charts over time (a worker's clock off?)",
-            outside[0],
-            lo,
-            hi,
-        )
-    return ReportData(
-        archive=archive.uri,
-        start=t_start,
-        end=t_end,
-        first=first,
-        last=last,
-        name=name,
-        freq=freq,
-        percentiles=percentiles,
-        top=top,
-        states=states,
-        events=events,
-        workers_seen=workers_seen,
-        by_name=by_name,
-        per_name=per_name,
-        throughput=throughput,
-        outcomes=outcomes,
-        latency_trend=latency_trend,
-        failures=failures,
-        failures_by_worker=failures_by_worker,
-        exceptions=exceptions,
-        worker_states=worker_states,
-        heartbeats=heartbeats,
-        restarts=restarts,
-        worker_tasks=worker_tasks,
-        busy=busy,
-        utilisation=utilisation,
-        loadavg=loadavg,
-        in_flight=in_flight,
-        slowest=slow,
-    )
+    return slow
 
 
 def _intervals(lo: pd.Timestamp | None, hi: pd.Timestamp | None, freq: str) -> pd.DatetimeIndex:
     if lo is None or hi is None:
         return pd.DatetimeIndex([], tz="UTC", name="interval")
     return pd.date_range(lo.floor(freq), hi.floor(freq), freq=freq, name="interval")
-
-
-def _mean_over_time(
-    con: duckdb.DuckDBPyConnection, sql: str, step: int, columns: Sequence[str]
-) -> pd.DataFrame:
-    frame = con.execute(
-        f"SELECT (t // $step) * $step AS bucket, key, avg(v) AS v FROM ({sql}) GROUP BY ALL",
-        {"step": step},
-    ).df()
-    if frame.empty:
-        return pd.DataFrame(columns=list(columns), dtype="float64")
-    frame["interval"] = _ts(frame["bucket"])
-    out = frame.pivot_table(index="interval", columns="key", values="v", aggfunc="mean")
-    out = out.reindex(columns=[c for c in columns if c in out.columns])
-    out.columns.name = None
-    return out
 
 
 def _failure_text(

@@ -143,6 +143,30 @@ def _poll_lines(
         yield pending
 
 
+#: What :func:`_parse_stripped` returns for a line skipped (blank, or counted as bad).
+_SKIPPED = object()
+
+
+def _parse_stripped(text: str, number: int, stats: LineStats) -> object:
+    """The JSON value of line ``number`` once stripped of spaces and a BOM (the scanner
+    of the hot path takes neither); :data:`_SKIPPED` if blank or not JSON (counted)."""
+    text = text.strip().lstrip("\ufeff")
+    if not text:
+        return _SKIPPED
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        stats.bad(number, _not_json(exc))
+        return _SKIPPED
+
+
+def _not_json(exc: ValueError | RecursionError) -> str:
+    """Why a line is not JSON, for the malformed lines' report."""
+    if isinstance(exc, RecursionError):
+        return "not JSON (nested too deeply)"
+    return f"not JSON ({getattr(exc, 'msg', exc)})"
+
+
 def read_events(
     stream: IO[bytes] | IO[str] | Iterable[bytes | str],
     stats: LineStats,
@@ -177,22 +201,11 @@ def read_events(
                 if end != len(text) and not text[end:].isspace():
                     raise json.JSONDecodeError("Extra data", text, end)
             except StopIteration:  # blank line, leading space or BOM, or not JSON at all
-                text = text.strip().lstrip("\ufeff")
-                if not text:
+                event = _parse_stripped(text, number, stats)
+                if event is _SKIPPED:
                     continue
-                try:
-                    event = json.loads(text)
-                except ValueError as exc:
-                    stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
-                    continue
-                except RecursionError:
-                    stats.bad(number, "not JSON (nested too deeply)")
-                    continue
-            except ValueError as exc:
-                stats.bad(number, f"not JSON ({getattr(exc, 'msg', exc)})")
-                continue
-            except RecursionError:
-                stats.bad(number, "not JSON (nested too deeply)")
+            except (ValueError, RecursionError) as exc:
+                stats.bad(number, _not_json(exc))
                 continue
             if type(event) is not dict:
                 stats.bad(number, f"not an event object ({type(event).__name__})")

@@ -130,6 +130,24 @@ def test_read_events_edge_cases(tmp_path):
     assert stats.malformed_lines == [3, 5, 6] and stats.events == 4 and stats.lines == 7
 
 
+def test_malformed_lines_name_why_with_or_without_leading_space(tmp_path, caplog):
+    """A bad line's warning says why, the same whether or not spaces precede it."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+    lines = [b"nope", b"  nope", b'{"n": }', b'  {"n": }', deep, b"  " + deep, b"   ", b"[1]"]
+    path = tmp_path / "e.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    stats = LineStats()
+    stats.MAX_REPORTED = len(lines)
+    with caplog.at_level("WARNING", logger="archiver.sources"), open(path, "rb") as f:
+        assert list(read_events(f, stats)) == []
+    why = {r.args[0]: r.args[1] for r in caplog.records}  # line number -> reason
+    assert why[1] == why[2] == "not JSON (Expecting value)"
+    assert why[3] == why[4] == "not JSON (Expecting value)"
+    assert why[5] == why[6] == "not JSON (nested too deeply)"
+    assert why[8] == "not an event object (list)"
+    assert 7 not in why and stats.malformed == 7 and stats.lines == 8
+
+
 def test_read_events_truncated_gzip(tmp_path):
     """A truncated .gz yields the lines before the cut and counts the cut as one bad line."""
     data = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(10_000)))

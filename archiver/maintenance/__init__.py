@@ -318,37 +318,70 @@ def run_retention(
     before_us = to_micros(at if before is None else _now(before))
     expire_dry = dry_run if expire_dry_run is None else expire_dry_run or dry_run
     with _maintaining(arch, "cleanup", dry_run=dry_run, lock_timeout=lock_timeout):
-        expiry = None
-        if policy.older_than is not None or policy.per_state:
-            expiry = expire_locked(
-                arch,
-                names,
-                older_than=policy.older_than,
-                per_state=policy.per_state,
-                now=at,
-                dry_run=expire_dry,
-                progress=progress,
-                target_bytes=policy.target_file_bytes,
-                grace=seconds,
-            )
-        compaction = None
-        if policy.compact:
-            compaction = compact_locked(
-                arch,
-                names,
-                before_us=before_us,
-                target_bytes=policy.target_file_bytes,
-                keep=policy.keep,
-                dry_run=dry_run,
-                progress=progress,
-                grace=seconds,
-            )
+        expiry = _expire_as(
+            policy, arch, names, now=at, dry_run=expire_dry, progress=progress, grace=seconds
+        )
+        compaction = _compact_as(
+            policy, arch, names, before_us=before_us, dry_run=dry_run, progress=progress,
+            grace=seconds,
+        )  # fmt: skip
     return CleanupReport(
         expiry,
         compaction,
         seconds=time.perf_counter() - started,
         dry_run=dry_run,
         deletes_rows=policy.deletes_rows,
+    )
+
+
+def _expire_as(
+    policy: Retention,
+    arch: Archive,
+    names: list[str],
+    *,
+    now: pd.Timestamp,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    grace: float,
+) -> ExpiryReport | None:
+    """Expire as ``policy`` says, the lock held; None if it expires nothing."""
+    if policy.older_than is None and not policy.per_state:
+        return None
+    return expire_locked(
+        arch,
+        names,
+        older_than=policy.older_than,
+        per_state=policy.per_state,
+        now=now,
+        dry_run=dry_run,
+        progress=progress,
+        grace=grace,
+        target_bytes=policy.target_file_bytes,
+    )
+
+
+def _compact_as(
+    policy: Retention,
+    arch: Archive,
+    names: list[str],
+    *,
+    before_us: int,
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    grace: float,
+) -> CompactionReport | None:
+    """Compact as ``policy`` says, the lock held; None if it does not compact."""
+    if not policy.compact:
+        return None
+    return compact_locked(
+        arch,
+        names,
+        before_us=before_us,
+        target_bytes=policy.target_file_bytes,
+        keep=policy.keep,
+        dry_run=dry_run,
+        progress=progress,
+        grace=grace,
     )
 
 
