@@ -512,3 +512,17 @@ def test_stdout_closed_early_stops_quietly(archive):
     assert proc.wait(timeout=120) == 0
     assert first.startswith(b'"captured_at","snapshot_id"')
     assert proc.stderr.read() == b""
+
+
+@pytest.mark.parametrize("command", [["query", "tasks"], ["sql", "SELECT * FROM tasks"]])
+def test_output_inside_the_archive_is_refused(tmp_path, archive, command):
+    """``-o`` into the archive (a table or partition folder) is refused: it would add rows."""
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
+    before = archiver.Archive(copy).files("tasks")
+    hour = Path(before[0]).parent
+    for target in (hour / "x.parquet", copy / "tasks" / "x.csv", copy / "x.csv"):
+        message = error_of(*command, "--archive", copy, "-o", target)
+        assert message == f"Error: cannot write {target}: it is inside the archive {copy}"
+        assert not target.exists()
+    assert archiver.Archive(copy).files("tasks") == before

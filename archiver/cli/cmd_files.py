@@ -52,11 +52,13 @@ def sql_command(query: str, archive: str, fmt: str | None, output: str | None) -
         archiver sql "SELECT state, count(*) AS n FROM tasks GROUP BY state ORDER BY n DESC"
     """
 
+    store = Archive(archive)
+
     def answer() -> Rows:
-        result = Archive(archive).sql(query)
+        result = store.sql(query)
         return Rows(result.schema, iter(result.to_batches()))
 
-    write_rows(answer, fmt, output)
+    write_rows(answer, fmt, output, store)
 
 
 COMMANDS = [files_command, sql_command]

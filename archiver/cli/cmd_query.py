@@ -249,18 +249,32 @@ def query_command(
         ),
         fmt,
         output,
+        store,
     )  # fmt: skip
 
 
-def write_rows(answer: Callable[[], Rows], fmt: str | None, output: str | None) -> None:
-    """Write the (lazy) rows ``answer()`` gives in ``fmt`` (default: from ``output``'s
-    extension, else table).
+def _refuse_output_inside(output: str, store: Archive) -> None:
+    """An export written into a local archive would be read back as its rows: refuse it."""
+    if not store.location.local:
+        return
+    root = os.path.realpath(store.location.root)
+    if os.path.commonpath([root, os.path.realpath(output)]) == root:
+        raise click.ClickException(f"cannot write {output}: it is inside the archive {store.uri}")
+
+
+def write_rows(
+    answer: Callable[[], Rows], fmt: str | None, output: str | None, store: Archive
+) -> None:
+    """Write the (lazy) rows ``answer()`` gives (read from ``store``) in ``fmt`` (default:
+    from ``output``'s extension, else table).
 
     Empty answers are explained on stderr; a closed pipe stops quietly.
     """
     fmt = fmt or format_of(output) or "table"
     if fmt == "parquet" and output in (None, "-"):
         raise click.ClickException("--format parquet needs --output FILE")
+    if output not in (None, "-"):
+        _refuse_output_inside(output, store)
     try:
         with _notes():
             count = run_library_call(lambda: _write(answer(), fmt, output))
