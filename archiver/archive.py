@@ -258,6 +258,8 @@ class Archive:
                 con.execute("SET lock_configuration = true")
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
+            except ArchiverError:  # DuckDB missing: its own message names the extra
+                raise
             except Exception as exc:  # duckdb.Error has no common OSError base
                 if is_missing_file(exc) and attempt < READ_RETRIES:
                     time.sleep(0.01 * attempt)
