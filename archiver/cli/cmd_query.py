@@ -61,7 +61,7 @@ def _columns(text: str | None, table: str, fmt: str) -> list[str] | None:
         return DEFAULT_COLUMNS.get(table) if fmt == "table" else None
     columns = [c.strip() for c in text.split(",") if c.strip()]
     if not columns:
-        raise click.ClickException("--columns needs at least one column name (or all)")
+        raise click.UsageError("--columns needs at least one column name (or all)")
     return None if columns == ["all"] else columns
 
 
@@ -237,7 +237,7 @@ def query_command(
         archiver query tasks --where "runtime>=0.25" --output slow.parquet
     """
     if limit is not None and tail is not None:
-        raise click.ClickException(
+        raise click.UsageError(
             "--limit (the oldest rows) and --tail (the newest) exclude each other"
         )
     store = Archive(archive, on_bad_file="raise" if strict else "warn")
@@ -272,7 +272,7 @@ def write_rows(
     """
     fmt = fmt or format_of(output) or "table"
     if fmt == "parquet" and output in (None, "-"):
-        raise click.ClickException("--format parquet needs --output FILE")
+        raise click.UsageError("--format parquet needs --output FILE")
     if output not in (None, "-"):
         _refuse_output_inside(output, store)
     try:
