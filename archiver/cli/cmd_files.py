@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..archive import Archive
-from ..export import FORMATS
+from ..export import FORMATS, exportable
 from ..query import Rows
 from .cmd_query import write_rows
 from .output import archive_option, run_library_call
@@ -55,7 +55,7 @@ def sql_command(query: str, archive: str, fmt: str | None, output: str | None) -
     store = Archive(archive)
 
     def answer() -> Rows:
-        result = store.sql(query)
+        result = exportable(store.sql(query))
         return Rows(result.schema, iter(result.to_batches()))
 
     write_rows(answer, fmt, output, store)

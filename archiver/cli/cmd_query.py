@@ -71,7 +71,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     if isinstance(value, pd.Timestamp):
-        return value.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        utc = value if value.tzinfo is None else value.tz_convert("UTC")  # SQL: maybe naive
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, np.ndarray):
         return json.dumps(value.tolist())
     if isinstance(value, (list, tuple)):
