@@ -8,7 +8,7 @@ from ..archive import Archive
 from ..export import FORMATS, exportable
 from ..query import Rows
 from .cmd_query import write_rows
-from .output import archive_option, run_library_call
+from .output import archive_option, escape, run_library_call
 
 
 @click.command("files")
@@ -22,7 +22,13 @@ def files_command(table: str, archive: str) -> None:
         archiver files tasks > tasks.txt
         python -c "import polars as pl; pl.scan_parquet(open('tasks.txt').read().split())"
     """
-    for uri in run_library_call(Archive(archive).files, table):
+    uris = run_library_call(Archive(archive).files, table)
+    for uri in uris:  # one per line: a name with a line break would be read as two
+        if "\n" in uri or "\r" in uri:
+            raise click.ClickException(
+                f"cannot list {escape(uri)}: its name holds a line break (rename it)"
+            )
+    for uri in uris:
         click.echo(uri)
 
 
