@@ -256,6 +256,8 @@ class Archive:
                 # The views read through pyarrow, so they still work without it.
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
+                if not con.extract_statements(query):  # "" or a comment: no answer to show
+                    raise ArchiverError(f"no SQL statement in {query!r}")
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
             except ArchiverError:  # DuckDB missing: its own message names the extra

@@ -189,3 +189,10 @@ def test_sql_reads_only_the_archive(path, tmp_path, statement):
     assert sorted(p for p in path.rglob("*") if p.is_file()) == before
     assert sorted(tmp_path.iterdir()) == [path, tmp_path / "secret.csv"]
     assert arch.sql("SELECT count(*) AS n FROM tasks")["n"][0].as_py() == footer_rows(path, "tasks")
+
+
+@pytest.mark.parametrize("statement", ["", "   ", "-- a comment only", ";"])
+def test_sql_without_a_statement_is_an_error(path, statement):
+    """An empty query is one error naming it (it printed an empty table)."""
+    with pytest.raises(ArchiverError, match="no SQL statement"):
+        Archive(path).sql(statement)
