@@ -245,13 +245,20 @@ class Archive:
 
         Listed again and run again when a file vanished mid-query (a concurrent
         cleanup): DuckDB's error is not an OSError, so :func:`listing.retrying` does not
-        apply. A statement without a result gives an empty table.
+        apply. A statement without a result gives an empty table. It reads only the
+        views: DuckDB's file access is turned off (no ``COPY ... TO``, ``ATTACH``,
+        ``read_csv``, ``INSTALL``), so a query can never write into the archive.
         """
         self.require()
         for attempt in range(1, READ_RETRIES + 1):
             con = None
             try:
                 con = self.duckdb()  # lists and opens the files: a cleanup may delete one
+                # The views read through pyarrow, so they still work without it.
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
+                if not con.extract_statements(query):  # "" or a comment: no answer to show
+                    raise ArchiverError(f"no SQL statement in {query!r}")
                 relation = con.sql(query)
                 return pa.table({}) if relation is None else relation.to_arrow_table()
             except ArchiverError:
@@ -260,6 +267,11 @@ class Archive:
                 if is_missing_file(exc) and attempt < READ_RETRIES:
                     time.sleep(0.01 * attempt)
                     continue
+                if type(exc).__name__ == "PermissionException":
+                    raise ArchiverError(
+                        "SQL reads only the archive's tables (one view each); it cannot "
+                        f"read or write other files: {one_line(exc)}"
+                    ) from exc
                 raise ArchiverError(f"SQL failed: {one_line(exc)}") from exc
             finally:
                 if con is not None:

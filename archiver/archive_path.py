@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from .errors import ArchiveNotFound, ArchiverError, NotAnArchiveError
+from .errors import ArchiveNotFound, ArchiverError, NotAnArchiveError, one_line
 from .layout import is_hidden
 from .listing import list_dir
 from .storage import Location
@@ -67,10 +67,7 @@ def _subfolders(location: Location, path: str) -> tuple[list[str], bool, bool]:
 def classify_archive_path(location: Location) -> ArchivePath:
     """Whether ``location`` is an archive, and if not, what it is instead."""
     uri = location.uri
-    try:
-        info = location.fs.get_file_info(location.root)
-    except OSError as exc:  # an unreachable store, refused credentials: nothing to classify
-        raise ArchiverError(f"cannot reach the archive {uri}: {exc}") from exc
+    info = location.fs.get_file_info(location.root)  # OSError: see check_archive_path
     if info.type == pafs.FileType.NotFound:
         return ArchivePath(PathKind.MISSING, uri, f"no archive at {uri}")
     if info.type != pafs.FileType.Directory:
@@ -149,9 +146,15 @@ def check_archive_path(
     Raises:
         ArchiveNotFound: nothing is there (also a :class:`FileNotFoundError`).
         NotAnArchiveError: a file, a table, a partition, an archive's parent, another
-            folder, or (``write``) a place that cannot be written.
+            folder, an empty path, or (``write``) a place that cannot be written.
+        ArchiverError: the storage cannot be reached (an object store's endpoint down).
     """
-    found = classify_archive_path(location)
+    if not location.uri.strip():  # "" would silently be the current folder
+        raise NotAnArchiveError("the archive path is empty")
+    try:
+        found = classify_archive_path(location)
+    except OSError as exc:  # pyarrow's S3 errors (connection refused, no such host)
+        raise ArchiverError(f"cannot reach the archive {location.uri}: {one_line(exc)}") from exc
     if found.kind is PathKind.MISSING and must_exist:
         raise ArchiveNotFound(found.problem)
     if found.kind not in (PathKind.ARCHIVE, PathKind.MISSING):

@@ -55,14 +55,32 @@ def write(rows: Rows, fmt: str, sink: BinaryIO) -> int:
     raise ArchiverError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
+def exportable(table: pa.Table) -> pa.Table:
+    """``table`` with the columns no writer takes (unions and intervals, which only an SQL
+    answer has) as text."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_union(field.type) or pa.types.is_interval(field.type):
+            values = [None if v is None else str(v) for v in table.column(i).to_pylist()]
+            text = pa.array(values, pa.string())
+            table = table.set_column(i, pa.field(field.name, pa.string()), text)
+    return table
+
+
+def _jsonable(value: object) -> object:
+    """What JSON has no type for (bytes, decimals, dates, times of an SQL answer) as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
 def _csv_ready(batch: pa.RecordBatch, *, lists: bool = True) -> pa.RecordBatch:
     """``batch`` with the columns CSV cannot hold as they are turned into text.
 
     Times: ISO 8601 in UTC with a ``Z`` (``2026-11-25T15:57:41.068105Z``), made from
     the tz-naive cast, which is ~15x faster than pyarrow's own tz-aware formatting (the
-    bulk of an export's time otherwise). Lists (a worker's ``loadavg``; with ``lists``):
-    JSON arrays, by hand since pyarrow has no list-to-JSON cast (only the small workers
-    table has one).
+    bulk of an export's time otherwise). Lists (a worker's ``loadavg``), and the structs
+    and maps of an SQL answer (with ``lists``): JSON, by hand since pyarrow has no
+    cast to JSON (only the small workers table has a list).
     """
     arrays = list(batch.columns)
     fields = list(batch.schema)
@@ -72,8 +90,11 @@ def _csv_ready(batch: pa.RecordBatch, *, lists: bool = True) -> pa.RecordBatch:
             naive = arrays[i].cast(pa.timestamp(type_.unit)).cast(pa.string())
             iso = pc.replace_substring(naive, " ", "T", max_replacements=1)
             arrays[i] = pc.binary_join_element_wise(iso, "Z" if type_.tz else "", "")
-        elif lists and (pa.types.is_list(type_) or pa.types.is_large_list(type_)):
-            values = [None if v is None else json.dumps(v) for v in arrays[i].to_pylist()]
+        elif lists and pa.types.is_nested(type_):  # lists, structs, maps
+            values = [
+                None if v is None else json.dumps(v, ensure_ascii=False, default=_jsonable)
+                for v in arrays[i].to_pylist()
+            ]
             arrays[i] = pa.array(values, pa.string())
         else:
             continue
@@ -106,7 +127,7 @@ def _write_json(rows: Rows, sink: BinaryIO, *, lines: bool) -> int:
     # writes each float's shortest exact form, so values read back are the ones stored.
     # Times are turned into text by Arrow first (as for CSV), which is faster than
     # formatting Python datetimes; slices of JSON_ROWS bound the Python objects alive.
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_jsonable).encode
     count = 0
     if not lines:
         sink.write(b"[")
@@ -130,4 +151,4 @@ def _write_parquet(rows: Rows, sink: BinaryIO) -> int:
     return count
 
 
-__all__ = ["FORMATS", "SUFFIXES", "format_of", "write"]
+__all__ = ["FORMATS", "SUFFIXES", "exportable", "format_of", "write"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -125,7 +126,15 @@ def _coerce(value: Any, type_: pa.DataType, column: str) -> Any:
         return None
     if pa.types.is_dictionary(type_):
         type_ = type_.value_type
+    if pa.types.is_nested(type_):
+        raise ArchiverError(
+            f"cannot compare column {column} ({type_}) with {value!r}: a list column "
+            "can only be tested for null"
+        )
     try:
+        floating = isinstance(value, (float, str)) and pa.types.is_floating(type_)
+        if floating and math.isnan(float(value)):  # NaN equals nothing: no row would match
+            raise ValueError(value)
         if pa.types.is_timestamp(type_):
             ts = parse_time(value)  # not None: value is not None
             return None if ts is None else pa.scalar(to_micros(ts), pa.timestamp("us", tz="UTC"))

@@ -66,20 +66,36 @@ def redact_uri(text: str) -> str:
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
+#: Punctuation that ends a sentence after a URI rather than belonging to it.
+_TRAILING = ".,;:?!)"
+
+
+def _user_info(uri: str) -> str:
+    """What a reader would take as ``uri``'s credentials: all up to its last ``@``.
+
+    Not urlparse's netloc: an AWS secret often holds ``/`` or ``+``, and a ``/``, ``?``
+    or ``#`` in it would end the netloc early and leave the secret in the path.
+    """
+    user, at, _ = uri.partition("://")[2].rpartition("@")
+    return user if at and (":" in user.split("/", 1)[0] or "/" not in user) else ""
+
+
 def _redact_one(uri: str) -> str:
+    body = uri.rstrip(_TRAILING)
+    tail = uri[len(body) :]
+    scheme, _, rest = body.partition("://")
+    if _user_info(body):
+        rest = f"{MASK}@{rest.rpartition('@')[2]}"
     try:
-        parts = urlparse(uri)
+        parts = urlparse(f"{scheme}://{rest}")
     except ValueError:  # e.g. an invalid IPv6 netloc: show nothing that might be secret
-        return MASK
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
+        return MASK + tail
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         masked = [(k, MASK if _SECRET_PARAM.search(k) else v) for k, v in pairs]
         query = urlencode(masked, safe="*:/")
-    return urlunparse(parts._replace(netloc=netloc, query=query))
+    return urlunparse(parts._replace(query=query)) + tail
 
 
 def fsync_path(path: str) -> None:
@@ -238,6 +254,12 @@ def resolve(
             root = os.path.abspath(text)
         return Location(fs, root, text)
     scheme = urlparse(text).scheme
+    user = _user_info(text) if scheme and len(scheme) > 1 else ""
+    if user and user != urlparse(text).netloc.rpartition("@")[0]:
+        raise ArchiverError(
+            f"cannot read the credentials in {redact_uri(text)}: percent-encode a '/', '?' "
+            "or '#' in them (%2F, %3F, %23), or give them in the environment"
+        )
     if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive letter)
         return Location(pafs.LocalFileSystem(), os.path.abspath(text), text)
     if scheme == "file":

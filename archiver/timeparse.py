@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from datetime import date, datetime, timezone
@@ -136,6 +137,8 @@ def _parse_time(value: Any, *, now: Any = None) -> pd.Timestamp | None:
     if value is None:
         return None
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        if math.isnan(value):  # pandas reads NaN as NaT, which callers took as "no bound"
+            raise ArchiverError(f"invalid time {value!r}: {TIME_HELP}")
         return pd.Timestamp(float(value), unit="s", tz="UTC")
     if isinstance(value, str):
         text = value.strip()

@@ -166,3 +166,33 @@ def test_on_bad_file_must_be_warn_raise_or_callable(path):
     arch = Archive(path)
     assert arch.using(None) is arch and arch.using("raise").on_bad_file == "raise"
     assert arch.on_bad_file == "warn"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT * FROM tasks) TO '{hour}/x.parquet'",
+        "COPY tasks TO '{tmp}/out.csv'",
+        "ATTACH '{tmp}/db.duckdb' AS d; CREATE TABLE d.t AS SELECT 1 AS x",
+        "INSTALL httpfs",
+        "SELECT * FROM read_csv('{tmp}/secret.csv')",
+    ],
+)
+def test_sql_reads_only_the_archive(path, tmp_path, statement):
+    """Archive.sql refuses every file access (COPY TO, ATTACH, read_csv): it cannot write."""
+    (tmp_path / "secret.csv").write_text("a\n1\n")
+    arch = Archive(path)
+    before = sorted(p for p in path.rglob("*") if p.is_file())
+    hour = Path(arch.files("tasks")[0]).parent
+    with pytest.raises(ArchiverError, match="reads only the archive's tables"):
+        arch.sql(statement.format(hour=hour, tmp=tmp_path))
+    assert sorted(p for p in path.rglob("*") if p.is_file()) == before
+    assert sorted(tmp_path.iterdir()) == [path, tmp_path / "secret.csv"]
+    assert arch.sql("SELECT count(*) AS n FROM tasks")["n"][0].as_py() == footer_rows(path, "tasks")
+
+
+@pytest.mark.parametrize("statement", ["", "   ", "-- a comment only", ";"])
+def test_sql_without_a_statement_is_an_error(path, statement):
+    """An empty query is one error naming it (it printed an empty table)."""
+    with pytest.raises(ArchiverError, match="no SQL statement"):
+        Archive(path).sql(statement)

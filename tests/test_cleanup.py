@@ -450,6 +450,19 @@ class TestParsing:
         """Sizes are bytes or binary units."""
         assert maintenance.parse_size(text) == expected
 
+    @pytest.mark.parametrize(
+        "value", [["SUCCESS=1s", "success=2d"], {"success": "1d", "SUCCESS": "7d"}]
+    )
+    def test_a_state_given_twice_with_two_durations_is_refused(self, value):
+        """``--state SUCCESS=1s --state success=2d`` is refused, not settled by the last one."""
+        with pytest.raises(
+            ArchiverError, match=r"state SUCCESS is given twice \((1s|1d), (2d|7d)\)"
+        ):
+            maintenance.Retention(per_state=value)
+        assert maintenance.Retention(per_state=["SUCCESS=1d", "success=1d"]).per_state == {
+            "SUCCESS": pd.Timedelta("1D")
+        }
+
     def test_retention_files(self, tmp_path):
         """A retention file may be JSON or TOML; unknown settings are refused."""
         (tmp_path / "r.json").write_text(

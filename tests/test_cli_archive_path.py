@@ -232,3 +232,26 @@ def test_any_folder_tree_is_classified_or_named(folders, files):
         else:
             assert found.kind is PathKind.ARCHIVE
         assert os.path.isdir(root)
+
+
+def test_unreachable_object_store_is_one_error_line_without_credentials(tmp_path):
+    """An S3 archive whose endpoint refuses connections: one masked Error: line per command."""
+    uri = "s3://KEY:SECRET@bucket/x?endpoint_override=127.0.0.1:1&scheme=http"
+    for name in ("info", "query", "compact"):
+        result = invoke(*commands(uri, tmp_path)[name])  # type: ignore[arg-type]
+        assert result.exit_code == 1, (name, result.output)
+        assert "Traceback" not in result.output and "SECRET" not in result.output
+        assert result.output.startswith("Error: cannot reach the archive s3://***@bucket/x"), (
+            result.output
+        )
+        assert len(result.output.splitlines()) == 1, result.output
+
+
+def test_an_empty_archive_path_is_refused(tmp_path):
+    """``--archive ''`` (or an empty ``$ARCHIVER_ARCHIVE``) is named, never read as the cwd."""
+    result = invoke("info", "--archive", "")
+    assert (result.exit_code, result.output) == (1, "Error: the archive path is empty\n")
+    result = invoke("query", "tasks", env={"ARCHIVER_ARCHIVE": ""})
+    assert result.exit_code in (0, 1) and "/archive?" not in result.output
+    with pytest.raises(NotAnArchiveError, match="the archive path is empty"):
+        archiver.Archive("").load("tasks")

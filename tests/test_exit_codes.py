@@ -87,6 +87,13 @@ def test_1_runtime_error_is_one_error_line(archive, tmp_path):
         (["query", "tasks", "--limit", "-1"], "Error: Invalid value for '--limit': "),
         (["report", "--top", "0", "-o", "r.html"], "Error: Invalid value for '--top': "),
         (
+            ["query", "tasks", "--tail", "1", "--limit", "1"],
+            "Error: --limit (the oldest rows) and --tail (the newest) exclude each other",
+        ),
+        (["query", "tasks", "--format", "parquet"], "Error: --format parquet needs --output"),
+        (["sql", "SELECT 1", "--format", "parquet"], "Error: --format parquet needs --output"),
+        (["query", "tasks", "--columns", ","], "Error: --columns needs at least one column"),
+        (
             ["expire"],
             "Error: nothing to expire: give --older-than DURATION and/or --state STATE=DURATION",
         ),

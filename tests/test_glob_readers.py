@@ -308,6 +308,16 @@ def test_cli_files_and_sql(path):
     assert missing.exit_code == 1 and missing.output.startswith("Error: no table 'nope'")
 
 
+def test_cli_files_refuses_a_name_that_would_break_its_lines(path):
+    """A data file named with a newline: `archiver files` names it, never prints half a path."""
+    real = Path(archiver.Archive(path).files("tasks")[0])
+    shutil.copy(real, real.with_name("part-20261125T155741-aaaaaaaaaaaa-000009-001\nx.parquet"))
+    result = CliRunner().invoke(cli, ["files", "tasks", "--archive", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: cannot list ") and result.output.count("\n") == 1
+    assert "000009-001\\nx.parquet: its name holds a line break" in result.output
+
+
 def test_sql_equals_load_while_cleanups_are_killed(path):
     """Queries through the exact views match load() while compactions run and are killed."""
     expected = load_counts(path)

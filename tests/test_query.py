@@ -740,3 +740,21 @@ def test_durations_over_a_century_are_refused():
     """A retention of a million days is refused with a message, not a pandas traceback."""
     with pytest.raises(ArchiverError, match="must be under 100 years"):
         timeparse.parse_duration("1000000d", what="older_than")
+
+
+@pytest.mark.parametrize(
+    ("table", "condition", "message"),
+    [
+        ("tasks", "runtime>nan", r"cannot compare column runtime \(double\) with 'nan'"),
+        ("tasks", "runtime=NaN", r"cannot compare column runtime \(double\) with 'NaN'"),
+        (
+            "workers",
+            "loadavg=1",
+            r"cannot compare column loadavg \(list<item: double>\) with '1': a list column",
+        ),
+    ],
+)
+def test_a_value_no_row_can_match_is_refused(one_hour, table, condition, message):
+    """NaN (equal to nothing) and a list column are refused by name, not answered empty."""
+    with pytest.raises(ArchiverError, match=message):
+        archiver.Archive(one_hour).load(table, filters=[condition])

@@ -10,9 +10,11 @@ from pathlib import Path
 import fsspec
 import pyarrow.fs as pafs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archiver.errors import ArchiverError
-from archiver.storage import as_pyarrow_fs, fsync_path, resolve
+from archiver.storage import as_pyarrow_fs, fsync_path, redact_uri, resolve
 
 from .helpers import ObjectStore
 
@@ -110,3 +112,40 @@ def test_fsync_of_files_folders_and_what_is_gone(tmp_path):
     loc = resolve(tmp_path)
     loc.sync_parents([loc.join("gone", "file.parquet")])  # removed since: nothing to sync
     loc.sync(loc.join("f"))
+
+
+_SECRET_CHARS = "abcXYZ0189/+=?#:@%!$&()*,;~-._"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(_SECRET_CHARS, min_size=8, max_size=40).filter(lambda s: set(s) & set("/+?#@")))
+def test_redact_uri_masks_secrets_with_any_url_character(secret):
+    """A secret holding '/', '+', '?', '#' or '@' (AWS secrets often do) is masked whole."""
+    for text in (
+        f"s3://AKIAKEY:{secret}@bucket/x?endpoint_override=h:1&scheme=http",
+        f"Error: cannot open s3://AKIAKEY:{secret}@bucket/x: denied",
+    ):
+        shown = redact_uri(text)
+        assert secret not in shown and "AKIAKEY" not in shown, shown
+        assert "***@bucket/x" in shown, shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "s3://b is not an archive but holds one: did you mean s3://b/p?",
+        "cannot reach the archive s3://b/p?secret_key=***: When listing",
+        "see s3://b/p.",
+    ],
+)
+def test_redact_uri_keeps_the_punctuation_after_a_uri(text):
+    """The '?', ':' or '.' that ends a sentence after a URI is not eaten by the masking."""
+    assert redact_uri(text) == text
+
+
+def test_a_uri_whose_credentials_need_percent_encoding_is_refused():
+    """``s3://KEY:a/b@bucket`` (an unencoded '/' in the secret) is refused, the secret masked."""
+    with pytest.raises(ArchiverError, match=r"percent-encode") as info:
+        resolve("s3://AKIAKEY:wJalr/XUtnFEMI+K7MDENG@bucket/x")
+    assert "XUtnFEMI" not in str(info.value) and "wJalr" not in str(info.value)
+    assert "s3://***@bucket/x" in str(info.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -62,3 +63,10 @@ def test_iso_and_relative_times_still_parse():
     assert parse_time("2026-12-01T10:00+01:00") == pd.Timestamp("2026-12-01T09:00", tz="UTC")
     assert parse_time("2h", now=now) == now - pd.Timedelta(hours=2)
     assert parse_time("1d", now=now) == now - pd.Timedelta(days=1)
+
+
+@pytest.mark.parametrize("value", [float("nan"), np.float32("nan"), np.nan, pd.NaT])
+def test_nan_is_an_invalid_time_not_an_open_bound(value):
+    """A NaN or NaT start/end is refused: it used to mean "no bound" and read everything."""
+    with pytest.raises(ArchiverError, match="invalid time"):
+        parse_time(value)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from ..archive import Archive
-from ..export import FORMATS
+from ..export import FORMATS, exportable
 from ..query import Rows
 from .cmd_query import write_rows
-from .output import archive_option, run_library_call
+from .output import archive_option, escape, run_library_call
 
 
 @click.command("files")
@@ -22,7 +22,13 @@ def files_command(table: str, archive: str) -> None:
         archiver files tasks > tasks.txt
         python -c "import polars as pl; print(pl.read_parquet(open('tasks.txt').read().split()))"
     """
-    for uri in run_library_call(Archive(archive).files, table):
+    uris = run_library_call(Archive(archive).files, table)
+    for uri in uris:  # one per line: a name with a line break would be read as two
+        if "\n" in uri or "\r" in uri:
+            raise click.ClickException(
+                f"cannot list {escape(uri)}: its name holds a line break (rename it)"
+            )
+    for uri in uris:
         click.echo(uri)
 
 
@@ -52,11 +58,13 @@ def sql_command(query: str, archive: str, fmt: str | None, output: str | None) -
         archiver sql "SELECT state, count(*) AS n FROM tasks GROUP BY state ORDER BY n DESC"
     """
 
+    store = Archive(archive)
+
     def answer() -> Rows:
-        result = Archive(archive).sql(query)
+        result = exportable(store.sql(query))
         return Rows(result.schema, iter(result.to_batches()))
 
-    write_rows(answer, fmt, output)
+    write_rows(answer, fmt, output, store)
 
 
 COMMANDS = [files_command, sql_command]

@@ -61,7 +61,7 @@ def _columns(text: str | None, table: str, fmt: str) -> list[str] | None:
         return DEFAULT_COLUMNS.get(table) if fmt == "table" else None
     columns = [c.strip() for c in text.split(",") if c.strip()]
     if not columns:
-        raise click.ClickException("--columns needs at least one column name (or all)")
+        raise click.UsageError("--columns needs at least one column name (or all)")
     return None if columns == ["all"] else columns
 
 
@@ -71,7 +71,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
     if isinstance(value, pd.Timestamp):
-        return value.tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        utc = value if value.tzinfo is None else value.tz_convert("UTC")  # SQL: maybe naive
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, np.ndarray):
         return json.dumps(value.tolist())
     if isinstance(value, (list, tuple)):
@@ -237,7 +238,7 @@ def query_command(
         archiver query tasks --where "runtime>=0.25" --output slow.parquet
     """
     if limit is not None and tail is not None:
-        raise click.ClickException(
+        raise click.UsageError(
             "--limit (the oldest rows) and --tail (the newest) exclude each other"
         )
     store = Archive(archive, on_bad_file="raise" if strict else "warn")
@@ -249,18 +250,32 @@ def query_command(
         ),
         fmt,
         output,
+        store,
     )  # fmt: skip
 
 
-def write_rows(answer: Callable[[], Rows], fmt: str | None, output: str | None) -> None:
-    """Write the (lazy) rows ``answer()`` gives in ``fmt`` (default: from ``output``'s
-    extension, else table).
+def _refuse_output_inside(output: str, store: Archive) -> None:
+    """An export written into a local archive would be read back as its rows: refuse it."""
+    if not store.location.local:
+        return
+    root = os.path.realpath(store.location.root)
+    if os.path.commonpath([root, os.path.realpath(output)]) == root:
+        raise click.ClickException(f"cannot write {output}: it is inside the archive {store.uri}")
+
+
+def write_rows(
+    answer: Callable[[], Rows], fmt: str | None, output: str | None, store: Archive
+) -> None:
+    """Write the (lazy) rows ``answer()`` gives (read from ``store``) in ``fmt`` (default:
+    from ``output``'s extension, else table).
 
     Empty answers are explained on stderr; a closed pipe stops quietly.
     """
     fmt = fmt or format_of(output) or "table"
     if fmt == "parquet" and output in (None, "-"):
-        raise click.ClickException("--format parquet needs --output FILE")
+        raise click.UsageError("--format parquet needs --output FILE")
+    if output not in (None, "-"):
+        _refuse_output_inside(output, store)
     try:
         with _notes():
             count = run_library_call(lambda: _write(answer(), fmt, output))

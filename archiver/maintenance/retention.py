@@ -59,10 +59,15 @@ def parse_per_state(value: Mapping[str, Any] | Iterable[str] | None) -> dict[str
                     f"invalid state retention {entry!r}: use STATE=DURATION, such as SUCCESS=1d"
                 )
             items.append((state, duration))
-    return {
-        str(s).strip().upper(): parse_duration(d, what=f"state {str(s).strip().upper()}")
-        for s, d in items
-    }
+    durations: dict[str, pd.Timedelta] = {}
+    given: dict[str, str] = {}
+    for s, d in items:
+        state = str(s).strip().upper()
+        delta = parse_duration(d, what=f"state {state}")
+        if durations.get(state, delta) != delta:  # the last one must not win silently
+            raise ArchiverError(f"state {state} is given twice ({given[state]}, {d})")
+        durations[state], given[state] = delta, str(d)
+    return durations
 
 
 def parse_grace(value: Any) -> float:
