@@ -7,7 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from ..archive import Archive
 from ..errors import one_line
@@ -91,15 +93,32 @@ def _compact_partition(
 
 
 def _estimate(
-    scan: PartitionScan, partition: Partition, files: list[pafs.FileInfo], target_bytes: int
+    location: Location,
+    scan: PartitionScan,
+    partition: Partition,
+    files: list[pafs.FileInfo],
+    keep: Keep,
+    target_bytes: int,
 ) -> PartitionCompaction:
-    """What merging ``files`` would do (a dry run; ``files_out`` is a bound)."""
+    """What merging ``files`` would do (a dry run; ``files_out`` and bytes are bounds).
+
+    With ``keep="latest"`` the rows kept are counted exactly, from the key column alone,
+    so that the plan shows the rows a real run would delete.
+    """
     rows = sum(scan.num_rows(i) for i in files)
+    rows_out = rows
+    key = ENTITY_KEYS.get(partition.table)
+    if keep == "latest" and key is not None and files:
+        try:
+            keys = pq.read_table([i.path for i in files], columns=[key], filesystem=location.fs)
+            rows_out = pc.count_distinct(keys.column(key), mode="all").as_py()
+        except (OSError, pa.ArrowException):  # the real run skips what it cannot read
+            pass
     size = sum(i.size for i in files)
     estimate = max(1, math.ceil(size / target_bytes))
     return PartitionCompaction(
         partition.table, partition.date, partition.hour, len(files), estimate,
-        rows, rows, size, size,
+        rows, rows_out, size, size,
     )  # fmt: skip
 
 
@@ -145,7 +164,9 @@ class _Run:
         if not files:
             return
         if self.dry_run:
-            self.results.append(_estimate(scan, partition, files, self.target_bytes))
+            self.results.append(
+                _estimate(self.location, scan, partition, files, self.keep, self.target_bytes)
+            )
             return
         try:
             result = _compact_partition(
