@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import itertools
 import json
@@ -555,13 +556,29 @@ def test_signal_on_a_stdin_replay_keeps_every_event_sent(tmp_path, small_events,
     assert_same(archived(archive), reference(events[:sent]))
 
 
+def wait_until_open(proc: subprocess.Popen, path, timeout: float = 60) -> None:
+    """Wait until ``proc`` has ``path`` open (read from /proc: no sleep that a slow
+    start, such as importing under load, can outlast)."""
+    target = os.path.realpath(path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the process ended before opening the file"
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == target for fd in fds):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the process did not open {path} in {timeout} s")
+
+
 def test_sigterm_on_a_file_replay_stops_at_once(tmp_path, small_events):
     """Sigterm on a file replay stops at once."""
     path = write_jsonl(tmp_path / "slow.jsonl", spaced(small_events, gap=0.05))  # 48 s
     archive = tmp_path / "archive"
     proc = archiver_proc(["record", "--replay", path, "--speed", 1, "--archive", archive], tmp_path)
     try:
-        time.sleep(2.0)
+        wait_until_open(proc, path)  # the handlers are in place before the replay opens it
+        time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(20)
     finally:
