@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import click
 
 from .. import maintenance
+from ..errors import ArchiverError
 from ..maintenance import CompactionReport, ExpiryReport, Keep
 from .output import (
     archive_option,
@@ -84,12 +85,26 @@ before_option = click.option(
     help="Only compact hours that ended by then: an ISO time or a duration ago (2h).  "
     "[default: now]",
 )
+
+
+def checked_grace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--grace`` checked while parsing: a bad one is a usage error (exit code 2)."""
+    if value is not None:
+        try:
+            maintenance.parse_grace(value)
+        except ArchiverError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 grace_option = click.option(
     "--grace",
     metavar="DURATION",
     default=None,
-    help="Keep each merged group's old files this long (for readers that glob the "
-    "folders), e.g. 2s, 500ms or 0.  [default: 1s]",
+    callback=checked_grace,
+    help="Keep each merged group's old files this long, for other engines reading a list "
+    "from `archiver files` meanwhile, e.g. 2s or 500ms (each changed hour then waits it "
+    "out).  [default: 0]",
 )
 yes_option = click.option("--yes", is_flag=True, help="Really delete rows (else: show the plan).")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Change nothing; show the plan.")
