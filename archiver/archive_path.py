@@ -15,6 +15,7 @@ import enum
 import os
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from .errors import ArchiveNotFound, ArchiverError, NotAnArchiveError, one_line
@@ -153,7 +154,7 @@ def check_archive_path(
         raise NotAnArchiveError("the archive path is empty")
     try:
         found = classify_archive_path(location)
-    except OSError as exc:  # pyarrow's S3 errors (connection refused, no such host)
+    except (OSError, pa.ArrowException) as exc:  # no such host; GCS: bad credentials
         raise ArchiverError(f"cannot reach the archive {location.uri}: {one_line(exc)}") from exc
     if found.kind is PathKind.MISSING and must_exist:
         raise ArchiveNotFound(found.problem)

@@ -16,6 +16,9 @@ import pyarrow.fs as pafs
 
 from .errors import ArchiverError
 
+#: Seconds pyarrow's GCS client retries before an operation fails (its default: 900).
+GCS_RETRY_SECONDS = 10
+
 #: Filesystems where ``move`` is a real rename (atomic): write a hidden temporary
 #: file, then rename it. Elsewhere (object stores) a move is a copy, and an upload
 #: only becomes visible once complete, so files are written under their final name.
@@ -270,8 +273,13 @@ def resolve(
         s3 = _s3_location(f"s3://{path}", options, shown=text)
         return s3 if s3 is not None else _fsspec_location(f"s3://{path}", options, shown=text)
     if scheme in ("s3", "gs", "gcs", "hdfs", "abfs", "abfss"):
+        native = text
+        if scheme in ("gs", "gcs") and "retry_limit_seconds=" not in text:
+            # pyarrow's GCS client retries for 15 minutes by default (no credentials: it
+            # keeps asking for a token); fail within seconds, as the S3 client does.
+            native += f"{'&' if '?' in text else '?'}retry_limit_seconds={GCS_RETRY_SECONDS}"
         try:
-            fs, path = pafs.FileSystem.from_uri(text)
+            fs, path = pafs.FileSystem.from_uri(native)
             return Location(fs, path.rstrip("/"), text)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError):
             pass  # fall back to fsspec (e.g. s3fs) below

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -255,3 +257,19 @@ def test_an_empty_archive_path_is_refused(tmp_path):
     assert result.exit_code in (0, 1) and "/archive?" not in result.output
     with pytest.raises(NotAnArchiveError, match="the archive path is empty"):
         archiver.Archive("").load("tasks")
+
+
+@pytest.mark.parametrize("credentials", [None, "/nonexistent"])
+def test_a_gcs_archive_that_cannot_be_reached_fails_instead_of_hanging(credentials):
+    """gs:// without credentials or network, or with a credentials file that is missing,
+    is one Error: line, not pyarrow's 15-minute retry loop (the timeout catches a hang)."""
+    env = {k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"}
+    if credentials is not None:
+        env["GOOGLE_APPLICATION_CREDENTIALS"] = credentials
+    result = subprocess.run(
+        [sys.executable, "-m", "archiver", "info", "--archive", "gs://archiver-no-such-bucket/x"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("Error: cannot reach the archive gs://"), result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
