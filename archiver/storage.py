@@ -248,6 +248,11 @@ def resolve(
     if filesystem is not None and storage_options is not None:
         raise ValueError("give filesystem or storage_options, not both")
     if storage_options is not None:
+        if "://" in text and (_user_info(text) or urlparse(text).query):
+            raise ArchiverError(
+                f"{redact_uri(text)}: give the credentials and options either in the URI or "
+                "in storage_options, not both"
+            )
         s3 = _s3_location(text, dict(storage_options))
         return s3 if s3 is not None else _fsspec_location(text, dict(storage_options))
     if filesystem is not None:

@@ -149,3 +149,13 @@ def test_a_uri_whose_credentials_need_percent_encoding_is_refused():
         resolve("s3://AKIAKEY:wJalr/XUtnFEMI+K7MDENG@bucket/x")
     assert "XUtnFEMI" not in str(info.value) and "wJalr" not in str(info.value)
     assert "s3://***@bucket/x" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://KEY:SECRET@bucket/p", "s3://bucket/p?endpoint_override=127.0.0.1:1"]
+)
+def test_credentials_in_the_uri_and_storage_options_are_refused_together(uri):
+    """A URI carrying credentials or options plus ``storage_options=`` is one masked error."""
+    with pytest.raises(ArchiverError, match="either in the URI or in storage_options") as e:
+        resolve(uri, storage_options={"key": "other"})
+    assert "SECRET" not in str(e.value)
