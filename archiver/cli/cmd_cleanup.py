@@ -9,10 +9,10 @@ from typing import Any, ParamSpec, TypeVar, cast
 import click
 
 from .. import maintenance
-from ..errors import ArchiverError
 from ..maintenance import CompactionReport, ExpiryReport, Keep
 from .output import (
     archive_option,
+    checked_by,
     checked_duration,
     echo_table,
     human_bytes,
@@ -87,14 +87,7 @@ before_option = click.option(
 )
 
 
-def checked_grace(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--grace`` checked while parsing: a bad one is a usage error (exit code 2)."""
-    if value is not None:
-        try:
-            maintenance.parse_grace(value)
-        except ArchiverError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+checked_grace = checked_by(lambda value, _flag: maintenance.parse_grace(value))
 
 
 grace_option = click.option(

@@ -22,7 +22,14 @@ from ..record import RecordSummary, record_events, tap_events
 from ..sources import BrokerUnavailable
 from ..storage import redact_uri
 from ..timeparse import parse_duration as duration_of
-from .output import PROGRESS_LOG, Progress, archive_option, checked_duration, is_terminal
+from .output import (
+    PROGRESS_LOG,
+    Progress,
+    archive_option,
+    checked_by,
+    checked_duration,
+    is_terminal,
+)
 
 EX_UNAVAILABLE = 69
 EX_IOERR = 74  # rows could not be written (sysexits.h)
@@ -93,14 +100,7 @@ FLAGS = {
 }
 
 
-def checked_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """``--maxrate`` is checked while parsing, so a bad rate is a usage error (exit 2)."""
-    if value is not None:
-        try:
-            parse_rate(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+checked_rate = checked_by(lambda value, _flag: parse_rate(value))
 
 
 def flag_wording(message: str) -> str:

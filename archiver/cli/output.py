@@ -58,16 +58,27 @@ def archive_option(*, write: bool = False, must_exist: bool = True) -> Callable[
     )
 
 
-def checked_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A duration option (``--duration``, ``--older-than``) checked while parsing by the one
-    rule of :func:`archiver.timeparse.parse_duration` (a bare number has no unit and is
-    refused): a bad one is a usage error, exit code 2."""
-    if value is not None:
-        try:
-            parse_duration(value, what=param.opts[0] if param.opts else "a duration")
-        except ArchiverError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
+Callback = Callable[[click.Context, click.Parameter, str | None], str | None]
+
+
+def checked_by(parse: Callable[[str, str], object]) -> Callback:
+    """A click callback that checks an option's value while parsing with the library's
+    own parser, ``parse(value, flag)``: a bad value is a usage error, exit code 2."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value, param.opts[0] if param.opts else "a value")
+            except (ArchiverError, ValueError) as exc:
+                raise click.BadParameter(str(exc)) from None
+        return value
+
+    return check
+
+
+#: Duration options (``--duration``, ``--older-than``): the one rule of
+#: :func:`archiver.timeparse.parse_duration` (a bare number has no unit and is refused).
+checked_duration = checked_by(lambda value, flag: parse_duration(value, what=flag))
 
 
 def run_library_call(fun: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

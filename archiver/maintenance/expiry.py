@@ -242,7 +242,8 @@ def _rewrite_without(
     """
     files = [i for i in scan.visible if i.path in per_file]
     data, schema, good = read_inputs(location, "tasks", [i.path for i in files], note)
-    files = [i for i in files if i.path in set(good)]
+    readable = set(good)
+    files = [i for i in files if i.path in readable]
     if not files:
         return False
     keep_mask = pc.invert(pc.is_in(data.column("uuid"), pa.array(sorted(uuids))))
